@@ -1,0 +1,2 @@
+//! dfgraph: a real-time GraphQL gateway for Dragonfly P2P clusters.
+pub mod proto;

@@ -1,0 +1,22 @@
+//! The generated Dragonfly v2 wire types and gRPC stubs (see `proto/`).
+//! Nothing here is hand-written; every other module speaks these types.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod common {
+    pub mod v2 {
+        tonic::include_proto!("common.v2");
+    }
+}
+
+pub mod scheduler {
+    pub mod v2 {
+        tonic::include_proto!("scheduler.v2");
+    }
+}
+
+pub mod manager {
+    pub mod v2 {
+        tonic::include_proto!("manager.v2");
+    }
+}
