@@ -1,0 +1,408 @@
+//! The schedulers of every configured scheduler cluster, and how to ask
+//! them: discovery (static or manager), reusable channels, hash-ring
+//! routing with NotFound fallback, deadlines, health, and fan-out.
+//!
+//! Depends on `proto` and `config` only; knows nothing of caching or
+//! GraphQL.
+
+pub mod discovery;
+pub mod error;
+pub mod health;
+pub mod ring;
+pub mod scheduler;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+pub use error::ClusterError;
+pub use health::HealthSnapshot;
+pub use ring::TaskRing;
+pub use scheduler::{Dial, SchedulerHandle};
+
+use crate::config::Timeouts;
+use crate::proto::common::v2::{Host, Peer, Task};
+use crate::proto::scheduler::v2::{
+    DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
+    StatTaskRequest,
+};
+
+/// One scheduler cluster as currently known.
+pub struct ClusterView {
+    pub id: u64,
+    pub schedulers: Vec<Arc<SchedulerHandle>>,
+    pub ring: TaskRing,
+}
+
+impl ClusterView {
+    fn scheduler(&self, addr: SocketAddr) -> Option<&Arc<SchedulerHandle>> {
+        self.schedulers.iter().find(|s| s.addr == addr)
+    }
+
+    /// Schedulers in the order to try for cluster-wide reads: those whose
+    /// last call succeeded first, then by fewest recent failures.
+    fn by_health(&self) -> Vec<Arc<SchedulerHandle>> {
+        let mut ordered = self.schedulers.clone();
+        ordered.sort_by_key(|s| s.health.snapshot().consecutive_failures);
+        ordered
+    }
+}
+
+/// Every cluster, swapped whole when discovery changes it.
+#[derive(Default)]
+struct Topology {
+    clusters: BTreeMap<u64, Arc<ClusterView>>,
+}
+
+/// A peer's coordinates, as `StatPeer` takes them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    pub host_id: String,
+    pub task_id: String,
+    pub peer_id: String,
+}
+
+/// Settings of the client.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub dial: Dial,
+    pub timeouts: Timeouts,
+    pub concurrency_per_scheduler: usize,
+}
+
+/// The gateway's view of all schedulers; cheap to clone.
+#[derive(Clone)]
+pub struct ClusterClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ClientSettings,
+    topology: RwLock<Arc<Topology>>,
+    /// Cluster ids we were asked to serve, even while they have no
+    /// schedulers (a manager may not have answered yet).
+    expected: RwLock<Vec<u64>>,
+}
+
+impl ClusterClient {
+    pub fn new(settings: ClientSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                topology: RwLock::new(Arc::new(Topology::default())),
+                expected: RwLock::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.inner.settings
+    }
+
+    /// Declares the clusters dfgraph serves, so an empty one is reported
+    /// as unavailable rather than silently missing.
+    pub fn expect_clusters(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut expected = self
+            .inner
+            .expected
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *expected = ids.into_iter().collect();
+        expected.sort_unstable();
+        expected.dedup();
+    }
+
+    /// Replaces the scheduler set. Handles (channels, health) of schedulers
+    /// that stay are kept, so a refresh costs no reconnects.
+    pub fn set_schedulers(&self, schedulers: &[(u64, SocketAddr)]) -> Result<(), ClusterError> {
+        let current = self.topology();
+        let mut by_cluster: BTreeMap<u64, Vec<Arc<SchedulerHandle>>> = BTreeMap::new();
+        for &(cluster_id, addr) in schedulers {
+            let existing = current
+                .clusters
+                .get(&cluster_id)
+                .and_then(|c| c.scheduler(addr))
+                .cloned();
+            let handle = match existing {
+                Some(handle) => handle,
+                None => SchedulerHandle::new(
+                    cluster_id,
+                    addr,
+                    &self.inner.settings.dial,
+                    self.inner.settings.concurrency_per_scheduler,
+                )?,
+            };
+            let list = by_cluster.entry(cluster_id).or_default();
+            if !list.iter().any(|s| s.addr == addr) {
+                list.push(handle);
+            }
+        }
+        let clusters = by_cluster
+            .into_iter()
+            .map(|(id, schedulers)| {
+                let ring = TaskRing::new(schedulers.iter().map(|s| s.addr));
+                (
+                    id,
+                    Arc::new(ClusterView {
+                        id,
+                        schedulers,
+                        ring,
+                    }),
+                )
+            })
+            .collect();
+        *self
+            .inner
+            .topology
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(Topology { clusters });
+        Ok(())
+    }
+
+    fn topology(&self) -> Arc<Topology> {
+        self.inner
+            .topology
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every served cluster id: configured or discovered.
+    pub fn cluster_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.topology().clusters.keys().copied().collect();
+        ids.extend(
+            self.inner
+                .expected
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter(),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub fn cluster(&self, id: u64) -> Result<Arc<ClusterView>, ClusterError> {
+        match self.topology().clusters.get(&id) {
+            Some(view) if !view.schedulers.is_empty() => Ok(view.clone()),
+            Some(_) => Err(ClusterError::NoSchedulers { cluster_id: id }),
+            None if self.cluster_ids().contains(&id) => {
+                Err(ClusterError::NoSchedulers { cluster_id: id })
+            }
+            None => Err(ClusterError::UnknownCluster { cluster_id: id }),
+        }
+    }
+
+    /// Every scheduler, ordered by cluster then address.
+    pub fn schedulers(&self) -> Vec<Arc<SchedulerHandle>> {
+        self.topology()
+            .clusters
+            .values()
+            .flat_map(|c| c.schedulers.iter().cloned())
+            .collect()
+    }
+
+    /// All hosts of a cluster. Every scheduler of a cluster knows every
+    /// host, so one healthy scheduler answers; failures move to the next.
+    pub async fn list_hosts(&self, cluster_id: u64) -> Result<Vec<Host>, ClusterError> {
+        let cluster = self.cluster(cluster_id)?;
+        let timeout = self.inner.settings.timeouts.list_hosts;
+        let mut last_error = ClusterError::NoSchedulers { cluster_id };
+        for scheduler in cluster.by_health() {
+            let result = scheduler
+                .call("ListHosts", timeout, |mut client| async move {
+                    client.list_hosts(ListHostsRequest { r#type: None }).await
+                })
+                .await;
+            match result {
+                Ok(response) => return Ok(response.hosts),
+                Err(e) if e.is_scheduler_failure() => last_error = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// `StatTask` on the task's owner, then on the rest of the cluster.
+    pub async fn stat_task(&self, cluster_id: u64, task_id: &str) -> Result<Task, ClusterError> {
+        validate_id("task id", task_id)?;
+        let request = StatTaskRequest {
+            host_id: String::new(),
+            task_id: task_id.to_owned(),
+        };
+        self.routed(cluster_id, task_id, "StatTask", move |mut client| {
+            let request = request.clone();
+            async move { client.stat_task(request).await }
+        })
+        .await
+    }
+
+    /// `StatPeer` on the owner of the peer's task, then on the rest.
+    pub async fn stat_peer(&self, cluster_id: u64, key: &PeerKey) -> Result<Peer, ClusterError> {
+        validate_peer_key(key)?;
+        let request = StatPeerRequest {
+            host_id: key.host_id.clone(),
+            task_id: key.task_id.clone(),
+            peer_id: key.peer_id.clone(),
+        };
+        self.routed(cluster_id, &key.task_id, "StatPeer", move |mut client| {
+            let request = request.clone();
+            async move { client.stat_peer(request).await }
+        })
+        .await
+    }
+
+    pub async fn delete_task(&self, cluster_id: u64, task_id: &str) -> Result<(), ClusterError> {
+        validate_id("task id", task_id)?;
+        let request = DeleteTaskRequest {
+            host_id: String::new(),
+            task_id: task_id.to_owned(),
+        };
+        self.routed(cluster_id, task_id, "DeleteTask", move |mut client| {
+            let request = request.clone();
+            async move { client.delete_task(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete_peer(&self, cluster_id: u64, key: &PeerKey) -> Result<(), ClusterError> {
+        validate_peer_key(key)?;
+        let request = DeletePeerRequest {
+            host_id: key.host_id.clone(),
+            task_id: key.task_id.clone(),
+            peer_id: key.peer_id.clone(),
+        };
+        self.routed(cluster_id, &key.task_id, "DeletePeer", move |mut client| {
+            let request = request.clone();
+            async move { client.delete_peer(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every scheduler of the cluster holds the host, so every one is told;
+    /// the delete succeeds when at least one scheduler accepted it.
+    pub async fn delete_host(&self, cluster_id: u64, host_id: &str) -> Result<(), ClusterError> {
+        validate_id("host id", host_id)?;
+        let cluster = self.cluster(cluster_id)?;
+        let timeout = self.inner.settings.timeouts.stat;
+        let mut calls: FuturesUnordered<_> = cluster
+            .schedulers
+            .iter()
+            .map(|scheduler| {
+                let request = DeleteHostRequest {
+                    host_id: host_id.to_owned(),
+                };
+                async move {
+                    scheduler
+                        .call("DeleteHost", timeout, |mut client| async move {
+                            client.delete_host(request).await
+                        })
+                        .await
+                }
+            })
+            .collect();
+        let mut outcome = Err(ClusterError::NotFound);
+        while let Some(result) = calls.next().await {
+            match result {
+                Ok(_) => outcome = Ok(()),
+                Err(e) if outcome.is_err() && e != ClusterError::NotFound => outcome = Err(e),
+                Err(_) => {}
+            }
+        }
+        outcome
+    }
+
+    /// Asks the ring owner of `task_id` first. When it says NotFound or
+    /// fails, asks the other schedulers of the cluster concurrently and
+    /// takes the first that has it. If nobody has it, NotFound, unless a
+    /// scheduler failed (then we cannot know, and say why).
+    async fn routed<T, F, Fut>(
+        &self,
+        cluster_id: u64,
+        task_id: &str,
+        method: &'static str,
+        rpc: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: Fn(
+                crate::proto::scheduler::v2::scheduler_client::SchedulerClient<
+                    tonic::transport::Channel,
+                >,
+            ) -> Fut
+            + Clone,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let cluster = self.cluster(cluster_id)?;
+        let owner_addr = cluster.ring.owner(task_id)?;
+        let timeout = self.inner.settings.timeouts.stat;
+        let mut failure = None;
+        if let Some(owner) = cluster.scheduler(owner_addr) {
+            match owner.call(method, timeout, rpc.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(ClusterError::NotFound) => {}
+                Err(e) if e.is_scheduler_failure() => failure = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut others: FuturesUnordered<_> = cluster
+            .schedulers
+            .iter()
+            .filter(|s| s.addr != owner_addr)
+            .map(|s| s.call(method, timeout, rpc.clone()))
+            .collect();
+        while let Some(result) = others.next().await {
+            match result {
+                Ok(value) => return Ok(value),
+                Err(ClusterError::NotFound) => {}
+                Err(e) if e.is_scheduler_failure() => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failure.unwrap_or(ClusterError::NotFound))
+    }
+
+    /// Runs `f` for every cluster concurrently and collects the results by
+    /// cluster id, so one slow cluster does not serialize the others.
+    pub async fn for_each_cluster<T, F, Fut>(&self, f: F) -> HashMap<u64, Result<T, ClusterError>>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<T, ClusterError>>,
+    {
+        let ids = self.cluster_ids();
+        let results = futures::future::join_all(ids.iter().map(|&id| f(id))).await;
+        ids.into_iter().zip(results).collect()
+    }
+
+    pub fn stat_timeout(&self) -> Duration {
+        self.inner.settings.timeouts.stat
+    }
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), ClusterError> {
+    if id.trim().is_empty() {
+        return Err(ClusterError::InvalidArgument {
+            message: format!("{what} must not be empty"),
+        });
+    }
+    if id.len() > 1024 {
+        return Err(ClusterError::InvalidArgument {
+            message: format!("{what} is longer than 1024 bytes"),
+        });
+    }
+    Ok(())
+}
+
+fn validate_peer_key(key: &PeerKey) -> Result<(), ClusterError> {
+    validate_id("host id", &key.host_id)?;
+    validate_id("task id", &key.task_id)?;
+    validate_id("peer id", &key.peer_id)?;
+    ring::task_key(&key.task_id).map(|_| ())
+}

@@ -1,0 +1,388 @@
+//! One typed configuration, merged from defaults, a TOML file, `DFGRAPH_*`
+//! environment variables and command-line flags (later wins), and validated
+//! once at start-up with errors that name the offending setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheConfig;
+
+/// Everything `dfgraph serve` needs to know.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Static schedulers as `CLUSTER_ID=HOST:PORT`.
+    pub schedulers: Vec<String>,
+    /// Manager address (`HOST:PORT`) to discover schedulers from.
+    pub manager: Option<String>,
+    /// Scheduler clusters to discover from the manager.
+    pub scheduler_cluster_ids: Vec<u64>,
+    /// How often the manager is asked again for the scheduler list.
+    #[serde(with = "humantime_serde")]
+    pub manager_refresh_interval: Duration,
+    /// Redis URL for the shared cache tier and the event bus.
+    pub redis: Option<String>,
+    pub tls: TlsConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Enables `deletePeer`, `deleteTask` and `deleteHost`. Off by default
+    /// because they change the cluster and have no access control yet.
+    pub enable_mutations: bool,
+    pub cache: CacheConfig,
+    /// The simulated cluster started when no scheduler or manager is given.
+    pub simulator: SimulatorConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            schedulers: Vec::new(),
+            manager: None,
+            scheduler_cluster_ids: Vec::new(),
+            manager_refresh_interval: Duration::from_secs(60),
+            redis: None,
+            tls: TlsConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            enable_mutations: false,
+            cache: CacheConfig::default(),
+            simulator: SimulatorConfig::default(),
+        }
+    }
+}
+
+/// TLS toward schedulers and the manager. A CA alone gives server-verified
+/// TLS; adding a certificate and key gives mutual TLS.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify in the server certificate, when it differs from the
+    /// address dialled.
+    pub domain: Option<String>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.ca_cert.is_some() || self.cert.is_some()
+    }
+}
+
+/// Deadlines for scheduler calls and whole requests.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// `StatTask`, `StatPeer` and the deletes.
+    #[serde(with = "humantime_serde")]
+    pub stat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub list_hosts: Duration,
+    /// Budget of one HTTP request, end to end.
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            stat: Duration::from_secs(1),
+            list_hosts: Duration::from_secs(3),
+            request: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Bounds on what one client may ask for.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    /// Largest `first`/`last` a connection accepts.
+    pub max_page_size: usize,
+    /// Most keys one batch query (`tasks`, `peers`) accepts.
+    pub max_batch_keys: usize,
+    /// Concurrent calls toward one scheduler.
+    pub scheduler_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_depth: 15,
+            max_complexity: 20_000,
+            max_page_size: 1000,
+            max_batch_keys: 1000,
+            scheduler_concurrency: 32,
+        }
+    }
+}
+
+/// Size of the embedded simulated cluster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorConfig {
+    pub clusters: usize,
+    pub schedulers_per_cluster: usize,
+    pub hosts: usize,
+    pub tasks: usize,
+    pub peers_per_task: usize,
+    pub seed: u64,
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            clusters: 2,
+            schedulers_per_cluster: 3,
+            hosts: 300,
+            tasks: 200,
+            peers_per_task: 10,
+            seed: 42,
+            tick_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A static scheduler entry, parsed from `CLUSTER_ID=HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticScheduler {
+    pub cluster_id: u64,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for StaticScheduler {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| ConfigError::Invalid {
+            setting: "schedulers".into(),
+            message: format!("{s:?}: {why} (expected CLUSTER_ID=HOST:PORT, e.g. 1=10.0.0.5:8002)"),
+        };
+        let (cluster, addr) = s.split_once('=').ok_or_else(|| bad("missing '='"))?;
+        let cluster_id: u64 = cluster
+            .trim()
+            .parse()
+            .map_err(|_| bad("cluster id is not a number"))?;
+        if cluster_id == 0 {
+            return Err(bad("cluster id must be at least 1"));
+        }
+        let addr = resolve_addr(addr.trim()).map_err(|e| bad(&e))?;
+        Ok(Self { cluster_id, addr })
+    }
+}
+
+/// Resolves `HOST:PORT` to one socket address (the first that resolves),
+/// because the hash ring is keyed by socket address as dfdaemons key it.
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+/// Where the cluster's schedulers come from.
+#[derive(Clone, Debug)]
+pub enum SchedulerSource {
+    Static(Vec<StaticScheduler>),
+    Manager {
+        addr: String,
+        cluster_ids: Vec<u64>,
+        refresh: Duration,
+    },
+    /// Nothing configured: start the simulated cluster.
+    Simulated,
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `DFGRAPH_*` variables (nested keys
+    /// with `__`, e.g. `DFGRAPH_CACHE__TASK__FRESH=10s`), then `overrides`.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: impl Serialize,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    setting: "config".into(),
+                    message: format!("file {} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            // Flags own some names (clap reads their env vars itself, with
+            // list syntax figment does not parse).
+            .merge(
+                Env::prefixed("DFGRAPH_")
+                    .split("__")
+                    .filter(|key| !FLAG_ENV_KEYS.contains(&key.as_str())),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: cross-field rules and parseable addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, message: String| ConfigError::Invalid {
+            setting: setting.into(),
+            message,
+        };
+        self.static_schedulers()?;
+        if self.manager.is_some() && !self.schedulers.is_empty() {
+            return Err(invalid(
+                "manager",
+                "give either static schedulers or a manager, not both".into(),
+            ));
+        }
+        if self.manager.is_some() && self.scheduler_cluster_ids.is_empty() {
+            return Err(invalid(
+                "scheduler_cluster_ids",
+                "a manager needs at least one --scheduler-cluster-id".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid(
+                "tls",
+                "mutual TLS needs both `cert` and `key`".into(),
+            ));
+        }
+        for (name, value) in [
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.stat", self.timeouts.stat),
+            ("timeouts.list_hosts", self.timeouts.list_hosts),
+            ("timeouts.request", self.timeouts.request),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(name, "must be greater than zero".into()));
+            }
+        }
+        if self.limits.max_page_size == 0 || self.limits.scheduler_concurrency == 0 {
+            return Err(invalid(
+                "limits",
+                "max_page_size and scheduler_concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn static_schedulers(&self) -> Result<Vec<StaticScheduler>, ConfigError> {
+        self.schedulers.iter().map(|s| s.parse()).collect()
+    }
+
+    pub fn scheduler_source(&self) -> Result<SchedulerSource, ConfigError> {
+        if let Some(addr) = &self.manager {
+            return Ok(SchedulerSource::Manager {
+                addr: addr.clone(),
+                cluster_ids: self.scheduler_cluster_ids.clone(),
+                refresh: self.manager_refresh_interval,
+            });
+        }
+        let schedulers = self.static_schedulers()?;
+        if schedulers.is_empty() {
+            Ok(SchedulerSource::Simulated)
+        } else {
+            Ok(SchedulerSource::Static(schedulers))
+        }
+    }
+}
+
+/// Top-level keys that command-line flags set (with their own env vars).
+const FLAG_ENV_KEYS: &[&str] = &["scheduler", "scheduler_cluster_id", "config", "log"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_static_scheduler() {
+        let s: StaticScheduler = "2=127.0.0.1:8002".parse().unwrap();
+        assert_eq!(s.cluster_id, 2);
+        assert_eq!(s.addr, "127.0.0.1:8002".parse().unwrap());
+    }
+
+    #[test]
+    fn rejects_bad_static_scheduler_with_reason() {
+        for bad in [
+            "127.0.0.1:8002",
+            "x=127.0.0.1:8002",
+            "0=127.0.0.1:1",
+            "1=nowhere",
+        ] {
+            let err = bad.parse::<StaticScheduler>().unwrap_err().to_string();
+            assert!(err.contains("CLUSTER_ID=HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn manager_needs_cluster_ids() {
+        let config = Config {
+            manager: Some("127.0.0.1:65003".into()),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("scheduler_cluster_ids"), "{err}");
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nschedulers = [\"1=127.0.0.1:8002\"]\n[cache.task]\nfresh = \"10s\"\nstale = \"1m\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            serde_json::json!({ "listen": "127.0.0.1:7777" }),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7777".parse().unwrap());
+        assert_eq!(config.cache.task.fresh, Duration::from_secs(10));
+        assert_eq!(config.static_schedulers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9999\"\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}
