@@ -2,4 +2,5 @@
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod graphql;
 pub mod proto;

@@ -1,0 +1,442 @@
+//! The DataLoaders: every Host, Task and Peer lookup of a request goes
+//! through them, so a request makes one batch per entity kind, each key at
+//! most once. Batches go to the cache, and the cache's misses to the
+//! schedulers (the origins below), bounded in concurrency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_graphql::Result;
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+
+use super::errors::cluster_error;
+use super::freshness::Freshness;
+use super::types::{Host, Peer, Task};
+use crate::cache::{Cache, CacheKey, Fetched, Kind, Origin, OriginResult, TypedCache};
+use crate::cluster::{ClusterClient, ClusterError, PeerKey};
+use crate::proto::common::v2 as pb;
+use crate::proto::scheduler::v2::ListHostsResponse;
+
+/// Calls in flight from one batch; the per-scheduler bound still applies.
+const BATCH_CONCURRENCY: usize = 64;
+
+/// Loads host lists (`ListHosts`) for the cache.
+pub struct HostsOrigin(pub ClusterClient);
+
+impl Origin<ListHostsResponse> for HostsOrigin {
+    type Error = ClusterError;
+
+    fn load(
+        &self,
+        keys: Vec<CacheKey>,
+    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<ListHostsResponse, ClusterError>>> {
+        let client = self.0.clone();
+        async move {
+            let results = futures::future::join_all(keys.iter().map(|key| {
+                let client = client.clone();
+                async move { client.list_hosts(key.cluster).await }
+            }))
+            .await;
+            keys.into_iter()
+                .zip(results)
+                .map(|(key, result)| (key, result.map(|hosts| Some(ListHostsResponse { hosts }))))
+                .collect()
+        }
+        .boxed()
+    }
+}
+
+/// Loads tasks (`StatTask`, routed by the hash ring) for the cache.
+pub struct TaskOrigin(pub ClusterClient);
+
+impl Origin<pb::Task> for TaskOrigin {
+    type Error = ClusterError;
+
+    fn load(
+        &self,
+        keys: Vec<CacheKey>,
+    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Task, ClusterError>>> {
+        let client = self.0.clone();
+        futures::stream::iter(keys)
+            .map(move |key| {
+                let client = client.clone();
+                async move {
+                    let result = client.stat_task(key.cluster, &key.id).await;
+                    (key, not_found_as_none(result))
+                }
+            })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .collect()
+            .boxed()
+    }
+}
+
+/// Loads peers (`StatPeer`, routed by their task) for the cache.
+pub struct PeerOrigin(pub ClusterClient);
+
+impl Origin<pb::Peer> for PeerOrigin {
+    type Error = ClusterError;
+
+    fn load(
+        &self,
+        keys: Vec<CacheKey>,
+    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Peer, ClusterError>>> {
+        let client = self.0.clone();
+        futures::stream::iter(keys)
+            .map(move |key| {
+                let client = client.clone();
+                async move {
+                    let result = match peer_key_from_cache_id(&key.id) {
+                        Some(peer) => client.stat_peer(key.cluster, &peer).await,
+                        None => Err(ClusterError::InvalidArgument {
+                            message: format!("malformed peer cache id {:?}", key.id),
+                        }),
+                    };
+                    (key, not_found_as_none(result))
+                }
+            })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .collect()
+            .boxed()
+    }
+}
+
+fn not_found_as_none<T>(result: Result<T, ClusterError>) -> OriginResult<T, ClusterError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(ClusterError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The cache id of a peer: `task_id/host_id/peer_id`. Ids containing `/`
+/// are refused at the API, so the split is unambiguous.
+pub fn peer_cache_id(key: &PeerKey) -> String {
+    format!("{}/{}/{}", key.task_id, key.host_id, key.peer_id)
+}
+
+fn peer_key_from_cache_id(id: &str) -> Option<PeerKey> {
+    let mut parts = id.splitn(3, '/');
+    let task_id = parts.next()?.to_owned();
+    let host_id = parts.next()?.to_owned();
+    let peer_id = parts.next()?.to_owned();
+    Some(PeerKey {
+        host_id,
+        task_id,
+        peer_id,
+    })
+}
+
+/// The cache views of the three entity kinds, built once per process.
+pub struct Origins {
+    pub hosts: TypedCache<ListHostsResponse, HostsOrigin>,
+    pub tasks: TypedCache<pb::Task, TaskOrigin>,
+    pub peers: TypedCache<pb::Peer, PeerOrigin>,
+}
+
+impl Origins {
+    pub fn new(cache: &Cache, client: &ClusterClient) -> Self {
+        Self {
+            hosts: cache.typed(HostsOrigin(client.clone())),
+            tasks: cache.typed(TaskOrigin(client.clone())),
+            peers: cache.typed(PeerOrigin(client.clone())),
+        }
+    }
+}
+
+/// A task on one scheduler cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    pub cluster_id: u64,
+    pub task_id: String,
+}
+
+/// A peer on one scheduler cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerLookup {
+    pub cluster_id: u64,
+    pub key: PeerKey,
+}
+
+type Loaded<V> = Result<Fetched<V>, ClusterError>;
+
+/// Records what each lookup cost in the request's freshness report.
+fn account<K, V>(
+    freshness: &Freshness,
+    results: HashMap<CacheKey, Loaded<V>>,
+    mut key_of: impl FnMut(&CacheKey) -> K,
+) -> HashMap<K, Loaded<V>>
+where
+    K: std::hash::Hash + Eq,
+{
+    results
+        .into_iter()
+        .map(|(cache_key, result)| {
+            match &result {
+                Ok(fetched) => freshness.record(fetched),
+                Err(e) => freshness.record_failure(e.scheduler()),
+            }
+            (key_of(&cache_key), result)
+        })
+        .collect()
+}
+
+pub struct HostListLoader {
+    origins: Arc<Origins>,
+    freshness: Arc<Freshness>,
+}
+
+impl Loader<u64> for HostListLoader {
+    type Value = Loaded<ListHostsResponse>;
+    type Error = Arc<str>;
+
+    async fn load(&self, keys: &[u64]) -> Result<HashMap<u64, Self::Value>, Self::Error> {
+        let cache_keys: Vec<CacheKey> = keys
+            .iter()
+            .map(|&cluster| CacheKey::new(Kind::Hosts, cluster, ""))
+            .collect();
+        let results = self.origins.hosts.get_many(&cache_keys).await;
+        Ok(account(&self.freshness, results, |k| k.cluster))
+    }
+}
+
+pub struct TaskLoader {
+    origins: Arc<Origins>,
+    freshness: Arc<Freshness>,
+}
+
+impl Loader<TaskKey> for TaskLoader {
+    type Value = Loaded<pb::Task>;
+    type Error = Arc<str>;
+
+    async fn load(&self, keys: &[TaskKey]) -> Result<HashMap<TaskKey, Self::Value>, Self::Error> {
+        let cache_keys: Vec<CacheKey> = keys
+            .iter()
+            .map(|k| CacheKey::new(Kind::Task, k.cluster_id, k.task_id.clone()))
+            .collect();
+        let results = self.origins.tasks.get_many(&cache_keys).await;
+        Ok(account(&self.freshness, results, |k| TaskKey {
+            cluster_id: k.cluster,
+            task_id: k.id.clone(),
+        }))
+    }
+}
+
+pub struct PeerLoader {
+    origins: Arc<Origins>,
+    freshness: Arc<Freshness>,
+}
+
+impl Loader<PeerLookup> for PeerLoader {
+    type Value = Loaded<pb::Peer>;
+    type Error = Arc<str>;
+
+    async fn load(
+        &self,
+        keys: &[PeerLookup],
+    ) -> Result<HashMap<PeerLookup, Self::Value>, Self::Error> {
+        let by_cache_key: HashMap<CacheKey, PeerLookup> = keys
+            .iter()
+            .map(|k| {
+                (
+                    CacheKey::new(Kind::Peer, k.cluster_id, peer_cache_id(&k.key)),
+                    k.clone(),
+                )
+            })
+            .collect();
+        let cache_keys: Vec<CacheKey> = by_cache_key.keys().cloned().collect();
+        let results = self.origins.peers.get_many(&cache_keys).await;
+        Ok(account(&self.freshness, results, |k| {
+            by_cache_key.get(k).cloned().unwrap_or_else(|| PeerLookup {
+                cluster_id: k.cluster,
+                key: peer_key_from_cache_id(&k.id).unwrap_or(PeerKey {
+                    host_id: String::new(),
+                    task_id: String::new(),
+                    peer_id: String::new(),
+                }),
+            })
+        }))
+    }
+}
+
+/// The loaders of one GraphQL request (or one subscription).
+pub struct Loaders {
+    hosts: DataLoader<HostListLoader, HashMapCache>,
+    tasks: DataLoader<TaskLoader, HashMapCache>,
+    peers: DataLoader<PeerLoader, HashMapCache>,
+    pub freshness: Arc<Freshness>,
+}
+
+fn loader_failure(e: Arc<str>) -> async_graphql::Error {
+    async_graphql::Error::new(e.to_string())
+}
+
+impl Loaders {
+    pub fn new(origins: Arc<Origins>) -> Self {
+        let freshness = Arc::new(Freshness::default());
+        Self {
+            hosts: DataLoader::with_cache(
+                HostListLoader {
+                    origins: origins.clone(),
+                    freshness: freshness.clone(),
+                },
+                tokio::spawn,
+                HashMapCache::default(),
+            ),
+            tasks: DataLoader::with_cache(
+                TaskLoader {
+                    origins: origins.clone(),
+                    freshness: freshness.clone(),
+                },
+                tokio::spawn,
+                HashMapCache::default(),
+            ),
+            peers: DataLoader::with_cache(
+                PeerLoader {
+                    origins,
+                    freshness: freshness.clone(),
+                },
+                tokio::spawn,
+                HashMapCache::default(),
+            ),
+            freshness,
+        }
+    }
+
+    /// Host lists of `clusters`, each its own result so one failed cluster
+    /// does not hide the others.
+    pub async fn host_lists(
+        &self,
+        clusters: &[u64],
+    ) -> Result<BTreeMap<u64, Loaded<ListHostsResponse>>> {
+        let loaded = self
+            .hosts
+            .load_many(clusters.iter().copied())
+            .await
+            .map_err(loader_failure)?;
+        Ok(loaded.into_iter().collect())
+    }
+
+    /// One host of one cluster, from the cluster's host list.
+    pub async fn host(&self, cluster_id: u64, host_id: &str) -> Result<Option<Host>> {
+        match self
+            .hosts
+            .load_one(cluster_id)
+            .await
+            .map_err(loader_failure)?
+        {
+            Some(Ok(fetched)) => Ok(fetched.value.and_then(|list| {
+                list.hosts
+                    .iter()
+                    .find(|h| h.id == host_id)
+                    .map(|h| Host(Arc::new(h.clone())))
+            })),
+            Some(Err(e)) => Err(cluster_error(&e, Some(cluster_id))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn task(&self, key: TaskKey) -> Result<Option<Task>> {
+        let cluster_id = key.cluster_id;
+        match self.tasks.load_one(key).await.map_err(loader_failure)? {
+            Some(Ok(fetched)) => Ok(fetched.value.map(|task| Task { cluster_id, task })),
+            Some(Err(e)) => Err(cluster_error(&e, Some(cluster_id))),
+            None => Ok(None),
+        }
+    }
+
+    /// Looks a batch of tasks up on each of `clusters`. The first cluster
+    /// (in id order) that has a task wins; a task no cluster has is `None`;
+    /// a task that is missing where some cluster failed is that error.
+    pub async fn find_tasks(
+        &self,
+        ids: &[String],
+        clusters: &[u64],
+    ) -> Result<Vec<Result<Option<Task>, async_graphql::Error>>> {
+        let mut keys = Vec::with_capacity(ids.len() * clusters.len());
+        for id in ids {
+            for &cluster_id in clusters {
+                keys.push(TaskKey {
+                    cluster_id,
+                    task_id: id.clone(),
+                });
+            }
+        }
+        let loaded = self.tasks.load_many(keys).await.map_err(loader_failure)?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                pick_first(clusters, |cluster_id| {
+                    loaded.get(&TaskKey {
+                        cluster_id,
+                        task_id: id.clone(),
+                    })
+                })
+                .map(|found| found.map(|(cluster_id, task)| Task { cluster_id, task }))
+            })
+            .collect())
+    }
+
+    /// Like [`Loaders::find_tasks`], for peers.
+    pub async fn find_peers(
+        &self,
+        keys: &[PeerKey],
+        clusters: &[u64],
+    ) -> Result<Vec<Result<Option<Peer>, async_graphql::Error>>> {
+        let mut lookups = Vec::with_capacity(keys.len() * clusters.len());
+        for key in keys {
+            for &cluster_id in clusters {
+                lookups.push(PeerLookup {
+                    cluster_id,
+                    key: key.clone(),
+                });
+            }
+        }
+        let loaded = self
+            .peers
+            .load_many(lookups)
+            .await
+            .map_err(loader_failure)?;
+        Ok(keys
+            .iter()
+            .map(|key| {
+                pick_first(clusters, |cluster_id| {
+                    loaded.get(&PeerLookup {
+                        cluster_id,
+                        key: key.clone(),
+                    })
+                })
+                .map(|found| {
+                    found.map(|(cluster_id, peer)| Peer {
+                        cluster_id,
+                        host_id: key.host_id.clone(),
+                        peer,
+                    })
+                })
+            })
+            .collect())
+    }
+}
+
+/// Chooses among one entity's per-cluster results.
+fn pick_first<'a, V: 'a>(
+    clusters: &[u64],
+    result_of: impl Fn(u64) -> Option<&'a Loaded<V>>,
+) -> Result<Option<(u64, Arc<V>)>, async_graphql::Error> {
+    let mut failure = None;
+    for &cluster_id in clusters {
+        match result_of(cluster_id) {
+            Some(Ok(Fetched {
+                value: Some(value), ..
+            })) => return Ok(Some((cluster_id, value.clone()))),
+            Some(Err(e)) if failure.is_none() => failure = Some((cluster_id, e)),
+            _ => {}
+        }
+    }
+    match failure {
+        Some((cluster_id, e)) => Err(cluster_error(e, Some(cluster_id))),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,73 @@
+//! The GraphQL schema: types, queries, mutations and the DataLoaders that
+//! batch every lookup. Depends on `cache` and `cluster`; nothing below it
+//! knows GraphQL.
+
+pub mod errors;
+pub mod freshness;
+pub mod hosts;
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod scalars;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{EmptySubscription, Schema};
+
+use crate::cache::Cache;
+use crate::cluster::ClusterClient;
+use crate::config::Limits;
+pub use loaders::{Loaders, Origins};
+
+pub type DfSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+
+/// Process-wide state every resolver can reach.
+pub struct GatewayState {
+    pub cluster: ClusterClient,
+    pub cache: Cache,
+    pub origins: Arc<Origins>,
+    pub limits: Limits,
+    pub enable_mutations: bool,
+}
+
+impl GatewayState {
+    pub fn new(
+        cluster: ClusterClient,
+        cache: Cache,
+        limits: Limits,
+        enable_mutations: bool,
+    ) -> Self {
+        let origins = Arc::new(Origins::new(&cache, &cluster));
+        Self {
+            cluster,
+            cache,
+            origins,
+            limits,
+            enable_mutations,
+        }
+    }
+
+    /// Fresh loaders for one request.
+    pub fn loaders(&self) -> Loaders {
+        Loaders::new(self.origins.clone())
+    }
+}
+
+/// Builds the schema with its limits; `state` is reachable from every
+/// resolver.
+pub fn build_schema(state: Arc<GatewayState>) -> DfSchema {
+    let limits = state.limits;
+    Schema::build(query::Query, mutation::Mutation, EmptySubscription)
+        .data(state)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .finish()
+}
+
+/// The SDL of the schema, as checked in at `schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(query::Query, mutation::Mutation, EmptySubscription)
+        .finish()
+        .sdl()
+}

@@ -1,0 +1,350 @@
+//! The query root: hosts (a Relay connection), host statistics, tasks,
+//! peers, schedulers and scheduler clusters.
+
+use std::sync::Arc;
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
+
+use super::GatewayState;
+use super::errors::{bad_input, cluster_error};
+use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, host_stats, page};
+use super::loaders::Loaders;
+use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
+use crate::cluster::PeerKey;
+use crate::proto::scheduler::v2::ListHostsResponse;
+
+pub struct Query;
+
+/// Fields beside the edges of a host connection.
+#[derive(SimpleObject)]
+pub struct HostConnectionFields {
+    /// Hosts matching the filter, over every page.
+    pub total_count: usize,
+}
+
+/// The coordinates of a peer, as schedulers key it.
+#[derive(InputObject, Clone, Debug)]
+pub struct PeerKeyInput {
+    pub host_id: ID,
+    pub task_id: ID,
+    pub peer_id: ID,
+}
+
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.trim().is_empty() {
+        return Err(bad_input(format!("{what} must not be empty")));
+    }
+    if id.contains('/') {
+        return Err(bad_input(format!("{what} {id:?} must not contain '/'")));
+    }
+    if id.len() > 1024 {
+        return Err(bad_input(format!("{what} is longer than 1024 bytes")));
+    }
+    Ok(())
+}
+
+fn parse_cluster_id(id: &ID) -> Result<u64> {
+    id.parse::<u64>()
+        .map_err(|_| bad_input(format!("scheduler cluster id {:?} is not a number", id.0)))
+}
+
+impl Query {
+    /// The clusters a lookup should consider: one named cluster, or all.
+    fn clusters(ctx: &Context<'_>, only: Option<&ID>) -> Result<Vec<u64>> {
+        let state = ctx.data::<GatewayState>()?;
+        match only {
+            Some(id) => {
+                let id = parse_cluster_id(id)?;
+                if !state.cluster.cluster_ids().contains(&id) {
+                    return Err(bad_input(format!(
+                        "scheduler cluster {id} is not served here"
+                    )));
+                }
+                Ok(vec![id])
+            }
+            None => Ok(state.cluster.cluster_ids()),
+        }
+    }
+
+    /// Host lists of the clusters `filter` selects. A cluster that fails
+    /// adds an error to the response; the others still answer.
+    async fn host_lists(
+        ctx: &Context<'_>,
+        filter: &HostFilter,
+    ) -> Result<(Vec<Arc<ListHostsResponse>>, Vec<u64>, Vec<u64>)> {
+        let state = ctx.data::<GatewayState>()?;
+        let clusters = match filter.cluster_ids().map_err(bad_input)? {
+            Some(ids) => ids,
+            None => state.cluster.cluster_ids(),
+        };
+        let loaders = ctx.data::<Loaders>()?;
+        let lists = loaders.host_lists(&clusters).await?;
+        let (mut ok, mut counted, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+        for cluster_id in clusters {
+            match lists.get(&cluster_id) {
+                Some(Ok(fetched)) => {
+                    if let Some(list) = &fetched.value {
+                        ok.push(list.clone());
+                    }
+                    counted.push(cluster_id);
+                }
+                Some(Err(e)) => {
+                    ctx.add_error(
+                        cluster_error(e, Some(cluster_id)).into_server_error(ctx.item.pos),
+                    );
+                    missing.push(cluster_id);
+                }
+                None => missing.push(cluster_id),
+            }
+        }
+        Ok((ok, counted, missing))
+    }
+}
+
+#[Object]
+impl Query {
+    /// Hosts (dfdaemons) of every served scheduler cluster, filtered,
+    /// ordered (default: hostname ascending) and paginated. Without
+    /// `first` or `last`, the first 100.
+    #[allow(clippy::too_many_arguments)]
+    async fn hosts(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<HostFilter>,
+        order_by: Option<HostOrder>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, Host, HostConnectionFields, EmptyFields>> {
+        let state = ctx.data::<GatewayState>()?;
+        let max = state.limits.max_page_size;
+        let size = |name: &str, v: Option<i32>| -> Result<Option<usize>> {
+            match v {
+                None => Ok(None),
+                Some(n) if n < 0 => Err(bad_input(format!("`{name}` must not be negative"))),
+                Some(n) if n as usize > max => {
+                    Err(bad_input(format!("`{name}` must be at most {max}")))
+                }
+                Some(n) => Ok(Some(n as usize)),
+            }
+        };
+        let args = PageArgs {
+            first: size("first", first)?,
+            last: size("last", last)?,
+            after: after
+                .as_deref()
+                .map(Cursor::decode)
+                .transpose()
+                .map_err(bad_input)?,
+            before: before
+                .as_deref()
+                .map(Cursor::decode)
+                .transpose()
+                .map_err(bad_input)?,
+        };
+        let filter = filter.unwrap_or_default();
+        let (lists, _, _) = Self::host_lists(ctx, &filter).await?;
+        let result = page(
+            lists.iter().flat_map(|l| l.hosts.iter()),
+            &filter,
+            order_by.unwrap_or_default(),
+            &args,
+            100.min(max),
+        );
+        let mut connection = Connection::with_additional_fields(
+            result.has_previous_page,
+            result.has_next_page,
+            HostConnectionFields {
+                total_count: result.total_count,
+            },
+        );
+        connection.edges.extend(
+            result
+                .hosts
+                .into_iter()
+                .map(|(host, cursor)| Edge::new(cursor.encode(), Host(Arc::new(host.clone())))),
+        );
+        Ok(connection)
+    }
+
+    /// One host by id, from any served cluster.
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<Option<Host>> {
+        check_id("host id", &id)?;
+        let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let filter = HostFilter {
+            scheduler_cluster_ids: Some(clusters.iter().map(|c| ID(c.to_string())).collect()),
+            ..Default::default()
+        };
+        let (lists, _, _) = Self::host_lists(ctx, &filter).await?;
+        Ok(lists
+            .iter()
+            .flat_map(|l| l.hosts.iter())
+            .find(|h| h.id == id.0)
+            .map(|h| Host(Arc::new(h.clone()))))
+    }
+
+    /// Host counts by version, commit, type, idc, location, os and
+    /// scheduler cluster, computed here so the console need not download
+    /// every host.
+    async fn host_stats(&self, ctx: &Context<'_>, filter: Option<HostFilter>) -> Result<HostStats> {
+        let filter = filter.unwrap_or_default();
+        let (lists, counted, missing) = Self::host_lists(ctx, &filter).await?;
+        let mut stats = host_stats(lists.iter().flat_map(|l| l.hosts.iter()), &filter);
+        stats.counted_clusters = counted.into_iter().map(|c| ID(c.to_string())).collect();
+        stats.missing_clusters = missing.into_iter().map(|c| ID(c.to_string())).collect();
+        Ok(stats)
+    }
+
+    /// One task by id. Without `schedulerClusterId`, every cluster is
+    /// asked and the lowest cluster id that has it answers.
+    async fn task(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<Option<Task>> {
+        check_id("task id", &id)?;
+        let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let loaders = ctx.data::<Loaders>()?;
+        let mut found = loaders.find_tasks(&[id.0], &clusters).await?;
+        found.pop().unwrap_or(Ok(None))
+    }
+
+    /// Many tasks in one batch; entries line up with `ids` (null where not
+    /// found, with an error where a scheduler failed).
+    async fn tasks(
+        &self,
+        ctx: &Context<'_>,
+        ids: Vec<ID>,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<Vec<Option<Task>>> {
+        let state = ctx.data::<GatewayState>()?;
+        if ids.len() > state.limits.max_batch_keys {
+            return Err(bad_input(format!(
+                "at most {} ids per request",
+                state.limits.max_batch_keys
+            )));
+        }
+        for id in &ids {
+            check_id("task id", id)?;
+        }
+        let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let loaders = ctx.data::<Loaders>()?;
+        let ids: Vec<String> = ids.into_iter().map(|id| id.0).collect();
+        let results = loaders.find_tasks(&ids, &clusters).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    ctx.add_error(e.into_server_error(ctx.item.pos));
+                    None
+                })
+            })
+            .collect())
+    }
+
+    /// One peer: a host's download of a task.
+    async fn peer(
+        &self,
+        ctx: &Context<'_>,
+        host_id: ID,
+        task_id: ID,
+        peer_id: ID,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<Option<Peer>> {
+        let key = peer_key(&PeerKeyInput {
+            host_id,
+            task_id,
+            peer_id,
+        })?;
+        let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let loaders = ctx.data::<Loaders>()?;
+        let mut found = loaders.find_peers(&[key], &clusters).await?;
+        found.pop().unwrap_or(Ok(None))
+    }
+
+    /// Many peers in one batch; entries line up with `keys`.
+    async fn peers(
+        &self,
+        ctx: &Context<'_>,
+        keys: Vec<PeerKeyInput>,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<Vec<Option<Peer>>> {
+        let state = ctx.data::<GatewayState>()?;
+        if keys.len() > state.limits.max_batch_keys {
+            return Err(bad_input(format!(
+                "at most {} keys per request",
+                state.limits.max_batch_keys
+            )));
+        }
+        let keys = keys.iter().map(peer_key).collect::<Result<Vec<_>>>()?;
+        let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let loaders = ctx.data::<Loaders>()?;
+        let results = loaders.find_peers(&keys, &clusters).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|e| {
+                    ctx.add_error(e.into_server_error(ctx.item.pos));
+                    None
+                })
+            })
+            .collect())
+    }
+
+    /// Every scheduler dfgraph talks to, with its health.
+    async fn schedulers(&self, ctx: &Context<'_>) -> Result<Vec<Scheduler>> {
+        let state = ctx.data::<GatewayState>()?;
+        Ok(state
+            .cluster
+            .schedulers()
+            .into_iter()
+            .map(Scheduler::from)
+            .collect())
+    }
+
+    /// Every served scheduler cluster.
+    async fn scheduler_clusters(&self, ctx: &Context<'_>) -> Result<Vec<SchedulerCluster>> {
+        let state = ctx.data::<GatewayState>()?;
+        let all = state.cluster.schedulers();
+        Ok(state
+            .cluster
+            .cluster_ids()
+            .into_iter()
+            .map(|id| {
+                let schedulers: Vec<Scheduler> = all
+                    .iter()
+                    .filter(|s| s.cluster_id == id)
+                    .cloned()
+                    .map(Scheduler::from)
+                    .collect();
+                let reachable = schedulers
+                    .iter()
+                    .any(|s| s.handle.health.snapshot().is_up());
+                SchedulerCluster {
+                    id: ID(id.to_string()),
+                    schedulers,
+                    reachable,
+                }
+            })
+            .collect())
+    }
+}
+
+pub fn peer_key(input: &PeerKeyInput) -> Result<PeerKey> {
+    check_id("host id", &input.host_id)?;
+    check_id("task id", &input.task_id)?;
+    check_id("peer id", &input.peer_id)?;
+    Ok(PeerKey {
+        host_id: input.host_id.0.clone(),
+        task_id: input.task_id.0.clone(),
+        peer_id: input.peer_id.0.clone(),
+    })
+}

@@ -1,0 +1,36 @@
+//! Scalars GraphQL lacks: 64-bit unsigned counts (bytes, bandwidth), which
+//! overflow GraphQL's 32-bit `Int`.
+
+use async_graphql::{InputValueError, InputValueResult, Number, Scalar, ScalarType, Value};
+
+/// An unsigned 64-bit integer, as a JSON number. Values above 2^53 lose
+/// precision in JavaScript; byte counts of real hosts stay far below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UInt64(pub u64);
+
+#[Scalar(name = "UInt64")]
+impl ScalarType for UInt64 {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::Number(n) => n
+                .as_u64()
+                .map(UInt64)
+                .ok_or_else(|| InputValueError::custom("expected a non-negative integer")),
+            Value::String(s) => s
+                .parse()
+                .map(UInt64)
+                .map_err(|_| InputValueError::custom("expected a non-negative integer")),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Number(Number::from(self.0))
+    }
+}
+
+impl From<u64> for UInt64 {
+    fn from(v: u64) -> Self {
+        UInt64(v)
+    }
+}
