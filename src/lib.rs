@@ -1,6 +1,16 @@
 //! dfgraph: a real-time GraphQL gateway for Dragonfly P2P clusters.
+//!
+//! The way of one query, top-down: [`http`] receives it, [`graphql`]
+//! resolves it through DataLoaders, [`cache`] answers what it can, and
+//! [`cluster`] asks the schedulers (speaking [`proto`]) for the rest.
+//! [`sim`] is a simulated Dragonfly cluster for demos and tests.
+
 pub mod cache;
+pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod gateway;
 pub mod graphql;
+pub mod http;
 pub mod proto;
+pub mod status;

@@ -1,1 +1,127 @@
-fn main() {}
+//! The `dfgraph` binary: parses the command line, sets up logging, and
+//! runs one of `serve`, `simulate`, `schema` or `status`.
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use dfgraph::cli::{Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
+use dfgraph::config::Config;
+use dfgraph::gateway::{Gateway, cluster_client};
+use dfgraph::sim::{SimCluster, SimConfig};
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Simulate(args)) => simulate(args).await,
+        Some(Command::Schema) => {
+            print!("{}", dfgraph::graphql::sdl());
+            Ok(())
+        }
+        Some(Command::Status(args)) => status(args).await,
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.source.config.as_deref(), args.overrides())?;
+    let gateway = Gateway::start(config).await?;
+    println!("listening on {}", gateway.url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let sim = SimCluster::start(SimConfig {
+        clusters: args.clusters,
+        schedulers_per_cluster: args.schedulers_per_cluster,
+        hosts: args.hosts,
+        tasks: args.tasks,
+        peers_per_task: args.peers_per_task,
+        seed: args.seed,
+        tick_interval: (!args.tick.is_zero()).then_some(args.tick),
+        listen_ip: args.listen.ip(),
+        base_port: args.listen.port(),
+    })
+    .await
+    .context("starting the simulated cluster")?;
+    for s in sim.schedulers() {
+        println!("cluster={} scheduler={}", s.cluster_id, s.addr);
+    }
+    println!("manager={}", sim.manager_addr());
+    shutdown_signal().await;
+    sim.shutdown().await;
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.source.config.as_deref(), args.source.overrides())?;
+    let client = cluster_client(&config)?;
+    match config.scheduler_source()? {
+        dfgraph::config::SchedulerSource::Static(list) => {
+            client.expect_clusters(list.iter().map(|s| s.cluster_id));
+            let pairs: Vec<_> = list.iter().map(|s| (s.cluster_id, s.addr)).collect();
+            client.set_schedulers(&pairs)?;
+        }
+        dfgraph::config::SchedulerSource::Manager {
+            addr, cluster_ids, ..
+        } => {
+            client.expect_clusters(cluster_ids.iter().copied());
+            let found = dfgraph::cluster::discovery::fetch_from_manager(
+                &addr,
+                &cluster_ids,
+                &client.settings().dial,
+                config.timeouts.list_hosts,
+            )
+            .await
+            .with_context(|| format!("asking manager {addr} for schedulers"))?;
+            client.set_schedulers(&found)?;
+        }
+        dfgraph::config::SchedulerSource::Simulated => {
+            anyhow::bail!("status needs --scheduler CLUSTER_ID=HOST:PORT or --manager HOST:PORT");
+        }
+    }
+    let clusters = dfgraph::status::collect(&client).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&clusters)?);
+    } else {
+        print!("{}", dfgraph::status::render(&clusters));
+    }
+    Ok(())
+}

@@ -28,6 +28,7 @@ pub struct GatewayState {
     pub cache: Cache,
     pub origins: Arc<Origins>,
     pub limits: Limits,
+    pub request_timeout: std::time::Duration,
     pub enable_mutations: bool,
 }
 
@@ -36,6 +37,7 @@ impl GatewayState {
         cluster: ClusterClient,
         cache: Cache,
         limits: Limits,
+        request_timeout: std::time::Duration,
         enable_mutations: bool,
     ) -> Self {
         let origins = Arc::new(Origins::new(&cache, &cluster));
@@ -44,6 +46,7 @@ impl GatewayState {
             cache,
             origins,
             limits,
+            request_timeout,
             enable_mutations,
         }
     }

@@ -1,0 +1,220 @@
+//! Wires one configuration into a running gateway: scheduler discovery (or
+//! the embedded simulated cluster), the cache, the schema and the HTTP
+//! server, with one shutdown for all of them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use crate::cache::{Cache, SystemClock};
+use crate::cluster::{ClientSettings, ClusterClient, Dial, discovery};
+use crate::config::{Config, SchedulerSource};
+use crate::graphql::{GatewayState, build_schema};
+use crate::http::metrics::MetricsHandle;
+use crate::http::{AppState, router};
+use crate::sim::{SimCluster, SimConfig};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("schedulers: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("simulated cluster: {0}")]
+    Simulator(String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<GatewayState>,
+    /// The embedded simulated cluster, when no scheduler was configured.
+    pub simulator: Option<SimCluster>,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
+}
+
+fn tls_config(config: &Config) -> Result<Option<ClientTlsConfig>, StartError> {
+    let tls = &config.tls;
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let mut client = ClientTlsConfig::new();
+    if let Some(ca) = &tls.ca_cert {
+        client = client.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        client = client.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(domain) = &tls.domain {
+        client = client.domain_name(domain.clone());
+    }
+    Ok(Some(client))
+}
+
+/// The cluster client a configuration describes, without starting
+/// discovery; used by `serve` and `status`.
+pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
+    Ok(ClusterClient::new(ClientSettings {
+        dial: Dial {
+            connect_timeout: config.timeouts.connect,
+            tls: tls_config(config)?,
+        },
+        timeouts: config.timeouts,
+        concurrency_per_scheduler: config.limits.scheduler_concurrency,
+    }))
+}
+
+impl Gateway {
+    /// Starts everything and returns once the server accepts connections.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        config.validate()?;
+        let shutdown = CancellationToken::new();
+        let client = cluster_client(&config)?;
+        let mut simulator = None;
+        match config.scheduler_source()? {
+            SchedulerSource::Static(schedulers) => {
+                client.expect_clusters(schedulers.iter().map(|s| s.cluster_id));
+                let pairs: Vec<_> = schedulers.iter().map(|s| (s.cluster_id, s.addr)).collect();
+                client.set_schedulers(&pairs)?;
+            }
+            SchedulerSource::Manager {
+                addr,
+                cluster_ids,
+                refresh,
+            } => {
+                client.expect_clusters(cluster_ids.iter().copied());
+                // The first answer is awaited so the gateway starts with
+                // schedulers when the manager is up; the loop keeps trying
+                // when it is not.
+                match discovery::fetch_from_manager(
+                    &addr,
+                    &cluster_ids,
+                    &client.settings().dial,
+                    config.timeouts.list_hosts,
+                )
+                .await
+                {
+                    Ok(found) => client.set_schedulers(&found)?,
+                    Err(e) => tracing::warn!(manager = %addr, error = %e, "manager not reachable at start; will retry"),
+                }
+                tokio::spawn(discovery::follow_manager(
+                    client.clone(),
+                    addr,
+                    cluster_ids,
+                    refresh,
+                    shutdown.child_token(),
+                ));
+            }
+            SchedulerSource::Simulated => {
+                let s = &config.simulator;
+                let sim = SimCluster::start(SimConfig {
+                    clusters: s.clusters,
+                    schedulers_per_cluster: s.schedulers_per_cluster,
+                    hosts: s.hosts,
+                    tasks: s.tasks,
+                    peers_per_task: s.peers_per_task,
+                    seed: s.seed,
+                    tick_interval: (!s.tick_interval.is_zero()).then_some(s.tick_interval),
+                    ..SimConfig::default()
+                })
+                .await
+                .map_err(|e| StartError::Simulator(e.to_string()))?;
+                let pairs: Vec<_> = sim
+                    .schedulers()
+                    .iter()
+                    .map(|s| (s.cluster_id, s.addr))
+                    .collect();
+                tracing::info!(
+                    schedulers = pairs.len(),
+                    manager = %sim.manager_addr(),
+                    "no scheduler or manager configured: serving the simulated cluster"
+                );
+                client.expect_clusters(sim.cluster_ids());
+                client.set_schedulers(&pairs)?;
+                simulator = Some(sim);
+            }
+        }
+
+        let cache = Cache::connect(config.cache.clone(), Arc::new(SystemClock)).await?;
+        let state = Arc::new(GatewayState::new(
+            client,
+            cache,
+            config.limits,
+            config.timeouts.request,
+            config.enable_mutations,
+        ));
+        let app = AppState {
+            schema: build_schema(state.clone()),
+            gateway: state.clone(),
+            metrics: MetricsHandle::install(),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            let served = axum::serve(listener, router(app))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        tracing::info!("listening on http://{addr}");
+        tracing::info!("GraphiQL at http://{addr}/graphiql");
+        Ok(Gateway {
+            addr,
+            state,
+            simulator,
+            shutdown,
+            server,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A token that stops the gateway when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops background
+    /// work and the embedded simulator.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.server.await {
+            tracing::warn!(error = %e, "HTTP server task ended abnormally");
+        }
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+    }
+}

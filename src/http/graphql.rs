@@ -1,0 +1,198 @@
+//! `/graphql` over HTTP, following the GraphQL-over-HTTP spec: GET and
+//! POST, content negotiation between `application/graphql-response+json`
+//! and `application/json`, 4xx for requests that cannot run, and no
+//! mutations over GET. Each request gets its own DataLoaders and a
+//! freshness report in `extensions`.
+
+use std::time::Instant;
+
+use async_graphql::parser::types::OperationType;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
+/// The media type a client accepts for the response.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    GraphqlResponse,
+    Json,
+}
+
+fn negotiate(headers: &HeaderMap) -> Option<Accept> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some(Accept::Json);
+    };
+    let mut best = None;
+    for part in accept.split(',') {
+        let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match media.as_str() {
+            GRAPHQL_RESPONSE => return Some(Accept::GraphqlResponse),
+            JSON | "application/*" | "*/*" => best = Some(Accept::Json),
+            _ => {}
+        }
+    }
+    best
+}
+
+/// A response for a request that never reached execution.
+fn request_error(accept: Accept, status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "errors": [{
+        "message": message.into(),
+        "extensions": { "code": match status {
+            StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+            _ => "BAD_REQUEST",
+        } },
+    }]});
+    // With plain JSON, the spec keeps 200 for anything that is a GraphQL
+    // response; a body that is not a GraphQL request at all is still 400.
+    let status = match accept {
+        Accept::GraphqlResponse => status,
+        Accept::Json if status == StatusCode::METHOD_NOT_ALLOWED => status,
+        Accept::Json => StatusCode::BAD_REQUEST,
+    };
+    json_response(accept, status, body.to_string())
+}
+
+fn json_response(accept: Accept, status: StatusCode, body: String) -> Response {
+    let media = match accept {
+        Accept::GraphqlResponse => GRAPHQL_RESPONSE,
+        Accept::Json => JSON,
+    };
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(match media {
+            GRAPHQL_RESPONSE => "application/graphql-response+json; charset=utf-8",
+            _ => "application/json; charset=utf-8",
+        }),
+    );
+    response
+}
+
+fn not_acceptable() -> Response {
+    (
+        StatusCode::NOT_ACCEPTABLE,
+        "supported response types: application/graphql-response+json, application/json",
+    )
+        .into_response()
+}
+
+/// The operation a request would run, if its document parses.
+fn operation_type(request: &async_graphql::Request) -> Option<OperationType> {
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let name = request.operation_name.as_deref();
+    match &document.operations {
+        async_graphql::parser::types::DocumentOperations::Single(op) => Some(op.node.ty),
+        async_graphql::parser::types::DocumentOperations::Multiple(ops) => match name {
+            Some(name) => ops.get(name).map(|op| op.node.ty),
+            None if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+            None => None,
+        },
+    }
+}
+
+pub async fn get(State(app): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let Some(accept) = negotiate(&headers) else {
+        return not_acceptable();
+    };
+    let request = match async_graphql::http::parse_query_string(query.as_deref().unwrap_or("")) {
+        Ok(request) => request,
+        Err(e) => return request_error(accept, StatusCode::BAD_REQUEST, format!("invalid GraphQL request: {e}")),
+    };
+    if request.query.trim().is_empty() {
+        return request_error(accept, StatusCode::BAD_REQUEST, "missing `query` parameter");
+    }
+    if operation_type(&request) == Some(OperationType::Mutation) {
+        let mut response = request_error(
+            accept,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "mutations are only accepted over POST",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    execute(&app, accept, request).await
+}
+
+pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(accept) = negotiate(&headers) else {
+        return not_acceptable();
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let request: async_graphql::Request = match content_type.as_str() {
+        JSON | "" => match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return request_error(
+                    accept,
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not a GraphQL request: {e}"),
+                );
+            }
+        },
+        "application/graphql" => match std::str::from_utf8(&body) {
+            Ok(query) => async_graphql::Request::new(query),
+            Err(_) => return request_error(accept, StatusCode::BAD_REQUEST, "query is not UTF-8"),
+        },
+        other => {
+            return request_error(
+                accept,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type {other:?}; send application/json"),
+            );
+        }
+    };
+    execute(&app, accept, request).await
+}
+
+async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request) -> Response {
+    let started = Instant::now();
+    let kind = match operation_type(&request) {
+        Some(OperationType::Query) => "query",
+        Some(OperationType::Mutation) => "mutation",
+        Some(OperationType::Subscription) => "subscription",
+        None => "invalid",
+    };
+    let loaders = app.gateway.loaders();
+    let freshness = loaders.freshness.clone();
+    let mut response = app.schema.execute(request.data(loaders)).await;
+    // A request error (parse, validation) has no data and no error path:
+    // execution never started.
+    let never_ran = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    if !never_ran {
+        response.extensions.insert(
+            "freshness".into(),
+            async_graphql::Value::from_json(freshness.to_json()).unwrap_or_default(),
+        );
+    }
+    metrics::histogram!("dfgraph_graphql_request_seconds", "operation" => kind)
+        .record(started.elapsed().as_secs_f64());
+    let status = if never_ran && accept == Accept::GraphqlResponse {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::to_string(&response).unwrap_or_else(|e| {
+        serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]}).to_string()
+    });
+    json_response(accept, status, body)
+}

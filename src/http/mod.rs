@@ -1,0 +1,82 @@
+//! The HTTP surface, assembled in one place: `/graphql` (GET, POST),
+//! `/graphql/ws`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
+//! body limits, timeouts, compression and CORS as layers.
+
+pub mod graphql;
+pub mod health;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::CorsLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::graphql::{DfSchema, GatewayState};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: DfSchema,
+    pub gateway: Arc<GatewayState>,
+    pub metrics: metrics::MetricsHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limits = state.gateway.limits;
+    let request_timeout = state.gateway.request_timeout;
+    Router::new()
+        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/graphql/ws", get(websocket))
+        .route("/graphiql", get(graphiql))
+        .route("/", get(graphiql))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(CompressionLayer::new())
+        .layer(CorsLayer::permissive())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("dfgraph")
+            .finish(),
+    )
+}
+
+/// GraphQL over websocket, graphql-transport-ws or legacy graphql-ws, as
+/// the client's sub-protocol header asks. Each connection gets its own
+/// DataLoaders.
+async fn websocket(
+    State(app): State<AppState>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let mut data = async_graphql::Data::default();
+            data.insert(app.gateway.loaders());
+            GraphQLWebSocket::new(socket, app.schema.clone(), protocol)
+                .with_data(data)
+                .serve()
+                .await
+        })
+        .into_response()
+}
