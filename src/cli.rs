@@ -16,7 +16,12 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
     /// Log format.
-    #[arg(long, global = true, env = "DFGRAPH_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "DFGRAPH_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -42,13 +47,23 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct SourceArgs {
     /// A static scheduler as CLUSTER_ID=HOST:PORT (repeatable).
-    #[arg(long = "scheduler", value_name = "CLUSTER_ID=HOST:PORT", env = "DFGRAPH_SCHEDULER", value_delimiter = ',')]
+    #[arg(
+        long = "scheduler",
+        value_name = "CLUSTER_ID=HOST:PORT",
+        env = "DFGRAPH_SCHEDULER",
+        value_delimiter = ','
+    )]
     pub schedulers: Vec<String>,
     /// Discover schedulers from this Dragonfly manager (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
     pub manager: Option<String>,
     /// Scheduler cluster to discover from the manager (repeatable).
-    #[arg(long = "scheduler-cluster-id", value_name = "N", env = "DFGRAPH_SCHEDULER_CLUSTER_ID", value_delimiter = ',')]
+    #[arg(
+        long = "scheduler-cluster-id",
+        value_name = "N",
+        env = "DFGRAPH_SCHEDULER_CLUSTER_ID",
+        value_delimiter = ','
+    )]
     pub scheduler_cluster_ids: Vec<u64>,
     /// Configuration file (TOML).
     #[arg(long, value_name = "FILE", env = "DFGRAPH_CONFIG")]

@@ -114,7 +114,9 @@ impl Gateway {
                 .await
                 {
                     Ok(found) => client.set_schedulers(&found)?,
-                    Err(e) => tracing::warn!(manager = %addr, error = %e, "manager not reachable at start; will retry"),
+                    Err(e) => {
+                        tracing::warn!(manager = %addr, error = %e, "manager not reachable at start; will retry")
+                    }
                 }
                 tokio::spawn(discovery::follow_manager(
                     client.clone(),
@@ -167,12 +169,13 @@ impl Gateway {
             gateway: state.clone(),
             metrics: MetricsHandle::install(),
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.listen,
             source,

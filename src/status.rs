@@ -100,7 +100,11 @@ pub fn render(clusters: &[ClusterStatus]) -> String {
         if let Some(e) = &c.error {
             let _ = writeln!(out, "  error: {e}");
         }
-        let _ = writeln!(out, "  {:<24} {:<6} {:>10}  {}", "SCHEDULER", "STATE", "LATENCY", "ERROR");
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<6} {:>10}  ERROR",
+            "SCHEDULER", "STATE", "LATENCY"
+        );
         for s in &c.schedulers {
             let latency = s
                 .latency_ms

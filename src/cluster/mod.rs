@@ -31,6 +31,10 @@ use crate::proto::scheduler::v2::{
     StatTaskRequest,
 };
 
+/// The `host_id` dfgraph sends with `StatTask`. Schedulers look tasks up by
+/// task id alone, but some versions validate `host_id` as non-empty.
+pub const GATEWAY_HOST_ID: &str = "dfgraph";
+
 /// One scheduler cluster as currently known.
 pub struct ClusterView {
     pub id: u64,
@@ -231,7 +235,7 @@ impl ClusterClient {
     pub async fn stat_task(&self, cluster_id: u64, task_id: &str) -> Result<Task, ClusterError> {
         validate_id("task id", task_id)?;
         let request = StatTaskRequest {
-            host_id: String::new(),
+            host_id: GATEWAY_HOST_ID.to_owned(),
             task_id: task_id.to_owned(),
         };
         self.routed(cluster_id, task_id, "StatTask", move |mut client| {
@@ -256,10 +260,18 @@ impl ClusterClient {
         .await
     }
 
-    pub async fn delete_task(&self, cluster_id: u64, task_id: &str) -> Result<(), ClusterError> {
+    /// Deletes the task's peer on `host_id` (Dragonfly's `DeleteTask`
+    /// releases one host's copy of a task).
+    pub async fn delete_task(
+        &self,
+        cluster_id: u64,
+        host_id: &str,
+        task_id: &str,
+    ) -> Result<(), ClusterError> {
+        validate_id("host id", host_id)?;
         validate_id("task id", task_id)?;
         let request = DeleteTaskRequest {
-            host_id: String::new(),
+            host_id: host_id.to_owned(),
             task_id: task_id.to_owned(),
         };
         self.routed(cluster_id, task_id, "DeleteTask", move |mut client| {

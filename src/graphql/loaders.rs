@@ -305,6 +305,14 @@ impl Loaders {
         }
     }
 
+    /// Stops memoizing results for the rest of this loader's life, for
+    /// long-lived connections where later operations must see new data.
+    pub fn disable_request_cache(&self) {
+        self.hosts.enable_all_cache(false);
+        self.tasks.enable_all_cache(false);
+        self.peers.enable_all_cache(false);
+    }
+
     /// Host lists of `clusters`, each its own result so one failed cluster
     /// does not hide the others.
     pub async fn host_lists(

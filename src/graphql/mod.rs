@@ -22,7 +22,8 @@ pub use loaders::{Loaders, Origins};
 
 pub type DfSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
 
-/// Process-wide state every resolver can reach.
+/// Process-wide state every resolver can reach; clones share everything.
+#[derive(Clone)]
 pub struct GatewayState {
     pub cluster: ClusterClient,
     pub cache: Cache,
@@ -62,7 +63,7 @@ impl GatewayState {
 pub fn build_schema(state: Arc<GatewayState>) -> DfSchema {
     let limits = state.limits;
     Schema::build(query::Query, mutation::Mutation, EmptySubscription)
-        .data(state)
+        .data(GatewayState::clone(&state))
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .finish()

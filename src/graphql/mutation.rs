@@ -49,18 +49,20 @@ impl Mutation {
         Ok(true)
     }
 
-    /// Tells the task's scheduler to delete a task. True when deleted.
+    /// Tells the task's scheduler to release the task on one host (what
+    /// Dragonfly's `DeleteTask` does). True when deleted.
     async fn delete_task(
         &self,
         ctx: &Context<'_>,
         id: ID,
+        host_id: ID,
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
         let state = enabled(ctx)?;
         let cluster_id = cluster(&scheduler_cluster_id)?;
         state
             .cluster
-            .delete_task(cluster_id, &id)
+            .delete_task(cluster_id, &host_id, &id)
             .await
             .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state

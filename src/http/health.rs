@@ -25,9 +25,12 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         let reachable = if health.calls > 0 {
             health.is_up()
         } else {
-            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(s.addr))
-                .await
-                .is_ok_and(|r| r.is_ok())
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(s.addr),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
         };
         (s.cluster_id, s.addr, reachable)
     }))
@@ -55,5 +58,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(serde_json::json!({ "ready": ready, "clusters": clusters }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "clusters": clusters })),
+    )
+        .into_response()
 }

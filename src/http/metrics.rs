@@ -40,6 +40,11 @@ impl MetricsHandle {
 }
 
 pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
-    let body = app.metrics.0.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = app
+        .metrics
+        .0
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -42,7 +42,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(CompressionLayer::new())
         .layer(CorsLayer::permissive())
@@ -71,8 +74,12 @@ async fn websocket(
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
+            // One connection runs many operations over time, so its
+            // loaders batch but do not memoize across operations.
+            let loaders = app.gateway.loaders();
+            loaders.disable_request_cache();
             let mut data = async_graphql::Data::default();
-            data.insert(app.gateway.loaders());
+            data.insert(loaders);
             GraphQLWebSocket::new(socket, app.schema.clone(), protocol)
                 .with_data(data)
                 .serve()
