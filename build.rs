@@ -2,7 +2,11 @@
 //! `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/common.proto", "proto/scheduler.proto", "proto/manager.proto"];
+    let protos = [
+        "proto/common.proto",
+        "proto/scheduler.proto",
+        "proto/manager.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
