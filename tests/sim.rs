@@ -669,3 +669,44 @@ async fn scales_to_many_hosts() {
     }
     sim.shutdown().await;
 }
+
+/// The benchmark scale: 100k hosts over 10 clusters. Ignored by default
+/// (slow in debug builds); run with `cargo test --test sim -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn benchmark_scale_100k_hosts() {
+    let started = std::time::Instant::now();
+    let sim = SimCluster::start(SimConfig {
+        clusters: 10,
+        schedulers_per_cluster: 3,
+        hosts: 100_000,
+        tasks: 10_000,
+        peers_per_task: 10,
+        tick_interval: None,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    eprintln!("start: {:?}", started.elapsed());
+    let mut c = client(sim.schedulers()[0].addr).await;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let hosts = c
+            .list_hosts(ListHostsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .hosts;
+        assert_eq!(hosts.len(), 10_000);
+        eprintln!("list_hosts: {:?}", t.elapsed());
+    }
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        sim.tick();
+        eprintln!("tick: {:?}", t.elapsed());
+    }
+    let t = std::time::Instant::now();
+    let n = sim.hosts(1).len();
+    eprintln!("hosts snapshot ({n}): {:?}", t.elapsed());
+    sim.shutdown().await;
+}

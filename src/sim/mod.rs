@@ -25,7 +25,7 @@ mod workload;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -39,7 +39,7 @@ use crate::proto::manager::v2::manager_server::ManagerServer;
 use crate::proto::scheduler::v2::scheduler_server::SchedulerServer;
 use manager::ManagerService;
 use scheduler::{Faults, SchedulerService};
-use workload::{SharedWorkload, Workload, WorkloadParams, read, write};
+use workload::{Shared, SharedWorkload, Workload, WorkloadParams, read, write};
 
 /// How to build a simulated cluster.
 #[derive(Clone, Debug)]
@@ -237,7 +237,7 @@ impl SimCluster {
         let workload = tokio::task::spawn_blocking(move || Workload::new(params))
             .await
             .map_err(|e| SimError::Workload(e.to_string()))?;
-        let state: SharedWorkload = Arc::new(RwLock::new(workload));
+        let state: SharedWorkload = Arc::new(Shared::new(workload));
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut faults = HashMap::with_capacity(server_count);
@@ -298,7 +298,7 @@ impl SimCluster {
                 interval.tick().await; // the first tick is immediate
                 loop {
                     tokio::select! {
-                        _ = interval.tick() => write(&state).tick(),
+                        _ = interval.tick() => workload::tick(&state),
                         _ = stop.wait_for(|s| *s) => break,
                     }
                 }
@@ -361,7 +361,7 @@ impl SimCluster {
 
     /// Advances the workload one step (what the background ticker does).
     pub fn tick(&self) {
-        write(&self.inner.state).tick();
+        workload::tick(&self.inner.state);
     }
 
     /// Inserts or replaces a host in cluster `host.scheduler_cluster_id`

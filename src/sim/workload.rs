@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost_types::{Duration as PbDuration, Timestamp};
@@ -708,11 +708,20 @@ impl Workload {
         }
     }
 
-    /// Advances the whole simulation one step.
+    /// Advances every cluster one step (unit tests).
+    #[cfg(test)]
     pub(crate) fn tick(&mut self) {
         let now = now_ts();
+        for cluster_id in self.cluster_ids() {
+            self.tick_cluster(cluster_id, &now);
+        }
+    }
+
+    /// Advances one cluster one step.
+    pub(crate) fn tick_cluster(&mut self, cluster_id: u64, now: &Timestamp) {
+        let now = *now;
         let target = self.peers_per_task;
-        for (&cluster_id, cluster) in self.clusters.iter_mut() {
+        if let Some(cluster) = self.clusters.get_mut(&cluster_id) {
             let rng = &mut self.generator.rng;
 
             // Host load drifts on a sample of hosts.
@@ -1043,16 +1052,51 @@ fn drop_host_peers(
 }
 
 /// The workload as the servers and the public API share it.
-pub(crate) type SharedWorkload = Arc<RwLock<Workload>>;
+pub(crate) struct Shared {
+    workload: RwLock<Workload>,
+    /// Serializes whole ticks (see [`tick`]).
+    ticking: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(workload: Workload) -> Self {
+        Self {
+            workload: RwLock::new(workload),
+            ticking: Mutex::new(()),
+        }
+    }
+}
+
+/// Shared handle to the workload.
+pub(crate) type SharedWorkload = Arc<Shared>;
 
 /// Read access; a panic while writing (a bug) must not wedge every server.
 pub(crate) fn read(state: &SharedWorkload) -> RwLockReadGuard<'_, Workload> {
-    state.read().unwrap_or_else(PoisonError::into_inner)
+    state
+        .workload
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Write access, see [`read`].
 pub(crate) fn write(state: &SharedWorkload) -> RwLockWriteGuard<'_, Workload> {
-    state.write().unwrap_or_else(PoisonError::into_inner)
+    state
+        .workload
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Advances the whole simulation one step. The write lock is taken once
+/// per cluster, so readers (every RPC) wait for at most one cluster's step,
+/// never a whole tick; whole ticks never interleave, which keeps a seed's
+/// sequence of states deterministic.
+pub(crate) fn tick(state: &SharedWorkload) {
+    let _serial = state.ticking.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = now_ts();
+    let ids = read(state).cluster_ids();
+    for id in ids {
+        write(state).tick_cluster(id, &now);
+    }
 }
 
 #[cfg(test)]
