@@ -536,6 +536,22 @@ async fn mutation_hooks_show_on_the_wire() {
     assert!(sim.remove_host(1, &new_host.id));
     assert!(!sim.remove_host(1, &new_host.id));
     assert_eq!(sim.hosts(1).len(), 20);
+
+    // A host that moves cluster leaves the old one, peers included.
+    let mut moving = sim.hosts(1)[3].clone();
+    moving.scheduler_cluster_id = 2;
+    sim.upsert_host(moving.clone());
+    assert!(sim.hosts(1).iter().all(|h| h.id != moving.id));
+    assert!(sim.hosts(2).iter().any(|h| h.id == moving.id));
+    assert!(
+        sim.peers(1)
+            .iter()
+            .all(|p| p.host.as_ref().unwrap().id != moving.id)
+    );
+    // Unknown cluster: ignored.
+    moving.scheduler_cluster_id = 9;
+    sim.upsert_host(moving.clone());
+    assert!(sim.hosts(2).iter().any(|h| h.id == moving.id));
     sim.shutdown().await;
 }
 

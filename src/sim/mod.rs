@@ -298,9 +298,12 @@ impl SimCluster {
                 interval.tick().await; // the first tick is immediate
                 loop {
                     tokio::select! {
-                        _ = interval.tick() => workload::tick(&state),
+                        _ = interval.tick() => {}
                         _ = stop.wait_for(|s| *s) => break,
                     }
+                    // A big tick must not stall a runtime worker.
+                    let state = Arc::clone(&state);
+                    let _ = tokio::task::spawn_blocking(move || workload::tick(&state)).await;
                 }
             }));
         }

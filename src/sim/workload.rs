@@ -920,7 +920,18 @@ impl Workload {
 
     /// Inserts or replaces a host in its `scheduler_cluster_id`'s cluster.
     /// Returns false when that cluster does not exist.
+    /// A host that moves to another cluster leaves its old one (with its
+    /// peers there).
     pub(crate) fn upsert_host(&mut self, host: Host) -> bool {
+        if !self.clusters.contains_key(&host.scheduler_cluster_id) {
+            return false;
+        }
+        let now = now_ts();
+        for (&id, cluster) in self.clusters.iter_mut() {
+            if id != host.scheduler_cluster_id && cluster.pop_host(&host.id).is_some() {
+                drop_host_peers(cluster, &mut self.peer_index, &host.id, &now);
+            }
+        }
         match self.clusters.get_mut(&host.scheduler_cluster_id) {
             Some(cluster) => {
                 cluster.push_host(host);
