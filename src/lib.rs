@@ -13,4 +13,5 @@ pub mod gateway;
 pub mod graphql;
 pub mod http;
 pub mod proto;
+pub mod sim;
 pub mod status;

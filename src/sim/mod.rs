@@ -1,0 +1,464 @@
+//! A simulated Dragonfly cluster: real tonic gRPC servers on loopback TCP,
+//! one per scheduler plus one manager, serving a seeded, moving workload
+//! with per-server fault injection and RPC counters.
+//!
+//! The simulator depends only on [`crate::proto`], so it is an honest test
+//! double of real Dragonfly schedulers: the gateway talks to it over the
+//! same wire protocol it uses in production.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dfgraph::sim::SimError> {
+//! use dfgraph::sim::{SimCluster, SimConfig};
+//! let sim = SimCluster::start(SimConfig { tick_interval: None, ..SimConfig::default() }).await?;
+//! for s in sim.schedulers() {
+//!     println!("cluster {} scheduler {}", s.cluster_id, s.addr);
+//! }
+//! sim.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod manager;
+mod ring;
+mod scheduler;
+mod workload;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::proto::common::v2::{Host, Peer, Task};
+use crate::proto::manager::v2::manager_server::ManagerServer;
+use crate::proto::scheduler::v2::scheduler_server::SchedulerServer;
+use manager::ManagerService;
+use scheduler::{Faults, SchedulerService};
+use workload::{Shared, SharedWorkload, Workload, WorkloadParams, read, write};
+
+/// How to build a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of scheduler clusters, numbered `1..=clusters`.
+    pub clusters: usize,
+    /// Schedulers in each scheduler cluster.
+    pub schedulers_per_cluster: usize,
+    /// Total hosts, split evenly across clusters.
+    pub hosts: usize,
+    /// Total tasks, split evenly across clusters.
+    pub tasks: usize,
+    /// Peers per task, each on a distinct host of the task's cluster.
+    pub peers_per_task: usize,
+    /// Seed of everything random (ids, states, movement).
+    pub seed: u64,
+    /// Period of the background ticker; `None` keeps the state static.
+    pub tick_interval: Option<Duration>,
+    /// Address the servers listen on.
+    pub listen_ip: IpAddr,
+    /// 0 for ephemeral ports; otherwise schedulers listen on
+    /// `base_port..` in order and the manager on the port after them.
+    pub base_port: u16,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            clusters: 2,
+            schedulers_per_cluster: 3,
+            hosts: 300,
+            tasks: 200,
+            peers_per_task: 10,
+            seed: 42,
+            tick_interval: Some(Duration::from_secs(1)),
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            base_port: 0,
+        }
+    }
+}
+
+/// An RPC the simulator counts and can fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    StatPeer,
+    DeletePeer,
+    StatTask,
+    DeleteTask,
+    ListHosts,
+    DeleteHost,
+    /// The manager's RPC.
+    ListSchedulers,
+}
+
+impl Method {
+    /// Every method, in declaration order.
+    pub const ALL: [Method; 7] = [
+        Method::StatPeer,
+        Method::DeletePeer,
+        Method::StatTask,
+        Method::DeleteTask,
+        Method::ListHosts,
+        Method::DeleteHost,
+        Method::ListSchedulers,
+    ];
+}
+
+/// One simulated scheduler.
+#[derive(Clone, Debug)]
+pub struct SimScheduler {
+    pub cluster_id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid simulator config: {0}")]
+    InvalidConfig(String),
+    #[error("base port {base} leaves no room for {count} servers")]
+    PortRange { base: u16, count: usize },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workload generation failed: {0}")]
+    Workload(String),
+}
+
+struct Inner {
+    state: SharedWorkload,
+    schedulers: Vec<SimScheduler>,
+    manager_addr: SocketAddr,
+    faults: HashMap<SocketAddr, Arc<Faults>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle went away without `shutdown`: stop the servers.
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// A running simulated Dragonfly cluster. Cheap to clone; every clone
+/// drives the same servers. Dropping the last clone stops the servers in
+/// the background; [`SimCluster::shutdown`] stops them and waits.
+#[derive(Clone)]
+pub struct SimCluster {
+    inner: Arc<Inner>,
+}
+
+fn validate(config: &SimConfig) -> Result<(), SimError> {
+    if config.clusters == 0 {
+        return Err(SimError::InvalidConfig(
+            "clusters must be at least 1".into(),
+        ));
+    }
+    if config.schedulers_per_cluster == 0 {
+        return Err(SimError::InvalidConfig(
+            "schedulers_per_cluster must be at least 1".into(),
+        ));
+    }
+    if config.tick_interval.is_some_and(|d| d.is_zero()) {
+        return Err(SimError::InvalidConfig(
+            "tick_interval must be positive (use None for a static cluster)".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn bind(
+    ip: IpAddr,
+    base_port: u16,
+    index: usize,
+    count: usize,
+) -> Result<TcpListener, SimError> {
+    let port = if base_port == 0 {
+        0
+    } else {
+        u16::try_from(index)
+            .ok()
+            .and_then(|i| base_port.checked_add(i))
+            .ok_or(SimError::PortRange {
+                base: base_port,
+                count,
+            })?
+    };
+    let addr = SocketAddr::new(ip, port);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SimError::Bind { addr, source })
+}
+
+impl SimCluster {
+    /// Binds every server, generates the workload and starts serving. The
+    /// servers accept connections when this returns.
+    pub async fn start(config: SimConfig) -> Result<SimCluster, SimError> {
+        validate(&config)?;
+        let sched_count = config.clusters * config.schedulers_per_cluster;
+        let server_count = sched_count + 1;
+
+        let mut listeners = Vec::with_capacity(server_count);
+        for i in 0..server_count {
+            let listener = bind(config.listen_ip, config.base_port, i, server_count).await?;
+            let addr = listener.local_addr().map_err(|source| SimError::Bind {
+                addr: SocketAddr::new(config.listen_ip, 0),
+                source,
+            })?;
+            listeners.push((addr, listener));
+        }
+        let manager_addr = listeners[sched_count].0;
+
+        let mut schedulers = Vec::with_capacity(sched_count);
+        let mut clusters = Vec::with_capacity(config.clusters);
+        for c in 0..config.clusters {
+            let cluster_id = c as u64 + 1;
+            let addrs: Vec<SocketAddr> = (0..config.schedulers_per_cluster)
+                .map(|j| listeners[c * config.schedulers_per_cluster + j].0)
+                .collect();
+            schedulers.extend(addrs.iter().map(|&addr| SimScheduler { cluster_id, addr }));
+            clusters.push((cluster_id, addrs));
+        }
+
+        let params = WorkloadParams {
+            clusters,
+            hosts: config.hosts,
+            tasks: config.tasks,
+            peers_per_task: config.peers_per_task,
+            seed: config.seed,
+        };
+        let workload = tokio::task::spawn_blocking(move || Workload::new(params))
+            .await
+            .map_err(|e| SimError::Workload(e.to_string()))?;
+        let state: SharedWorkload = Arc::new(Shared::new(workload));
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut faults = HashMap::with_capacity(server_count);
+        let mut tasks = Vec::with_capacity(server_count + 1);
+        let mut listeners = listeners.into_iter();
+
+        for (sched, (addr, listener)) in schedulers.iter().zip(listeners.by_ref()) {
+            let f = Arc::new(Faults::new(shutdown_rx.clone()));
+            faults.insert(addr, Arc::clone(&f));
+            let service = SchedulerServer::new(SchedulerService {
+                cluster_id: sched.cluster_id,
+                addr,
+                state: Arc::clone(&state),
+                faults: f,
+            })
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+            let router = Server::builder().add_service(service);
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let signal = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let incoming = TcpListenerStream::new(listener);
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                    tracing::warn!(%addr, error = %e, "simulated scheduler stopped with an error");
+                }
+            }));
+        }
+
+        if let Some((addr, listener)) = listeners.next() {
+            let f = Arc::new(Faults::new(shutdown_rx.clone()));
+            faults.insert(addr, Arc::clone(&f));
+            let records: Vec<(u64, SocketAddr)> =
+                schedulers.iter().map(|s| (s.cluster_id, s.addr)).collect();
+            let service = ManagerServer::new(ManagerService::new(&records, f))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            let router = Server::builder().add_service(service);
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let signal = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let incoming = TcpListenerStream::new(listener);
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                    tracing::warn!(%addr, error = %e, "simulated manager stopped with an error");
+                }
+            }));
+        }
+
+        if let Some(period) = config.tick_interval {
+            let state = Arc::clone(&state);
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut interval = tokio::time::interval(period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                interval.tick().await; // the first tick is immediate
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                    // A big tick must not stall a runtime worker.
+                    let state = Arc::clone(&state);
+                    let _ = tokio::task::spawn_blocking(move || workload::tick(&state)).await;
+                }
+            }));
+        }
+
+        tracing::info!(
+            schedulers = schedulers.len(),
+            manager = %manager_addr,
+            "simulated Dragonfly cluster started"
+        );
+        Ok(SimCluster {
+            inner: Arc::new(Inner {
+                state,
+                schedulers,
+                manager_addr,
+                faults,
+                shutdown,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Every scheduler, ordered by cluster then index.
+    pub fn schedulers(&self) -> Vec<SimScheduler> {
+        self.inner.schedulers.clone()
+    }
+
+    /// The manager's address.
+    pub fn manager_addr(&self) -> SocketAddr {
+        self.inner.manager_addr
+    }
+
+    /// The scheduler cluster ids, ascending (`1..=clusters`).
+    pub fn cluster_ids(&self) -> Vec<u64> {
+        read(&self.inner.state).cluster_ids()
+    }
+
+    /// The hosts the schedulers of `cluster_id` currently list.
+    pub fn hosts(&self, cluster_id: u64) -> Vec<Host> {
+        let snapshot = read(&self.inner.state).hosts(cluster_id);
+        snapshot.as_ref().clone()
+    }
+
+    /// The tasks of `cluster_id`, ordered by id.
+    pub fn tasks(&self, cluster_id: u64) -> Vec<Task> {
+        read(&self.inner.state).tasks(cluster_id)
+    }
+
+    /// The peers of `cluster_id` with their task and host embedded, as
+    /// `StatPeer` returns them.
+    pub fn peers(&self, cluster_id: u64) -> Vec<Peer> {
+        read(&self.inner.state).peers(cluster_id)
+    }
+
+    /// The scheduler that holds `task_id` now.
+    pub fn task_owner(&self, task_id: &str) -> Option<SocketAddr> {
+        read(&self.inner.state).task_owner(task_id)
+    }
+
+    /// Advances the workload one step (what the background ticker does).
+    pub fn tick(&self) {
+        workload::tick(&self.inner.state);
+    }
+
+    /// Inserts or replaces a host in cluster `host.scheduler_cluster_id`
+    /// (ignored, with a warning, when no such cluster exists).
+    pub fn upsert_host(&self, host: Host) {
+        let cluster = host.scheduler_cluster_id;
+        if !write(&self.inner.state).upsert_host(host) {
+            tracing::warn!(cluster, "upsert_host: no such scheduler cluster");
+        }
+    }
+
+    /// Removes a host and its peers. False when it was not there.
+    pub fn remove_host(&self, cluster_id: u64, host_id: &str) -> bool {
+        write(&self.inner.state).remove_host(cluster_id, host_id)
+    }
+
+    /// Sets a peer's state (any string), bumps its `updated_at` and
+    /// recomputes its task. False for an unknown peer.
+    pub fn set_peer_state(&self, peer_id: &str, state: &str) -> bool {
+        write(&self.inner.state).set_peer_state(peer_id, state)
+    }
+
+    /// Sets a task's state (until its peers next change). False for an
+    /// unknown task.
+    pub fn set_task_state(&self, task_id: &str, state: &str) -> bool {
+        write(&self.inner.state).set_task_state(task_id, state)
+    }
+
+    /// Places a task (and its peers) on scheduler `to`, which must belong
+    /// to the task's cluster. False for an unknown task or scheduler.
+    pub fn move_task(&self, task_id: &str, to: SocketAddr) -> bool {
+        write(&self.inner.state).move_task(task_id, to)
+    }
+
+    /// RPCs of `method` received by the server at `addr` (scheduler or
+    /// manager), including failed and hung ones.
+    pub fn rpc_count(&self, addr: SocketAddr, method: Method) -> u64 {
+        self.inner.faults.get(&addr).map_or(0, |f| f.count(method))
+    }
+
+    /// RPCs of `method` received by all servers.
+    pub fn total_rpc_count(&self, method: Method) -> u64 {
+        self.inner.faults.values().map(|f| f.count(method)).sum()
+    }
+
+    /// Zeroes every counter.
+    pub fn reset_counters(&self) {
+        self.inner.faults.values().for_each(|f| f.reset());
+    }
+
+    fn faults(&self, addr: SocketAddr) -> Option<&Faults> {
+        let f = self.inner.faults.get(&addr);
+        if f.is_none() {
+            tracing::warn!(%addr, "no simulated server at this address");
+        }
+        f.map(AsRef::as_ref)
+    }
+
+    /// Delays every RPC to `addr` by `latency` (zero turns it off).
+    pub fn set_latency(&self, addr: SocketAddr, latency: Duration) {
+        if let Some(f) = self.faults(addr) {
+            f.set_latency(latency);
+        }
+    }
+
+    /// Makes every RPC to `addr` fail with `code` while set.
+    pub fn set_error(&self, addr: SocketAddr, code: Option<tonic::Code>) {
+        if let Some(f) = self.faults(addr) {
+            f.set_error(code);
+        }
+    }
+
+    /// Makes RPCs to `addr` never answer while set; they resume when it is
+    /// cleared and fail with `Unavailable` when the simulator stops.
+    pub fn set_hang(&self, addr: SocketAddr, hang: bool) {
+        if let Some(f) = self.faults(addr) {
+            f.set_hang(hang);
+        }
+    }
+
+    /// Stops every server and the ticker, and waits for them.
+    pub async fn shutdown(self) {
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "simulator task failed");
+            }
+        }
+    }
+}
