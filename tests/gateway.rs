@@ -602,3 +602,52 @@ async fn scheduler_health_is_visible() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn discovers_schedulers_from_the_manager() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let mut config = support::gateway_config(&env.sim);
+    config.schedulers.clear();
+    config.manager = Some(env.sim.manager_addr().to_string());
+    config.scheduler_cluster_ids = vec![1, 2];
+    let discovered = dfgraph::gateway::Gateway::start(config).await.unwrap();
+    let body: Value = env
+        .http
+        .post(format!("{}/graphql", discovered.url()))
+        .json(&json!({ "query": "{ schedulers { address schedulerClusterId } hostStats { total } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String)> = body["data"]["schedulers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["schedulerClusterId"].as_str().unwrap().to_owned(),
+                s["address"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, String)> = env
+        .sim
+        .schedulers()
+        .iter()
+        .map(|s| (s.cluster_id.to_string(), s.addr.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    let total: usize = env
+        .sim
+        .cluster_ids()
+        .iter()
+        .map(|&c| env.sim.hosts(c).len())
+        .sum();
+    assert_eq!(body["data"]["hostStats"]["total"], total);
+    discovered.shutdown().await;
+    env.stop().await;
+}

@@ -1,0 +1,184 @@
+//! The command-line contract scripts rely on: `simulate` prints its
+//! addresses, `serve` prints `listening on http://ADDR` and, with nothing
+//! configured, serves the embedded simulated cluster; `status` and
+//! `schema` print what they say.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dfgraph");
+
+/// A child process killed on drop, so a failing test leaves nothing behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `dfgraph ARGS` and returns it with the first `n` stdout lines.
+fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dfgraph starts");
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("dfgraph {args:?} printed only {lines:?}"),
+        }
+    }
+    (running, lines)
+}
+
+#[test]
+fn simulate_prints_one_line_per_scheduler_and_the_manager() {
+    let (_sim, lines) = start(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--clusters",
+            "2",
+            "--schedulers-per-cluster",
+            "2",
+            "--hosts",
+            "40",
+        ],
+        5,
+    );
+    for (i, line) in lines[..4].iter().enumerate() {
+        let cluster = if i < 2 { 1 } else { 2 };
+        let prefix = format!("cluster={cluster} scheduler=127.0.0.1:");
+        assert!(line.starts_with(&prefix), "{line:?}");
+    }
+    assert!(lines[4].starts_with("manager=127.0.0.1:"), "{:?}", lines[4]);
+}
+
+#[tokio::test]
+async fn serve_with_nothing_configured_serves_the_simulated_cluster() {
+    let (_gateway, lines) = start(&["serve", "--listen", "127.0.0.1:0"], 1);
+    let url = lines[0]
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{:?}", lines[0]))
+        .to_owned();
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/graphql"))
+        .json(&serde_json::json!({ "query": "{ hostStats { total countedClusters } schedulers { address } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["data"]["hostStats"]["countedClusters"],
+        serde_json::json!(["1", "2"])
+    );
+    assert!(
+        body["data"]["hostStats"]["total"].as_u64().unwrap() > 250,
+        "{body}"
+    );
+    assert_eq!(body["data"]["schedulers"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn status_prints_a_table_and_json_for_static_schedulers() {
+    let (_sim, lines) = start(
+        &[
+            "simulate",
+            "--clusters",
+            "1",
+            "--schedulers-per-cluster",
+            "2",
+            "--hosts",
+            "30",
+            "--tick",
+            "0s",
+        ],
+        3,
+    );
+    let scheduler = lines[0].split_once("scheduler=").unwrap().1.to_owned();
+    let output = Command::new(BIN)
+        .args(["status", "--json", "--scheduler", &format!("1={scheduler}")])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json[0]["id"], 1);
+    assert_eq!(json[0]["hosts"], 30);
+    let by_type: u64 = json[0]["hosts_by_type"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_type, 30);
+
+    let manager = lines[2].strip_prefix("manager=").unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "status",
+            "--manager",
+            manager,
+            "--scheduler-cluster-id",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("scheduler cluster 1  hosts: 30"), "{table}");
+    assert!(table.contains(&scheduler), "{table}");
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let output = Command::new(BIN)
+        .args(["serve", "--scheduler", "not-an-address"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CLUSTER_ID=HOST:PORT"), "{stderr}");
+}
+
+#[test]
+fn schema_prints_the_sdl() {
+    let output = Command::new(BIN).arg("schema").output().unwrap();
+    assert!(output.status.success());
+    let sdl = String::from_utf8(output.stdout).unwrap();
+    assert!(sdl.contains("type Query"), "{sdl}");
+    assert!(
+        sdl.contains("hostStats(filter: HostFilter): HostStats!"),
+        "{sdl}"
+    );
+}
