@@ -41,6 +41,9 @@ pub enum Command {
     Schema,
     /// Fetch cluster state straight from the schedulers and print it.
     Status(StatusArgs),
+    /// Drive a GraphQL query mix against a gateway and report latency,
+    /// throughput, scheduler calls and cache hit ratio.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the schedulers are; shared by `serve` and `status`.

@@ -5,6 +5,7 @@
 //! [`cluster`] asks the schedulers (speaking [`proto`]) for the rest.
 //! [`sim`] is a simulated Dragonfly cluster for demos and tests.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod cluster;

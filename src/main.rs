@@ -32,6 +32,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Status(args)) => status(args).await,
+        Some(Command::Bench(args)) => {
+            let report = dfgraph::bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
     }
 }
 

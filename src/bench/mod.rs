@@ -1,0 +1,411 @@
+//! `dfgraph bench`: the load tool. Starts a simulated cluster and a gateway
+//! in this process (or targets a running gateway), drives a GraphQL query
+//! mix over HTTP from N concurrent clients (closed loop) or at a fixed rate
+//! (open loop, latency measured from each request's intended start, so a
+//! stall is not hidden by coordinated omission), checks every response
+//! body, and reports throughput, latency percentiles (HDR histogram),
+//! errors by code, scheduler RPCs by method, cache hit ratio and RSS.
+
+pub mod scenario;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+pub use scenario::Scenario;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::sim::{Method, SimCluster, SimConfig};
+
+/// `dfgraph bench` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Query mix to send.
+    #[arg(long, value_enum, default_value = "overview")]
+    pub scenario: Scenario,
+    /// Concurrent clients (closed loop), or the in-flight cap with --rate.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long to send, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Untimed warm-up before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Fixed request rate per second (open loop) instead of closed loop.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// A running gateway to target; without it one is started here.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Simulated cluster size (in-process mode).
+    #[arg(long, default_value_t = 2)]
+    pub clusters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub schedulers_per_cluster: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub hosts: usize,
+    #[arg(long, default_value_t = 500)]
+    pub tasks: usize,
+    #[arg(long, default_value_t = 10)]
+    pub peers_per_task: usize,
+    /// Added latency of every simulated scheduler call, e.g. 2ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub scheduler_latency: Option<Duration>,
+    /// Turn the cache off (every query goes to the schedulers).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Redis URL for the gateway's shared cache (in-process mode).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one run measured.
+#[derive(Serialize, Debug, Clone)]
+pub struct Report {
+    pub scenario: String,
+    pub mode: String,
+    pub clients: usize,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub throughput_rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Failed requests by cause: HTTP status or GraphQL `extensions.code`.
+    pub errors: BTreeMap<String, u64>,
+    /// Scheduler RPCs during the measured window (in-process mode).
+    pub scheduler_rpcs: BTreeMap<String, u64>,
+    pub cache_hits: u64,
+    pub origin_loads: u64,
+    pub cache_hit_ratio: f64,
+    pub rss_mib_before: Option<f64>,
+    pub rss_mib_after: Option<f64>,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "scenario {} ({}, {} clients, {:.1} s)\n  requests {}  throughput {:.0} req/s\n  latency p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n",
+            self.scenario,
+            self.mode,
+            self.clients,
+            self.duration_s,
+            self.requests,
+            self.throughput_rps,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.max_ms
+        );
+        let errors: u64 = self.errors.values().sum();
+        out += &format!("  errors {errors} {:?}\n", self.errors);
+        if !self.scheduler_rpcs.is_empty() {
+            out += &format!("  scheduler RPCs {:?}\n", self.scheduler_rpcs);
+        }
+        out += &format!(
+            "  cache hits {} origin loads {} hit ratio {:.3}\n",
+            self.cache_hits, self.origin_loads, self.cache_hit_ratio
+        );
+        if let (Some(before), Some(after)) = (self.rss_mib_before, self.rss_mib_after) {
+            out += &format!("  process RSS {before:.1} MiB -> {after:.1} MiB\n");
+        }
+        out
+    }
+}
+
+/// Resident memory of this process, from /proc (Linux only).
+pub fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Why a run could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("simulated cluster: {0}")]
+    Simulator(String),
+    #[error("gateway: {0}")]
+    Gateway(#[from] crate::gateway::StartError),
+    #[error("{0}")]
+    Scenario(String),
+}
+
+/// Shared counters of one run.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    cache_hits: AtomicU64,
+    origin_loads: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Sends one request; returns its outcome for the tally.
+async fn send(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    tally: &Tally,
+) -> Result<(), String> {
+    let response = http.post(url).json(body).send().await.map_err(|e| {
+        format!(
+            "transport: {}",
+            if e.is_timeout() { "timeout" } else { "error" }
+        )
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("http {}", status.as_u16()));
+    }
+    let value: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|_| "invalid body".to_owned())?;
+    let freshness = &value["extensions"]["freshness"];
+    tally.cache_hits.fetch_add(
+        freshness["cacheHits"].as_u64().unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    tally.origin_loads.fetch_add(
+        freshness["originLoads"].as_u64().unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    if let Some(errors) = value["errors"].as_array()
+        && let Some(first) = errors.first()
+    {
+        return Err(first["extensions"]["code"]
+            .as_str()
+            .unwrap_or("GRAPHQL_ERROR")
+            .to_owned());
+    }
+    if value["data"].is_null() {
+        return Err("no data".into());
+    }
+    Ok(())
+}
+
+/// Runs a benchmark as `args` describe.
+pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    let (sim, gateway) = match &args.target {
+        Some(_) => (None, None),
+        None => {
+            let sim = SimCluster::start(SimConfig {
+                clusters: args.clusters,
+                schedulers_per_cluster: args.schedulers_per_cluster,
+                hosts: args.hosts,
+                tasks: args.tasks,
+                peers_per_task: args.peers_per_task,
+                tick_interval: None,
+                ..SimConfig::default()
+            })
+            .await
+            .map_err(|e| BenchError::Simulator(e.to_string()))?;
+            if let Some(latency) = args.scheduler_latency {
+                for s in sim.schedulers() {
+                    sim.set_latency(s.addr, latency);
+                }
+            }
+            let mut config = Config {
+                listen: "127.0.0.1:0"
+                    .parse()
+                    .map_err(|e| BenchError::Scenario(format!("{e}")))?,
+                schedulers: sim
+                    .schedulers()
+                    .iter()
+                    .map(|s| format!("{}={}", s.cluster_id, s.addr))
+                    .collect(),
+                redis: args.redis.clone(),
+                ..Config::default()
+            };
+            config.cache.enabled = !args.no_cache;
+            config.limits.max_complexity = 1_000_000;
+            let gateway = Gateway::start(config).await?;
+            (Some(sim), Some(gateway))
+        }
+    };
+    let base = match (&args.target, &gateway) {
+        (Some(target), _) => target.trim_end_matches('/').to_owned(),
+        (None, Some(g)) => g.url(),
+        (None, None) => return Err(BenchError::Scenario("no gateway".into())),
+    };
+    let url = format!("{base}/graphql");
+    let requests = Arc::new(args.scenario.requests(sim.as_ref())?);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients.max(1))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| BenchError::Scenario(format!("HTTP client: {e}")))?;
+
+    // Warm-up: untimed, fills caches and connection pools.
+    if !args.warmup.is_zero() {
+        let _ = drive(&http, &url, &requests, args.clients, args.warmup, None).await;
+    }
+    if let Some(sim) = &sim {
+        sim.reset_counters();
+    }
+    let rss_before = rss_mib();
+    let (histogram, tally, elapsed) = drive(
+        &http,
+        &url,
+        &requests,
+        args.clients,
+        args.duration,
+        args.rate,
+    )
+    .await;
+    let rss_after = rss_mib();
+    let mut scheduler_rpcs = BTreeMap::new();
+    if let Some(sim) = &sim {
+        for method in Method::ALL {
+            let n = sim.total_rpc_count(method);
+            if n > 0 {
+                scheduler_rpcs.insert(format!("{method:?}"), n);
+            }
+        }
+    }
+    let n = tally.requests.load(Ordering::Relaxed);
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let hits = tally.cache_hits.load(Ordering::Relaxed);
+    let loads = tally.origin_loads.load(Ordering::Relaxed);
+    let report = Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        mode: match args.rate {
+            Some(rate) => format!("fixed rate {rate}/s"),
+            None => "closed loop".into(),
+        },
+        clients: args.clients,
+        duration_s: elapsed.as_secs_f64(),
+        requests: n,
+        throughput_rps: n as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        max_ms: histogram.max() as f64 / 1000.0,
+        errors: tally.errors.lock().await.clone(),
+        scheduler_rpcs,
+        cache_hits: hits,
+        origin_loads: loads,
+        cache_hit_ratio: if hits + loads == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + loads) as f64
+        },
+        rss_mib_before: rss_before,
+        rss_mib_after: rss_after,
+    };
+    if let Some(gateway) = gateway {
+        gateway.shutdown().await;
+    }
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    Ok(report)
+}
+
+type Outcome = (Histogram<u64>, Arc<Tally>, Duration);
+
+/// Sends requests for `duration`, closed loop or at `rate`.
+async fn drive(
+    http: &reqwest::Client,
+    url: &str,
+    requests: &Arc<Vec<serde_json::Value>>,
+    clients: usize,
+    duration: Duration,
+    rate: Option<u64>,
+) -> Outcome {
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    let deadline = started + duration;
+    // 1 µs to 120 s at 3 significant digits.
+    let new_histogram = || {
+        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
+            .expect("constant histogram bounds are valid")
+    };
+    let mut total = new_histogram();
+    match rate {
+        None => {
+            let mut workers = Vec::new();
+            for client in 0..clients.max(1) {
+                let (http, url, requests, tally) = (
+                    http.clone(),
+                    url.to_owned(),
+                    requests.clone(),
+                    tally.clone(),
+                );
+                let mut histogram = new_histogram();
+                workers.push(tokio::spawn(async move {
+                    let mut i = client;
+                    while Instant::now() < deadline {
+                        let body = &requests[i % requests.len()];
+                        i += 1;
+                        let sent = Instant::now();
+                        let outcome = send(&http, &url, body, &tally).await;
+                        let _ = histogram.record(sent.elapsed().as_micros() as u64);
+                        tally.requests.fetch_add(1, Ordering::Relaxed);
+                        if let Err(cause) = outcome {
+                            *tally.errors.lock().await.entry(cause).or_default() += 1;
+                        }
+                    }
+                    histogram
+                }));
+            }
+            for worker in workers {
+                if let Ok(h) = worker.await {
+                    let _ = total.add(h);
+                }
+            }
+        }
+        Some(rate) => {
+            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let limit = Arc::new(tokio::sync::Semaphore::new(clients.max(1)));
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut i = 0usize;
+            let mut intended = Instant::now();
+            while intended < deadline {
+                tokio::time::sleep_until(intended.into()).await;
+                let (http, url, requests, tally, tx, limit) = (
+                    http.clone(),
+                    url.to_owned(),
+                    requests.clone(),
+                    tally.clone(),
+                    tx.clone(),
+                    limit.clone(),
+                );
+                let start = intended;
+                let index = i;
+                tokio::spawn(async move {
+                    let Ok(_permit) = limit.acquire_owned().await else {
+                        return;
+                    };
+                    let outcome =
+                        send(&http, &url, &requests[index % requests.len()], &tally).await;
+                    // Measured from when the request should have started.
+                    let _ = tx.send(start.elapsed().as_micros() as u64);
+                    tally.requests.fetch_add(1, Ordering::Relaxed);
+                    if let Err(cause) = outcome {
+                        *tally.errors.lock().await.entry(cause).or_default() += 1;
+                    }
+                });
+                i += 1;
+                intended += period;
+            }
+            drop(tx);
+            while let Some(micros) = rx.recv().await {
+                let _ = total.record(micros);
+            }
+        }
+    }
+    (total, tally, started.elapsed())
+}

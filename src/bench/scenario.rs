@@ -1,0 +1,70 @@
+//! The query mixes `dfgraph bench` sends, named after the scenarios in
+//! BENCHMARKS.md.
+
+use serde_json::{Value, json};
+
+use super::BenchError;
+use crate::sim::SimCluster;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// The console overview: `hostStats` and the first 50 hosts (S1-S3).
+    Overview,
+    /// `{ __typename }`: the server's floor, for ratios.
+    Trivial,
+    /// 500 peers with their host and task in one query (S4).
+    Peers,
+    /// Filtered, paginated host pages (S5).
+    Hosts,
+}
+
+const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
+  hosts(first: 50) { totalCount edges { cursor node { id hostname ip type build { gitVersion } network { idc location } } } } }";
+
+const HOST_PAGE: &str = "query($filter: HostFilter, $after: String) {
+  hosts(first: 50, filter: $filter, after: $after, orderBy: { field: CPU_PERCENT, direction: DESC }) {
+    totalCount edges { node { id hostname cpu { percent } memory { usedPercent } } } } }";
+
+impl Scenario {
+    /// The request bodies a run cycles through.
+    pub fn requests(self, sim: Option<&SimCluster>) -> Result<Vec<Value>, BenchError> {
+        Ok(match self {
+            Scenario::Overview => vec![json!({ "query": OVERVIEW })],
+            Scenario::Trivial => vec![json!({ "query": "{ __typename }" })],
+            Scenario::Hosts => {
+                let filters = [
+                    json!({ "idcs": ["idc-a"] }),
+                    json!({ "types": ["NORMAL"], "versions": ["v2.1.61"] }),
+                    json!({ "search": "dfdaemon-1" }),
+                    json!({ "schedulerClusterIds": ["1"], "os": ["linux"] }),
+                ];
+                filters
+                    .into_iter()
+                    .map(|filter| json!({ "query": HOST_PAGE, "variables": { "filter": filter } }))
+                    .collect()
+            }
+            Scenario::Peers => {
+                let sim = sim.ok_or_else(|| {
+                    BenchError::Scenario("the peers scenario needs the in-process cluster".into())
+                })?;
+                let keys: Vec<Value> = sim
+                    .cluster_ids()
+                    .into_iter()
+                    .flat_map(|c| sim.peers(c))
+                    .take(500)
+                    .filter_map(|p| {
+                        Some(json!({
+                            "hostId": p.host.as_ref()?.id,
+                            "taskId": p.task.as_ref()?.id,
+                            "peerId": p.id,
+                        }))
+                    })
+                    .collect();
+                vec![json!({
+                    "query": "query($keys: [PeerKeyInput!]!) { peers(keys: $keys) { id state host { id hostname } task { id state peerCount } } }",
+                    "variables": { "keys": keys },
+                })]
+            }
+        })
+    }
+}

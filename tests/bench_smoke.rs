@@ -1,0 +1,50 @@
+//! A few seconds of the load tool, so it cannot rot: it starts its own
+//! cluster and gateway, sends real queries and reports what it saw.
+
+use std::time::Duration;
+
+use dfgraph::bench::{BenchArgs, Scenario, run};
+
+fn args(scenario: Scenario) -> BenchArgs {
+    BenchArgs {
+        scenario,
+        clients: 4,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        rate: None,
+        target: None,
+        clusters: 2,
+        schedulers_per_cluster: 2,
+        hosts: 200,
+        tasks: 20,
+        peers_per_task: 5,
+        scheduler_latency: None,
+        no_cache: false,
+        redis: None,
+        json: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_overview_reports_latency_and_scheduler_calls() {
+    let report = run(&args(Scenario::Overview)).await.unwrap();
+    assert!(report.requests > 0, "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms
+    );
+    assert!(report.render().contains("throughput"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_rate_peers_scenario_runs_without_errors() {
+    let mut a = args(Scenario::Peers);
+    a.rate = Some(20);
+    let report = run(&a).await.unwrap();
+    assert!(report.requests >= 20, "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.scheduler_rpcs.contains_key("StatPeer") || report.cache_hits > 0,
+        "{report:?}"
+    );
+}
