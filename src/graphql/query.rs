@@ -44,6 +44,29 @@ fn check_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses batches larger than the configured limit.
+fn check_batch(ctx: &Context<'_>, len: usize) -> Result<()> {
+    let max = ctx.data::<GatewayState>()?.limits.max_batch_keys;
+    if len > max {
+        return Err(bad_input(format!("at most {max} keys per request")));
+    }
+    Ok(())
+}
+
+/// A batch's entries: each failed one becomes `null` plus an error in the
+/// response, so one failure does not hide the rest.
+fn partial<T>(ctx: &Context<'_>, results: Vec<Result<Option<T>>>) -> Vec<Option<T>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|e| {
+                ctx.add_error(e.into_server_error(ctx.item.pos));
+                None
+            })
+        })
+        .collect()
+}
+
 fn parse_cluster_id(id: &ID) -> Result<u64> {
     id.parse::<u64>()
         .map_err(|_| bad_input(format!("scheduler cluster id {:?} is not a number", id.0)))
@@ -225,29 +248,14 @@ impl Query {
         ids: Vec<ID>,
         scheduler_cluster_id: Option<ID>,
     ) -> Result<Vec<Option<Task>>> {
-        let state = ctx.data::<GatewayState>()?;
-        if ids.len() > state.limits.max_batch_keys {
-            return Err(bad_input(format!(
-                "at most {} ids per request",
-                state.limits.max_batch_keys
-            )));
-        }
+        check_batch(ctx, ids.len())?;
         for id in &ids {
             check_id("task id", id)?;
         }
         let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
         let loaders = ctx.data::<Loaders>()?;
         let ids: Vec<String> = ids.into_iter().map(|id| id.0).collect();
-        let results = loaders.find_tasks(&ids, &clusters).await?;
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|e| {
-                    ctx.add_error(e.into_server_error(ctx.item.pos));
-                    None
-                })
-            })
-            .collect())
+        Ok(partial(ctx, loaders.find_tasks(&ids, &clusters).await?))
     }
 
     /// One peer: a host's download of a task.
@@ -277,26 +285,11 @@ impl Query {
         keys: Vec<PeerKeyInput>,
         scheduler_cluster_id: Option<ID>,
     ) -> Result<Vec<Option<Peer>>> {
-        let state = ctx.data::<GatewayState>()?;
-        if keys.len() > state.limits.max_batch_keys {
-            return Err(bad_input(format!(
-                "at most {} keys per request",
-                state.limits.max_batch_keys
-            )));
-        }
+        check_batch(ctx, keys.len())?;
         let keys = keys.iter().map(peer_key).collect::<Result<Vec<_>>>()?;
         let clusters = Self::clusters(ctx, scheduler_cluster_id.as_ref())?;
         let loaders = ctx.data::<Loaders>()?;
-        let results = loaders.find_peers(&keys, &clusters).await?;
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|e| {
-                    ctx.add_error(e.into_server_error(ctx.item.pos));
-                    None
-                })
-            })
-            .collect())
+        Ok(partial(ctx, loaders.find_peers(&keys, &clusters).await?))
     }
 
     /// Every scheduler dfgraph talks to, with its health.
