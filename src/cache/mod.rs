@@ -7,6 +7,8 @@
 //! May depend on: `proto`-free generic code only.
 
 pub mod clock;
+pub mod codec;
+pub mod keyring;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +18,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use codec::{Codec, CodecError, Header};
+pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
 
 /// What a cache entry holds. Each kind has its own TTLs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
