@@ -152,6 +152,13 @@ async fn in_redis(redis: &RedisServer, key: &CacheKey) -> bool {
     .await
 }
 
+fn in_redis_now(redis: &RedisServer, key: &CacheKey) -> bool {
+    redis
+        .conn()
+        .exists::<_, bool>(key.redis_key())
+        .unwrap_or(false)
+}
+
 /// Polls `cond` every 5 ms until true or `within` passes.
 async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -493,7 +500,15 @@ async fn redis_killed_mid_run_then_back() {
     assert!(stats.redis_errors > 0);
     assert!(stats.circuit_open, "circuit opened");
 
+    let early = task("k0");
+    assert!(a.cache().l1_contains(&early), "cached before the outage");
     redis.restart();
+    // Invalidations sent during the outage are lost: the subscriber drops
+    // all of L1 when it reconnects.
+    assert!(
+        eventually(Duration::from_secs(2), || !a.cache().l1_contains(&early)).await,
+        "L1 dropped on subscriber reconnect"
+    );
     // Lookups bring L2 back once the circuit's probe succeeds; the other
     // replica then finds values in L2.
     let mut i = 200;
@@ -509,6 +524,69 @@ async fn redis_killed_mid_run_then_back() {
     }
     assert!(!a.cache().stats().circuit_open);
     assert!(b.cache().stats().l2_hits >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_costs_a_bounded_delay_then_nothing() {
+    let redis = RedisServer::start();
+    let origin = TestOrigin::default();
+    for i in 0..40 {
+        origin.set(&format!("k{i}"), "v");
+    }
+    let mut cfg = config(Some(&redis));
+    cfg.command_timeout = Duration::from_millis(100);
+    cfg.circuit_backoff_min = Duration::from_millis(500);
+    cfg.circuit_backoff_max = Duration::from_millis(500);
+    let cache = typed(cfg, Arc::new(SystemClock), &origin).await;
+    get(&cache, &task("k0")).await;
+    redis.pause();
+    let started = Instant::now();
+    let mut last = Duration::ZERO;
+    for i in 1..20 {
+        let t = Instant::now();
+        assert_eq!(text(&get(&cache, &task(&format!("k{i}"))).await), "v");
+        last = t.elapsed();
+    }
+    let total = started.elapsed();
+    // Three timed-out commands open the circuit; after that Redis is not
+    // even tried (a probe may cost one more timeout).
+    assert!(total < Duration::from_millis(900), "total {total:?}");
+    assert!(last < Duration::from_millis(50), "last lookup {last:?}");
+    assert!(cache.cache().stats().circuit_open);
+    redis.resume();
+    let mut i = 20;
+    while !in_redis_now(&redis, &task(&format!("k{}", i - 1))) {
+        assert!(i < 40, "L2 never used again after resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        get(&cache, &task(&format!("k{i}"))).await;
+        i += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_degraded_while_redis_is_down_and_uses_it_once_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let origin = TestOrigin::default();
+    for i in 0..40 {
+        origin.set(&format!("k{i}"), "v");
+    }
+    let cache = typed(config(Some(&redis)), Arc::new(SystemClock), &origin).await;
+    assert!(!cache.cache().redis_available());
+    assert_eq!(text(&get(&cache, &task("k0")).await), "v");
+    redis.restart();
+    let mut i = 1;
+    loop {
+        let key = task(&format!("k{i}"));
+        get(&cache, &key).await;
+        if in_redis(&redis, &key).await {
+            break;
+        }
+        i += 1;
+        assert!(i < 40, "L2 never used");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cache.cache().redis_available());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,8 +164,11 @@ pub trait Origin<V>: Send + Sync + 'static {
 /// Fresh and stale TTLs of one entry kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct KindTtl {
+    /// How long a value is served without asking the origin.
     #[serde(with = "humantime_serde")]
     pub fresh: Duration,
+    /// How long past `fresh` a value may still be served when its reload
+    /// fails (or at once, with `stale_while_revalidate`).
     #[serde(with = "humantime_serde")]
     pub stale: Duration,
     /// Serve stale at once and reload in the background.

@@ -1,6 +1,19 @@
 //! Counting what the cache does: every event goes both to the `metrics`
 //! facade (scraped as Prometheus by the HTTP layer) and to in-process
 //! atomics, so tests and health checks can read [`CacheStats`] directly.
+//!
+//! | metric | meaning |
+//! | --- | --- |
+//! | `dfgraph_cache_lookups_total{tier,result}` | one per key per tier consulted: `l1`/`l2` `hit` (fresh), `stale` (served past fresh), `miss` (went on); `origin` `hit` (answered, found or not), `stale` (failed, stale served), `miss` (failed, error returned) |
+//! | `dfgraph_cache_load_seconds` | duration of each batched origin call |
+//! | `dfgraph_cache_singleflight_joins_total` | lookups that joined a load in flight |
+//! | `dfgraph_cache_lock_waits_total` | keys waited for while another replica loaded them |
+//! | `dfgraph_cache_refresh_ahead_total` | background reloads of hot keys |
+//! | `dfgraph_cache_invalidations_total{direction="sent\|received"}` | invalidations made here / applied from other replicas |
+//! | `dfgraph_cache_stale_writes_dropped_total` | write-backs refused because the key was invalidated during the load |
+//! | `dfgraph_redis_errors_total` | failed or timed-out Redis commands |
+//! | `dfgraph_redis_circuit_open` | 1 while Redis is being skipped |
+//! | `dfgraph_cache_decode_failures_total` | undecodable values found in Redis (deleted, reloaded) |
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -126,6 +139,7 @@ impl Stats {
 
     pub(crate) fn lock_wait(&self, n: u64) {
         self.lock_waits.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("dfgraph_cache_lock_waits_total").increment(n);
     }
 
     pub(crate) fn refresh_ahead(&self, n: u64) {
@@ -146,6 +160,7 @@ impl Stats {
 
     pub(crate) fn stale_write_dropped(&self, n: u64) {
         self.dropped_writes.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("dfgraph_cache_stale_writes_dropped_total").increment(n);
     }
 
     pub(crate) fn redis_error(&self) {

@@ -113,6 +113,28 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server accepts connections but answers nothing, like
+    /// a hung or overloaded Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(sig)
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill(1)");
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
     /// Starts again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.kill();
@@ -139,6 +161,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.resume();
         self.kill();
     }
 }
