@@ -123,6 +123,8 @@ impl Subscriber {
     pub(crate) async fn run(self, ready: oneshot::Sender<()>, mut shutdown: watch::Receiver<()>) {
         let mut ready = Some(ready);
         let mut backoff = self.backoff_min;
+        // Warn once per failure streak, not on every retry.
+        let mut warned = false;
         loop {
             let subscribed = tokio::select! {
                 result = self.subscribe() => result,
@@ -142,6 +144,7 @@ impl Subscriber {
                         let _ = ready.send(());
                     }
                     backoff = self.backoff_min;
+                    warned = false;
                     if self.listen(pubsub, &mut shutdown).await {
                         return;
                     }
@@ -150,8 +153,18 @@ impl Subscriber {
                         "invalidation subscriber lost Redis; reconnecting"
                     );
                 }
+                Err(error) if !warned => {
+                    warned = true;
+                    tracing::warn!(
+                        %error,
+                        url = %self.shown_url,
+                        channel = INVALIDATION_CHANNEL,
+                        "invalidation subscriber cannot subscribe; other replicas' \
+                         invalidations do not reach this one until it can (retrying)"
+                    );
+                }
                 Err(error) => {
-                    tracing::debug!(%error, url = %self.shown_url, "invalidation subscriber cannot connect");
+                    tracing::debug!(%error, url = %self.shown_url, "invalidation subscriber still cannot subscribe");
                 }
             }
             tokio::select! {
