@@ -86,6 +86,15 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
 impl Gateway {
     /// Starts everything and returns once the server accepts connections.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Gateway::start`], with the clock the cache judges freshness
+    /// by (tests move a manual clock instead of sleeping).
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Arc<dyn crate::cache::Clock>,
+    ) -> Result<Gateway, StartError> {
         config.validate()?;
         let shutdown = CancellationToken::new();
         let client = cluster_client(&config)?;
@@ -156,7 +165,11 @@ impl Gateway {
             }
         }
 
-        let cache = Cache::connect(config.cache.clone(), Arc::new(SystemClock)).await?;
+        let mut cache_config = config.cache.clone();
+        if cache_config.redis_url.is_none() {
+            cache_config.redis_url = config.redis.clone();
+        }
+        let cache = Cache::connect(cache_config, clock).await?;
         let state = Arc::new(GatewayState::new(
             client,
             cache,

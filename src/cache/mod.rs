@@ -5,17 +5,57 @@
 //! It knows nothing of schedulers or GraphQL: each entry kind is handed an
 //! [`Origin`] that loads a batch of keys, and values are protobuf messages.
 //! May depend on: `proto`-free generic code only.
+//!
+//! One lookup ([`TypedCache::get_many`]): L1 (moka, decoded values), then
+//! for what is missing or past fresh one `MGET` on L2 (Redis), then the
+//! origin for what is left, coalesced per key inside the process
+//! (single-flight) and across processes (a Redis load lock). Results go back
+//! to L1 and L2 unless the key was invalidated while loading (generation
+//! guard). Redis trouble never fails a lookup: a circuit breaker skips it.
+//!
+//! Files, one job each: `clock` (time), `codec` (value bytes), `keyring`
+//! (encryption keys), `l1` (in-process tier), `l2` (Redis tier),
+//! `circuit` (Redis breaker), `flight` (single-flight), `generation`
+//! (in-process generation guard), `refresh` (refresh-ahead),
+//! `invalidation` (messages and subscriber), `stats` (metrics),
+//! `typed` (the way of one lookup).
 
+mod circuit;
 pub mod clock;
+pub mod codec;
+mod flight;
+mod generation;
+mod invalidation;
+pub mod keyring;
+mod l1;
+mod l2;
+mod refresh;
+mod stats;
+mod typed;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::sync::{oneshot, watch};
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use codec::{Codec, CodecError, Header};
+pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
+pub use l2::INVALIDATION_CHANNEL;
+pub use stats::CacheStats;
+pub use typed::Prefetched;
+
+use flight::Flights;
+use generation::Generations;
+use invalidation::{Subscriber, Target};
+use l1::L1;
+use l2::L2;
+use refresh::{RefreshAhead, TokenBucket};
+use stats::Stats;
 
 /// What a cache entry holds. Each kind has its own TTLs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,8 +164,11 @@ pub trait Origin<V>: Send + Sync + 'static {
 /// Fresh and stale TTLs of one entry kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct KindTtl {
+    /// How long a value is served without asking the origin.
     #[serde(with = "humantime_serde")]
     pub fresh: Duration,
+    /// How long past `fresh` a value may still be served when its reload
+    /// fails (or at once, with `stale_while_revalidate`).
     #[serde(with = "humantime_serde")]
     pub stale: Duration,
     /// Serve stale at once and reload in the background.
@@ -143,8 +186,9 @@ impl Default for KindTtl {
     }
 }
 
-/// Cache settings.
-#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+/// Cache settings. Every field has a default; the defaults run with no
+/// Redis (L1 only).
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct CacheConfig {
     /// When false every lookup goes to the origin (for measuring the cold
@@ -153,6 +197,65 @@ pub struct CacheConfig {
     pub hosts: KindTtl,
     pub task: KindTtl,
     pub peer: KindTtl,
+    /// Fresh TTL of "not found" answers (tombstones). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// L1 bound in bytes (entries weigh their encoded size plus a little
+    /// bookkeeping). Default 256 MiB.
+    pub l1_max_bytes: u64,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    /// None: L1 only.
+    pub redis_url: Option<String>,
+    /// Refuse to start when Redis cannot be reached or refuses our
+    /// credentials (default: start degraded, on L1 and origin only).
+    pub redis_required: bool,
+    /// Pooled Redis connections. Default 16.
+    pub redis_pool_size: usize,
+    /// Bound on one Redis command, connection checkout included. Default
+    /// 200 ms.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Bound on opening a Redis connection (and the start-up check).
+    /// Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long Redis keeps a value past its stale deadline. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub l2_ttl_margin: Duration,
+    /// Life of the cross-process load lock; a waiting replica loads itself
+    /// after it. Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// How often a replica waiting on another's load polls Redis. Default
+    /// 20 ms.
+    #[serde(with = "humantime_serde")]
+    pub lock_poll_interval: Duration,
+    /// How long invalidation generations are remembered; a load running
+    /// longer never writes back. Default 2 min.
+    #[serde(with = "humantime_serde")]
+    pub generation_ttl: Duration,
+    /// Consecutive Redis failures that open the circuit. Default 5.
+    pub circuit_failure_threshold: u32,
+    /// First wait before probing Redis again; doubles per failed probe.
+    /// Default 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub circuit_backoff_min: Duration,
+    /// Cap of that wait (also of the subscriber's reconnect backoff).
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub circuit_backoff_max: Duration,
+    /// Reads within the fresh window that make a key hot (0: no
+    /// refresh-ahead). Default 3.
+    pub refresh_ahead_min_hits: u32,
+    /// Fraction of the fresh window after which hot keys are reloaded in
+    /// the background. Default 0.8.
+    pub refresh_ahead_at: f64,
+    /// Cap on refresh-ahead reloads per second. Default 50.
+    pub refresh_ahead_per_sec: u32,
+    /// Payloads at least this large are lz4-compressed. Default 1 KiB.
+    pub compress_min_bytes: usize,
+    /// Encrypt values in Redis (XChaCha20-Poly1305). Default off.
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl Default for CacheConfig {
@@ -162,7 +265,57 @@ impl Default for CacheConfig {
             hosts: KindTtl::default(),
             task: KindTtl::default(),
             peer: KindTtl::default(),
+            negative_ttl: Duration::from_secs(5),
+            l1_max_bytes: 256 << 20,
+            redis_url: None,
+            redis_required: false,
+            redis_pool_size: 16,
+            command_timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(1),
+            l2_ttl_margin: Duration::from_secs(60),
+            lock_ttl: Duration::from_secs(2),
+            lock_poll_interval: Duration::from_millis(20),
+            generation_ttl: Duration::from_secs(120),
+            circuit_failure_threshold: 5,
+            circuit_backoff_min: Duration::from_millis(500),
+            circuit_backoff_max: Duration::from_secs(30),
+            refresh_ahead_min_hits: 3,
+            refresh_ahead_at: 0.8,
+            refresh_ahead_per_sec: 50,
+            compress_min_bytes: 1024,
+            encryption: None,
         }
+    }
+}
+
+/// Shows everything but the Redis password.
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("enabled", &self.enabled)
+            .field("hosts", &self.hosts)
+            .field("task", &self.task)
+            .field("peer", &self.peer)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("l1_max_bytes", &self.l1_max_bytes)
+            .field("redis_url", &self.redis_url.as_deref().map(l2::redact_url))
+            .field("redis_required", &self.redis_required)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("l2_ttl_margin", &self.l2_ttl_margin)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("lock_poll_interval", &self.lock_poll_interval)
+            .field("generation_ttl", &self.generation_ttl)
+            .field("circuit_failure_threshold", &self.circuit_failure_threshold)
+            .field("circuit_backoff_min", &self.circuit_backoff_min)
+            .field("circuit_backoff_max", &self.circuit_backoff_max)
+            .field("refresh_ahead_min_hits", &self.refresh_ahead_min_hits)
+            .field("refresh_ahead_at", &self.refresh_ahead_at)
+            .field("refresh_ahead_per_sec", &self.refresh_ahead_per_sec)
+            .field("compress_min_bytes", &self.compress_min_bytes)
+            .field("encryption", &self.encryption)
+            .finish()
     }
 }
 
@@ -174,6 +327,36 @@ impl CacheConfig {
             Kind::Peer => self.peer,
         }
     }
+
+    /// Checks the settings that would make the cache misbehave.
+    pub fn validate(&self) -> Result<(), CacheError> {
+        let bad = |what: &str| Err(CacheError::Config(what.to_string()));
+        for (name, ttl) in [
+            ("hosts", self.hosts),
+            ("task", self.task),
+            ("peer", self.peer),
+        ] {
+            if ttl.fresh.is_zero() {
+                return bad(&format!("{name}.fresh must be above zero"));
+            }
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("command_timeout and connect_timeout must be above zero");
+        }
+        if self.lock_ttl.is_zero() || self.lock_poll_interval.is_zero() {
+            return bad("lock_ttl and lock_poll_interval must be above zero");
+        }
+        if self.generation_ttl < self.lock_ttl {
+            return bad("generation_ttl must be at least lock_ttl");
+        }
+        if !(self.refresh_ahead_at > 0.0 && self.refresh_ahead_at <= 1.0) {
+            return bad("refresh_ahead_at must be in (0, 1]");
+        }
+        if self.circuit_backoff_min.is_zero() {
+            return bad("circuit_backoff_min must be above zero");
+        }
+        Ok(())
+    }
 }
 
 /// Errors that stop the cache from starting (never from answering).
@@ -181,6 +364,10 @@ impl CacheConfig {
 pub enum CacheError {
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// Redis is required (`redis_required`) but unusable: down, wrong
+    /// address, or credentials refused.
+    #[error("Redis at {url} is required but unusable: {reason}")]
+    Redis { url: String, reason: String },
 }
 
 /// The shared cache of one process; cheap to clone.
@@ -189,15 +376,128 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+/// This process's share of the cache, also reached by the subscriber task.
+pub(crate) struct Local {
+    l1: L1,
+    gens: Generations,
+    flights: Arc<Flights>,
+    stats: Arc<Stats>,
+    /// Random id of this process, to ignore its own invalidation messages.
+    instance: String,
+}
+
 struct Inner {
     config: CacheConfig,
     clock: Arc<dyn Clock>,
+    local: Arc<Local>,
+    l2: Option<Arc<L2>>,
+    codec: Codec,
+    refresh: RefreshAhead,
+    /// Dropped with the cache: stops the subscriber task.
+    _shutdown: watch::Sender<()>,
 }
 
 impl Cache {
+    /// Builds the cache. With a `redis_url` it checks Redis once (a clear
+    /// [`CacheError::Redis`] if `redis_required` and Redis is unusable,
+    /// else a loud warning and degraded service), warns about an unsuited
+    /// eviction policy, and starts the invalidation subscriber.
     pub async fn connect(config: CacheConfig, clock: Arc<dyn Clock>) -> Result<Cache, CacheError> {
+        config.validate()?;
+        let keyring = match &config.encryption {
+            Some(encryption) => Some(Arc::new(
+                KeyRing::from_config(encryption).map_err(|e| CacheError::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let stats = Arc::new(Stats::default());
+        stats.set_circuit_open(false);
+        let local = Arc::new(Local {
+            l1: L1::new(config.l1_max_bytes),
+            gens: Generations::new(config.generation_ttl),
+            flights: Arc::new(Flights::new()),
+            stats: stats.clone(),
+            instance: format!("{:016x}", rand::random::<u64>()),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(());
+        let serving = Arc::new(AtomicBool::new(false));
+
+        let l2 = match (&config.redis_url, config.enabled) {
+            (Some(url), true) => {
+                let l2 = L2::new(url, &config, stats.clone()).map_err(|e| {
+                    CacheError::Config(format!("redis_url {}: {e}", l2::redact_url(url)))
+                })?;
+                match l2.ping(config.connect_timeout).await {
+                    Ok(()) => {
+                        tracing::info!(url = %l2.shown_url(), "L2 cache on Redis");
+                        l2.check_eviction_policy().await;
+                    }
+                    Err(error) if config.redis_required => {
+                        let reason = error.to_string();
+                        let reason = if reason.to_ascii_lowercase().contains("auth")
+                            || reason.contains("WRONGPASS")
+                            || reason.contains("NOAUTH")
+                        {
+                            format!("credentials refused (check user and password): {reason}")
+                        } else {
+                            reason
+                        };
+                        return Err(CacheError::Redis {
+                            url: l2.shown_url().to_string(),
+                            reason,
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            url = %l2.shown_url(),
+                            %error,
+                            "REDIS UNUSABLE AT START-UP: serving from L1 and origin only \
+                             (no sharing between replicas) until it answers; set \
+                             redis_required to refuse to start instead"
+                        );
+                        stats.redis_error();
+                        l2.circuit().trip();
+                    }
+                }
+                let l2 = Arc::new(l2);
+                let (ready, ready_rx) = oneshot::channel();
+                let subscriber = Subscriber {
+                    client: l2.client().clone(),
+                    local: local.clone(),
+                    connect_timeout: config.connect_timeout,
+                    backoff_min: config.circuit_backoff_min.min(Duration::from_millis(100)),
+                    backoff_max: config.circuit_backoff_max,
+                    ping_every: Duration::from_secs(5),
+                    serving: serving.clone(),
+                    shown_url: l2.shown_url().to_string(),
+                };
+                tokio::spawn(subscriber.run(ready, shutdown_rx));
+                if !l2.circuit().is_open() {
+                    // Invalidations must flow before we serve.
+                    let _ = tokio::time::timeout(config.connect_timeout, ready_rx).await;
+                }
+                Some(l2)
+            }
+            _ => None,
+        };
+        serving.store(true, Ordering::Release);
+
+        let codec = Codec::new(config.compress_min_bytes, keyring);
+        let refresh = RefreshAhead {
+            min_hits: config.refresh_ahead_min_hits,
+            at: config.refresh_ahead_at,
+            bucket: TokenBucket::new(config.refresh_ahead_per_sec),
+        };
         Ok(Cache {
-            inner: Arc::new(Inner { config, clock }),
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                local,
+                l2,
+                codec,
+                refresh,
+                _shutdown: shutdown,
+            }),
         })
     }
 
@@ -222,11 +522,73 @@ impl Cache {
         &self.inner.config
     }
 
-    /// Drops one entry on every replica.
-    pub async fn invalidate(&self, _key: &CacheKey) {}
+    /// The value codec in use (for tools and benchmarks).
+    pub fn codec(&self) -> &Codec {
+        &self.inner.codec
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.local.stats.snapshot()
+    }
+
+    /// True when `key` has an L1 entry (fresh or not); for tests and
+    /// debugging.
+    pub fn l1_contains(&self, key: &CacheKey) -> bool {
+        self.inner.local.l1.contains(key)
+    }
+
+    /// Bytes L1 holds, as weighed against `l1_max_bytes`.
+    pub async fn l1_bytes(&self) -> u64 {
+        self.inner.local.l1.weighted_size().await
+    }
+
+    /// True when a Redis URL is configured and its circuit is closed.
+    pub fn redis_available(&self) -> bool {
+        self.inner
+            .l2
+            .as_ref()
+            .is_some_and(|l2| !l2.circuit().is_open())
+    }
+
+    /// Drops one entry on every replica: this L1, L2, and (through Redis
+    /// pub/sub) every other replica's L1. Loads of the key already running
+    /// anywhere will not write their older result back.
+    pub async fn invalidate(&self, key: &CacheKey) {
+        self.invalidate_target(Target::Key(key.clone())).await;
+    }
 
     /// Drops every entry of a kind (of one cluster, or all) on every replica.
-    pub async fn invalidate_scope(&self, _kind: Kind, _cluster: Option<u64>) {}
+    pub async fn invalidate_scope(&self, kind: Kind, cluster: Option<u64>) {
+        self.invalidate_target(Target::Scope(kind, cluster)).await;
+    }
+
+    async fn invalidate_target(&self, target: Target) {
+        let inner = &self.inner;
+        inner.local.drop_target(&target).await;
+        inner.local.stats.invalidation_sent();
+        let Some(l2) = &inner.l2 else {
+            return;
+        };
+        let message = invalidation::encode(&inner.local.instance, &target);
+        let result = match &target {
+            Target::Key(key) => l2.invalidate(key, &message).await,
+            Target::Scope(kind, cluster) => l2
+                .invalidate_scope(*kind, *cluster, &message)
+                .await
+                .map(|deleted| {
+                    tracing::debug!(deleted, ?kind, ?cluster, "L2 scope invalidated");
+                }),
+        };
+        if let Err(error) = result {
+            tracing::warn!(
+                ?target,
+                %error,
+                "invalidation not propagated through Redis; other replicas keep \
+                 their copies until fresh expiry or their subscriber reconnects"
+            );
+        }
+    }
 }
 
 /// One entry kind's view of the cache.
@@ -243,43 +605,5 @@ impl<V, O> Clone for TypedCache<V, O> {
             origin: self.origin.clone(),
             _value: std::marker::PhantomData,
         }
-    }
-}
-
-impl<V, O> TypedCache<V, O>
-where
-    V: prost::Message + Default + Clone + Send + Sync + 'static,
-    O: Origin<V>,
-{
-    /// Looks every key up: L1, then L2, then the origin for what is left.
-    pub async fn get_many(
-        &self,
-        keys: &[CacheKey],
-    ) -> HashMap<CacheKey, Result<Fetched<V>, O::Error>> {
-        let loaded = self.origin.load(keys.to_vec()).await;
-        let mut out = HashMap::with_capacity(keys.len());
-        for key in keys {
-            let result = match loaded.get(key) {
-                Some(Ok(value)) => Ok(Fetched {
-                    value: value.clone().map(Arc::new),
-                    age: Duration::ZERO,
-                    stale: false,
-                    tier: Tier::Origin,
-                }),
-                Some(Err(error)) => Err(error.clone()),
-                None => Ok(Fetched {
-                    value: None,
-                    age: Duration::ZERO,
-                    stale: false,
-                    tier: Tier::Origin,
-                }),
-            };
-            out.insert(key.clone(), result);
-        }
-        out
-    }
-
-    pub fn cache(&self) -> &Cache {
-        &self.cache
     }
 }
