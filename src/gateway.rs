@@ -177,6 +177,17 @@ impl Gateway {
             config.timeouts.request,
             config.enable_mutations,
         ));
+        // Warm the host lists so the console's first overview is a hit.
+        let warm = state.clone();
+        tokio::spawn(async move {
+            let keys: Vec<_> = warm
+                .cluster
+                .cluster_ids()
+                .into_iter()
+                .map(|c| crate::cache::CacheKey::new(crate::cache::Kind::Hosts, c, ""))
+                .collect();
+            warm.origins.hosts.prefetch(&keys).await;
+        });
         let app = AppState {
             schema: build_schema(state.clone()),
             gateway: state.clone(),
