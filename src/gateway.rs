@@ -179,7 +179,11 @@ impl Gateway {
         ));
         // Warm the host lists so the console's first overview is a hit.
         let warm = state.clone();
+        let caching = config.cache.enabled;
         tokio::spawn(async move {
+            if !caching {
+                return;
+            }
             let keys: Vec<_> = warm
                 .cluster
                 .cluster_ids()
