@@ -1,16 +1,22 @@
-//! Criterion benchmarks of the hot pure-Rust pieces: host filtering,
-//! ordering and pagination over large host lists, host statistics, and
-//! hash-ring task routing. Run with `cargo bench --bench hot_paths`.
+//! Criterion benchmarks of the hot pure-Rust pieces: the cache codec
+//! (plain, compressed, encrypted), host filtering, ordering and pagination
+//! over large host lists, host statistics, and hash-ring task routing. Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dfgraph::cache::codec::{Codec, Header};
+use dfgraph::cache::keyring::KeyRing;
 use dfgraph::cluster::TaskRing;
 use dfgraph::graphql::hosts::{
     Cursor, HostFilter, HostOrder, HostOrderField, OrderDirection, PageArgs, host_stats, page,
 };
 use dfgraph::proto::common::v2::{Build, Cpu, Host, Network};
+use dfgraph::proto::scheduler::v2::ListHostsResponse;
 
 /// A fleet shaped like the simulator's: a few idcs, versions and types.
 fn fleet(n: usize) -> Vec<Host> {
@@ -173,5 +179,54 @@ fn ring_routing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, host_listing, ring_routing);
+fn cache_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cache_codec");
+    let keyring =
+        Arc::new(KeyRing::new(1, &HashMap::from([(1u8, [7u8; 32])])).expect("a valid key"));
+    let codecs = [
+        ("plain", Codec::new(usize::MAX, None)),
+        ("lz4", Codec::new(1024, None)),
+        ("lz4_xchacha", Codec::new(1024, Some(keyring))),
+    ];
+    let header = Header {
+        fetched_at: 1,
+        fresh_until: 2,
+        stale_until: 3,
+        tombstone: false,
+    };
+    let key = "dfgraph:v1:hosts:1:";
+    for hosts in [1usize, 100, 10_000] {
+        let value = ListHostsResponse {
+            hosts: fleet(hosts),
+        };
+        for (name, codec) in &codecs {
+            let bytes = codec
+                .encode_value(key, &header, Some(&value))
+                .expect("encodes");
+            group.bench_with_input(
+                BenchmarkId::new(format!("encode_{name}"), hosts),
+                &value,
+                |b, v| {
+                    b.iter(|| black_box(codec.encode_value(key, &header, Some(v)).map(|b| b.len())))
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("decode_{name}"), hosts),
+                &bytes,
+                |b, bytes| {
+                    b.iter(|| {
+                        black_box(
+                            codec
+                                .decode_value::<ListHostsResponse>(key, bytes)
+                                .map(|(_, v)| v.map(|v| v.hosts.len())),
+                        )
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cache_codec, host_listing, ring_routing);
 criterion_main!(benches);
