@@ -3,7 +3,8 @@
 //! can be tested and benchmarked without a server.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_graphql::{Enum, InputObject, SimpleObject};
 use base64::Engine;
@@ -11,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::types::HostType;
 use crate::proto::common::v2::Host;
+use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// Which hosts to list. Every given criterion must match.
 #[derive(InputObject, Clone, Debug, Default)]
@@ -72,6 +74,18 @@ impl HostFilter {
 }
 
 impl CompiledFilter<'_> {
+    /// True when the filter lets every host through.
+    pub fn is_empty(&self) -> bool {
+        let f = self.filter;
+        self.search.is_none()
+            && f.types.is_none()
+            && f.idcs.is_none()
+            && f.locations.is_none()
+            && f.os.is_none()
+            && f.versions.is_none()
+            && f.commits.is_none()
+    }
+
     pub fn matches(&self, host: &Host) -> bool {
         let f = self.filter;
         if let Some(types) = &f.types
@@ -128,7 +142,7 @@ pub enum OrderDirection {
     Desc,
 }
 
-#[derive(InputObject, Clone, Copy, Debug, Default)]
+#[derive(InputObject, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostOrder {
     #[graphql(default)]
     pub field: HostOrderField,
@@ -224,6 +238,49 @@ pub struct Page<'a> {
     pub has_previous_page: bool,
 }
 
+/// Compares two hosts by `field` without allocating; ties go to the id so
+/// the order is total.
+fn cmp_hosts(a: &Host, b: &Host, order: HostOrder) -> Ordering {
+    fn version(h: &Host) -> &str {
+        h.build
+            .as_ref()
+            .map(|b| b.git_version.as_str())
+            .unwrap_or("")
+    }
+    fn cpu(h: &Host) -> f64 {
+        h.cpu.as_ref().map(|c| c.percent).unwrap_or(0.0)
+    }
+    fn memory(h: &Host) -> f64 {
+        h.memory.as_ref().map(|m| m.used_percent).unwrap_or(0.0)
+    }
+    let by_field = match order.field {
+        HostOrderField::Hostname => a.hostname.cmp(&b.hostname),
+        HostOrderField::Ip => a.ip.cmp(&b.ip),
+        HostOrderField::Id => Ordering::Equal,
+        HostOrderField::Type => a.r#type.cmp(&b.r#type),
+        HostOrderField::Version => version(a).cmp(version(b)),
+        HostOrderField::SchedulerCluster => a.scheduler_cluster_id.cmp(&b.scheduler_cluster_id),
+        HostOrderField::CpuPercent => cpu(a).total_cmp(&cpu(b)),
+        HostOrderField::MemoryUsedPercent => memory(a).total_cmp(&memory(b)),
+    };
+    let ordering = by_field.then_with(|| a.id.cmp(&b.id));
+    match order.direction {
+        OrderDirection::Asc => ordering,
+        OrderDirection::Desc => ordering.reverse(),
+    }
+}
+
+/// Every host, in `order`. This is the expensive step of a listing, so
+/// the gateway memoizes it per host-list snapshot ([`OrderMemo`]).
+pub fn sort_hosts<'a>(
+    hosts: impl IntoIterator<Item = &'a Host>,
+    order: HostOrder,
+) -> Vec<&'a Host> {
+    let mut sorted: Vec<&Host> = hosts.into_iter().collect();
+    sorted.sort_unstable_by(|a, b| cmp_hosts(a, b, order));
+    sorted
+}
+
 /// Filters, orders and cuts one page, following the Relay connection
 /// algorithm: `after`/`before` narrow the ordered list, then `first`
 /// takes from the front, `last` from the back.
@@ -234,61 +291,99 @@ pub fn page<'a>(
     args: &PageArgs,
     default_page_size: usize,
 ) -> Page<'a> {
+    page_sorted(
+        &sort_hosts(hosts, order),
+        filter,
+        order,
+        args,
+        default_page_size,
+    )
+}
+
+/// [`page`] over hosts already in `order`.
+pub fn page_sorted<'a>(
+    sorted: &[&'a Host],
+    filter: &HostFilter,
+    order: HostOrder,
+    args: &PageArgs,
+    default_page_size: usize,
+) -> Page<'a> {
     let compiled = filter.compile();
-    let mut matching: Vec<(SortValue, &Host)> = hosts
-        .into_iter()
-        .filter(|h| compiled.matches(h))
-        .map(|h| (sort_value(h, order.field), h))
-        .collect();
-    let total_count = matching.len();
-    matching.sort_by(|(va, a), (vb, b)| {
-        let ordering = va.cmp(vb).then_with(|| a.id.cmp(&b.id));
-        match order.direction {
-            OrderDirection::Asc => ordering,
-            OrderDirection::Desc => ordering.reverse(),
+    let unfiltered = compiled.is_empty();
+    let matches = |h: &Host| unfiltered || compiled.matches(h);
+    // Cursors are positions in the total order, so a binary search finds
+    // them; only the window between them is filtered page by page.
+    let position = |cursor: &Cursor| {
+        sorted.partition_point(|h| {
+            cursor.cmp_host(&sort_value(h, order.field), &h.id, order.direction)
+                == Ordering::Greater
+        })
+    };
+    let start = match &args.after {
+        Some(after) => {
+            let at = position(after);
+            // Skip the cursor's own host when it still exists.
+            let same = |h: &&Host| {
+                after.cmp_host(&sort_value(h, order.field), &h.id, order.direction)
+                    == Ordering::Equal
+            };
+            if sorted.get(at).is_some_and(same) {
+                at + 1
+            } else {
+                at
+            }
         }
-    });
-    let mut start = 0;
-    let mut end = matching.len();
-    if let Some(after) = &args.after {
-        start = matching
-            .partition_point(|(v, h)| after.cmp_host(v, &h.id, order.direction) != Ordering::Less);
-    }
-    if let Some(before) = &args.before {
-        end = matching.partition_point(|(v, h)| {
-            before.cmp_host(v, &h.id, order.direction) == Ordering::Greater
-        });
-    }
-    let end = end.max(start);
-    let mut has_next_page = end < matching.len() && args.before.is_some();
-    let mut has_previous_page = start > 0 && args.after.is_some();
-    let (mut from, mut to) = (start, end);
+        None => 0,
+    };
+    let end = args
+        .before
+        .as_ref()
+        .map(position)
+        .unwrap_or(sorted.len())
+        .max(start);
+    let total_count = if unfiltered {
+        sorted.len()
+    } else {
+        sorted.iter().filter(|h| compiled.matches(h)).count()
+    };
     let first = match (args.first, args.last) {
         (None, None) => Some(default_page_size),
         (first, _) => first,
     };
+    let window = &sorted[start..end];
+    let mut chosen: Vec<&Host> = match (first, args.last) {
+        // The common case: walk forward only as far as the page needs.
+        (Some(first), None) => window
+            .iter()
+            .copied()
+            .filter(|h| matches(h))
+            .take(first + 1)
+            .collect(),
+        _ => window.iter().copied().filter(|h| matches(h)).collect(),
+    };
+    let mut has_next_page = args.before.is_some() && sorted[end..].iter().any(|h| matches(h));
+    let mut has_previous_page =
+        args.after.is_some() && sorted[..start].iter().rev().any(|h| matches(h));
     if let Some(first) = first
-        && to - from > first
+        && chosen.len() > first
     {
-        to = from + first;
+        chosen.truncate(first);
         has_next_page = true;
     }
     if let Some(last) = args.last
-        && to - from > last
+        && chosen.len() > last
     {
-        from = to - last;
+        chosen.drain(..chosen.len() - last);
         has_previous_page = true;
     }
-    let hosts = matching[from..to]
-        .iter()
-        .map(|(value, host)| {
-            (
-                *host,
-                Cursor {
-                    value: value.clone(),
-                    id: host.id.clone(),
-                },
-            )
+    let hosts = chosen
+        .into_iter()
+        .map(|host| {
+            let cursor = Cursor {
+                value: sort_value(host, order.field),
+                id: host.id.clone(),
+            };
+            (host, cursor)
         })
         .collect();
     Page {
@@ -326,30 +421,29 @@ pub struct HostStats {
 /// Counts hosts matching `filter`. Buckets are sorted by count, largest
 /// first, then by value; a host without a value counts as `""`.
 pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFilter) -> HostStats {
+    /// Counts borrowed values; strings are copied once per bucket, not
+    /// once per host.
     #[derive(Default)]
-    struct Counts(BTreeMap<String, u64>);
-    impl Counts {
-        fn add(&mut self, value: &str) {
-            match self.0.get_mut(value) {
-                Some(count) => *count += 1,
-                None => {
-                    self.0.insert(value.to_owned(), 1);
-                }
-            }
+    struct Counts<'h>(HashMap<&'h str, u64>);
+    impl<'h> Counts<'h> {
+        fn add(&mut self, value: &'h str) {
+            *self.0.entry(value).or_default() += 1;
         }
         fn buckets(self) -> Vec<Bucket> {
             let mut buckets: Vec<Bucket> = self
                 .0
                 .into_iter()
-                .map(|(value, count)| Bucket { value, count })
+                .map(|(value, count)| Bucket {
+                    value: value.to_owned(),
+                    count,
+                })
                 .collect();
             buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
             buckets
         }
     }
     let compiled = filter.compile();
-    let (mut version, mut commit, mut kind, mut idc, mut location, mut os, mut cluster) = (
-        Counts::default(),
+    let (mut version, mut commit, mut kind, mut idc, mut location, mut os) = (
         Counts::default(),
         Counts::default(),
         Counts::default(),
@@ -357,6 +451,7 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
         Counts::default(),
         Counts::default(),
     );
+    let mut cluster: BTreeMap<u64, u64> = BTreeMap::new();
     let mut total = 0;
     for host in hosts.into_iter().filter(|h| compiled.matches(h)) {
         total += 1;
@@ -368,8 +463,16 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
         idc.add(network.and_then(|n| n.idc.as_deref()).unwrap_or(""));
         location.add(network.and_then(|n| n.location.as_deref()).unwrap_or(""));
         os.add(&host.os);
-        cluster.add(&host.scheduler_cluster_id.to_string());
+        *cluster.entry(host.scheduler_cluster_id).or_default() += 1;
     }
+    let mut by_cluster: Vec<Bucket> = cluster
+        .into_iter()
+        .map(|(id, count)| Bucket {
+            value: id.to_string(),
+            count,
+        })
+        .collect();
+    by_cluster.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
     HostStats {
         total,
         by_version: version.buckets(),
@@ -378,9 +481,125 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
         by_idc: idc.buckets(),
         by_location: location.buckets(),
         by_os: os.buckets(),
-        by_scheduler_cluster: cluster.buckets(),
+        by_scheduler_cluster: by_cluster,
         counted_clusters: Vec::new(),
         missing_clusters: Vec::new(),
+    }
+}
+
+/// Host orders and unfiltered statistics, computed once per set of host
+/// lists. A host list in the cache is an immutable `Arc` until it is
+/// replaced, so its identity keys the memo; an entry whose lists were
+/// dropped is dead and gets evicted.
+#[derive(Default)]
+pub struct OrderMemo {
+    entries: Mutex<Vec<MemoEntry>>,
+}
+
+struct MemoEntry {
+    lists: Vec<Weak<ListHostsResponse>>,
+    order: Option<HostOrder>,
+    /// Indices (list, host) in order; empty for a stats entry.
+    sorted: Arc<Vec<(u32, u32)>>,
+    stats: Option<Arc<HostStats>>,
+}
+
+/// Entries kept; a console uses a handful of orders at a time.
+const MEMO_ENTRIES: usize = 32;
+
+impl MemoEntry {
+    fn is_for(&self, lists: &[Arc<ListHostsResponse>]) -> bool {
+        self.lists.len() == lists.len()
+            && self
+                .lists
+                .iter()
+                .zip(lists)
+                .all(|(weak, list)| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(list)))
+    }
+
+    fn is_alive(&self) -> bool {
+        self.lists.iter().all(|w| w.strong_count() > 0)
+    }
+}
+
+impl OrderMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<MemoEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, entry: MemoEntry) {
+        let mut entries = self.lock();
+        entries.retain(MemoEntry::is_alive);
+        if entries.len() >= MEMO_ENTRIES {
+            entries.remove(0);
+        }
+        entries.push(entry);
+    }
+
+    /// The hosts of `lists` in `order`.
+    pub fn sorted<'a>(
+        &self,
+        lists: &'a [Arc<ListHostsResponse>],
+        order: HostOrder,
+    ) -> Vec<&'a Host> {
+        let found = self
+            .lock()
+            .iter()
+            .find(|e| e.order == Some(order) && e.is_for(lists))
+            .map(|e| e.sorted.clone());
+        let resolve = |indices: &[(u32, u32)]| -> Vec<&'a Host> {
+            indices
+                .iter()
+                .filter_map(|&(l, h)| lists.get(l as usize)?.hosts.get(h as usize))
+                .collect()
+        };
+        if let Some(indices) = found {
+            return resolve(&indices);
+        }
+        let mut indices: Vec<(u32, u32)> = lists
+            .iter()
+            .enumerate()
+            .flat_map(|(l, list)| (0..list.hosts.len()).map(move |h| (l as u32, h as u32)))
+            .collect();
+        indices.sort_unstable_by(|&(la, ha), &(lb, hb)| {
+            cmp_hosts(
+                &lists[la as usize].hosts[ha as usize],
+                &lists[lb as usize].hosts[hb as usize],
+                order,
+            )
+        });
+        let sorted = resolve(&indices);
+        self.remember(MemoEntry {
+            lists: lists.iter().map(Arc::downgrade).collect(),
+            order: Some(order),
+            sorted: Arc::new(indices),
+            stats: None,
+        });
+        sorted
+    }
+
+    /// Statistics of `lists`, memoized when unfiltered.
+    pub fn stats(&self, lists: &[Arc<ListHostsResponse>], filter: &HostFilter) -> HostStats {
+        let hosts = || lists.iter().flat_map(|l| l.hosts.iter());
+        if !filter.compile().is_empty() {
+            return host_stats(hosts(), filter);
+        }
+        let found = self
+            .lock()
+            .iter()
+            .find(|e| e.order.is_none() && e.is_for(lists))
+            .and_then(|e| e.stats.clone());
+        if let Some(stats) = found {
+            return HostStats::clone(&stats);
+        }
+        let stats = host_stats(hosts(), filter);
+        self.remember(MemoEntry {
+            lists: lists.iter().map(Arc::downgrade).collect(),
+            order: None,
+            sorted: Arc::new(Vec::new()),
+            stats: Some(Arc::new(stats.clone())),
+        });
+        stats
     }
 }
 

@@ -31,6 +31,8 @@ pub struct GatewayState {
     pub limits: Limits,
     pub request_timeout: std::time::Duration,
     pub enable_mutations: bool,
+    /// Sorted host orders and statistics per host-list snapshot.
+    pub host_memo: Arc<hosts::OrderMemo>,
 }
 
 impl GatewayState {
@@ -49,6 +51,7 @@ impl GatewayState {
             limits,
             request_timeout,
             enable_mutations,
+            host_memo: Arc::default(),
         }
     }
 

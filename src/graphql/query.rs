@@ -8,7 +8,7 @@ use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 
 use super::GatewayState;
 use super::errors::{bad_input, cluster_error};
-use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, host_stats, page};
+use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, page_sorted};
 use super::loaders::Loaders;
 use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
 use crate::cluster::PeerKey;
@@ -169,13 +169,9 @@ impl Query {
         };
         let filter = filter.unwrap_or_default();
         let (lists, _, _) = Self::host_lists(ctx, &filter).await?;
-        let result = page(
-            lists.iter().flat_map(|l| l.hosts.iter()),
-            &filter,
-            order_by.unwrap_or_default(),
-            &args,
-            100.min(max),
-        );
+        let order = order_by.unwrap_or_default();
+        let sorted = state.host_memo.sorted(&lists, order);
+        let result = page_sorted(&sorted, &filter, order, &args, 100.min(max));
         let mut connection = Connection::with_additional_fields(
             result.has_previous_page,
             result.has_next_page,
@@ -219,7 +215,8 @@ impl Query {
     async fn host_stats(&self, ctx: &Context<'_>, filter: Option<HostFilter>) -> Result<HostStats> {
         let filter = filter.unwrap_or_default();
         let (lists, counted, missing) = Self::host_lists(ctx, &filter).await?;
-        let mut stats = host_stats(lists.iter().flat_map(|l| l.hosts.iter()), &filter);
+        let state = ctx.data::<GatewayState>()?;
+        let mut stats = state.host_memo.stats(&lists, &filter);
         stats.counted_clusters = counted.into_iter().map(|c| ID(c.to_string())).collect();
         stats.missing_clusters = missing.into_iter().map(|c| ID(c.to_string())).collect();
         Ok(stats)
