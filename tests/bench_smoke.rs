@@ -21,6 +21,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         scheduler_latency: None,
         no_cache: false,
         redis: None,
+        interval: Some(Duration::from_millis(500)),
         json: false,
     }
 }
@@ -34,6 +35,11 @@ async fn closed_loop_overview_reports_latency_and_scheduler_calls() {
         report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms
     );
     assert!(report.render().contains("throughput"));
+    assert_eq!(report.intervals.len(), 3, "{:?}", report.intervals);
+    assert_eq!(
+        report.intervals.iter().map(|i| i.requests).sum::<u64>(),
+        report.requests
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

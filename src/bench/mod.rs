@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// Redis URL for the gateway's shared cache (in-process mode).
     #[arg(long)]
     pub redis: Option<String>,
+    /// Also report throughput, errors and p99 per interval, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +94,18 @@ pub struct Report {
     pub cache_hit_ratio: f64,
     pub rss_mib_before: Option<f64>,
     pub rss_mib_after: Option<f64>,
+    /// Per-interval figures, with `--interval`.
+    pub intervals: Vec<IntervalReport>,
+}
+
+/// One slice of a run.
+#[derive(Serialize, Debug, Clone)]
+pub struct IntervalReport {
+    pub start_s: f64,
+    pub requests: u64,
+    pub throughput_rps: f64,
+    pub errors: u64,
+    pub p99_ms: f64,
 }
 
 impl Report {
@@ -119,6 +134,12 @@ impl Report {
         );
         if let (Some(before), Some(after)) = (self.rss_mib_before, self.rss_mib_after) {
             out += &format!("  process RSS {before:.1} MiB -> {after:.1} MiB\n");
+        }
+        for i in &self.intervals {
+            out += &format!(
+                "  t={:>5.1}s  {:>7.0} req/s  p99 {:>8.2} ms  errors {}\n",
+                i.start_s, i.throughput_rps, i.p99_ms, i.errors
+            );
         }
         out
     }
@@ -256,7 +277,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         sim.reset_counters();
     }
     let rss_before = rss_mib();
-    let (histogram, tally, elapsed) = drive(
+    let (histogram, tally, elapsed, timeline) = drive(
         &http,
         &url,
         &requests,
@@ -304,6 +325,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         },
         rss_mib_before: rss_before,
         rss_mib_after: rss_after,
+        intervals: args
+            .interval
+            .map(|i| intervals(&timeline, i, args.duration))
+            .unwrap_or_default(),
     };
     if let Some(gateway) = gateway {
         gateway.shutdown().await;
@@ -314,7 +339,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-type Outcome = (Histogram<u64>, Arc<Tally>, Duration);
+type Outcome = (Histogram<u64>, Arc<Tally>, Duration, Vec<Sample>);
 
 /// Sends requests for `duration`, closed loop or at `rate`.
 async fn drive(
@@ -334,6 +359,7 @@ async fn drive(
             .expect("constant histogram bounds are valid")
     };
     let mut total = new_histogram();
+    let mut timeline = Vec::new();
     match rate {
         None => {
             let mut workers = Vec::new();
@@ -346,24 +372,32 @@ async fn drive(
                 );
                 let mut histogram = new_histogram();
                 workers.push(tokio::spawn(async move {
+                    let mut samples = Vec::new();
                     let mut i = client;
                     while Instant::now() < deadline {
                         let body = &requests[i % requests.len()];
                         i += 1;
                         let sent = Instant::now();
                         let outcome = send(&http, &url, body, &tally).await;
-                        let _ = histogram.record(sent.elapsed().as_micros() as u64);
+                        let latency = sent.elapsed().as_micros() as u64;
+                        let _ = histogram.record(latency);
+                        samples.push(Sample {
+                            at: sent.duration_since(started),
+                            latency_us: latency,
+                            ok: outcome.is_ok(),
+                        });
                         tally.requests.fetch_add(1, Ordering::Relaxed);
                         if let Err(cause) = outcome {
                             *tally.errors.lock().await.entry(cause).or_default() += 1;
                         }
                     }
-                    histogram
+                    (histogram, samples)
                 }));
             }
             for worker in workers {
-                if let Ok(h) = worker.await {
+                if let Ok((h, mut s)) = worker.await {
                     let _ = total.add(h);
+                    timeline.append(&mut s);
                 }
             }
         }
@@ -392,7 +426,11 @@ async fn drive(
                     let outcome =
                         send(&http, &url, &requests[index % requests.len()], &tally).await;
                     // Measured from when the request should have started.
-                    let _ = tx.send(start.elapsed().as_micros() as u64);
+                    let _ = tx.send(Sample {
+                        at: start.duration_since(started),
+                        latency_us: start.elapsed().as_micros() as u64,
+                        ok: outcome.is_ok(),
+                    });
                     tally.requests.fetch_add(1, Ordering::Relaxed);
                     if let Err(cause) = outcome {
                         *tally.errors.lock().await.entry(cause).or_default() += 1;
@@ -402,10 +440,52 @@ async fn drive(
                 intended += period;
             }
             drop(tx);
-            while let Some(micros) = rx.recv().await {
-                let _ = total.record(micros);
+            while let Some(sample) = rx.recv().await {
+                let _ = total.record(sample.latency_us);
+                timeline.push(sample);
             }
         }
     }
-    (total, tally, started.elapsed())
+    (total, tally, started.elapsed(), timeline)
+}
+
+/// One request, for the per-interval report.
+struct Sample {
+    at: Duration,
+    latency_us: u64,
+    ok: bool,
+}
+
+/// Throughput, errors and p99 of each `interval` of a run.
+fn intervals(samples: &[Sample], interval: Duration, total: Duration) -> Vec<IntervalReport> {
+    let n = (total.as_secs_f64() / interval.as_secs_f64())
+        .ceil()
+        .max(1.0) as usize;
+    let mut buckets: Vec<(Histogram<u64>, u64)> = (0..n)
+        .map(|_| {
+            (
+                Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
+                    .expect("constant histogram bounds are valid"),
+                0,
+            )
+        })
+        .collect();
+    for sample in samples {
+        let i = ((sample.at.as_secs_f64() / interval.as_secs_f64()) as usize).min(n - 1);
+        let _ = buckets[i].0.record(sample.latency_us);
+        if !sample.ok {
+            buckets[i].1 += 1;
+        }
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (h, errors))| IntervalReport {
+            start_s: i as f64 * interval.as_secs_f64(),
+            requests: h.len(),
+            throughput_rps: h.len() as f64 / interval.as_secs_f64(),
+            errors,
+            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        })
+        .collect()
 }
