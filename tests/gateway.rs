@@ -651,3 +651,43 @@ async fn discovers_schedulers_from_the_manager() {
     discovered.shutdown().await;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn peers_are_asked_only_in_their_hosts_cluster() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let peers: Vec<_> = env
+        .sim
+        .cluster_ids()
+        .into_iter()
+        .flat_map(|c| env.sim.peers(c).into_iter().take(10))
+        .collect();
+    let keys: Vec<Value> = peers
+        .iter()
+        .map(|p| json!({ "hostId": p.host.as_ref().unwrap().id, "taskId": p.task.as_ref().unwrap().id, "peerId": p.id }))
+        .collect();
+    env.sim.reset_counters();
+    let data = env
+        .data(
+            "query($keys: [PeerKeyInput!]!) { peers(keys: $keys) { id schedulerClusterId } }",
+            json!({ "keys": keys }),
+        )
+        .await;
+    for (got, want) in data["peers"].as_array().unwrap().iter().zip(&peers) {
+        assert_eq!(got["id"], want.id.as_str());
+        assert_eq!(
+            got["schedulerClusterId"],
+            want.host.as_ref().unwrap().scheduler_cluster_id.to_string()
+        );
+    }
+    // One StatPeer per peer, on its owner: no asking the other cluster.
+    assert_eq!(
+        env.sim.total_rpc_count(Method::StatPeer),
+        peers.len() as u64
+    );
+    assert_eq!(
+        env.sim.total_rpc_count(Method::ListHosts),
+        2,
+        "one host list per cluster"
+    );
+    env.stop().await;
+}

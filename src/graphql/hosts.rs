@@ -499,6 +499,8 @@ pub struct OrderMemo {
 struct MemoEntry {
     lists: Vec<Weak<ListHostsResponse>>,
     order: Option<HostOrder>,
+    /// The filter the entry is for (its `Debug` text; "" for none).
+    filter: String,
     /// Indices (list, host) in order; empty for a stats entry.
     sorted: Arc<Vec<(u32, u32)>>,
     stats: Option<Arc<HostStats>>,
@@ -536,71 +538,126 @@ impl OrderMemo {
         entries.push(entry);
     }
 
-    /// The hosts of `lists` in `order`.
+    fn find<T>(
+        &self,
+        lists: &[Arc<ListHostsResponse>],
+        order: Option<HostOrder>,
+        filter: &str,
+        get: impl Fn(&MemoEntry) -> Option<T>,
+    ) -> Option<T> {
+        self.lock()
+            .iter()
+            .find(|e| e.order == order && e.filter == filter && e.is_for(lists))
+            .and_then(get)
+    }
+
+    /// The hosts of `lists` that match `filter`, in `order`. Consoles
+    /// repeat the same listing, so both the order and the filtered subset
+    /// are remembered per host-list snapshot.
     pub fn sorted<'a>(
         &self,
         lists: &'a [Arc<ListHostsResponse>],
         order: HostOrder,
+        filter: &HostFilter,
     ) -> Vec<&'a Host> {
-        let found = self
-            .lock()
-            .iter()
-            .find(|e| e.order == Some(order) && e.is_for(lists))
-            .map(|e| e.sorted.clone());
+        let compiled = filter.compile();
+        let filter_key = if compiled.is_empty() {
+            String::new()
+        } else {
+            filter_key(filter)
+        };
         let resolve = |indices: &[(u32, u32)]| -> Vec<&'a Host> {
             indices
                 .iter()
                 .filter_map(|&(l, h)| lists.get(l as usize)?.hosts.get(h as usize))
                 .collect()
         };
-        if let Some(indices) = found {
+        if let Some(indices) =
+            self.find(lists, Some(order), &filter_key, |e| Some(e.sorted.clone()))
+        {
             return resolve(&indices);
         }
-        let mut indices: Vec<(u32, u32)> = lists
+        let all = match self.find(lists, Some(order), "", |e| Some(e.sorted.clone())) {
+            Some(all) => all,
+            None => {
+                let mut indices: Vec<(u32, u32)> = lists
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(l, list)| (0..list.hosts.len()).map(move |h| (l as u32, h as u32)))
+                    .collect();
+                indices.sort_unstable_by(|&(la, ha), &(lb, hb)| {
+                    cmp_hosts(
+                        &lists[la as usize].hosts[ha as usize],
+                        &lists[lb as usize].hosts[hb as usize],
+                        order,
+                    )
+                });
+                let indices = Arc::new(indices);
+                self.remember(MemoEntry {
+                    lists: lists.iter().map(Arc::downgrade).collect(),
+                    order: Some(order),
+                    filter: String::new(),
+                    sorted: indices.clone(),
+                    stats: None,
+                });
+                indices
+            }
+        };
+        if filter_key.is_empty() {
+            return resolve(&all);
+        }
+        let matching: Vec<(u32, u32)> = all
             .iter()
-            .enumerate()
-            .flat_map(|(l, list)| (0..list.hosts.len()).map(move |h| (l as u32, h as u32)))
+            .copied()
+            .filter(|&(l, h)| compiled.matches(&lists[l as usize].hosts[h as usize]))
             .collect();
-        indices.sort_unstable_by(|&(la, ha), &(lb, hb)| {
-            cmp_hosts(
-                &lists[la as usize].hosts[ha as usize],
-                &lists[lb as usize].hosts[hb as usize],
-                order,
-            )
-        });
-        let sorted = resolve(&indices);
+        let hosts = resolve(&matching);
         self.remember(MemoEntry {
             lists: lists.iter().map(Arc::downgrade).collect(),
             order: Some(order),
-            sorted: Arc::new(indices),
+            filter: filter_key,
+            sorted: Arc::new(matching),
             stats: None,
         });
-        sorted
+        hosts
     }
 
-    /// Statistics of `lists`, memoized when unfiltered.
+    /// Statistics of the hosts of `lists` that match `filter`.
     pub fn stats(&self, lists: &[Arc<ListHostsResponse>], filter: &HostFilter) -> HostStats {
-        let hosts = || lists.iter().flat_map(|l| l.hosts.iter());
-        if !filter.compile().is_empty() {
-            return host_stats(hosts(), filter);
-        }
-        let found = self
-            .lock()
-            .iter()
-            .find(|e| e.order.is_none() && e.is_for(lists))
-            .and_then(|e| e.stats.clone());
-        if let Some(stats) = found {
+        let key = if filter.compile().is_empty() {
+            String::new()
+        } else {
+            filter_key(filter)
+        };
+        if let Some(stats) = self.find(lists, None, &key, |e| e.stats.clone()) {
             return HostStats::clone(&stats);
         }
-        let stats = host_stats(hosts(), filter);
+        let stats = host_stats(lists.iter().flat_map(|l| l.hosts.iter()), filter);
         self.remember(MemoEntry {
             lists: lists.iter().map(Arc::downgrade).collect(),
             order: None,
+            filter: key,
             sorted: Arc::new(Vec::new()),
             stats: Some(Arc::new(stats.clone())),
         });
         stats
     }
+}
+
+/// A filter's identity for the memo. Cluster ids are left out: they pick
+/// the host lists, which are part of the memo key already.
+fn filter_key(filter: &HostFilter) -> String {
+    let HostFilter {
+        scheduler_cluster_ids: _,
+        types,
+        idcs,
+        locations,
+        os,
+        versions,
+        commits,
+        search,
+    } = filter;
+    format!("{types:?}|{idcs:?}|{locations:?}|{os:?}|{versions:?}|{commits:?}|{search:?}")
 }
 
 #[cfg(test)]

@@ -387,15 +387,24 @@ impl Loaders {
             .collect())
     }
 
-    /// Like [`Loaders::find_tasks`], for peers.
+    /// Like [`Loaders::find_tasks`], for peers. A peer lives in its host's
+    /// cluster, so with several clusters the (cached) host lists say where
+    /// to ask, and only peers of unknown hosts are asked everywhere.
     pub async fn find_peers(
         &self,
         keys: &[PeerKey],
         clusters: &[u64],
     ) -> Result<Vec<Result<Option<Peer>, async_graphql::Error>>> {
-        let mut lookups = Vec::with_capacity(keys.len() * clusters.len());
+        let home = self.host_clusters(keys, clusters).await?;
+        let candidates = |key: &PeerKey| -> Vec<u64> {
+            match home.get(key.host_id.as_str()) {
+                Some(&cluster_id) => vec![cluster_id],
+                None => clusters.to_vec(),
+            }
+        };
+        let mut lookups = Vec::with_capacity(keys.len());
         for key in keys {
-            for &cluster_id in clusters {
+            for cluster_id in candidates(key) {
                 lookups.push(PeerLookup {
                     cluster_id,
                     key: key.clone(),
@@ -410,7 +419,7 @@ impl Loaders {
         Ok(keys
             .iter()
             .map(|key| {
-                pick_first(clusters, |cluster_id| {
+                pick_first(&candidates(key), |cluster_id| {
                     loaded.get(&PeerLookup {
                         cluster_id,
                         key: key.clone(),
@@ -425,6 +434,35 @@ impl Loaders {
                 })
             })
             .collect())
+    }
+
+    /// The cluster of each key's host, for the hosts the clusters' host
+    /// lists know. Empty with a single cluster (nothing to choose).
+    async fn host_clusters(
+        &self,
+        keys: &[PeerKey],
+        clusters: &[u64],
+    ) -> Result<HashMap<String, u64>> {
+        let mut home = HashMap::new();
+        if clusters.len() < 2 {
+            return Ok(home);
+        }
+        let wanted: std::collections::HashSet<&str> =
+            keys.iter().map(|k| k.host_id.as_str()).collect();
+        for (cluster_id, result) in self.host_lists(clusters).await? {
+            let Ok(Fetched {
+                value: Some(list), ..
+            }) = result
+            else {
+                continue;
+            };
+            for host in &list.hosts {
+                if wanted.contains(host.id.as_str()) {
+                    home.entry(host.id.clone()).or_insert(cluster_id);
+                }
+            }
+        }
+        Ok(home)
     }
 }
 

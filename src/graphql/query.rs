@@ -170,8 +170,14 @@ impl Query {
         let filter = filter.unwrap_or_default();
         let (lists, _, _) = Self::host_lists(ctx, &filter).await?;
         let order = order_by.unwrap_or_default();
-        let sorted = state.host_memo.sorted(&lists, order);
-        let result = page_sorted(&sorted, &filter, order, &args, 100.min(max));
+        let matching = state.host_memo.sorted(&lists, order, &filter);
+        let result = page_sorted(
+            &matching,
+            &HostFilter::default(),
+            order,
+            &args,
+            100.min(max),
+        );
         let mut connection = Connection::with_additional_fields(
             result.has_previous_page,
             result.has_next_page,
