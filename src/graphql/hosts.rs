@@ -430,16 +430,7 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
             *self.0.entry(value).or_default() += 1;
         }
         fn buckets(self) -> Vec<Bucket> {
-            let mut buckets: Vec<Bucket> = self
-                .0
-                .into_iter()
-                .map(|(value, count)| Bucket {
-                    value: value.to_owned(),
-                    count,
-                })
-                .collect();
-            buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-            buckets
+            sorted_buckets(self.0.into_iter().map(|(v, n)| (v.to_owned(), n)))
         }
     }
     let compiled = filter.compile();
@@ -465,14 +456,7 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
         os.add(&host.os);
         *cluster.entry(host.scheduler_cluster_id).or_default() += 1;
     }
-    let mut by_cluster: Vec<Bucket> = cluster
-        .into_iter()
-        .map(|(id, count)| Bucket {
-            value: id.to_string(),
-            count,
-        })
-        .collect();
-    by_cluster.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    let by_cluster = sorted_buckets(cluster.into_iter().map(|(id, n)| (id.to_string(), n)));
     HostStats {
         total,
         by_version: version.buckets(),
@@ -485,6 +469,15 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
         counted_clusters: Vec::new(),
         missing_clusters: Vec::new(),
     }
+}
+
+/// Buckets, largest count first, then by value.
+fn sorted_buckets(counts: impl Iterator<Item = (String, u64)>) -> Vec<Bucket> {
+    let mut buckets: Vec<Bucket> = counts
+        .map(|(value, count)| Bucket { value, count })
+        .collect();
+    buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    buckets
 }
 
 /// Host orders and unfiltered statistics, computed once per set of host
