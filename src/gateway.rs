@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::cache::{Cache, SystemClock};
-use crate::cluster::{ClientSettings, ClusterClient, Dial, discovery};
+use crate::cluster::breaker::RealClock;
+use crate::cluster::{ClientSettings, ClusterClient, Dial, Guards, discovery};
 use crate::config::{Config, SchedulerSource};
 use crate::graphql::{GatewayState, build_schema};
 use crate::http::metrics::MetricsHandle;
@@ -76,10 +77,17 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
     Ok(ClusterClient::new(ClientSettings {
         dial: Dial {
             connect_timeout: config.timeouts.connect,
+            keep_alive_interval: config.timeouts.keep_alive_interval,
+            keep_alive_timeout: config.timeouts.keep_alive_timeout,
             tls: tls_config(config)?,
         },
         timeouts: config.timeouts,
-        concurrency_per_scheduler: config.limits.scheduler_concurrency,
+        guards: Guards {
+            concurrency: config.limits.scheduler_concurrency,
+            breaker: config.breaker,
+            retry: config.retry,
+            clock: Arc::new(RealClock),
+        },
     }))
 }
 
