@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -190,6 +191,13 @@ impl Gateway {
         })?;
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
+            // Without TCP_NODELAY a response written in two parts waits
+            // for the client's delayed ACK: ~40 ms on every request.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let served = axum::serve(listener, router(app))
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
