@@ -137,6 +137,15 @@ impl Backoff {
     /// Returns the pause chosen.
     pub fn rate_limited(&self, now: Instant) -> Duration {
         let mut state = self.lock();
+        // Calls already in flight when the pause began answer the same
+        // thing: one episode, one step up.
+        if let Some(left) = state
+            .not_before
+            .and_then(|at| at.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+        {
+            return left;
+        }
         let factor = 1u32.checked_shl(state.in_a_row.min(16)).unwrap_or(u32::MAX);
         let pause = self.base.saturating_mul(factor).min(self.max);
         // Up to a quarter of jitter, so replicas do not come back at once.
@@ -178,13 +187,32 @@ mod tests {
         let backoff = Backoff::new(&RetryConfig::default());
         let now = Instant::now();
         assert_eq!(backoff.wait(now), None);
-        let pauses: Vec<Duration> = (0..10).map(|_| backoff.rate_limited(now)).collect();
+        // Each answer after the previous pause ended steps up.
+        let mut at = now;
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            let pause = backoff.rate_limited(at);
+            pauses.push(pause);
+            at += pause;
+        }
         assert!(pauses[0] >= Duration::from_millis(250) && pauses[0] <= Duration::from_millis(313));
         assert!(pauses[1] >= Duration::from_millis(500));
         assert!(pauses[9] >= Duration::from_secs(10) && pauses[9] <= Duration::from_millis(12_500));
-        assert!(backoff.wait(now).is_some());
-        assert_eq!(backoff.wait(now + Duration::from_secs(13)), None);
+        assert!(backoff.wait(at - Duration::from_millis(1)).is_some());
+        assert_eq!(backoff.wait(at), None);
         backoff.reset();
         assert_eq!(backoff.wait(now), None);
+    }
+
+    #[test]
+    fn answers_within_one_pause_do_not_step_up() {
+        let backoff = Backoff::new(&RetryConfig::default());
+        let now = Instant::now();
+        let first = backoff.rate_limited(now);
+        for _ in 0..5 {
+            assert!(backoff.rate_limited(now + Duration::from_millis(10)) < first);
+        }
+        let next = backoff.rate_limited(now + first);
+        assert!(next >= Duration::from_millis(500), "{next:?}");
     }
 }
