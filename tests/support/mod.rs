@@ -2,6 +2,8 @@
 //! a small GraphQL-over-HTTP client, so tests read like a user's session.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use dfgraph::config::Config;
