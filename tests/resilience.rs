@@ -790,6 +790,7 @@ async fn soak(duration: Duration, clients: usize) {
     // The fault schedule: every second, up to two schedulers misbehave.
     let mut rng = SmallRng::seed_from_u64(4242);
     let mut faults = 0;
+    let mut rss_samples = Vec::new();
     while Instant::now() < stop_at {
         for (real, p) in &rig.proxies {
             p.set_mode(Mode::Pass);
@@ -810,6 +811,7 @@ async fn soak(duration: Duration, clients: usize) {
             faults += 1;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_samples.push(vm_rss_kib());
     }
     for w in workers {
         w.await.unwrap();
@@ -825,10 +827,11 @@ async fn soak(duration: Duration, clients: usize) {
     println!(
         "soak {duration:?}, {clients} clients, {faults} faults: {requests} requests \
          ({:.0}/s), non-200 {}, 5xx {}, max latency {max_latency:?}, error codes {codes:?}, \
-         VmRSS {rss_before} KiB -> {rss_after} KiB",
+         VmRSS {rss_before} KiB -> {rss_after} KiB (every 10 s: {:?})",
         requests as f64 / duration.as_secs_f64(),
         stats.non_200.load(Ordering::Relaxed),
         stats.server_errors.load(Ordering::Relaxed),
+        rss_samples.iter().step_by(10).collect::<Vec<_>>(),
     );
     assert_eq!(stats.server_errors.load(Ordering::Relaxed), 0);
     assert_eq!(stats.non_200.load(Ordering::Relaxed), 0);
