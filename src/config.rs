@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
+use crate::cluster::{BreakerConfig, RetryConfig};
 
 /// Everything `dfgraph serve` needs to know.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -32,6 +33,10 @@ pub struct Config {
     pub tls: TlsConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Each scheduler's circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Retry budget and backoff after rate limiting.
+    pub retry: RetryConfig,
     /// Enables `deletePeer`, `deleteTask` and `deleteHost`. Off by default
     /// because they change the cluster and have no access control yet.
     pub enable_mutations: bool,
@@ -52,6 +57,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
             enable_mutations: false,
             cache: CacheConfig::default(),
             simulator: SimulatorConfig::default(),
@@ -89,9 +96,17 @@ pub struct Timeouts {
     pub stat: Duration,
     #[serde(with = "humantime_serde")]
     pub list_hosts: Duration,
-    /// Budget of one HTTP request, end to end.
+    /// Budget of one GraphQL request, end to end; scheduler calls get
+    /// what is left of it at most.
     #[serde(with = "humantime_serde")]
     pub request: Duration,
+    /// HTTP/2 PING interval on scheduler connections...
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    /// ...and how long a PING may go unanswered before the connection is
+    /// dropped and redialled.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for Timeouts {
@@ -101,6 +116,8 @@ impl Default for Timeouts {
             stat: Duration::from_secs(1),
             list_hosts: Duration::from_secs(3),
             request: Duration::from_secs(5),
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -286,11 +303,25 @@ impl Config {
             ("timeouts.stat", self.timeouts.stat),
             ("timeouts.list_hosts", self.timeouts.list_hosts),
             ("timeouts.request", self.timeouts.request),
+            (
+                "timeouts.keep_alive_interval",
+                self.timeouts.keep_alive_interval,
+            ),
+            (
+                "timeouts.keep_alive_timeout",
+                self.timeouts.keep_alive_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(name, "must be greater than zero".into()));
             }
         }
+        self.breaker
+            .check()
+            .map_err(|message| invalid("breaker", message))?;
+        self.retry
+            .check()
+            .map_err(|message| invalid("retry", message))?;
         if self.limits.max_page_size == 0 || self.limits.scheduler_concurrency == 0 {
             return Err(invalid(
                 "limits",
@@ -375,6 +406,25 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:7777".parse().unwrap());
         assert_eq!(config.cache.task.fresh, Duration::from_secs(10));
         assert_eq!(config.static_schedulers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn breaker_and_retry_sections_have_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        std::fs::write(
+            &path,
+            "[breaker]\nconsecutive_failures = 3\nopen_base = \"1s\"\n[retry]\nbudget_ratio = 0.1\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(config.breaker.consecutive_failures, 3);
+        assert_eq!(config.breaker.open_base, Duration::from_secs(1));
+        assert_eq!(config.breaker.open_max, Duration::from_secs(60));
+        assert_eq!(config.retry.budget_ratio, 0.1);
+        std::fs::write(&path, "[breaker]\nfailure_rate = 2.0\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("breaker"), "{err}");
     }
 
     #[test]

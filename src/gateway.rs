@@ -5,13 +5,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::cache::{Cache, SystemClock};
-use crate::cluster::{ClientSettings, ClusterClient, Dial, discovery};
+use crate::cluster::breaker::RealClock;
+use crate::cluster::{ClientSettings, ClusterClient, Dial, Guards, discovery};
 use crate::config::{Config, SchedulerSource};
 use crate::graphql::{GatewayState, build_schema};
 use crate::http::metrics::MetricsHandle;
@@ -76,10 +78,17 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
     Ok(ClusterClient::new(ClientSettings {
         dial: Dial {
             connect_timeout: config.timeouts.connect,
+            keep_alive_interval: config.timeouts.keep_alive_interval,
+            keep_alive_timeout: config.timeouts.keep_alive_timeout,
             tls: tls_config(config)?,
         },
         timeouts: config.timeouts,
-        concurrency_per_scheduler: config.limits.scheduler_concurrency,
+        guards: Guards {
+            concurrency: config.limits.scheduler_concurrency,
+            breaker: config.breaker,
+            retry: config.retry,
+            clock: Arc::new(RealClock),
+        },
     }))
 }
 
@@ -210,6 +219,13 @@ impl Gateway {
         })?;
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
+            // Without TCP_NODELAY a response written in two parts waits
+            // for the client's delayed ACK: ~40 ms on every request.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let served = axum::serve(listener, router(app))
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;

@@ -64,7 +64,7 @@ pub async fn collect(client: &ClusterClient) -> Vec<ClusterStatus> {
             for scheduler in &cluster.schedulers {
                 // A scheduler the host list did not need is probed by a
                 // TCP connect: cheap, and enough to say up or down.
-                let mut health = scheduler.health.snapshot();
+                let mut health = scheduler.health_snapshot();
                 if health.calls == 0 {
                     let probe = tokio::time::timeout(
                         client.settings().dial.connect_timeout,

@@ -31,6 +31,19 @@ pub enum ClusterError {
         scheduler: SocketAddr,
         message: String,
     },
+    /// The scheduler's circuit breaker is open: it failed repeatedly, so
+    /// calls fail fast until it is probed again.
+    #[error("scheduler {scheduler} is failing; its circuit is open for another {retry_in_ms} ms")]
+    CircuitOpen {
+        scheduler: SocketAddr,
+        retry_in_ms: u64,
+    },
+    /// The scheduler rate-limited us recently; we stay away a while.
+    #[error("scheduler {scheduler} is over its rate limit; backing off for {retry_in_ms} ms")]
+    BackingOff {
+        scheduler: SocketAddr,
+        retry_in_ms: u64,
+    },
     #[error("scheduler cluster {cluster_id} has no schedulers")]
     NoSchedulers { cluster_id: u64 },
     #[error("scheduler cluster {cluster_id} is not configured")]
@@ -66,8 +79,9 @@ impl ClusterError {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::Unavailable { .. } | Self::NoSchedulers { .. } => "SCHEDULER_UNAVAILABLE",
             Self::DeadlineExceeded { .. } => "SCHEDULER_TIMEOUT",
-            Self::ResourceExhausted { .. } => "SCHEDULER_RATE_LIMITED",
+            Self::ResourceExhausted { .. } | Self::BackingOff { .. } => "SCHEDULER_RATE_LIMITED",
             Self::Internal { .. } => "SCHEDULER_ERROR",
+            Self::CircuitOpen { .. } => "SCHEDULER_CIRCUIT_OPEN",
             Self::UnknownCluster { .. } => "UNKNOWN_CLUSTER",
         }
     }
@@ -78,13 +92,16 @@ impl ClusterError {
             Self::Unavailable { scheduler, .. }
             | Self::DeadlineExceeded { scheduler, .. }
             | Self::ResourceExhausted { scheduler, .. }
-            | Self::Internal { scheduler, .. } => Some(*scheduler),
+            | Self::Internal { scheduler, .. }
+            | Self::CircuitOpen { scheduler, .. }
+            | Self::BackingOff { scheduler, .. } => Some(*scheduler),
             _ => None,
         }
     }
 
     /// Whether the scheduler itself is unhealthy, as opposed to the request
-    /// being wrong: only these count against a scheduler's health.
+    /// being wrong: only these count against a scheduler's health, and
+    /// only these are worth asking another scheduler about.
     pub fn is_scheduler_failure(&self) -> bool {
         matches!(
             self,
@@ -92,6 +109,14 @@ impl ClusterError {
                 | Self::DeadlineExceeded { .. }
                 | Self::ResourceExhausted { .. }
                 | Self::Internal { .. }
+                | Self::CircuitOpen { .. }
+                | Self::BackingOff { .. }
         )
+    }
+
+    /// Failed without reaching the scheduler (circuit open, backing off):
+    /// costs nothing, so trying elsewhere is not a retry.
+    pub fn is_fast_failure(&self) -> bool {
+        matches!(self, Self::CircuitOpen { .. } | Self::BackingOff { .. })
     }
 }

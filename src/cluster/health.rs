@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::breaker::CircuitState;
+
 /// A point-in-time copy of a scheduler's health.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HealthSnapshot {
@@ -16,12 +18,15 @@ pub struct HealthSnapshot {
     pub consecutive_failures: u32,
     pub calls: u64,
     pub failures: u64,
+    /// The scheduler's circuit breaker (filled in by the handle).
+    pub circuit: CircuitState,
 }
 
 impl HealthSnapshot {
-    /// Healthy until proven otherwise: the last call did not fail.
+    /// Healthy until proven otherwise: the last call did not fail and the
+    /// circuit is not open.
     pub fn is_up(&self) -> bool {
-        self.consecutive_failures == 0
+        self.consecutive_failures == 0 && self.circuit != CircuitState::Open
     }
 }
 

@@ -5,9 +5,12 @@
 //! Depends on `proto` and `config` only; knows nothing of caching or
 //! GraphQL.
 
+pub mod breaker;
+pub mod deadline;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod retry;
 pub mod ring;
 pub mod scheduler;
 
@@ -19,10 +22,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
+pub use breaker::{BreakerConfig, CircuitState};
 pub use error::ClusterError;
 pub use health::HealthSnapshot;
+pub use retry::RetryConfig;
 pub use ring::TaskRing;
-pub use scheduler::{Dial, SchedulerHandle};
+pub use scheduler::{Dial, Guards, SchedulerHandle};
+
+use retry::RetryBudget;
 
 use crate::config::Timeouts;
 use crate::proto::common::v2::{Host, Peer, Task};
@@ -30,6 +37,17 @@ use crate::proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
     StatTaskRequest,
 };
+
+/// Network calls one cluster-wide read makes at most: the first and one
+/// retry on another scheduler.
+const MAX_ATTEMPTS: u32 = 2;
+
+/// Whether repeating a call is harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
 
 /// The `host_id` dfgraph sends with `StatTask`. Schedulers look tasks up by
 /// task id alone, but some versions validate `host_id` as non-empty.
@@ -47,11 +65,12 @@ impl ClusterView {
         self.schedulers.iter().find(|s| s.addr == addr)
     }
 
-    /// Schedulers in the order to try for cluster-wide reads: those whose
-    /// last call succeeded first, then by fewest recent failures.
+    /// Schedulers in the order to try for cluster-wide reads: those that
+    /// would fail fast (circuit open, backing off) last; before them, those
+    /// whose last call succeeded, then by fewest recent failures.
     fn by_health(&self) -> Vec<Arc<SchedulerHandle>> {
         let mut ordered = self.schedulers.clone();
-        ordered.sort_by_key(|s| s.health.snapshot().consecutive_failures);
+        ordered.sort_by_cached_key(|s| (s.fails_fast(), s.health.snapshot().consecutive_failures));
         ordered
     }
 }
@@ -75,7 +94,8 @@ pub struct PeerKey {
 pub struct ClientSettings {
     pub dial: Dial,
     pub timeouts: Timeouts,
-    pub concurrency_per_scheduler: usize,
+    /// Concurrency bound, circuit breaker and backoff of every scheduler.
+    pub guards: Guards,
 }
 
 /// The gateway's view of all schedulers; cheap to clone.
@@ -86,6 +106,8 @@ pub struct ClusterClient {
 
 struct Inner {
     settings: ClientSettings,
+    /// Shared by every retry toward any scheduler.
+    retry_budget: RetryBudget,
     topology: RwLock<Arc<Topology>>,
     /// Cluster ids we were asked to serve, even while they have no
     /// schedulers (a manager may not have answered yet).
@@ -96,6 +118,7 @@ impl ClusterClient {
     pub fn new(settings: ClientSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                retry_budget: RetryBudget::new(&settings.guards.retry),
                 settings,
                 topology: RwLock::new(Arc::new(Topology::default())),
                 expected: RwLock::new(Vec::new()),
@@ -137,7 +160,7 @@ impl ClusterClient {
                     cluster_id,
                     addr,
                     &self.inner.settings.dial,
-                    self.inner.settings.concurrency_per_scheduler,
+                    &self.inner.settings.guards,
                 )?,
             };
             let list = by_cluster.entry(cluster_id).or_default();
@@ -211,12 +234,22 @@ impl ClusterClient {
     }
 
     /// All hosts of a cluster. Every scheduler of a cluster knows every
-    /// host, so one healthy scheduler answers; failures move to the next.
+    /// host, so one healthy scheduler answers. Schedulers that would fail
+    /// fast are tried last (and cost nothing); after one failed call, one
+    /// retry on another scheduler, if the retry budget allows.
     pub async fn list_hosts(&self, cluster_id: u64) -> Result<Vec<Host>, ClusterError> {
         let cluster = self.cluster(cluster_id)?;
         let timeout = self.inner.settings.timeouts.list_hosts;
-        let mut last_error = ClusterError::NoSchedulers { cluster_id };
+        let mut last_error = None;
+        let mut attempts = 0;
+        self.inner.retry_budget.deposit();
         for scheduler in cluster.by_health() {
+            if attempts == MAX_ATTEMPTS {
+                break;
+            }
+            if attempts > 0 && !scheduler.fails_fast() && !self.retry() {
+                break;
+            }
             let result = scheduler
                 .call("ListHosts", timeout, |mut client| async move {
                     client.list_hosts(ListHostsRequest { r#type: None }).await
@@ -224,11 +257,30 @@ impl ClusterClient {
                 .await;
             match result {
                 Ok(response) => return Ok(response.hosts),
-                Err(e) if e.is_scheduler_failure() => last_error = e,
+                Err(e) if e.is_scheduler_failure() => {
+                    if !e.is_fast_failure() {
+                        attempts += 1;
+                    }
+                    // A real failure says more than a fast one.
+                    if last_error
+                        .as_ref()
+                        .is_none_or(|l: &ClusterError| l.is_fast_failure())
+                    {
+                        last_error = Some(e);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(last_error)
+        Err(last_error.unwrap_or(ClusterError::NoSchedulers { cluster_id }))
+    }
+
+    /// Takes one retry from the budget; false (and counted) when spent.
+    fn retry(&self) -> bool {
+        let granted = self.inner.retry_budget.withdraw();
+        let outcome = if granted { "granted" } else { "refused" };
+        metrics::counter!("dfgraph_scheduler_retries_total", "outcome" => outcome).increment(1);
+        granted
     }
 
     /// `StatTask` on the task's owner, then on the rest of the cluster.
@@ -238,10 +290,16 @@ impl ClusterClient {
             host_id: GATEWAY_HOST_ID.to_owned(),
             task_id: task_id.to_owned(),
         };
-        self.routed(cluster_id, task_id, "StatTask", move |mut client| {
-            let request = request.clone();
-            async move { client.stat_task(request).await }
-        })
+        self.routed(
+            cluster_id,
+            task_id,
+            "StatTask",
+            Idempotent::Yes,
+            move |mut client| {
+                let request = request.clone();
+                async move { client.stat_task(request).await }
+            },
+        )
         .await
     }
 
@@ -253,10 +311,16 @@ impl ClusterClient {
             task_id: key.task_id.clone(),
             peer_id: key.peer_id.clone(),
         };
-        self.routed(cluster_id, &key.task_id, "StatPeer", move |mut client| {
-            let request = request.clone();
-            async move { client.stat_peer(request).await }
-        })
+        self.routed(
+            cluster_id,
+            &key.task_id,
+            "StatPeer",
+            Idempotent::Yes,
+            move |mut client| {
+                let request = request.clone();
+                async move { client.stat_peer(request).await }
+            },
+        )
         .await
     }
 
@@ -274,10 +338,16 @@ impl ClusterClient {
             host_id: host_id.to_owned(),
             task_id: task_id.to_owned(),
         };
-        self.routed(cluster_id, task_id, "DeleteTask", move |mut client| {
-            let request = request.clone();
-            async move { client.delete_task(request).await }
-        })
+        self.routed(
+            cluster_id,
+            task_id,
+            "DeleteTask",
+            Idempotent::No,
+            move |mut client| {
+                let request = request.clone();
+                async move { client.delete_task(request).await }
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -289,10 +359,16 @@ impl ClusterClient {
             task_id: key.task_id.clone(),
             peer_id: key.peer_id.clone(),
         };
-        self.routed(cluster_id, &key.task_id, "DeletePeer", move |mut client| {
-            let request = request.clone();
-            async move { client.delete_peer(request).await }
-        })
+        self.routed(
+            cluster_id,
+            &key.task_id,
+            "DeletePeer",
+            Idempotent::No,
+            move |mut client| {
+                let request = request.clone();
+                async move { client.delete_peer(request).await }
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -330,15 +406,19 @@ impl ClusterClient {
         outcome
     }
 
-    /// Asks the ring owner of `task_id` first. When it says NotFound or
-    /// fails, asks the other schedulers of the cluster concurrently and
-    /// takes the first that has it. If nobody has it, NotFound, unless a
-    /// scheduler failed (then we cannot know, and say why).
+    /// Asks the ring owner of `task_id` first. When it says NotFound, or
+    /// its circuit is open, asks the other schedulers of the cluster
+    /// concurrently and takes the first that has it. When the owner failed
+    /// a real call, asking the others is a retry: only for idempotent
+    /// reads, and only within the retry budget. If nobody has it,
+    /// NotFound, unless a scheduler failed (then we cannot know, and say
+    /// why).
     async fn routed<T, F, Fut>(
         &self,
         cluster_id: u64,
         task_id: &str,
         method: &'static str,
+        idempotent: Idempotent,
         rpc: F,
     ) -> Result<T, ClusterError>
     where
@@ -353,12 +433,21 @@ impl ClusterClient {
         let cluster = self.cluster(cluster_id)?;
         let owner_addr = cluster.ring.owner(task_id)?;
         let timeout = self.inner.settings.timeouts.stat;
-        let mut failure = None;
+        let mut failure: Option<ClusterError> = None;
+        if idempotent == Idempotent::Yes {
+            self.inner.retry_budget.deposit();
+        }
         if let Some(owner) = cluster.scheduler(owner_addr) {
             match owner.call(method, timeout, rpc.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(ClusterError::NotFound) => {}
-                Err(e) if e.is_scheduler_failure() => failure = Some(e),
+                Err(e) if e.is_fast_failure() => failure = Some(e),
+                Err(e) if e.is_scheduler_failure() => {
+                    if idempotent == Idempotent::No || !self.retry() {
+                        return Err(e);
+                    }
+                    failure = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -373,7 +462,12 @@ impl ClusterClient {
                 Ok(value) => return Ok(value),
                 Err(ClusterError::NotFound) => {}
                 Err(e) if e.is_scheduler_failure() => {
-                    failure.get_or_insert(e);
+                    if failure
+                        .as_ref()
+                        .is_none_or(|f| f.is_fast_failure() && !e.is_fast_failure())
+                    {
+                        failure = Some(e);
+                    }
                 }
                 Err(e) => return Err(e),
             }

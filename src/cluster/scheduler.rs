@@ -1,6 +1,6 @@
 //! One scheduler endpoint: its reusable gRPC channel, its concurrency bound,
-//! its health, and the single place where a call gets its deadline and its
-//! outcome recorded.
+//! its health, circuit breaker and rate-limit backoff, and the single place
+//! where a call gets its deadline and its outcome recorded.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,8 +11,15 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::ClusterError;
-use super::health::Health;
+use super::breaker::{Breaker, BreakerClock, BreakerConfig, CircuitState, Outcome, Transition};
+use super::deadline;
+use super::health::{Health, HealthSnapshot};
+use super::retry::{Backoff, RetryConfig};
+use crate::proto::scheduler::v2::StatTaskRequest;
 use crate::proto::scheduler::v2::scheduler_client::SchedulerClient;
+
+/// The task id of readiness probes; no real task has it.
+pub const PROBE_TASK_ID: &str = "dfgraph-readiness-probe";
 
 /// Replies carry whole host lists: 10k hosts are several MiB, so the
 /// decode limit sits far above tonic's 4 MiB default.
@@ -22,6 +29,11 @@ pub const MAX_DECODE_BYTES: usize = 512 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Dial {
     pub connect_timeout: Duration,
+    /// HTTP/2 PING interval on open connections, idle or not...
+    pub keep_alive_interval: Duration,
+    /// ...and how long a PING may go unanswered before the connection is
+    /// dropped (a blackholed peer is noticed within the sum of both).
+    pub keep_alive_timeout: Duration,
     pub tls: Option<ClientTlsConfig>,
 }
 
@@ -35,8 +47,8 @@ impl Dial {
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .tcp_keepalive(Some(Duration::from_secs(30)))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(self.keep_alive_interval)
+            .keep_alive_timeout(self.keep_alive_timeout)
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint
@@ -47,12 +59,26 @@ impl Dial {
     }
 }
 
+/// How every scheduler handle guards its calls.
+#[derive(Clone, Debug)]
+pub struct Guards {
+    /// In-flight calls per scheduler.
+    pub concurrency: usize,
+    pub breaker: BreakerConfig,
+    pub retry: RetryConfig,
+    pub clock: Arc<dyn BreakerClock>,
+}
+
 /// A scheduler of one scheduler cluster.
 pub struct SchedulerHandle {
     pub cluster_id: u64,
     pub addr: SocketAddr,
+    /// `addr` as a metrics label.
+    label: String,
     client: SchedulerClient<Channel>,
     pub health: Health,
+    pub breaker: Breaker,
+    backoff: Backoff,
     /// Bounds in-flight calls so a burst of console traffic cannot pile
     /// onto one scheduler.
     permits: Semaphore,
@@ -63,7 +89,7 @@ impl SchedulerHandle {
         cluster_id: u64,
         addr: SocketAddr,
         dial: &Dial,
-        concurrency: usize,
+        guards: &Guards,
     ) -> Result<Arc<Self>, ClusterError> {
         let channel =
             dial.channel(&addr.to_string())
@@ -74,17 +100,85 @@ impl SchedulerHandle {
         let client = SchedulerClient::new(channel)
             .max_decoding_message_size(MAX_DECODE_BYTES)
             .max_encoding_message_size(MAX_DECODE_BYTES);
+        let label = addr.to_string();
+        metrics::gauge!("dfgraph_scheduler_circuit_state", "scheduler" => label.clone())
+            .set(CircuitState::Closed.gauge());
         Ok(Arc::new(Self {
             cluster_id,
             addr,
+            label,
             client,
             health: Health::default(),
-            permits: Semaphore::new(concurrency),
+            breaker: Breaker::new(guards.breaker, guards.clock.clone()),
+            backoff: Backoff::new(&guards.retry),
+            permits: Semaphore::new(guards.concurrency),
         }))
     }
 
-    /// Runs one RPC under `timeout` and records how it went. NotFound and
-    /// InvalidArgument are answers, not failures of the scheduler.
+    /// Health as last seen, with the circuit's state.
+    pub fn health_snapshot(&self) -> HealthSnapshot {
+        let mut snapshot = self.health.snapshot();
+        snapshot.circuit = self.breaker.state();
+        snapshot
+    }
+
+    /// Whether a call now would fail without reaching the scheduler
+    /// (circuit open, or backing off after rate limiting).
+    pub fn fails_fast(&self) -> bool {
+        self.breaker.state() == CircuitState::Open || self.backoff.wait(Instant::now()).is_some()
+    }
+
+    /// Publishes the circuit state as a gauge (also refreshed on scrape,
+    /// since open turns half-open by time alone).
+    pub fn publish_circuit(&self) {
+        metrics::gauge!("dfgraph_scheduler_circuit_state", "scheduler" => self.label.clone())
+            .set(self.breaker.state().gauge());
+    }
+
+    /// Asks the scheduler something cheap (`StatTask` for a task that
+    /// does not exist) to learn whether it answers; for readiness checks
+    /// of schedulers no query has needed yet. NotFound is the healthy
+    /// answer. Recorded like any other call.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let request = StatTaskRequest {
+            host_id: super::GATEWAY_HOST_ID.to_owned(),
+            task_id: PROBE_TASK_ID.to_owned(),
+        };
+        match self
+            .call("StatTask", timeout, |mut client| async move {
+                client.stat_task(request).await
+            })
+            .await
+        {
+            Ok(_) | Err(ClusterError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn on_transition(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        match t.to {
+            CircuitState::Open => {
+                metrics::counter!("dfgraph_scheduler_circuit_trips_total", "scheduler" => self.label.clone())
+                    .increment(1);
+                tracing::warn!(scheduler = %self.addr, from = ?t.from, "circuit opened");
+            }
+            CircuitState::HalfOpen => {
+                tracing::info!(scheduler = %self.addr, "circuit half-open: probing");
+            }
+            CircuitState::Closed => {
+                tracing::info!(scheduler = %self.addr, "circuit closed: scheduler recovered");
+            }
+        }
+        self.publish_circuit();
+    }
+
+    /// Runs one RPC and records how it went. The call waits for a
+    /// concurrency permit and the answer within `timeout`, cut to what is
+    /// left of the current request's budget ([`deadline`]). It fails fast,
+    /// without touching the network, while the circuit is open or while
+    /// backing off after `ResourceExhausted`. NotFound and InvalidArgument
+    /// are answers, not failures of the scheduler.
     pub async fn call<T, F, Fut>(
         &self,
         method: &'static str,
@@ -96,6 +190,38 @@ impl SchedulerHandle {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
+        if let Some(wait) = self.backoff.wait(started) {
+            metrics::counter!("dfgraph_scheduler_fast_failures_total", "scheduler" => self.label.clone(), "reason" => "backoff")
+                .increment(1);
+            return Err(ClusterError::BackingOff {
+                scheduler: self.addr,
+                retry_in_ms: millis(wait),
+            });
+        }
+        // The request's budget cuts the call's own timeout short; a call
+        // cut short says nothing about the scheduler's health.
+        let (timeout, cut) = match deadline::remaining() {
+            Some(left) if left < timeout => (left, true),
+            _ => (timeout, false),
+        };
+        if timeout.is_zero() {
+            return Err(ClusterError::DeadlineExceeded {
+                scheduler: self.addr,
+                timeout_ms: 0,
+            });
+        }
+        let (ticket, transition) = match self.breaker.try_acquire() {
+            Ok(admitted) => admitted,
+            Err(rejected) => {
+                metrics::counter!("dfgraph_scheduler_fast_failures_total", "scheduler" => self.label.clone(), "reason" => "circuit_open")
+                    .increment(1);
+                return Err(ClusterError::CircuitOpen {
+                    scheduler: self.addr,
+                    retry_in_ms: millis(rejected.retry_in),
+                });
+            }
+        };
+        self.on_transition(transition);
         let outcome = tokio::time::timeout(timeout, async {
             let _permit = self
                 .permits
@@ -113,25 +239,45 @@ impl SchedulerHandle {
         .await
         .unwrap_or(Err(ClusterError::DeadlineExceeded {
             scheduler: self.addr,
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: millis(timeout),
         }));
         let elapsed = started.elapsed();
-        let result = match &outcome {
-            Ok(_) => "ok",
-            Err(e) if e.is_scheduler_failure() => "error",
-            Err(_) => "answered",
+        let verdict = match &outcome {
+            Ok(_) => Outcome::Success,
+            Err(ClusterError::DeadlineExceeded { .. }) if cut => Outcome::Ignored,
+            Err(e) if e.is_scheduler_failure() => Outcome::Failure,
+            // The scheduler answered; it is healthy even if the answer is no.
+            Err(_) => Outcome::Success,
+        };
+        let result = match (&outcome, verdict) {
+            (Ok(_), _) => "ok",
+            (_, Outcome::Failure) => "error",
+            (_, Outcome::Ignored) => "cut",
+            (_, Outcome::Success) => "answered",
         };
         metrics::histogram!("dfgraph_scheduler_call_seconds", "method" => method, "result" => result)
             .record(elapsed.as_secs_f64());
-        match &outcome {
-            Ok(_) => self.health.record_success(elapsed),
-            Err(e) if e.is_scheduler_failure() => {
+        match (&outcome, verdict) {
+            (Err(e @ ClusterError::ResourceExhausted { .. }), _) => {
+                let pause = self.backoff.rate_limited(Instant::now());
+                tracing::debug!(scheduler = %self.addr, method, pause_ms = millis(pause), error = %e, "rate limited: backing off");
+                self.health.record_failure(e.to_string());
+            }
+            (Err(e), Outcome::Failure) => {
                 tracing::debug!(scheduler = %self.addr, method, error = %e, "scheduler call failed");
                 self.health.record_failure(e.to_string());
             }
-            // The scheduler answered; it is healthy even if the answer is no.
-            Err(_) => self.health.record_success(elapsed),
+            (_, Outcome::Success) => {
+                self.backoff.reset();
+                self.health.record_success(elapsed);
+            }
+            _ => {}
         }
+        self.on_transition(ticket.finish(verdict));
         outcome
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

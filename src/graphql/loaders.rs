@@ -15,7 +15,7 @@ use super::errors::cluster_error;
 use super::freshness::Freshness;
 use super::types::{Host, Peer, Task};
 use crate::cache::{Cache, CacheKey, Fetched, Kind, Origin, OriginResult, TypedCache};
-use crate::cluster::{ClusterClient, ClusterError, PeerKey};
+use crate::cluster::{ClusterClient, ClusterError, PeerKey, deadline};
 use crate::proto::common::v2 as pb;
 use crate::proto::scheduler::v2::ListHostsResponse;
 
@@ -33,7 +33,7 @@ impl Origin<ListHostsResponse> for HostsOrigin {
         keys: Vec<CacheKey>,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<ListHostsResponse, ClusterError>>> {
         let client = self.0.clone();
-        async move {
+        let load = async move {
             let results = futures::future::join_all(keys.iter().map(|key| {
                 let client = client.clone();
                 async move { client.list_hosts(key.cluster).await }
@@ -43,8 +43,10 @@ impl Origin<ListHostsResponse> for HostsOrigin {
                 .zip(results)
                 .map(|(key, result)| (key, result.map(|hosts| Some(ListHostsResponse { hosts }))))
                 .collect()
-        }
-        .boxed()
+        };
+        // The load may be polled elsewhere (single-flight): it keeps the
+        // deadline of the request that started it.
+        deadline::scope_opt(deadline::current(), load).boxed()
     }
 }
 
@@ -59,7 +61,7 @@ impl Origin<pb::Task> for TaskOrigin {
         keys: Vec<CacheKey>,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Task, ClusterError>>> {
         let client = self.0.clone();
-        futures::stream::iter(keys)
+        let load = futures::stream::iter(keys)
             .map(move |key| {
                 let client = client.clone();
                 async move {
@@ -68,8 +70,8 @@ impl Origin<pb::Task> for TaskOrigin {
                 }
             })
             .buffer_unordered(BATCH_CONCURRENCY)
-            .collect()
-            .boxed()
+            .collect();
+        deadline::scope_opt(deadline::current(), load).boxed()
     }
 }
 
@@ -84,7 +86,7 @@ impl Origin<pb::Peer> for PeerOrigin {
         keys: Vec<CacheKey>,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Peer, ClusterError>>> {
         let client = self.0.clone();
-        futures::stream::iter(keys)
+        let load = futures::stream::iter(keys)
             .map(move |key| {
                 let client = client.clone();
                 async move {
@@ -98,8 +100,8 @@ impl Origin<pb::Peer> for PeerOrigin {
                 }
             })
             .buffer_unordered(BATCH_CONCURRENCY)
-            .collect()
-            .boxed()
+            .collect();
+        deadline::scope_opt(deadline::current(), load).boxed()
     }
 }
 
@@ -270,11 +272,26 @@ pub struct Loaders {
 }
 
 fn loader_failure(e: Arc<str>) -> async_graphql::Error {
-    async_graphql::Error::new(e.to_string())
+    use async_graphql::ErrorExtensions;
+    async_graphql::Error::new(e.to_string()).extend_with(|_, ext| ext.set("code", "INTERNAL"))
+}
+
+/// Spawns a DataLoader's batch as its own task, carrying the request's
+/// deadline along (task-locals do not cross `tokio::spawn`).
+fn spawner(
+    deadline: Option<std::time::Instant>,
+) -> impl Fn(BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> + Send + Sync + 'static {
+    move |batch| tokio::spawn(deadline::scope_opt(deadline, batch))
 }
 
 impl Loaders {
+    /// Loaders with no request deadline: calls get their own timeouts.
     pub fn new(origins: Arc<Origins>) -> Self {
+        Self::with_deadline(origins, None)
+    }
+
+    /// Loaders whose scheduler calls end by `deadline` at the latest.
+    pub fn with_deadline(origins: Arc<Origins>, deadline: Option<std::time::Instant>) -> Self {
         let freshness = Arc::new(Freshness::default());
         Self {
             hosts: DataLoader::with_cache(
@@ -282,7 +299,7 @@ impl Loaders {
                     origins: origins.clone(),
                     freshness: freshness.clone(),
                 },
-                tokio::spawn,
+                spawner(deadline),
                 HashMapCache::default(),
             ),
             tasks: DataLoader::with_cache(
@@ -290,7 +307,7 @@ impl Loaders {
                     origins: origins.clone(),
                     freshness: freshness.clone(),
                 },
-                tokio::spawn,
+                spawner(deadline),
                 HashMapCache::default(),
             ),
             peers: DataLoader::with_cache(
@@ -298,7 +315,7 @@ impl Loaders {
                     origins,
                     freshness: freshness.clone(),
                 },
-                tokio::spawn,
+                spawner(deadline),
                 HashMapCache::default(),
             ),
             freshness,

@@ -59,6 +59,11 @@ impl GatewayState {
     pub fn loaders(&self) -> Loaders {
         Loaders::new(self.origins.clone())
     }
+
+    /// Fresh loaders for one request that must be answered by `deadline`.
+    pub fn loaders_until(&self, deadline: std::time::Instant) -> Loaders {
+        Loaders::with_deadline(self.origins.clone(), Some(deadline))
+    }
 }
 
 /// Builds the schema with its limits; `state` is reachable from every

@@ -323,7 +323,7 @@ impl Query {
                     .collect();
                 let reachable = schedulers
                     .iter()
-                    .any(|s| s.handle.health.snapshot().is_up());
+                    .any(|s| s.handle.health_snapshot().is_up());
                 SchedulerCluster {
                     id: ID(id.to_string()),
                     schedulers,

@@ -461,11 +461,34 @@ impl Task {
     }
 }
 
+/// A scheduler's circuit breaker.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// The scheduler failed repeatedly: calls fail fast with
+    /// `SCHEDULER_CIRCUIT_OPEN` until it is probed again.
+    Open,
+    /// A few probe calls test whether it recovered.
+    HalfOpen,
+}
+
+impl From<crate::cluster::CircuitState> for CircuitState {
+    fn from(state: crate::cluster::CircuitState) -> Self {
+        match state {
+            crate::cluster::CircuitState::Closed => Self::Closed,
+            crate::cluster::CircuitState::Open => Self::Open,
+            crate::cluster::CircuitState::HalfOpen => Self::HalfOpen,
+        }
+    }
+}
+
 /// What dfgraph has seen of a scheduler.
 #[derive(SimpleObject)]
 pub struct SchedulerHealth {
-    /// False while the latest call to it failed.
+    /// False while the latest call to it failed or its circuit is open.
     pub up: bool,
+    pub circuit: CircuitState,
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -479,6 +502,7 @@ impl From<HealthSnapshot> for SchedulerHealth {
         let at = |ms: u64| DateTime::from_timestamp_millis(ms as i64);
         Self {
             up: h.is_up(),
+            circuit: h.circuit.into(),
             last_success_at: h.last_success_ms.and_then(at),
             last_error: h.last_error.as_ref().map(|(_, m)| m.clone()),
             last_error_at: h.last_error.as_ref().and_then(|(ms, _)| at(*ms)),
@@ -501,7 +525,7 @@ pub struct Scheduler {
 #[ComplexObject]
 impl Scheduler {
     async fn health(&self) -> SchedulerHealth {
-        self.handle.health.snapshot().into()
+        self.handle.health_snapshot().into()
     }
 }
 

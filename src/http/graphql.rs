@@ -4,7 +4,7 @@
 //! mutations over GET. Each request gets its own DataLoaders and a
 //! freshness report in `extensions`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::OperationType;
 use axum::body::Bytes;
@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::cluster::deadline;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -72,6 +73,17 @@ fn json_response(accept: Accept, status: StatusCode, body: String) -> Response {
         }),
     );
     response
+}
+
+/// The answer to a request that ran out of its budget.
+fn timed_out(budget: Duration) -> async_graphql::Response {
+    use async_graphql::ErrorExtensions;
+    let error = async_graphql::Error::new(format!(
+        "the request did not complete within its {} ms budget",
+        budget.as_millis()
+    ))
+    .extend_with(|_, ext| ext.set("code", "REQUEST_TIMEOUT"));
+    async_graphql::Response::from_errors(vec![error.into_server_error(Default::default())])
 }
 
 fn not_acceptable() -> Response {
@@ -178,12 +190,30 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
         Some(OperationType::Subscription) => "subscription",
         None => "invalid",
     };
-    let loaders = app.gateway.loaders();
+    // The request never outlives its budget. Scheduler calls end a little
+    // earlier, so what did resolve is still assembled and sent, with
+    // errors for the rest, instead of nothing at all.
+    let budget = app.gateway.request_timeout;
+    let reserve = (budget / 10).min(Duration::from_millis(250));
+    let calls_deadline = started + budget - reserve;
+    let loaders = app.gateway.loaders_until(calls_deadline);
     let freshness = loaders.freshness.clone();
-    let mut response = app.schema.execute(request.data(loaders)).await;
+    let execution = deadline::scope(calls_deadline, app.schema.execute(request.data(loaders)));
+    let (mut response, ran_out) = match tokio::time::timeout(budget, execution).await {
+        Ok(response) => (response, false),
+        Err(_) => {
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "GraphQL request ran out of its budget"
+            );
+            metrics::counter!("dfgraph_graphql_request_timeouts_total").increment(1);
+            (timed_out(budget), true)
+        }
+    };
     // A request error (parse, validation) has no data and no error path:
     // execution never started.
-    let never_ran = response.data == async_graphql::Value::Null
+    let never_ran = !ran_out
+        && response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
     if !never_ran {

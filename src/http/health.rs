@@ -11,27 +11,21 @@ use futures::future::join_all;
 
 use super::AppState;
 
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// A scheduler that has answered recently counts as reachable; one we
-/// have not called yet is probed with a TCP connect.
+/// Every scheduler is asked a cheap question now (a TCP connect is not
+/// enough: a scheduler that accepts connections may still fail every call,
+/// and old successes say little). One whose circuit is open is not asked:
+/// it counts as unreachable until its breaker lets a probe through.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let client = &app.gateway.cluster;
     let schedulers = client.schedulers();
     let probes = join_all(schedulers.iter().map(|s| async move {
-        let health = s.health.snapshot();
-        let reachable = if health.calls > 0 {
-            health.is_up()
-        } else {
-            tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(s.addr),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok())
-        };
+        let reachable = s.probe(PROBE_TIMEOUT).await.is_ok();
         (s.cluster_id, s.addr, reachable)
     }))
     .await;

@@ -40,6 +40,10 @@ impl MetricsHandle {
 }
 
 pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
+    // Open turns half-open by time alone, with no call to notice it.
+    for scheduler in app.gateway.cluster.schedulers() {
+        scheduler.publish_circuit();
+    }
     let body = app
         .metrics
         .0

@@ -261,7 +261,7 @@ impl SimCluster {
                 let signal = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                let incoming = TcpListenerStream::new(listener);
+                let incoming = nodelay(listener);
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                     tracing::warn!(%addr, error = %e, "simulated scheduler stopped with an error");
                 }
@@ -282,7 +282,7 @@ impl SimCluster {
                 let signal = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                let incoming = TcpListenerStream::new(listener);
+                let incoming = nodelay(listener);
                 if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                     tracing::warn!(%addr, error = %e, "simulated manager stopped with an error");
                 }
@@ -461,4 +461,20 @@ impl SimCluster {
             }
         }
     }
+}
+
+/// Accepted connections with TCP_NODELAY, as Go's net package (and so a
+/// real Dragonfly scheduler) sets it: without it a reply written in parts
+/// waits ~40 ms for the client's delayed ACK.
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
 }

@@ -2,6 +2,7 @@
 //! a small GraphQL-over-HTTP client, so tests read like a user's session.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod redis;
 
 use std::time::Duration;
