@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
 use crate::cluster::{BreakerConfig, RetryConfig};
+use crate::events::WatchConfig;
 
 /// Everything `dfgraph serve` needs to know.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -41,6 +42,10 @@ pub struct Config {
     /// because they change the cluster and have no access control yet.
     pub enable_mutations: bool,
     pub cache: CacheConfig,
+    /// The change watcher behind subscriptions.
+    pub watch: WatchConfig,
+    /// Bounds on websocket connections and their subscriptions.
+    pub subscriptions: SubscriptionLimits,
     /// The simulated cluster started when no scheduler or manager is given.
     pub simulator: SimulatorConfig,
 }
@@ -61,6 +66,8 @@ impl Default for Config {
             retry: RetryConfig::default(),
             enable_mutations: false,
             cache: CacheConfig::default(),
+            watch: WatchConfig::default(),
+            subscriptions: SubscriptionLimits::default(),
             simulator: SimulatorConfig::default(),
         }
     }
@@ -146,6 +153,51 @@ impl Default for Limits {
             max_page_size: 1000,
             max_batch_keys: 1000,
             scheduler_concurrency: 32,
+        }
+    }
+}
+
+/// Bounds on `/graphql/ws`: what one connection and the whole process
+/// may hold, and how long a silent or slow client is kept.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionLimits {
+    /// Operations one connection may run at once.
+    pub per_connection: usize,
+    /// Operations all connections may run at once.
+    pub total: usize,
+    /// A connection that sends no `connection_init` within this is closed
+    /// (4408).
+    #[serde(with = "humantime_serde")]
+    pub init_timeout: Duration,
+    /// How often the server pings (protocol `ping`/`ka` and a websocket
+    /// ping frame).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Messages queued toward one client before it counts as slow.
+    pub send_queue: usize,
+    /// A client whose queue stays full this long is disconnected (1008).
+    #[serde(with = "humantime_serde")]
+    pub slow_consumer_timeout: Duration,
+    /// Largest message a client may send.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SubscriptionLimits {
+    fn default() -> Self {
+        Self {
+            per_connection: 100,
+            total: 20_000,
+            init_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            send_queue: 256,
+            slow_consumer_timeout: Duration::from_secs(5),
+            max_message_bytes: 64 * 1024,
         }
     }
 }
@@ -322,6 +374,26 @@ impl Config {
         self.retry
             .check()
             .map_err(|message| invalid("retry", message))?;
+        self.watch
+            .validate()
+            .map_err(|message| invalid("watch", message))?;
+        let subs = &self.subscriptions;
+        if subs.per_connection == 0 || subs.total == 0 || subs.send_queue == 0 {
+            return Err(invalid(
+                "subscriptions",
+                "per_connection, total and send_queue must be at least 1".into(),
+            ));
+        }
+        if subs.init_timeout.is_zero()
+            || subs.keep_alive.is_zero()
+            || subs.idle_timeout <= subs.keep_alive
+        {
+            return Err(invalid(
+                "subscriptions",
+                "init_timeout and keep_alive must be positive, idle_timeout longer than keep_alive"
+                    .into(),
+            ));
+        }
         if self.limits.max_page_size == 0 || self.limits.scheduler_concurrency == 0 {
             return Err(invalid(
                 "limits",

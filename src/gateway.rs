@@ -15,6 +15,7 @@ use crate::cache::{Cache, SystemClock};
 use crate::cluster::breaker::RealClock;
 use crate::cluster::{ClientSettings, ClusterClient, Dial, Guards, discovery};
 use crate::config::{Config, SchedulerSource};
+use crate::events::Events;
 use crate::graphql::{GatewayState, build_schema};
 use crate::http::metrics::MetricsHandle;
 use crate::http::{AppState, router};
@@ -36,6 +37,8 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
+    #[error("event bus: {0}")]
+    Events(String),
     #[error("simulated cluster: {0}")]
     Simulator(String),
 }
@@ -178,13 +181,26 @@ impl Gateway {
         if cache_config.redis_url.is_none() {
             cache_config.redis_url = config.redis.clone();
         }
+        let redis_url = cache_config.redis_url.clone();
+        let redis_timeout = cache_config
+            .command_timeout
+            .max(std::time::Duration::from_millis(500));
         let cache = Cache::connect(cache_config, clock).await?;
+        let events = Events::new(
+            config.watch.clone(),
+            cache.clone(),
+            redis_url.as_deref(),
+            redis_timeout,
+        )
+        .map_err(StartError::Events)?;
+        events.start(client.clone(), cache.clone(), shutdown.child_token());
         let state = Arc::new(GatewayState::new(
             client,
             cache,
             config.limits,
             config.timeouts.request,
             config.enable_mutations,
+            events,
         ));
         // Warm the host lists so the console's first overview is a hit.
         let warm = state.clone();
@@ -205,6 +221,8 @@ impl Gateway {
             schema: build_schema(state.clone()),
             gateway: state.clone(),
             metrics: MetricsHandle::install(),
+            subscriptions: crate::http::ws::Limits::new(config.subscriptions),
+            shutdown: shutdown.clone(),
         };
         let listener =
             TcpListener::bind(config.listen)

@@ -3,6 +3,7 @@
 //! The way of one query, top-down: [`http`] receives it, [`graphql`]
 //! resolves it through DataLoaders, [`cache`] answers what it can, and
 //! [`cluster`] asks the schedulers (speaking [`proto`]) for the rest.
+//! [`events`] watches for changes and pushes them to subscriptions.
 //! [`sim`] is a simulated Dragonfly cluster for demos and tests.
 
 pub mod bench;
@@ -10,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod graphql;
 pub mod http;

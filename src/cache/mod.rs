@@ -558,6 +558,16 @@ impl Cache {
         self.invalidate_target(Target::Key(key.clone())).await;
     }
 
+    /// Drops one entry from this process only (L1, in-flight load,
+    /// generation), for a replica that learnt of a change from the event
+    /// bus before the invalidation channel told it.
+    pub async fn forget_local(&self, key: &CacheKey) {
+        self.inner
+            .local
+            .drop_target(&Target::Key(key.clone()))
+            .await;
+    }
+
     /// Drops every entry of a kind (of one cluster, or all) on every replica.
     pub async fn invalidate_scope(&self, kind: Kind, cluster: Option<u64>) {
         self.invalidate_target(Target::Scope(kind, cluster)).await;

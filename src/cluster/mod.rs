@@ -89,6 +89,28 @@ pub struct PeerKey {
     pub peer_id: String,
 }
 
+impl PeerKey {
+    /// `task_id/host_id/peer_id`: the peer's id in cache keys and events.
+    /// Ids containing `/` are refused at the API, so the split is
+    /// unambiguous.
+    pub fn path(&self) -> String {
+        format!("{}/{}/{}", self.task_id, self.host_id, self.peer_id)
+    }
+
+    /// The key back from [`PeerKey::path`].
+    pub fn from_path(path: &str) -> Option<PeerKey> {
+        let mut parts = path.splitn(3, '/');
+        let task_id = parts.next()?.to_owned();
+        let host_id = parts.next()?.to_owned();
+        let peer_id = parts.next()?.to_owned();
+        Some(PeerKey {
+            host_id,
+            task_id,
+            peer_id,
+        })
+    }
+}
+
 /// Settings of the client.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {

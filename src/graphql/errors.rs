@@ -31,3 +31,8 @@ pub fn mutations_disabled() -> Error {
     )
     .extend_with(|_, ext| ext.set("code", "FORBIDDEN"))
 }
+
+/// An error with the given `extensions.code`.
+pub fn coded(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(message.into()).extend_with(move |_, ext| ext.set("code", code))
+}

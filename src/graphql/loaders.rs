@@ -90,7 +90,7 @@ impl Origin<pb::Peer> for PeerOrigin {
             .map(move |key| {
                 let client = client.clone();
                 async move {
-                    let result = match peer_key_from_cache_id(&key.id) {
+                    let result = match PeerKey::from_path(&key.id) {
                         Some(peer) => client.stat_peer(key.cluster, &peer).await,
                         None => Err(ClusterError::InvalidArgument {
                             message: format!("malformed peer cache id {:?}", key.id),
@@ -113,22 +113,9 @@ fn not_found_as_none<T>(result: Result<T, ClusterError>) -> OriginResult<T, Clus
     }
 }
 
-/// The cache id of a peer: `task_id/host_id/peer_id`. Ids containing `/`
-/// are refused at the API, so the split is unambiguous.
+/// The cache id of a peer (see [`PeerKey::path`]).
 pub fn peer_cache_id(key: &PeerKey) -> String {
-    format!("{}/{}/{}", key.task_id, key.host_id, key.peer_id)
-}
-
-fn peer_key_from_cache_id(id: &str) -> Option<PeerKey> {
-    let mut parts = id.splitn(3, '/');
-    let task_id = parts.next()?.to_owned();
-    let host_id = parts.next()?.to_owned();
-    let peer_id = parts.next()?.to_owned();
-    Some(PeerKey {
-        host_id,
-        task_id,
-        peer_id,
-    })
+    key.path()
 }
 
 /// The cache views of the three entity kinds, built once per process.
@@ -253,7 +240,7 @@ impl Loader<PeerLookup> for PeerLoader {
         Ok(account(&self.freshness, results, |k| {
             by_cache_key.get(k).cloned().unwrap_or_else(|| PeerLookup {
                 cluster_id: k.cluster,
-                key: peer_key_from_cache_id(&k.id).unwrap_or(PeerKey {
+                key: PeerKey::from_path(&k.id).unwrap_or(PeerKey {
                     host_id: String::new(),
                     task_id: String::new(),
                     peer_id: String::new(),

@@ -1,5 +1,5 @@
-//! The GraphQL schema: types, queries, mutations and the DataLoaders that
-//! batch every lookup. Depends on `cache` and `cluster`; nothing below it
+//! The GraphQL schema: types, queries, mutations, subscriptions and the DataLoaders that
+//! batch every lookup. Depends on `cache`, `cluster` and `events`; nothing below it
 //! knows GraphQL.
 
 pub mod errors;
@@ -9,18 +9,20 @@ pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod scalars;
+pub mod subscription;
 pub mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{EmptySubscription, Schema};
+use async_graphql::Schema;
 
 use crate::cache::Cache;
 use crate::cluster::ClusterClient;
 use crate::config::Limits;
+use crate::events::Events;
 pub use loaders::{Loaders, Origins};
 
-pub type DfSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+pub type DfSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
 /// Process-wide state every resolver can reach; clones share everything.
 #[derive(Clone)]
@@ -33,6 +35,8 @@ pub struct GatewayState {
     pub enable_mutations: bool,
     /// Sorted host orders and statistics per host-list snapshot.
     pub host_memo: Arc<hosts::OrderMemo>,
+    /// The event bus and what is watched.
+    pub events: Events,
 }
 
 impl GatewayState {
@@ -42,6 +46,7 @@ impl GatewayState {
         limits: Limits,
         request_timeout: std::time::Duration,
         enable_mutations: bool,
+        events: Events,
     ) -> Self {
         let origins = Arc::new(Origins::new(&cache, &cluster));
         Self {
@@ -52,6 +57,7 @@ impl GatewayState {
             request_timeout,
             enable_mutations,
             host_memo: Arc::default(),
+            events,
         }
     }
 
@@ -70,7 +76,7 @@ impl GatewayState {
 /// resolver.
 pub fn build_schema(state: Arc<GatewayState>) -> DfSchema {
     let limits = state.limits;
-    Schema::build(query::Query, mutation::Mutation, EmptySubscription)
+    Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(GatewayState::clone(&state))
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
@@ -79,7 +85,7 @@ pub fn build_schema(state: Arc<GatewayState>) -> DfSchema {
 
 /// The SDL of the schema, as checked in at `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(query::Query, mutation::Mutation, EmptySubscription)
+    Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .finish()
         .sdl()
 }

@@ -31,7 +31,7 @@ pub struct PeerKeyInput {
     pub peer_id: ID,
 }
 
-fn check_id(what: &str, id: &str) -> Result<()> {
+pub(crate) fn check_id(what: &str, id: &str) -> Result<()> {
     if id.trim().is_empty() {
         return Err(bad_input(format!("{what} must not be empty")));
     }
@@ -74,7 +74,7 @@ fn parse_cluster_id(id: &ID) -> Result<u64> {
 
 impl Query {
     /// The clusters a lookup should consider: one named cluster, or all.
-    fn clusters(ctx: &Context<'_>, only: Option<&ID>) -> Result<Vec<u64>> {
+    pub(crate) fn clusters(ctx: &Context<'_>, only: Option<&ID>) -> Result<Vec<u64>> {
         let state = ctx.data::<GatewayState>()?;
         match only {
             Some(id) => {
@@ -101,6 +101,8 @@ impl Query {
             Some(ids) => ids,
             None => state.cluster.cluster_ids(),
         };
+        // Someone looks at hosts: keep their lists watched (and so fresh).
+        state.events.interest.touch_hosts();
         let loaders = ctx.data::<Loaders>()?;
         let lists = loaders.host_lists(&clusters).await?;
         let (mut ok, mut counted, mut missing) = (Vec::new(), Vec::new(), Vec::new());

@@ -5,11 +5,11 @@
 pub mod graphql;
 pub mod health;
 pub mod metrics;
+pub mod ws;
 
 use std::sync::Arc;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::StatusCode;
@@ -29,6 +29,9 @@ pub struct AppState {
     pub schema: DfSchema,
     pub gateway: Arc<GatewayState>,
     pub metrics: metrics::MetricsHandle,
+    pub subscriptions: ws::Limits,
+    /// Cancelled when the gateway stops: websockets close with 1001.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,27 +68,17 @@ async fn graphiql() -> Html<String> {
     )
 }
 
-/// GraphQL over websocket, graphql-transport-ws or legacy graphql-ws, as
-/// the client's sub-protocol header asks. Each connection gets its own
-/// DataLoaders.
-async fn websocket(
-    State(app): State<AppState>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+/// GraphQL over websocket (see [`ws`]).
+async fn websocket(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let max = app.subscriptions.config.max_message_bytes;
+    let upgrade = upgrade
+        .protocols(ws::PROTOCOLS)
+        .max_message_size(max)
+        .max_frame_size(max);
+    let protocol =
+        ws::Protocol::from_header(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
+    let stop = app.shutdown.clone();
     upgrade
-        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            // One connection runs many operations over time, so its
-            // loaders batch but do not memoize across operations.
-            let loaders = app.gateway.loaders();
-            loaders.disable_request_cache();
-            let mut data = async_graphql::Data::default();
-            data.insert(loaders);
-            GraphQLWebSocket::new(socket, app.schema.clone(), protocol)
-                .with_data(data)
-                .serve()
-                .await
-        })
+        .on_upgrade(move |socket| ws::serve(socket, protocol, app, stop))
         .into_response()
 }

@@ -1,0 +1,93 @@
+//! The per-cluster poller lease in Redis: `dfgraph:v1:lease:watch:{cluster}`
+//! holds the id of the replica that polls that cluster. Taken with
+//! SET NX PX, renewed by its holder only, released on shutdown or when the
+//! holder loses interest; a dead holder's lease lapses after its TTL.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+pub fn lease_key(cluster_id: u64) -> String {
+    format!("dfgraph:v1:lease:watch:{cluster_id}")
+}
+
+/// Takes a free lease or renews one's own; 1 when held afterwards.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes the lease only if `instance` holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Takes or renews the lease of each cluster; returns the clusters held.
+pub async fn acquire(
+    conn: &mut ConnectionManager,
+    clusters: &[u64],
+    instance: &str,
+    ttl: Duration,
+    timeout: Duration,
+) -> Result<Vec<u64>, String> {
+    if clusters.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Plain EVAL: the script is tiny, and EVALSHA would need a fallback
+    // round trip whenever Redis restarted with an empty script cache.
+    let mut pipe = redis::pipe();
+    for &cluster in clusters {
+        pipe.cmd("EVAL")
+            .arg(ACQUIRE)
+            .arg(1)
+            .arg(lease_key(cluster))
+            .arg(instance)
+            .arg(ttl.as_millis() as u64);
+    }
+    let held: Vec<i64> = tokio::time::timeout(timeout, pipe.query_async(conn))
+        .await
+        .map_err(|_| format!("timed out after {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(clusters
+        .iter()
+        .zip(held)
+        .filter(|(_, h)| *h == 1)
+        .map(|(c, _)| *c)
+        .collect())
+}
+
+/// Gives up the leases `instance` holds among `clusters`.
+pub async fn release(
+    conn: &mut ConnectionManager,
+    clusters: &[u64],
+    instance: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    if clusters.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for &cluster in clusters {
+        pipe.cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(lease_key(cluster))
+            .arg(instance)
+            .ignore();
+    }
+    tokio::time::timeout(timeout, pipe.query_async::<()>(conn))
+        .await
+        .map_err(|_| format!("timed out after {timeout:?}"))?
+        .map_err(|e| e.to_string())
+}

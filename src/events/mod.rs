@@ -1,0 +1,253 @@
+//! Live data: what changed on the schedulers, noticed by polling what
+//! someone is interested in, diffed against the last snapshot, turned into
+//! events that invalidate the cache and reach every replica's subscribers.
+//!
+//! Depends on `cache` and `cluster`; knows nothing of GraphQL.
+
+pub mod bus;
+pub mod diff;
+pub mod interest;
+pub mod lease;
+pub mod watcher;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{CircuitState, PeerKey};
+use crate::proto::common::v2::{Host, Peer, Task};
+
+pub use bus::Bus;
+pub use interest::{Interest, Watched};
+
+/// How the watcher polls.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Off: no polling, subscriptions receive nothing but their first
+    /// message.
+    pub enabled: bool,
+    /// Time between two polls of what is watched.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Host lists are polled this long after the last `hosts`/`hostStats`
+    /// query, even with no subscriber.
+    #[serde(with = "humantime_serde")]
+    pub hosts_query_window: Duration,
+    /// Lifetime of the per-cluster poller lease in Redis (and of a
+    /// replica's published interest). A dead leader is replaced within
+    /// about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Most peers plus tasks watched at once (per replica); subscriptions
+    /// beyond it are refused.
+    pub max_watched: usize,
+    /// Concurrent StatPeer/StatTask calls of one poll.
+    pub poll_concurrency: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            hosts_query_window: Duration::from_secs(300),
+            lease_ttl: Duration::from_secs(3),
+            max_watched: 10_000,
+            poll_concurrency: 32,
+        }
+    }
+}
+
+impl WatchConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval < Duration::from_millis(10) {
+            return Err("watch.interval must be at least 10ms".into());
+        }
+        if self.lease_ttl <= self.interval {
+            return Err(format!(
+                "watch.lease_ttl ({:?}) must be longer than watch.interval ({:?}), \
+                 or the lease lapses between two renewals",
+                self.lease_ttl, self.interval
+            ));
+        }
+        if self.poll_concurrency == 0 {
+            return Err("watch.poll_concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a host changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostChange {
+    Joined,
+    Left,
+    Updated,
+}
+
+/// One observed change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub cluster_id: u64,
+    /// Unix milliseconds when the watcher saw the change.
+    pub observed_at_ms: i64,
+    pub what: What,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum What {
+    /// A host joined, left (with its last known state) or changed.
+    Host {
+        change: HostChange,
+        host: Arc<Host>,
+        changed_fields: Vec<String>,
+    },
+    /// A watched peer's state changed, or it disappeared (`peer` is
+    /// `None`). A `baseline` is the first observation after the watcher
+    /// began watching it (no change implied; subscribers compare it with
+    /// what they already told their client).
+    Peer {
+        key: PeerKey,
+        peer: Option<Arc<Peer>>,
+        from: Option<String>,
+        baseline: bool,
+    },
+    /// A watched task changed or disappeared (`task` is `None`).
+    Task {
+        task_id: String,
+        task: Option<Arc<Task>>,
+        changed_fields: Vec<String>,
+        baseline: bool,
+    },
+    /// This replica's view of a scheduler changed (never crosses replicas:
+    /// each has its own connections and breakers).
+    Scheduler {
+        addr: std::net::SocketAddr,
+        up: bool,
+        circuit: CircuitState,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match &self.what {
+            What::Host { .. } => "host",
+            What::Peer { .. } => "peer",
+            What::Task { .. } => "task",
+            What::Scheduler { .. } => "scheduler",
+        }
+    }
+
+    /// When the change happened on the scheduler, where the entity says
+    /// (peers and tasks carry `updated_at`; hosts do not).
+    pub fn changed_at_ms(&self) -> Option<i64> {
+        let stamp = match &self.what {
+            What::Peer {
+                peer: Some(peer),
+                baseline: false,
+                ..
+            } => peer.updated_at.as_ref(),
+            What::Task {
+                task: Some(task),
+                baseline: false,
+                ..
+            } => task.updated_at.as_ref(),
+            _ => None,
+        }?;
+        Some(stamp.seconds * 1000 + i64::from(stamp.nanos) / 1_000_000)
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Metric names, in one place so dashboards and tests agree.
+pub mod metric {
+    pub const PUBLISHED: &str = "dfgraph_events_published_total";
+    pub const DETECTION_LAG: &str = "dfgraph_event_detection_lag_seconds";
+    pub const DELIVERY_LAG: &str = "dfgraph_subscription_delivery_lag_seconds";
+    pub const LIVE_SUBSCRIPTIONS: &str = "dfgraph_subscriptions_live";
+    pub const WATCHED: &str = "dfgraph_watched_entities";
+    pub const LEADER: &str = "dfgraph_watch_leader";
+    pub const POLLS: &str = "dfgraph_watch_polls_total";
+}
+
+/// The live-data side of one process: its bus and its interest, shared by
+/// the schema (subscriptions register interest, queries touch it) and the
+/// watcher.
+#[derive(Clone)]
+pub struct Events {
+    pub bus: Bus,
+    pub interest: Arc<Interest>,
+    pub config: WatchConfig,
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts one live subscription while it exists.
+pub struct LiveSubscription(Arc<AtomicUsize>);
+
+impl Drop for LiveSubscription {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!(metric::LIVE_SUBSCRIPTIONS).set(now as f64);
+    }
+}
+
+impl Events {
+    /// With `redis_url`, events cross replicas and the watcher coordinates
+    /// through Redis; `redis_timeout` bounds each Redis call.
+    pub fn new(
+        config: WatchConfig,
+        cache: crate::cache::Cache,
+        redis_url: Option<&str>,
+        redis_timeout: Duration,
+    ) -> Result<Events, String> {
+        Ok(Events {
+            bus: Bus::new(cache, redis_url, redis_timeout)?,
+            interest: Interest::new(config.max_watched, config.hosts_query_window),
+            config,
+            live: Arc::default(),
+        })
+    }
+
+    /// Registers a subscription as live until the returned value drops.
+    pub fn live_subscription(&self) -> LiveSubscription {
+        let now = self.live.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!(metric::LIVE_SUBSCRIPTIONS).set(now as f64);
+        LiveSubscription(self.live.clone())
+    }
+
+    /// Subscriptions streaming now.
+    pub fn live_subscriptions(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Starts the Redis listener and (unless disabled) the watcher; both
+    /// stop with `stop`.
+    pub fn start(
+        &self,
+        cluster: crate::cluster::ClusterClient,
+        cache: crate::cache::Cache,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        tokio::spawn(self.bus.clone().listen(stop.clone()));
+        if self.config.enabled {
+            let watcher = watcher::Watcher {
+                config: self.config.clone(),
+                cluster,
+                cache,
+                bus: self.bus.clone(),
+                interest: self.interest.clone(),
+            };
+            tokio::spawn(watcher.run(stop));
+        }
+    }
+}

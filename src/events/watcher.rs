@@ -1,0 +1,404 @@
+//! The watcher: every `watch.interval`, polls what is wanted on the
+//! clusters this replica leads (host lists, watched peers and tasks),
+//! diffs each answer against the last one, invalidates what changed and
+//! publishes the changes. It idles when nothing is wanted. Scheduler
+//! health is watched locally for `clusterHealth` subscribers.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use super::diff::{HostSnapshot, diff_hosts, snapshot_hosts, task_fields};
+use super::interest::{Wanted, share};
+use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric, now_ms};
+use crate::cache::Cache;
+use crate::cluster::{CircuitState, ClusterClient, ClusterError, PeerKey};
+use crate::proto::common::v2::{Peer, Task};
+
+/// The last observations of one cluster.
+#[derive(Default)]
+struct ClusterState {
+    hosts: Option<HostSnapshot>,
+    peers: HashMap<PeerKey, Arc<Peer>>,
+    tasks: HashMap<String, Arc<Task>>,
+    /// Watched entities already reported gone (reported once).
+    gone: HashSet<Watched>,
+}
+
+/// Polls, diffs and publishes; see the module doc.
+pub struct Watcher {
+    pub config: WatchConfig,
+    pub cluster: ClusterClient,
+    pub cache: Cache,
+    pub bus: Bus,
+    pub interest: Arc<Interest>,
+}
+
+#[derive(Default)]
+struct State {
+    clusters: HashMap<u64, ClusterState>,
+    /// Leases held in Redis.
+    held: BTreeSet<u64>,
+    health: HashMap<SocketAddr, (bool, CircuitState)>,
+    /// Warned that Redis is unusable (once per outage).
+    redis_warned: bool,
+}
+
+impl Watcher {
+    pub async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = State::default();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            self.poll_once(&mut state).await;
+        }
+        self.release(&mut state, None).await;
+    }
+
+    async fn poll_once(&self, state: &mut State) {
+        if self.interest.wants_health() {
+            self.check_health(state).await;
+        } else {
+            state.health.clear();
+        }
+        let local = self.interest.local();
+        if local.is_empty() {
+            if !state.clusters.is_empty() || !state.held.is_empty() {
+                tracing::debug!("nothing watched: watcher idles");
+                self.release(state, None).await;
+                state.clusters.clear();
+            }
+            return;
+        }
+        let (wanted, leading) = self.coordinate(state, local).await;
+        state.clusters.retain(|c, _| leading.contains(c));
+        for cluster_id in self.cluster.cluster_ids() {
+            metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(
+                if leading.contains(&cluster_id) {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+        }
+        let mut per_cluster: HashMap<u64, (Vec<PeerKey>, Vec<String>)> = HashMap::new();
+        for what in &wanted.watched {
+            let entry = per_cluster.entry(what.cluster_id()).or_default();
+            match what {
+                Watched::Peer { key, .. } => entry.0.push(key.clone()),
+                Watched::Task { task_id, .. } => entry.1.push(task_id.clone()),
+            }
+        }
+        let polls = leading.iter().map(|&cluster_id| {
+            let (peers, tasks) = per_cluster.remove(&cluster_id).unwrap_or_default();
+            (cluster_id, peers, tasks)
+        });
+        let mut jobs = Vec::new();
+        let mut states: HashMap<u64, ClusterState> = std::mem::take(&mut state.clusters);
+        for (cluster_id, peers, tasks) in polls {
+            let cluster_state = states.remove(&cluster_id).unwrap_or_default();
+            jobs.push(self.poll_cluster(cluster_id, cluster_state, wanted.hosts, peers, tasks));
+        }
+        for (cluster_id, cluster_state, events) in join_all(jobs).await {
+            state.clusters.insert(cluster_id, cluster_state);
+            for event in events {
+                if !is_baseline(&event) {
+                    for key in bus::affected_keys(&event) {
+                        self.cache.invalidate(&key).await;
+                    }
+                }
+                self.bus.publish(event).await;
+            }
+        }
+    }
+
+    /// Shares interest and takes leases in Redis: what to poll, and on
+    /// which clusters. Without Redis (or while it fails) this replica
+    /// polls what it wants itself.
+    async fn coordinate(&self, state: &mut State, local: Wanted) -> (Wanted, BTreeSet<u64>) {
+        let clusters_of = |wanted: &Wanted| -> Vec<u64> {
+            let mut clusters: BTreeSet<u64> =
+                wanted.watched.iter().map(Watched::cluster_id).collect();
+            if wanted.hosts {
+                clusters.extend(self.cluster.cluster_ids());
+            }
+            clusters.into_iter().collect()
+        };
+        let Some(conn) = self.bus.redis().await else {
+            let all = clusters_of(&local).into_iter().collect();
+            return (local, all);
+        };
+        let timeout = self.bus.redis_timeout();
+        let shared = async {
+            let mut conn = conn?;
+            let wanted = share(&mut conn, &local, self.config.lease_ttl, timeout).await?;
+            let clusters = clusters_of(&wanted);
+            let held = lease::acquire(
+                &mut conn,
+                &clusters,
+                self.bus.instance(),
+                self.config.lease_ttl,
+                timeout,
+            )
+            .await?;
+            Ok::<_, String>((wanted, held))
+        };
+        match shared.await {
+            Ok((wanted, held)) => {
+                if state.redis_warned {
+                    tracing::info!("watcher coordinates through Redis again");
+                    state.redis_warned = false;
+                }
+                let held: BTreeSet<u64> = held.into_iter().collect();
+                for lost in state.held.difference(&held) {
+                    tracing::info!(
+                        cluster = lost,
+                        "no longer polling this cluster (another replica leads)"
+                    );
+                }
+                for won in held.difference(&state.held) {
+                    tracing::info!(cluster = won, "polling this cluster for every replica");
+                }
+                state.held = held.clone();
+                (wanted, held)
+            }
+            Err(error) => {
+                if !state.redis_warned {
+                    tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
+                    state.redis_warned = true;
+                }
+                state.held.clear();
+                let all = clusters_of(&local).into_iter().collect();
+                (local, all)
+            }
+        }
+    }
+
+    /// Gives up held leases (all, or those outside `keep`).
+    async fn release(&self, state: &mut State, keep: Option<&BTreeSet<u64>>) {
+        let drop: Vec<u64> = state
+            .held
+            .iter()
+            .filter(|c| keep.is_none_or(|k| !k.contains(c)))
+            .copied()
+            .collect();
+        if drop.is_empty() {
+            return;
+        }
+        if let Some(Ok(mut conn)) = self.bus.redis().await
+            && let Err(error) = lease::release(
+                &mut conn,
+                &drop,
+                self.bus.instance(),
+                self.bus.redis_timeout(),
+            )
+            .await
+        {
+            tracing::debug!(%error, "lease not released; it lapses by itself");
+        }
+        for c in drop {
+            state.held.remove(&c);
+        }
+    }
+
+    async fn poll_cluster(
+        &self,
+        cluster_id: u64,
+        mut state: ClusterState,
+        hosts: bool,
+        peers: Vec<PeerKey>,
+        tasks: Vec<String>,
+    ) -> (u64, ClusterState, Vec<Event>) {
+        let mut events = Vec::new();
+        let event = |what| Event {
+            cluster_id,
+            observed_at_ms: now_ms(),
+            what,
+        };
+        if hosts {
+            metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
+            match self.cluster.list_hosts(cluster_id).await {
+                Ok(list) => {
+                    let new = snapshot_hosts(list);
+                    if let Some(old) = &state.hosts {
+                        for diff in diff_hosts(old, &new) {
+                            events.push(event(What::Host {
+                                change: diff.change,
+                                host: diff.host,
+                                changed_fields: diff.changed_fields,
+                            }));
+                        }
+                    }
+                    state.hosts = Some(new);
+                }
+                Err(error) => {
+                    tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot")
+                }
+            }
+        } else {
+            state.hosts = None;
+        }
+
+        let wanted_peers: HashSet<&PeerKey> = peers.iter().collect();
+        state.peers.retain(|k, _| wanted_peers.contains(k));
+        let wanted_tasks: HashSet<&String> = tasks.iter().collect();
+        state.tasks.retain(|t, _| wanted_tasks.contains(t));
+        state.gone.retain(|w| match w {
+            Watched::Peer { key, .. } => wanted_peers.contains(key),
+            Watched::Task { task_id, .. } => wanted_tasks.contains(task_id),
+        });
+
+        let concurrency = self.config.poll_concurrency;
+        if !peers.is_empty() {
+            metrics::counter!(metric::POLLS, "what" => "peers").increment(peers.len() as u64);
+        }
+        let mut answers = futures::stream::iter(peers)
+            .map(|key| async move {
+                let answer = self.cluster.stat_peer(cluster_id, &key).await;
+                (key, answer)
+            })
+            .buffer_unordered(concurrency);
+        while let Some((key, answer)) = answers.next().await {
+            let watched = Watched::Peer {
+                cluster_id,
+                key: key.clone(),
+            };
+            match answer {
+                Ok(peer) => {
+                    state.gone.remove(&watched);
+                    let peer = Arc::new(peer);
+                    match state.peers.insert(key.clone(), peer.clone()) {
+                        None => events.push(event(What::Peer {
+                            key,
+                            peer: Some(peer),
+                            from: None,
+                            baseline: true,
+                        })),
+                        Some(before) if before.state != peer.state => {
+                            events.push(event(What::Peer {
+                                key,
+                                peer: Some(peer),
+                                from: Some(before.state.clone()),
+                                baseline: false,
+                            }))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Err(ClusterError::NotFound) => {
+                    let before = state.peers.remove(&key);
+                    if state.gone.insert(watched) {
+                        events.push(event(What::Peer {
+                            key,
+                            peer: None,
+                            from: before.map(|p| p.state.clone()),
+                            baseline: false,
+                        }));
+                    }
+                }
+                Err(error) => tracing::debug!(cluster_id, %error, "peer poll failed"),
+            }
+        }
+        drop(answers);
+
+        if !tasks.is_empty() {
+            metrics::counter!(metric::POLLS, "what" => "tasks").increment(tasks.len() as u64);
+        }
+        let mut answers = futures::stream::iter(tasks)
+            .map(|task_id| async move {
+                let answer = self.cluster.stat_task(cluster_id, &task_id).await;
+                (task_id, answer)
+            })
+            .buffer_unordered(concurrency);
+        while let Some((task_id, answer)) = answers.next().await {
+            let watched = Watched::Task {
+                cluster_id,
+                task_id: task_id.clone(),
+            };
+            match answer {
+                Ok(task) => {
+                    state.gone.remove(&watched);
+                    let task = Arc::new(task);
+                    match state.tasks.insert(task_id.clone(), task.clone()) {
+                        None => events.push(event(What::Task {
+                            task_id,
+                            task: Some(task),
+                            changed_fields: Vec::new(),
+                            baseline: true,
+                        })),
+                        Some(before) => {
+                            let changed_fields = task_fields(&before, &task);
+                            if !changed_fields.is_empty() {
+                                events.push(event(What::Task {
+                                    task_id,
+                                    task: Some(task),
+                                    changed_fields,
+                                    baseline: false,
+                                }));
+                            }
+                        }
+                    }
+                }
+                Err(ClusterError::NotFound) => {
+                    state.tasks.remove(&task_id);
+                    if state.gone.insert(watched) {
+                        events.push(event(What::Task {
+                            task_id,
+                            task: None,
+                            changed_fields: Vec::new(),
+                            baseline: false,
+                        }));
+                    }
+                }
+                Err(error) => tracing::debug!(cluster_id, %error, "task poll failed"),
+            }
+        }
+        drop(answers);
+        (cluster_id, state, events)
+    }
+
+    /// Probes every scheduler and reports those whose reachability or
+    /// circuit changed since the last look.
+    async fn check_health(&self, state: &mut State) {
+        let timeout = self.config.interval.min(Duration::from_secs(1));
+        let schedulers = self.cluster.schedulers();
+        join_all(schedulers.iter().map(|s| s.probe(timeout))).await;
+        let now = now_ms();
+        let mut seen = HashSet::new();
+        for scheduler in schedulers {
+            seen.insert(scheduler.addr);
+            let health = scheduler.health_snapshot();
+            let current = (health.is_up(), health.circuit);
+            if state.health.insert(scheduler.addr, current) != Some(current) {
+                self.bus
+                    .publish(Event {
+                        cluster_id: scheduler.cluster_id,
+                        observed_at_ms: now,
+                        what: What::Scheduler {
+                            addr: scheduler.addr,
+                            up: current.0,
+                            circuit: current.1,
+                        },
+                    })
+                    .await;
+            }
+        }
+        state.health.retain(|addr, _| seen.contains(addr));
+    }
+}
+
+fn is_baseline(event: &Event) -> bool {
+    matches!(
+        event.what,
+        What::Peer { baseline: true, .. } | What::Task { baseline: true, .. }
+    )
+}

@@ -1,0 +1,395 @@
+//! The subscription root: host events, one peer's state, one task's
+//! changes and scheduler health, fed by the event bus. Each stream keeps
+//! its interest registered (so the watcher polls for it) while it lives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use async_graphql::{Context, Enum, ID, Result, SimpleObject, Subscription as GqlSubscription};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::GatewayState;
+use super::errors::{bad_input, coded};
+use super::hosts::HostFilter;
+use super::loaders::Loaders;
+use super::query::{Query, check_id};
+use super::types::{CircuitState, Host, Peer, PeerState, Scheduler, Task};
+use crate::cluster::{ClusterError, PeerKey};
+use crate::events::diff::{only_resources, task_fields};
+use crate::events::{Event, HostChange, Watched, What};
+
+pub struct Subscription;
+
+/// What happened to a host.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostEventKind {
+    Joined,
+    Left,
+    Updated,
+}
+
+/// A host joined, left or changed.
+#[derive(SimpleObject)]
+pub struct HostEvent {
+    pub kind: HostEventKind,
+    /// The host as it is now; for `LEFT`, as it was last seen.
+    pub host: Host,
+    /// For `UPDATED`, the fields that changed (GraphQL names).
+    pub changed_fields: Vec<String>,
+    /// When dfgraph saw the change.
+    pub observed_at: DateTime<Utc>,
+    pub scheduler_cluster_id: ID,
+}
+
+/// A peer's state, then each change of it.
+#[derive(SimpleObject)]
+pub struct PeerStateEvent {
+    pub peer: Peer,
+    /// Null in the first message (the current state).
+    pub from: Option<PeerState>,
+    pub to: PeerState,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// A task as it is, then after each change.
+#[derive(SimpleObject)]
+pub struct TaskEvent {
+    pub task: Task,
+    /// Empty in the first message (the current state).
+    pub changed_fields: Vec<String>,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// A scheduler's reachability or circuit, as this replica sees it.
+#[derive(SimpleObject)]
+pub struct ClusterHealthEvent {
+    pub scheduler: Scheduler,
+    pub up: bool,
+    pub circuit: CircuitState,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// Where a connection wants to hear the observation time of the event
+/// behind the message it is about to send (for the delivery-lag metric).
+#[derive(Clone, Default)]
+pub struct DeliveryStamp(Arc<AtomicI64>);
+
+impl DeliveryStamp {
+    fn set(&self, observed_at_ms: i64) {
+        self.0.store(observed_at_ms, Ordering::Release);
+    }
+
+    /// The stamp of the last message, once.
+    pub fn take(&self) -> Option<i64> {
+        match self.0.swap(0, Ordering::AcqRel) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn stamp(ctx: &Context<'_>) -> DeliveryStamp {
+    ctx.data_opt::<DeliveryStamp>().cloned().unwrap_or_default()
+}
+
+/// A subscriber fell so far behind that the bus dropped events for it.
+fn lagged(missed: u64) -> async_graphql::Error {
+    coded(
+        "SLOW_CONSUMER",
+        format!("this subscription fell {missed} events behind and was ended; subscribe again"),
+    )
+}
+
+fn too_many(e: impl std::fmt::Display) -> async_graphql::Error {
+    coded("TOO_MANY_WATCHED", e.to_string())
+}
+
+#[GqlSubscription]
+impl Subscription {
+    /// Hosts joining, leaving or changing, in the clusters and with the
+    /// properties `filter` selects. Changes of load figures alone (cpu,
+    /// memory, network, disk) are left out unless
+    /// `includeResourceChanges`.
+    async fn host_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<HostFilter>,
+        #[graphql(default = false)] include_resource_changes: bool,
+    ) -> Result<impl Stream<Item = Result<HostEvent>> + use<>> {
+        let state = ctx.data::<GatewayState>()?;
+        let filter = filter.unwrap_or_default();
+        let clusters = filter.cluster_ids().map_err(bad_input)?;
+        let events = state.events.clone();
+        let mut rx = events.bus.subscribe();
+        let interest = events.interest.watch_hosts();
+        let live = events.live_subscription();
+        let stamp = stamp(ctx);
+        Ok(async_stream::stream! {
+            let (_interest, _live) = (interest, live);
+            let compiled = filter.compile();
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        yield Err(lagged(missed));
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                };
+                let What::Host { change, host, changed_fields } = &event.what else { continue };
+                if clusters.as_ref().is_some_and(|c| !c.contains(&event.cluster_id))
+                    || !compiled.matches(host)
+                    || (*change == HostChange::Updated
+                        && !include_resource_changes
+                        && only_resources(changed_fields))
+                {
+                    continue;
+                }
+                stamp.set(event.observed_at_ms);
+                yield Ok(HostEvent {
+                    kind: match change {
+                        HostChange::Joined => HostEventKind::Joined,
+                        HostChange::Left => HostEventKind::Left,
+                        HostChange::Updated => HostEventKind::Updated,
+                    },
+                    host: Host(host.clone()),
+                    changed_fields: changed_fields.clone(),
+                    observed_at: at(event.observed_at_ms),
+                    scheduler_cluster_id: ID(event.cluster_id.to_string()),
+                });
+            }
+        })
+    }
+
+    /// One peer's state: first the current state (`from` null), then every
+    /// change the watcher sees, in order. Completes when the peer
+    /// disappears.
+    async fn peer_state_changed(
+        &self,
+        ctx: &Context<'_>,
+        host_id: ID,
+        task_id: ID,
+        peer_id: ID,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<impl Stream<Item = Result<PeerStateEvent>> + use<>> {
+        check_id("host id", &host_id)?;
+        check_id("task id", &task_id)?;
+        check_id("peer id", &peer_id)?;
+        let state = ctx.data::<GatewayState>()?;
+        let clusters = Query::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let key = PeerKey {
+            host_id: host_id.0,
+            task_id: task_id.0,
+            peer_id: peer_id.0,
+        };
+        // Listening starts before the lookup, so no change between the two
+        // goes unheard.
+        let mut rx = state.events.bus.subscribe();
+        let found = ctx
+            .data::<Loaders>()?
+            .find_peers(std::slice::from_ref(&key), &clusters)
+            .await?
+            .pop()
+            .unwrap_or(Ok(None))?;
+        let Some(cached) = found else {
+            return Err(coded("NOT_FOUND", "no such peer"));
+        };
+        let cluster_id = cached.cluster_id;
+        // The current state, not a cached copy up to a fresh TTL old.
+        let current = match state.cluster.stat_peer(cluster_id, &key).await {
+            Ok(peer) => Arc::new(peer),
+            Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such peer")),
+            Err(e) => {
+                tracing::debug!(error = %e, "current peer state unavailable; using the cached one");
+                cached.peer.clone()
+            }
+        };
+        let interest = state
+            .events
+            .interest
+            .watch(Watched::Peer {
+                cluster_id,
+                key: key.clone(),
+            })
+            .map_err(too_many)?;
+        let live = state.events.live_subscription();
+        let stamp = stamp(ctx);
+        let host_id = key.host_id.clone();
+        Ok(async_stream::stream! {
+            let (_interest, _live) = (interest, live);
+            let mut last = current.state.clone();
+            yield Ok(PeerStateEvent {
+                to: PeerState::from_wire(&last),
+                from: None,
+                peer: Peer { cluster_id, host_id: host_id.clone(), peer: current },
+                observed_at: Utc::now(),
+            });
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        yield Err(lagged(missed));
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                };
+                let What::Peer { key: changed, peer, .. } = &event.what else { continue };
+                if event.cluster_id != cluster_id || *changed != key {
+                    continue;
+                }
+                let Some(peer) = peer else { break };
+                if peer.state == last {
+                    continue;
+                }
+                let from = std::mem::replace(&mut last, peer.state.clone());
+                stamp.set(event.observed_at_ms);
+                yield Ok(PeerStateEvent {
+                    from: Some(PeerState::from_wire(&from)),
+                    to: PeerState::from_wire(&last),
+                    peer: Peer { cluster_id, host_id: host_id.clone(), peer: peer.clone() },
+                    observed_at: at(event.observed_at_ms),
+                });
+            }
+        })
+    }
+
+    /// One task: first as it is (`changedFields` empty), then after every
+    /// change of its state, peer count or other fields. Completes when the
+    /// task disappears.
+    async fn task_changed(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        scheduler_cluster_id: Option<ID>,
+    ) -> Result<impl Stream<Item = Result<TaskEvent>> + use<>> {
+        check_id("task id", &id)?;
+        let state = ctx.data::<GatewayState>()?;
+        let clusters = Query::clusters(ctx, scheduler_cluster_id.as_ref())?;
+        let mut rx = state.events.bus.subscribe();
+        let found = ctx
+            .data::<Loaders>()?
+            .find_tasks(std::slice::from_ref(&id.0), &clusters)
+            .await?
+            .pop()
+            .unwrap_or(Ok(None))?;
+        let Some(cached) = found else {
+            return Err(coded("NOT_FOUND", "no such task"));
+        };
+        let cluster_id = cached.cluster_id;
+        let current = match state.cluster.stat_task(cluster_id, &id).await {
+            Ok(task) => Arc::new(task),
+            Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such task")),
+            Err(e) => {
+                tracing::debug!(error = %e, "current task unavailable; using the cached one");
+                cached.task.clone()
+            }
+        };
+        let interest = state
+            .events
+            .interest
+            .watch(Watched::Task {
+                cluster_id,
+                task_id: id.0.clone(),
+            })
+            .map_err(too_many)?;
+        let live = state.events.live_subscription();
+        let stamp = stamp(ctx);
+        let task_id = id.0;
+        Ok(async_stream::stream! {
+            let (_interest, _live) = (interest, live);
+            let mut last = current.clone();
+            yield Ok(TaskEvent {
+                task: Task { cluster_id, task: current },
+                changed_fields: Vec::new(),
+                observed_at: Utc::now(),
+            });
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        yield Err(lagged(missed));
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                };
+                let What::Task { task_id: changed, task, .. } = &event.what else { continue };
+                if event.cluster_id != cluster_id || *changed != task_id {
+                    continue;
+                }
+                let Some(task) = task else { break };
+                let changed_fields = task_fields(&last, task);
+                if changed_fields.is_empty() {
+                    continue;
+                }
+                last = task.clone();
+                stamp.set(event.observed_at_ms);
+                yield Ok(TaskEvent {
+                    task: Task { cluster_id, task: task.clone() },
+                    changed_fields,
+                    observed_at: at(event.observed_at_ms),
+                });
+            }
+        })
+    }
+
+    /// Every scheduler's reachability and circuit as this replica sees
+    /// them: first one message per scheduler, then each change. While
+    /// anyone subscribes, every scheduler is probed each watch interval.
+    async fn cluster_health(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = Result<ClusterHealthEvent>> + use<>> {
+        let state = ctx.data::<GatewayState>()?;
+        let mut rx = state.events.bus.subscribe();
+        let interest = state.events.interest.watch_health();
+        let live = state.events.live_subscription();
+        let stamp = stamp(ctx);
+        let client = state.cluster.clone();
+        Ok(async_stream::stream! {
+            let (_interest, _live) = (interest, live);
+            let mut told = HashMap::new();
+            for handle in client.schedulers() {
+                let health = handle.health_snapshot();
+                let now = (health.is_up(), health.circuit);
+                told.insert(handle.addr, now);
+                yield Ok(ClusterHealthEvent {
+                    scheduler: Scheduler::from(handle),
+                    up: now.0,
+                    circuit: now.1.into(),
+                    observed_at: Utc::now(),
+                });
+            }
+            loop {
+                let event: Arc<Event> = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        yield Err(lagged(missed));
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                };
+                let What::Scheduler { addr, up, circuit } = &event.what else { continue };
+                if told.insert(*addr, (*up, *circuit)) == Some((*up, *circuit)) {
+                    continue;
+                }
+                let Some(handle) = client.schedulers().into_iter().find(|s| s.addr == *addr) else {
+                    continue;
+                };
+                stamp.set(event.observed_at_ms);
+                yield Ok(ClusterHealthEvent {
+                    scheduler: Scheduler::from(handle),
+                    up: *up,
+                    circuit: (*circuit).into(),
+                    observed_at: at(event.observed_at_ms),
+                });
+            }
+        })
+    }
+}
