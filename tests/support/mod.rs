@@ -4,6 +4,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod ws;
 
 use std::time::Duration;
 

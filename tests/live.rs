@@ -1,0 +1,374 @@
+//! Live data end to end: changes made in the simulated schedulers reach
+//! websocket subscribers (on every replica sharing a Redis), invalidate
+//! the cache, and are polled by one replica only.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dfgraph::config::Config;
+use dfgraph::gateway::Gateway;
+use dfgraph::sim::{Method, SimCluster};
+use futures::future::join_all;
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::ws::{Received, WsClient};
+use support::{gateway_config, small_sim};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const LEASE_TTL: Duration = Duration::from_millis(800);
+
+const HOST_EVENTS: &str =
+    "subscription { hostEvents { kind host { id hostname } changedFields observedAt schedulerClusterId } }";
+const HOST: &str = "query($id: ID!) { host(id: $id, schedulerClusterId: \"1\") { id hostname } }";
+
+fn live_config(sim: &SimCluster, redis: Option<&RedisServer>) -> Config {
+    let mut config = gateway_config(sim);
+    config.cache.enabled = true;
+    config.redis = redis.map(|r| r.url());
+    config.watch.interval = INTERVAL;
+    config.watch.lease_ttl = LEASE_TTL;
+    config
+}
+
+async fn query(gateway_url: &str, query: &str, variables: Value) -> Value {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{gateway_url}/graphql"))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("JSON body");
+    assert!(body.get("errors").is_none(), "{body}");
+    body["data"].clone()
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The payload of the next `next` message for subscription `id`.
+async fn next_event(client: &mut WsClient, id: &str, within: Duration) -> Value {
+    let message = client.message(within).await;
+    assert_eq!(message["type"], "next", "{message}");
+    assert_eq!(message["id"], id, "{message}");
+    assert!(message["payload"].get("errors").is_none(), "{message}");
+    message["payload"]["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_them() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let a = Gateway::start(live_config(&sim, Some(&redis))).await.unwrap();
+    let b = Gateway::start(live_config(&sim, Some(&redis))).await.unwrap();
+    let (url_a, url_b) = (a.url(), b.url());
+    // Both replicas cache the host list before the change.
+    for url in [&url_a, &url_b] {
+        let before = query(url, HOST, json!({"id": "joining-host"})).await;
+        assert_eq!(before["host"], Value::Null);
+    }
+    let mut on_a = WsClient::ready(&url_a).await;
+    let mut on_b = WsClient::ready(&url_b).await;
+    on_a.subscribe("h", HOST_EVENTS, json!({})).await;
+    on_b.subscribe("h", HOST_EVENTS, json!({})).await;
+    wait_until("both subscriptions live", Duration::from_secs(5), || {
+        a.state.events.live_subscriptions() == 1 && b.state.events.live_subscriptions() == 1
+    })
+    .await;
+    // The first poll is the baseline; changes are what follows it.
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    let mut host = sim.hosts(1).remove(0);
+    host.id = "joining-host".into();
+    host.hostname = "joined".into();
+    sim.upsert_host(host.clone());
+    for (client, url) in [(&mut on_a, &url_a), (&mut on_b, &url_b)] {
+        let event = next_event(client, "h", Duration::from_secs(5)).await;
+        assert_eq!(event["hostEvents"]["kind"], "JOINED");
+        assert_eq!(event["hostEvents"]["host"]["id"], "joining-host");
+        assert_eq!(event["hostEvents"]["schedulerClusterId"], "1");
+        // Invalidated, not left to expire (the fresh TTL is 30 s).
+        let after = query(url, HOST, json!({"id": "joining-host"})).await;
+        assert_eq!(after["host"]["hostname"], "joined", "{url}");
+    }
+
+    host.hostname = "renamed".into();
+    sim.upsert_host(host.clone());
+    for (client, url) in [(&mut on_a, &url_a), (&mut on_b, &url_b)] {
+        let event = next_event(client, "h", Duration::from_secs(5)).await;
+        assert_eq!(event["hostEvents"]["kind"], "UPDATED");
+        assert_eq!(event["hostEvents"]["changedFields"], json!(["hostname"]));
+        let after = query(url, HOST, json!({"id": "joining-host"})).await;
+        assert_eq!(after["host"]["hostname"], "renamed", "{url}");
+    }
+
+    assert!(sim.remove_host(1, "joining-host"));
+    for (client, url) in [(&mut on_a, &url_a), (&mut on_b, &url_b)] {
+        let event = next_event(client, "h", Duration::from_secs(5)).await;
+        assert_eq!(event["hostEvents"]["kind"], "LEFT");
+        assert_eq!(event["hostEvents"]["host"]["hostname"], "renamed");
+        let after = query(url, HOST, json!({"id": "joining-host"})).await;
+        assert_eq!(after["host"], Value::Null, "{url}");
+    }
+
+    // Each replica got each event once: nothing more arrives.
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.receive(INTERVAL * 5).await, Received::Nothing);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_subscriber_sees_each_transition_in_order_then_completion() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let peer = sim.peers(1).remove(0);
+    let host_id = peer.host.as_ref().map(|h| h.id.clone()).unwrap();
+    let task_id = peer.task.as_ref().map(|t| t.id.clone()).unwrap();
+    assert!(sim.set_peer_state(&peer.id, "Pending"));
+
+    let mut client = WsClient::ready(&gateway.url()).await;
+    client
+        .subscribe(
+            "p",
+            "subscription($h: ID!, $t: ID!, $p: ID!) { peerStateChanged(hostId: $h, taskId: $t, peerId: $p) { from to peer { id state } observedAt } }",
+            json!({"h": host_id, "t": task_id, "p": peer.id}),
+        )
+        .await;
+    let first = next_event(&mut client, "p", Duration::from_secs(5)).await;
+    assert_eq!(first["peerStateChanged"]["from"], Value::Null);
+    assert_eq!(first["peerStateChanged"]["to"], "PENDING");
+    tokio::time::sleep(INTERVAL * 3).await;
+
+    let mut lags = Vec::new();
+    for (from, to, wire) in [
+        ("PENDING", "RUNNING", "Running"),
+        ("RUNNING", "SUCCEEDED", "Succeeded"),
+    ] {
+        let changed = Instant::now();
+        assert!(sim.set_peer_state(&peer.id, wire));
+        let event = next_event(&mut client, "p", INTERVAL * 2 + Duration::from_secs(2)).await;
+        lags.push(changed.elapsed());
+        assert_eq!(event["peerStateChanged"]["from"], from);
+        assert_eq!(event["peerStateChanged"]["to"], to);
+        assert_eq!(event["peerStateChanged"]["peer"]["state"], to);
+    }
+    println!("peer transition seen after {lags:?} (interval {INTERVAL:?})");
+
+    // The peer goes with its host: the subscription completes.
+    assert!(sim.remove_host(1, &host_id));
+    let complete = client.message(Duration::from_secs(5)).await;
+    assert_eq!(complete, json!({"type": "complete", "id": "p"}));
+    wait_until("subscription gone", Duration::from_secs(5), || {
+        gateway.state.events.live_subscriptions() == 0
+    })
+    .await;
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_subscriber_sees_changed_fields() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let task = sim.tasks(2).remove(0);
+    let mut client = WsClient::ready(&gateway.url()).await;
+    client
+        .subscribe(
+            "t",
+            "subscription($id: ID!) { taskChanged(id: $id) { task { id state schedulerClusterId } changedFields } }",
+            json!({"id": task.id}),
+        )
+        .await;
+    let first = next_event(&mut client, "t", Duration::from_secs(5)).await;
+    assert_eq!(first["taskChanged"]["task"]["schedulerClusterId"], "2");
+    assert_eq!(first["taskChanged"]["changedFields"], json!([]));
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert!(sim.set_task_state(&task.id, "Failed"));
+    let event = next_event(&mut client, "t", Duration::from_secs(5)).await;
+    assert_eq!(event["taskChanged"]["task"]["state"], "FAILED");
+    assert!(
+        event["taskChanged"]["changedFields"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("state")),
+        "{event}"
+    );
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// A `dfgraph serve` child process, killed (not stopped) on drop.
+struct Replica {
+    child: Child,
+    url: String,
+}
+
+impl Replica {
+    fn start(sim: &SimCluster, redis: &RedisServer) -> Replica {
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--redis".into(),
+            redis.url(),
+        ];
+        for s in sim.schedulers() {
+            args.push("--scheduler".into());
+            args.push(format!("{}={}", s.cluster_id, s.addr));
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dfgraph"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .env("DFGRAPH_WATCH__INTERVAL", "200ms")
+            .env("DFGRAPH_WATCH__LEASE_TTL", "800ms")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dfgraph starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("dfgraph prints its address");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Replica { child, url }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lease_holders(redis: &RedisServer, clusters: &[u64]) -> Vec<Option<String>> {
+    let mut conn = redis.conn();
+    clusters
+        .iter()
+        .map(|c| {
+            redis::cmd("GET")
+                .arg(format!("dfgraph:v1:lease:watch:{c}"))
+                .query(&mut conn)
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let clusters = sim.cluster_ids();
+    let leader = Replica::start(&sim, &redis);
+    let mut on_leader = WsClient::ready(&leader.url).await;
+    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
+    wait_until("the first replica leads every cluster", Duration::from_secs(10), || {
+        lease_holders(&redis, &clusters).iter().all(Option::is_some)
+    })
+    .await;
+    let leader_id = lease_holders(&redis, &clusters)[0].clone();
+
+    let follower = Gateway::start(live_config(&sim, Some(&redis))).await.unwrap();
+    let mut on_follower = WsClient::ready(&follower.url()).await;
+    on_follower.subscribe("h", HOST_EVENTS, json!({})).await;
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    // Two replicas want host lists; one polls them.
+    sim.reset_counters();
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let calls = sim.total_rpc_count(Method::ListHosts);
+    let one_poller = clusters.len() as u64 * (window.as_millis() / INTERVAL.as_millis()) as u64;
+    println!("ListHosts in {window:?} with two replicas: {calls} (one poller: ~{one_poller})");
+    assert!(calls >= one_poller / 2, "the leader polls: {calls}");
+    assert!(calls <= one_poller * 3 / 2, "more than one poller: {calls}");
+    assert!(
+        lease_holders(&redis, &clusters).iter().all(|h| *h == leader_id),
+        "the lease stayed with the first replica"
+    );
+
+    // Its events reach the other replica's subscriber through Redis.
+    let mut host = sim.hosts(1).remove(0);
+    host.id = "before-kill".into();
+    sim.upsert_host(host.clone());
+    let event = next_event(&mut on_follower, "h", Duration::from_secs(5)).await;
+    assert_eq!(event["hostEvents"]["host"]["id"], "before-kill");
+
+    // The leader dies without a word; its lease lapses and events go on.
+    drop(on_leader);
+    drop(leader);
+    let killed = Instant::now();
+    let mut n = 0;
+    let took_over = loop {
+        assert!(killed.elapsed() < Duration::from_secs(15), "no event after the leader died");
+        n += 1;
+        host.id = format!("after-kill-{n}");
+        sim.upsert_host(host.clone());
+        if let Received::Message(message) = on_follower.receive(INTERVAL * 2).await {
+            let id = message["payload"]["data"]["hostEvents"]["host"]["id"].clone();
+            if id.as_str().is_some_and(|id| id.starts_with("after-kill")) {
+                break killed.elapsed();
+            }
+        }
+    };
+    println!("events flowed again {took_over:?} after the leader was killed (lease TTL {LEASE_TTL:?})");
+    let me = Some(follower.state.events.bus.instance().to_owned());
+    assert!(lease_holders(&redis, &clusters).iter().all(|h| *h == me));
+    follower.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_all_receive_an_event_and_leave_nothing_behind() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let url = gateway.url();
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let batch = join_all((0..100).map(|_| async {
+            let mut client = WsClient::ready(&url).await;
+            client.subscribe("h", HOST_EVENTS, json!({})).await;
+            client
+        }))
+        .await;
+        clients.extend(batch);
+    }
+    wait_until("1,000 subscriptions live", Duration::from_secs(30), || {
+        gateway.state.events.live_subscriptions() == 1000
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    let mut host = sim.hosts(2).remove(0);
+    host.id = "seen-by-all".into();
+    sim.upsert_host(host);
+    let received = join_all(clients.iter_mut().map(|c| async move {
+        next_event(c, "h", Duration::from_secs(20)).await["hostEvents"]["host"]["id"].clone()
+    }))
+    .await;
+    assert!(received.iter().all(|id| id == "seen-by-all"));
+
+    drop(clients);
+    wait_until("no subscription left", Duration::from_secs(10), || {
+        gateway.state.events.live_subscriptions() == 0
+    })
+    .await;
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
