@@ -20,8 +20,7 @@ use support::{gateway_config, small_sim};
 const INTERVAL: Duration = Duration::from_millis(200);
 const LEASE_TTL: Duration = Duration::from_millis(800);
 
-const HOST_EVENTS: &str =
-    "subscription { hostEvents { kind host { id hostname } changedFields observedAt schedulerClusterId } }";
+const HOST_EVENTS: &str = "subscription { hostEvents { kind host { id hostname } changedFields observedAt schedulerClusterId } }";
 const HOST: &str = "query($id: ID!) { host(id: $id, schedulerClusterId: \"1\") { id hostname } }";
 
 fn live_config(sim: &SimCluster, redis: Option<&RedisServer>) -> Config {
@@ -68,8 +67,12 @@ async fn next_event(client: &mut WsClient, id: &str, within: Duration) -> Value 
 async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_them() {
     let redis = RedisServer::start();
     let sim = SimCluster::start(small_sim()).await.unwrap();
-    let a = Gateway::start(live_config(&sim, Some(&redis))).await.unwrap();
-    let b = Gateway::start(live_config(&sim, Some(&redis))).await.unwrap();
+    let a = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
+    let b = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
     let (url_a, url_b) = (a.url(), b.url());
     // Both replicas cache the host list before the change.
     for url in [&url_a, &url_b] {
@@ -278,13 +281,17 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     let leader = Replica::start(&sim, &redis);
     let mut on_leader = WsClient::ready(&leader.url).await;
     on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
-    wait_until("the first replica leads every cluster", Duration::from_secs(10), || {
-        lease_holders(&redis, &clusters).iter().all(Option::is_some)
-    })
+    wait_until(
+        "the first replica leads every cluster",
+        Duration::from_secs(10),
+        || lease_holders(&redis, &clusters).iter().all(Option::is_some),
+    )
     .await;
     let leader_id = lease_holders(&redis, &clusters)[0].clone();
 
-    let follower = Gateway::start(live_config(&sim, Some(&redis))).await.unwrap();
+    let follower = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
     let mut on_follower = WsClient::ready(&follower.url()).await;
     on_follower.subscribe("h", HOST_EVENTS, json!({})).await;
     tokio::time::sleep(INTERVAL * 4).await;
@@ -299,7 +306,9 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     assert!(calls >= one_poller / 2, "the leader polls: {calls}");
     assert!(calls <= one_poller * 3 / 2, "more than one poller: {calls}");
     assert!(
-        lease_holders(&redis, &clusters).iter().all(|h| *h == leader_id),
+        lease_holders(&redis, &clusters)
+            .iter()
+            .all(|h| *h == leader_id),
         "the lease stayed with the first replica"
     );
 
@@ -316,7 +325,10 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     let killed = Instant::now();
     let mut n = 0;
     let took_over = loop {
-        assert!(killed.elapsed() < Duration::from_secs(15), "no event after the leader died");
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no event after the leader died"
+        );
         n += 1;
         host.id = format!("after-kill-{n}");
         sim.upsert_host(host.clone());
@@ -327,7 +339,9 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
             }
         }
     };
-    println!("events flowed again {took_over:?} after the leader was killed (lease TTL {LEASE_TTL:?})");
+    println!(
+        "events flowed again {took_over:?} after the leader was killed (lease TTL {LEASE_TTL:?})"
+    );
     let me = Some(follower.state.events.bus.instance().to_owned());
     assert!(lease_holders(&redis, &clusters).iter().all(|h| *h == me));
     follower.shutdown().await;

@@ -27,9 +27,10 @@ impl WsClient {
     pub async fn connect(base: &str, protocol: &str) -> WsClient {
         let url = format!("{}/graphql/ws", base.replace("http://", "ws://"));
         let mut request = url.into_client_request().expect("a websocket URL");
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", protocol.parse().expect("a header value"));
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            protocol.parse().expect("a header value"),
+        );
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
@@ -39,7 +40,9 @@ impl WsClient {
     /// Connects and completes `connection_init` / `connection_ack`.
     pub async fn ready(base: &str) -> WsClient {
         let mut client = WsClient::connect(base, "graphql-transport-ws").await;
-        client.send(json!({"type": "connection_init", "payload": {}})).await;
+        client
+            .send(json!({"type": "connection_init", "payload": {}}))
+            .await;
         let ack = client.message(Duration::from_secs(5)).await;
         assert_eq!(ack["type"], "connection_ack", "{ack}");
         client
