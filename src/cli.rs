@@ -44,6 +44,17 @@ pub enum Command {
     /// Drive a GraphQL query mix against a gateway and report latency,
     /// throughput, scheduler calls and cache hit ratio.
     Bench(crate::bench::BenchArgs),
+    /// The subscriber side of `bench --scenario live`, in its own process.
+    #[command(hide = true)]
+    BenchSubscribers(BenchSubscribersArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchSubscribersArgs {
+    #[arg(long)]
+    pub target: String,
+    #[arg(long)]
+    pub subscribers: usize,
 }
 
 /// Where the schedulers are; shared by `serve` and `status`.

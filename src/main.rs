@@ -35,6 +35,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Status(args)) => status(args).await,
+        Some(Command::Bench(args)) if args.scenario == dfgraph::bench::Scenario::Live => {
+            let report = dfgraph::bench::live::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Some(Command::BenchSubscribers(args)) => {
+            let report =
+                dfgraph::bench::live::subscriber_process(&args.target, args.subscribers).await;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Some(Command::Bench(args)) => {
             let report = dfgraph::bench::run(&args).await?;
             if args.json {

@@ -23,6 +23,10 @@ fn args(scenario: Scenario) -> BenchArgs {
         redis: None,
         interval: Some(Duration::from_millis(500)),
         json: false,
+        subscribers: 20,
+        event_rate: 20,
+        watch_interval: Duration::from_millis(100),
+        in_process_subscribers: true,
     }
 }
 
@@ -53,4 +57,21 @@ async fn fixed_rate_peers_scenario_runs_without_errors() {
         report.scheduler_rpcs.contains_key("StatPeer") || report.cache_hits > 0,
         "{report:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_scenario_delivers_host_events_to_every_subscriber() {
+    let report = dfgraph::bench::live::run(&args(Scenario::Live))
+        .await
+        .unwrap();
+    let seen = &report.subscribers_report;
+    assert_eq!(seen.connected, 20, "{report:?}");
+    assert!(
+        report.changes_made > 0 && report.events_published > 0,
+        "{report:?}"
+    );
+    assert_eq!(seen.messages, report.deliveries_expected, "{report:?}");
+    assert_eq!(seen.errors, 0, "{report:?}");
+    assert!(seen.delivery_p50_ms <= seen.delivery_p99_ms, "{report:?}");
+    assert!(report.render().contains("delivery lag"));
 }

@@ -5,7 +5,9 @@
 //! stall is not hidden by coordinated omission), checks every response
 //! body, and reports throughput, latency percentiles (HDR histogram),
 //! errors by code, scheduler RPCs by method, cache hit ratio and RSS.
+//! The live scenario ([`live`]) measures subscriptions instead.
 
+pub mod live;
 pub mod scenario;
 
 use std::collections::BTreeMap;
@@ -70,6 +72,19 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Live scenario: websocket subscribers on `hostEvents`.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Live scenario: host changes made per second.
+    #[arg(long, default_value_t = 100)]
+    pub event_rate: u64,
+    /// Live scenario: the gateway's watch interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub watch_interval: Duration,
+    /// Live scenario: run the subscribers in this process (their memory
+    /// then counts as the gateway's) instead of a child process.
+    #[arg(long)]
+    pub in_process_subscribers: bool,
 }
 
 /// What one run measured.

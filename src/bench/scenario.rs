@@ -16,6 +16,8 @@ pub enum Scenario {
     Peers,
     /// Filtered, paginated host pages (S5).
     Hosts,
+    /// Websocket subscribers receiving host events (S6); see `bench::live`.
+    Live,
 }
 
 const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
@@ -31,6 +33,11 @@ impl Scenario {
         Ok(match self {
             Scenario::Overview => vec![json!({ "query": OVERVIEW })],
             Scenario::Trivial => vec![json!({ "query": "{ __typename }" })],
+            Scenario::Live => {
+                return Err(BenchError::Scenario(
+                    "the live scenario sends no queries; it runs through bench::live::run".into(),
+                ));
+            }
             Scenario::Hosts => {
                 let filters = [
                     json!({ "idcs": ["idc-a"] }),

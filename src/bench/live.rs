@@ -1,0 +1,456 @@
+//! `dfgraph bench --scenario live`: S websocket subscribers on
+//! `hostEvents`, host changes made in the simulated cluster at R per
+//! second; reports delivery lag (event published -> message received),
+//! detection lag (change made -> event published) and the gateway's memory
+//! per idle subscriber.
+//!
+//! The subscribers run in a child process (`dfgraph bench-subscribers`) by
+//! default, so the gateway's RSS is its own and each process stays under
+//! its open-file limit at 10k connections.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::{BenchArgs, BenchError, rss_mib};
+use crate::config::Config;
+use crate::events::now_ms;
+use crate::gateway::Gateway;
+use crate::sim::{SimCluster, SimConfig};
+
+const SUBSCRIPTION: &str = "subscription { hostEvents { kind host { id hostname } observedAt } }";
+
+/// What the subscribers saw.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct SubscriberReport {
+    pub connected: u64,
+    pub failed: u64,
+    pub messages: u64,
+    pub errors: u64,
+    pub delivery_p50_ms: f64,
+    pub delivery_p99_ms: f64,
+    pub delivery_max_ms: f64,
+    pub detection_p50_ms: f64,
+    pub detection_p99_ms: f64,
+    pub detection_max_ms: f64,
+}
+
+/// What one live run measured.
+#[derive(Serialize, Debug, Clone)]
+pub struct LiveReport {
+    pub subscribers: usize,
+    pub event_rate: u64,
+    pub watch_interval_ms: u64,
+    pub duration_s: f64,
+    pub changes_made: u64,
+    /// Host events the gateway published.
+    pub events_published: u64,
+    /// Messages every subscriber should have received (events x subscribers).
+    pub deliveries_expected: u64,
+    pub subscribers_report: SubscriberReport,
+    pub rss_mib_before: Option<f64>,
+    pub rss_mib_idle: Option<f64>,
+    pub rss_mib_after: Option<f64>,
+    pub idle_kib_per_subscriber: Option<f64>,
+    pub subscribers_in_process: bool,
+}
+
+impl LiveReport {
+    pub fn render(&self) -> String {
+        let s = &self.subscribers_report;
+        let mut out = format!(
+            "scenario live ({} subscribers{}, {} host changes/s, watch interval {} ms, {:.1} s)\n",
+            self.subscribers,
+            if self.subscribers_in_process {
+                " in process"
+            } else {
+                ""
+            },
+            self.event_rate,
+            self.watch_interval_ms,
+            self.duration_s
+        );
+        out += &format!(
+            "  changes made {}  events published {}  deliveries {} of {} expected  errors {}  failed connections {}\n",
+            self.changes_made,
+            self.events_published,
+            s.messages,
+            self.deliveries_expected,
+            s.errors,
+            s.failed
+        );
+        out += &format!(
+            "  delivery lag p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n  detection lag p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+            s.delivery_p50_ms,
+            s.delivery_p99_ms,
+            s.delivery_max_ms,
+            s.detection_p50_ms,
+            s.detection_p99_ms,
+            s.detection_max_ms
+        );
+        if let (Some(before), Some(idle), Some(after)) =
+            (self.rss_mib_before, self.rss_mib_idle, self.rss_mib_after)
+        {
+            out += &format!(
+                "  gateway process RSS {before:.1} MiB -> {idle:.1} MiB idle with subscribers -> {after:.1} MiB after\n"
+            );
+        }
+        if let Some(kib) = self.idle_kib_per_subscriber {
+            out += &format!("  {kib:.1} KiB per idle subscriber\n");
+        }
+        out
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Shared tallies of the subscriber side.
+struct Tally {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    messages: AtomicU64,
+    errors: AtomicU64,
+    delivery: Mutex<Histogram<u64>>,
+    detection: Mutex<Histogram<u64>>,
+}
+
+/// Opens `n` connections to `base` (`http://host:port`), each with one
+/// `hostEvents` subscription, and records lags until `stop`.
+pub async fn subscribe_all(
+    base: &str,
+    n: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> SubscriberReport {
+    let tally = Arc::new(Tally {
+        connected: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        messages: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        delivery: Mutex::new(histogram()),
+        detection: Mutex::new(histogram()),
+    });
+    let url = format!(
+        "{}/graphql/ws",
+        base.trim_end_matches('/').replace("http://", "ws://")
+    );
+    let mut tasks = Vec::with_capacity(n);
+    // Connect in waves so the accept queue is not overrun.
+    for wave in 0..n.div_ceil(200) {
+        let mut waiting = Vec::new();
+        for _ in (wave * 200)..((wave + 1) * 200).min(n) {
+            let (url, tally, stop) = (url.clone(), tally.clone(), stop.clone());
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tasks.push(tokio::spawn(subscriber(url, tally, stop, ready_tx)));
+            waiting.push(ready_rx);
+        }
+        for ready in waiting {
+            let _ = ready.await;
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let delivery = tally.delivery.lock().await;
+    let detection = tally.detection.lock().await;
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64;
+    SubscriberReport {
+        connected: tally.connected.load(Ordering::Relaxed),
+        failed: tally.failed.load(Ordering::Relaxed),
+        messages: tally.messages.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
+        delivery_p50_ms: q(&delivery, 0.5),
+        delivery_p99_ms: q(&delivery, 0.99),
+        delivery_max_ms: delivery.max() as f64,
+        detection_p50_ms: q(&detection, 0.5),
+        detection_p99_ms: q(&detection, 0.99),
+        detection_max_ms: detection.max() as f64,
+    }
+}
+
+async fn subscriber(
+    url: String,
+    tally: Arc<Tally>,
+    stop: tokio_util::sync::CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let connected = async {
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let protocol = "graphql-transport-ws".parse().map_err(|_| "header")?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let init = serde_json::json!({"type": "connection_init", "payload": {}});
+        socket
+            .send(Message::text(init.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let subscribe =
+            serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": SUBSCRIPTION}});
+        socket
+            .send(Message::text(subscribe.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(socket)
+    };
+    let mut socket = match connected.await {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::debug!(%error, "subscriber could not connect");
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            let _ = ready.send(());
+            return;
+        }
+    };
+    tally.connected.fetch_add(1, Ordering::Relaxed);
+    let _ = ready.send(());
+    let (mut delivery, mut detection) = (histogram(), histogram());
+    loop {
+        let frame = tokio::select! {
+            frame = socket.next() => frame,
+            _ = stop.cancelled() => break,
+        };
+        let Some(Ok(Message::Text(text))) = frame else {
+            if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                break;
+            }
+            continue;
+        };
+        let received = now_ms();
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            tally.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match value["type"].as_str() {
+            Some("next") => {}
+            Some("ping") => {
+                let _ = socket
+                    .send(Message::text(r#"{"type":"pong"}"#.to_owned()))
+                    .await;
+                continue;
+            }
+            Some("connection_ack" | "pong") => continue,
+            _ => {
+                tally.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let event = &value["payload"]["data"]["hostEvents"];
+        let observed = event["observedAt"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_millis());
+        let Some(observed) = observed else {
+            tally.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        tally.messages.fetch_add(1, Ordering::Relaxed);
+        let _ = delivery.record((received - observed).max(1) as u64);
+        // The generator writes `bench-<seq>-<unix ms>` as the hostname.
+        if let Some(changed) = event["host"]["hostname"]
+            .as_str()
+            .and_then(|h| h.rsplit('-').next())
+            .and_then(|ms| ms.parse::<i64>().ok())
+        {
+            let _ = detection.record((observed - changed).max(1) as u64);
+        }
+    }
+    let _ = tally.delivery.lock().await.add(&delivery);
+    let _ = tally.detection.lock().await.add(&detection);
+}
+
+/// Runs the live scenario as `args` describe (in-process cluster and
+/// gateway only: the generator changes the simulated hosts).
+pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
+    if args.target.is_some() {
+        return Err(BenchError::Scenario(
+            "the live scenario needs the in-process cluster (it makes the changes); drop --target"
+                .into(),
+        ));
+    }
+    let sim = SimCluster::start(SimConfig {
+        clusters: args.clusters,
+        schedulers_per_cluster: args.schedulers_per_cluster,
+        hosts: args.hosts,
+        tasks: args.tasks,
+        peers_per_task: args.peers_per_task,
+        tick_interval: None,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Simulator(e.to_string()))?;
+    let mut config = Config {
+        listen: "127.0.0.1:0"
+            .parse()
+            .map_err(|e| BenchError::Scenario(format!("{e}")))?,
+        schedulers: sim
+            .schedulers()
+            .iter()
+            .map(|s| format!("{}={}", s.cluster_id, s.addr))
+            .collect(),
+        redis: args.redis.clone(),
+        ..Config::default()
+    };
+    config.watch.interval = args.watch_interval;
+    config.watch.lease_ttl = args.watch_interval * 3;
+    config.subscriptions.total = args.subscribers.max(1) + 100;
+    let gateway = Gateway::start(config).await?;
+    let url = gateway.url();
+    let rss_before = rss_mib();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let subscribers = args.subscribers;
+    let (report_rx, child) = if args.in_process_subscribers {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(subscribe_all(&url, subscribers, stop).await);
+        });
+        (Some(rx), None)
+    } else {
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::Scenario(format!("cannot find this executable: {e}")))?;
+        let child = tokio::process::Command::new(exe)
+            .args(["bench-subscribers", "--target", &url, "--subscribers"])
+            .arg(subscribers.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                BenchError::Scenario(format!("cannot start the subscriber process: {e}"))
+            })?;
+        (None, Some(child))
+    };
+
+    let events = &gateway.state.events;
+    let connect_deadline = Instant::now() + Duration::from_secs(300);
+    while events.live_subscriptions() < subscribers {
+        if Instant::now() > connect_deadline {
+            return Err(BenchError::Scenario(format!(
+                "only {} of {subscribers} subscribers connected",
+                events.live_subscriptions()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A few polls: the watcher's baseline, and memory settles.
+    tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
+    let rss_idle = rss_mib();
+
+    let mut bus = events.bus.subscribe();
+    let published = Arc::new(AtomicU64::new(0));
+    let counter = published.clone();
+    let counting = tokio::spawn(async move {
+        loop {
+            match bus.recv().await {
+                Ok(event) if event.kind() == "host" => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    });
+
+    let hosts: Vec<_> = sim
+        .cluster_ids()
+        .into_iter()
+        .flat_map(|c| sim.hosts(c))
+        .collect();
+    let rate = args.event_rate.max(1);
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut next = started;
+    let mut made = 0u64;
+    while started.elapsed() < args.duration && !hosts.is_empty() {
+        tokio::time::sleep_until(next.into()).await;
+        let mut host = hosts[made as usize % hosts.len()].clone();
+        host.hostname = format!("bench-{made}-{}", now_ms());
+        sim.upsert_host(host);
+        made += 1;
+        next += period;
+    }
+    let elapsed = started.elapsed();
+    // Let the last changes be polled and delivered.
+    tokio::time::sleep(args.watch_interval * 2 + Duration::from_secs(2)).await;
+    let rss_after = rss_mib();
+    let events_published = published.load(Ordering::Relaxed);
+    counting.abort();
+
+    let subscribers_report = match (report_rx, child) {
+        (Some(rx), _) => {
+            stop.cancel();
+            rx.await.unwrap_or_default()
+        }
+        (None, Some(mut child)) => {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"stop\n").await;
+            }
+            let mut line = String::new();
+            if let Some(stdout) = child.stdout.take() {
+                let _ = BufReader::new(stdout).read_line(&mut line).await;
+            }
+            let _ = child.wait().await;
+            serde_json::from_str(&line).map_err(|e| {
+                BenchError::Scenario(format!("subscriber process report {line:?}: {e}"))
+            })?
+        }
+        (None, None) => SubscriberReport::default(),
+    };
+    gateway.shutdown().await;
+    sim.shutdown().await;
+    let idle_kib_per_subscriber = match (rss_before, rss_idle) {
+        (Some(before), Some(idle)) if subscribers > 0 => {
+            Some((idle - before) * 1024.0 / subscribers as f64)
+        }
+        _ => None,
+    };
+    Ok(LiveReport {
+        subscribers,
+        event_rate: rate,
+        watch_interval_ms: args.watch_interval.as_millis() as u64,
+        duration_s: elapsed.as_secs_f64(),
+        changes_made: made,
+        events_published,
+        deliveries_expected: events_published * subscribers as u64,
+        subscribers_report,
+        rss_mib_before: rss_before,
+        rss_mib_idle: rss_idle,
+        rss_mib_after: rss_after,
+        idle_kib_per_subscriber,
+        subscribers_in_process: args.in_process_subscribers,
+    })
+}
+
+/// `dfgraph bench-subscribers`: the subscriber side in its own process;
+/// stops when told on stdin (or stdin closes) and prints its report as one
+/// JSON line.
+pub async fn subscriber_process(target: &str, subscribers: usize) -> SubscriberReport {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = stop.clone();
+    tokio::spawn(async move {
+        let mut line = String::new();
+        let _ = BufReader::new(tokio::io::stdin())
+            .read_line(&mut line)
+            .await;
+        watcher.cancel();
+    });
+    subscribe_all(target, subscribers, stop).await
+}
