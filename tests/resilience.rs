@@ -530,7 +530,6 @@ async fn all_schedulers_down_no_panic_no_hang_unready_but_alive() {
 }
 
 #[tokio::test]
-#[ignore = "needs the two-tier cache"]
 async fn all_schedulers_down_serves_stale_cached_data() {
     let rig = Rig::start(
         small_sim(),
