@@ -851,7 +851,11 @@ async fn soak_short_switching_faults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "60 s soak; run by hand: cargo test --test resilience soak_minute -- --ignored --nocapture"]
-async fn soak_minute() {
-    soak(Duration::from_secs(60), 32).await;
+#[ignore = "long soak (60 s, or DFGRAPH_SOAK_SECS); run by hand: cargo test --test resilience soak_long -- --ignored --nocapture"]
+async fn soak_long() {
+    let secs = std::env::var("DFGRAPH_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    soak(Duration::from_secs(secs), 32).await;
 }

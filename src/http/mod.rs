@@ -74,7 +74,11 @@ async fn websocket(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Re
     let upgrade = upgrade
         .protocols(ws::PROTOCOLS)
         .max_message_size(max)
-        .max_frame_size(max);
+        .max_frame_size(max)
+        // tungstenite reserves 128 KiB per connection for reading by
+        // default; clients send little (larger messages still arrive, in
+        // more reads), and 10k idle subscribers should not cost 1.3 GiB.
+        .read_buffer_size(4 * 1024);
     let protocol =
         ws::Protocol::from_header(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
     let stop = app.shutdown.clone();

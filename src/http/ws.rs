@@ -109,25 +109,41 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
     let (mut sink, mut incoming) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
     let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let (message, stamp) = match out {
-                Out::Text(text, stamp) => (Message::Text(Utf8Bytes::from(text)), stamp),
-                Out::Ping => (Message::Ping(Default::default()), None),
-                Out::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from(reason),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    break;
+        let mut stamps = Vec::new();
+        'write: while let Some(first) = out_rx.recv().await {
+            // Whatever else is queued goes out in the same flush: one
+            // syscall for a burst of events, not one per message.
+            let mut next = Some(first);
+            while let Some(out) = next.take() {
+                let message = match out {
+                    Out::Text(text, stamp) => {
+                        stamps.extend(stamp);
+                        Message::Text(Utf8Bytes::from(text))
+                    }
+                    Out::Ping => Message::Ping(Default::default()),
+                    Out::Close(code, reason) => {
+                        let frame = CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from(reason),
+                        };
+                        let _ = sink.send(Message::Close(Some(frame))).await;
+                        break 'write;
+                    }
+                };
+                if sink.feed(message).await.is_err() {
+                    break 'write;
                 }
-            };
-            if sink.send(message).await.is_err() {
+                if stamps.len() < 64 {
+                    next = out_rx.try_recv().ok();
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
-            if let Some(observed) = stamp {
-                let lag = crate::events::now_ms() - observed;
-                metrics::histogram!(metric::DELIVERY_LAG).record(lag.max(0) as f64 / 1000.0);
+            let now = crate::events::now_ms();
+            for observed in stamps.drain(..) {
+                metrics::histogram!(metric::DELIVERY_LAG)
+                    .record((now - observed).max(0) as f64 / 1000.0);
             }
         }
         let _ = sink.close().await;
@@ -384,16 +400,13 @@ impl Connection {
                             && response.is_err() =>
                     {
                         refused = true;
-                        json!({"type": "error", "id": op_id, "payload": response.errors})
+                        frame("error", &op_id, &response.errors)
                     }
-                    Protocol::Transport => {
-                        json!({"type": "next", "id": op_id, "payload": response})
-                    }
-                    Protocol::Legacy => json!({"type": "data", "id": op_id, "payload": response}),
+                    Protocol::Transport => frame("next", &op_id, &response),
+                    Protocol::Legacy => frame("data", &op_id, &response),
                 };
                 first = false;
-                let queued =
-                    out.send_timeout(Out::Text(message.to_string(), stamp.take()), slow_after);
+                let queued = out.send_timeout(Out::Text(message, stamp.take()), slow_after);
                 if queued.await.is_err() {
                     tracing::info!(id = %op_id, "websocket client stopped reading; disconnecting it");
                     slow.cancel();
@@ -413,4 +426,24 @@ impl Connection {
         });
         self.ops.insert(id, (serial, task.abort_handle()));
     }
+}
+
+/// One operation message, serialized straight to text (no intermediate
+/// JSON tree: this runs once per event per subscriber).
+fn frame<T: serde::Serialize>(kind: &'static str, id: &str, payload: &T) -> String {
+    #[derive(serde::Serialize)]
+    struct Frame<'a, T> {
+        r#type: &'static str,
+        id: &'a str,
+        payload: &'a T,
+    }
+    serde_json::to_string(&Frame {
+        r#type: kind,
+        id,
+        payload,
+    })
+    .unwrap_or_else(|e| {
+        json!({"type": "error", "id": id, "payload": [{"message": format!("response not serializable: {e}")}]})
+            .to_string()
+    })
 }
