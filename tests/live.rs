@@ -386,3 +386,46 @@ async fn a_thousand_subscribers_all_receive_an_event_and_leave_nothing_behind() 
     gateway.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_does_not_hold_up_local_subscribers() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
+    let mut client = WsClient::ready(&gateway.url()).await;
+    client.subscribe("h", HOST_EVENTS, json!({})).await;
+    wait_until("subscribed", Duration::from_secs(5), || {
+        gateway.state.events.live_subscriptions() == 1
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    redis.pause();
+    let mut host = sim.hosts(1).remove(0);
+    for n in 0..3 {
+        host.id = format!("while-hung-{n}");
+        sim.upsert_host(host.clone());
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(&mut client, "h", Duration::from_secs(5)).await;
+        seen.push(
+            event["hostEvents"]["host"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, ["while-hung-0", "while-hung-1", "while-hung-2"]);
+
+    redis.resume();
+    host.id = "after-resume".into();
+    sim.upsert_host(host);
+    let event = next_event(&mut client, "h", Duration::from_secs(10)).await;
+    assert_eq!(event["hostEvents"]["host"]["id"], "after-resume");
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}

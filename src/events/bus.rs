@@ -5,7 +5,7 @@
 //! ignores its own messages when they come back from Redis.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prost::Message;
@@ -202,11 +202,22 @@ struct BusInner {
 
 struct RedisBus {
     client: redis::Client,
-    /// Made on first use and re-made after failures; a multiplexed
-    /// connection that reconnects by itself.
+    /// Made on first use; a multiplexed connection that reconnects by
+    /// itself.
     conn: Mutex<Option<ConnectionManager>>,
+    /// Until when connecting is not tried again after a failure, so a dead
+    /// Redis costs the watcher one timeout per few seconds, not per call.
+    retry_after: std::sync::Mutex<Option<Instant>>,
+    /// Events waiting to be published, in order; the watcher never waits
+    /// on Redis.
+    outbox: tokio::sync::mpsc::Sender<Vec<u8>>,
     timeout: Duration,
 }
+
+/// Events queued toward Redis before new ones are dropped (with a warning).
+const OUTBOX_CAPACITY: usize = 4096;
+/// Pause before connecting again after a failed attempt.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 impl RedisBus {
     pub(crate) async fn connection(&self) -> Result<ConnectionManager, String> {
@@ -214,19 +225,72 @@ impl RedisBus {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
+        let paused = self
+            .retry_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until);
+        if paused {
+            return Err("Redis unreachable (waiting before the next attempt)".into());
+        }
+        let made = self.connect().await;
+        *self.retry_after.lock().unwrap_or_else(|p| p.into_inner()) =
+            made.is_err().then(|| Instant::now() + RECONNECT_PAUSE);
+        let made = made?;
+        *slot = Some(made.clone());
+        Ok(made)
+    }
+
+    async fn connect(&self) -> Result<ConnectionManager, String> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
-        let made = tokio::time::timeout(
+        tokio::time::timeout(
             self.timeout * 2,
             ConnectionManager::new_with_config(self.client.clone(), config),
         )
         .await
         .map_err(|_| format!("connecting timed out after {:?}", self.timeout * 2))?
-        .map_err(|e| e.to_string())?;
-        *slot = Some(made.clone());
-        Ok(made)
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Publishes queued events in order; ends with the bus (whose drop closes
+/// the outbox). Holds the bus weakly, so it does not keep it alive.
+async fn publish_loop(
+    inner: std::sync::Weak<BusInner>,
+    mut outbox: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let mut failing = false;
+    while let Some(bytes) = outbox.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(bus) = &inner.redis else { return };
+        let sent = async {
+            let mut conn = bus.connection().await?;
+            tokio::time::timeout(
+                bus.timeout,
+                redis::cmd("PUBLISH")
+                    .arg(EVENTS_CHANNEL)
+                    .arg(bytes)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())
+        };
+        match sent.await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("events reach Redis again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "events not published to Redis; other replicas miss them until it answers");
+            }
+            Err(error) => tracing::debug!(%error, "event not published to Redis"),
+        }
     }
 }
 
@@ -234,23 +298,28 @@ impl Bus {
     /// A bus for this process. With `redis_url`, events also cross
     /// replicas; `timeout` bounds each Redis call.
     pub fn new(cache: Cache, redis_url: Option<&str>, timeout: Duration) -> Result<Bus, String> {
+        let (outbox, pending) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
         let redis = match redis_url {
             Some(url) => Some(RedisBus {
                 client: redis::Client::open(url).map_err(|e| e.to_string())?,
                 conn: Mutex::new(None),
+                retry_after: std::sync::Mutex::new(None),
+                outbox,
                 timeout,
             }),
             None => None,
         };
         let (local, _) = broadcast::channel(LOCAL_CAPACITY);
-        Ok(Bus {
-            inner: Arc::new(BusInner {
-                local,
-                instance: format!("{:016x}", rand::random::<u64>()),
-                redis,
-                cache,
-            }),
-        })
+        let inner = Arc::new(BusInner {
+            local,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            redis,
+            cache,
+        });
+        if inner.redis.is_some() {
+            tokio::spawn(publish_loop(Arc::downgrade(&inner), pending));
+        }
+        Ok(Bus { inner })
     }
 
     /// This process's id on the bus (also its lease value).
@@ -298,21 +367,9 @@ impl Bus {
         let (Some(redis), Some(bytes)) = (&self.inner.redis, wire) else {
             return;
         };
-        let sent = async {
-            let mut conn = redis.connection().await?;
-            tokio::time::timeout(
-                redis.timeout,
-                redis::cmd("PUBLISH")
-                    .arg(EVENTS_CHANNEL)
-                    .arg(bytes)
-                    .query_async::<i64>(&mut conn),
-            )
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())
-        };
-        if let Err(error) = sent.await {
-            tracing::warn!(%error, "event not published to Redis; other replicas miss it");
+        if redis.outbox.try_send(bytes).is_err() {
+            metrics::counter!(metric::DROPPED).increment(1);
+            tracing::warn!("event outbox toward Redis full; event not sent to other replicas");
         }
     }
 

@@ -178,6 +178,7 @@ pub mod metric {
     pub const WATCHED: &str = "dfgraph_watched_entities";
     pub const LEADER: &str = "dfgraph_watch_leader";
     pub const POLLS: &str = "dfgraph_watch_polls_total";
+    pub const DROPPED: &str = "dfgraph_events_dropped_total";
 }
 
 /// The live-data side of one process: its bus and its interest, shared by
