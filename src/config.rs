@@ -180,7 +180,8 @@ pub struct SubscriptionLimits {
     pub idle_timeout: Duration,
     /// Messages queued toward one client before it counts as slow.
     pub send_queue: usize,
-    /// A client whose queue stays full this long is disconnected (1008).
+    /// A client whose queue stays full this long is disconnected (its
+    /// socket is closed; it reads no close frame, since it reads nothing).
     #[serde(with = "humantime_serde")]
     pub slow_consumer_timeout: Duration,
     /// Largest message a client may send.

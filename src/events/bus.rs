@@ -21,8 +21,9 @@ use crate::proto::common::v2::{Host, Peer, Task};
 /// The Redis pub/sub channel of events.
 pub const EVENTS_CHANNEL: &str = "dfgraph:v1:events";
 
-/// Events a subscriber may fall behind by before it is told it lost some.
-const LOCAL_CAPACITY: usize = 8192;
+/// Events a subscriber may fall behind by before it is told it lost some
+/// (at least twice the watch set, so a new leader's baselines fit).
+const MIN_LOCAL_CAPACITY: usize = 8192;
 
 /// An event as it crosses Redis: protobuf, so hosts, peers and tasks keep
 /// their wire encoding.
@@ -297,7 +298,12 @@ async fn publish_loop(
 impl Bus {
     /// A bus for this process. With `redis_url`, events also cross
     /// replicas; `timeout` bounds each Redis call.
-    pub fn new(cache: Cache, redis_url: Option<&str>, timeout: Duration) -> Result<Bus, String> {
+    pub fn new(
+        cache: Cache,
+        redis_url: Option<&str>,
+        timeout: Duration,
+        max_watched: usize,
+    ) -> Result<Bus, String> {
         let (outbox, pending) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
         let redis = match redis_url {
             Some(url) => Some(RedisBus {
@@ -309,7 +315,11 @@ impl Bus {
             }),
             None => None,
         };
-        let (local, _) = broadcast::channel(LOCAL_CAPACITY);
+        let (local, _) = broadcast::channel(
+            MIN_LOCAL_CAPACITY
+                .max(max_watched.saturating_mul(2))
+                .min(1 << 18),
+        );
         let inner = Arc::new(BusInner {
             local,
             instance: format!("{:016x}", rand::random::<u64>()),

@@ -212,7 +212,7 @@ impl Events {
         redis_timeout: Duration,
     ) -> Result<Events, String> {
         Ok(Events {
-            bus: Bus::new(cache, redis_url, redis_timeout)?,
+            bus: Bus::new(cache, redis_url, redis_timeout, config.max_watched)?,
             interest: Interest::new(config.max_watched, config.hosts_query_window),
             config,
             live: Arc::default(),

@@ -56,8 +56,9 @@ impl Watcher {
         let mut state = State::default();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                biased;
                 _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
             }
             self.poll_once(&mut state).await;
         }
@@ -76,6 +77,9 @@ impl Watcher {
                 tracing::debug!("nothing watched: watcher idles");
                 self.release(state, None).await;
                 state.clusters.clear();
+                for cluster_id in self.cluster.cluster_ids() {
+                    metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(0.0);
+                }
             }
             return;
         }
@@ -108,15 +112,54 @@ impl Watcher {
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
             jobs.push(self.poll_cluster(cluster_id, cluster_state, wanted.hosts, peers, tasks));
         }
-        for (cluster_id, cluster_state, events) in join_all(jobs).await {
+        // A poll may take longer than the lease (a blackholed scheduler, a
+        // large watch set): the leases are renewed meanwhile, or another
+        // replica would start polling the same clusters.
+        let held: Vec<u64> = state.held.iter().copied().collect();
+        let polled = tokio::select! {
+            polled = join_all(jobs) => polled,
+            never = self.keep_leases(&held) => match never {},
+        };
+        for (cluster_id, cluster_state, events) in polled {
             state.clusters.insert(cluster_id, cluster_state);
-            for event in events {
-                if !is_baseline(&event) {
-                    for key in bus::affected_keys(&event) {
-                        self.cache.invalidate(&key).await;
-                    }
-                }
+            // Each stale entry once, however many of its hosts changed.
+            let mut stale = HashSet::new();
+            for event in events.iter().filter(|e| !is_baseline(e)) {
+                stale.extend(bus::affected_keys(event));
+            }
+            for key in &stale {
+                self.cache.invalidate(key).await;
+            }
+            for (n, event) in events.into_iter().enumerate() {
                 self.bus.publish(event).await;
+                // Let subscribers drain a large burst (a new leader's
+                // baselines) instead of overrunning the broadcast buffer.
+                if n % 256 == 255 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Renews `held` every interval, forever (raced against a poll).
+    async fn keep_leases(&self, held: &[u64]) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(self.config.interval).await;
+            if held.is_empty() {
+                continue;
+            }
+            if let Some(Ok(mut conn)) = self.bus.redis().await {
+                let renewed = lease::acquire(
+                    &mut conn,
+                    held,
+                    self.bus.instance(),
+                    self.config.lease_ttl,
+                    self.bus.redis_timeout(),
+                )
+                .await;
+                if let Err(error) = renewed {
+                    tracing::debug!(%error, "lease renewal during a long poll failed");
+                }
             }
         }
     }

@@ -91,6 +91,14 @@ impl DeliveryStamp {
     }
 }
 
+/// True when `seen` is known to be earlier than `told`.
+fn older(seen: Option<&prost_types::Timestamp>, told: Option<&prost_types::Timestamp>) -> bool {
+    match (seen, told) {
+        (Some(a), Some(b)) => (a.seconds, a.nanos) < (b.seconds, b.nanos),
+        _ => false,
+    }
+}
+
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
@@ -225,6 +233,7 @@ impl Subscription {
         Ok(async_stream::stream! {
             let (_interest, _live) = (interest, live);
             let mut last = current.state.clone();
+            let mut seen_at = current.updated_at;
             yield Ok(PeerStateEvent {
                 to: PeerState::from_wire(&last),
                 from: None,
@@ -245,6 +254,12 @@ impl Subscription {
                     continue;
                 }
                 let Some(peer) = peer else { break };
+                // An observation older than what was already told (it was
+                // in flight while the current state was read) is history.
+                if older(peer.updated_at.as_ref(), seen_at.as_ref()) {
+                    continue;
+                }
+                seen_at = peer.updated_at.or(seen_at);
                 if peer.state == last {
                     continue;
                 }
@@ -324,6 +339,9 @@ impl Subscription {
                     continue;
                 }
                 let Some(task) = task else { break };
+                if older(task.updated_at.as_ref(), last.updated_at.as_ref()) {
+                    continue;
+                }
                 let changed_fields = task_fields(&last, task);
                 if changed_fields.is_empty() {
                     continue;

@@ -18,6 +18,9 @@ pub struct MetricsHandle(Option<PrometheusHandle>);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl MetricsHandle {
     pub fn install() -> Self {
         let handle = HANDLE.get_or_init(|| {
@@ -28,7 +31,25 @@ impl MetricsHandle {
                 .set_buckets(&buckets)
                 .and_then(|b| b.install_recorder())
             {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    // Histogram samples pile up in the recorder until they
+                    // are drained; a scrape drains them, but nothing
+                    // guarantees a scraper. A plain thread, because the
+                    // recorder outlives any one tokio runtime.
+                    let upkeep = handle.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(UPKEEP_EVERY);
+                                upkeep.run_upkeep();
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "metrics upkeep thread not started; histograms grow until /metrics is scraped");
+                    }
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
                     None

@@ -124,7 +124,7 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
                     Out::Close(code, reason) => {
                         let frame = CloseFrame {
                             code,
-                            reason: Utf8Bytes::from(reason),
+                            reason: Utf8Bytes::from(close_reason(reason)),
                         };
                         let _ = sink.send(Message::Close(Some(frame))).await;
                         break 'write;
@@ -168,16 +168,19 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
 
     let end = loop {
         tokio::select! {
-            _ = &mut init_deadline, if conn.init.is_none() => {
-                break End::Close(4408, "Connection initialisation timeout".into());
-            }
-            _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
-            _ = conn.slow.cancelled() => break End::Gone,
+            // Finished operations first, so a client that reuses an id
+            // right after `complete` is not told it already exists.
+            biased;
             Some((id, op)) = done_rx.recv() => {
                 if conn.ops.get(&id).is_some_and(|(n, _)| *n == op) {
                     conn.ops.remove(&id);
                 }
             }
+            _ = &mut init_deadline, if conn.init.is_none() => {
+                break End::Close(4408, "Connection initialisation timeout".into());
+            }
+            _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
+            _ = conn.slow.cancelled() => break End::Gone,
             _ = ping.tick() => {
                 if last_heard.elapsed() > conn.limits.config.idle_timeout {
                     break End::Close(1000, "idle timeout: nothing received".into());
@@ -219,12 +222,17 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
         tracing::debug!(code, %reason, "closing websocket");
         let _ = conn.out.try_send(Out::Close(code, reason));
     }
+    let slow_after = conn.limits.config.slow_consumer_timeout;
     drop(conn);
-    if tokio::time::timeout(Duration::from_secs(2), writer)
+    // A writer stuck on a client that does not read would hold the socket
+    // and its buffers forever: give it a moment to say goodbye, then end it.
+    let writer_abort = writer.abort_handle();
+    if tokio::time::timeout(slow_after.min(Duration::from_secs(2)), writer)
         .await
         .is_err()
     {
-        tracing::debug!("websocket writer did not finish in time");
+        writer_abort.abort();
+        tracing::debug!("websocket writer did not finish in time; aborted");
     }
 }
 
@@ -446,4 +454,31 @@ fn frame<T: serde::Serialize>(kind: &'static str, id: &str, payload: &T) -> Stri
         json!({"type": "error", "id": id, "payload": [{"message": format!("response not serializable: {e}")}]})
             .to_string()
     })
+}
+
+/// A close reason within the 123 bytes a close frame may carry (reasons
+/// can quote client input), cut at a character boundary.
+fn close_reason(mut reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_reason;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        assert_eq!(close_reason("short".into()), "short");
+        let long = format!("Subscriber for {} already exists", "é".repeat(100));
+        let cut = close_reason(long);
+        assert!(cut.len() <= 123 && cut.starts_with("Subscriber for é"));
+    }
 }
