@@ -277,7 +277,23 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered_for() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(reader);
+    // The server let go of the socket too: what was in flight drains, then
+    // the connection ends.
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match reader.receive(Duration::from_secs(10)).await {
+                Received::Message(_) => continue,
+                Received::Closed(_) => return true,
+                Received::Nothing => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        drained,
+        Ok(true),
+        "the server kept the slow client's socket open"
+    );
     still_healthy(&env).await;
     env.stop().await;
 }
