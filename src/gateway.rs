@@ -49,6 +49,8 @@ pub struct Gateway {
     pub state: Arc<GatewayState>,
     /// The embedded simulated cluster, when no scheduler was configured.
     pub simulator: Option<SimCluster>,
+    /// Subscription executions shared between identical subscriptions.
+    pub fanout: crate::http::fanout::Fanout,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
 }
@@ -217,11 +219,13 @@ impl Gateway {
                 .collect();
             warm.origins.hosts.prefetch(&keys).await;
         });
+        let fanout = crate::http::fanout::Fanout::default();
         let app = AppState {
             schema: build_schema(state.clone()),
             gateway: state.clone(),
             metrics: MetricsHandle::install(),
             subscriptions: crate::http::ws::Limits::new(config.subscriptions),
+            fanout: fanout.clone(),
             shutdown: shutdown.clone(),
         };
         let listener =
@@ -257,6 +261,7 @@ impl Gateway {
             addr,
             state,
             simulator,
+            fanout,
             shutdown,
             server,
         })

@@ -367,6 +367,8 @@ async fn a_thousand_subscribers_all_receive_an_event_and_leave_nothing_behind() 
         gateway.state.events.live_subscriptions() == 1000
     })
     .await;
+    // The same document: one execution feeds them all.
+    assert_eq!(gateway.fanout.running(), 1);
     tokio::time::sleep(INTERVAL * 4).await;
 
     let mut host = sim.hosts(2).remove(0);
@@ -380,7 +382,7 @@ async fn a_thousand_subscribers_all_receive_an_event_and_leave_nothing_behind() 
 
     drop(clients);
     wait_until("no subscription left", Duration::from_secs(10), || {
-        gateway.state.events.live_subscriptions() == 0
+        gateway.state.events.live_subscriptions() == 0 && gateway.fanout.running() == 0
     })
     .await;
     gateway.shutdown().await;

@@ -137,10 +137,9 @@ impl Subscription {
         let events = state.events.clone();
         let mut rx = events.bus.subscribe();
         let interest = events.interest.watch_hosts();
-        let live = events.live_subscription();
         let stamp = stamp(ctx);
         Ok(async_stream::stream! {
-            let (_interest, _live) = (interest, live);
+            let _interest = interest;
             let compiled = filter.compile();
             loop {
                 let event = match rx.recv().await {
@@ -227,11 +226,10 @@ impl Subscription {
                 key: key.clone(),
             })
             .map_err(too_many)?;
-        let live = state.events.live_subscription();
         let stamp = stamp(ctx);
         let host_id = key.host_id.clone();
         Ok(async_stream::stream! {
-            let (_interest, _live) = (interest, live);
+            let _interest = interest;
             let mut last = current.state.clone();
             let mut seen_at = current.updated_at;
             yield Ok(PeerStateEvent {
@@ -314,11 +312,10 @@ impl Subscription {
                 task_id: id.0.clone(),
             })
             .map_err(too_many)?;
-        let live = state.events.live_subscription();
         let stamp = stamp(ctx);
         let task_id = id.0;
         Ok(async_stream::stream! {
-            let (_interest, _live) = (interest, live);
+            let _interest = interest;
             let mut last = current.clone();
             yield Ok(TaskEvent {
                 task: Task { cluster_id, task: current },
@@ -367,11 +364,10 @@ impl Subscription {
         let state = ctx.data::<GatewayState>()?;
         let mut rx = state.events.bus.subscribe();
         let interest = state.events.interest.watch_health();
-        let live = state.events.live_subscription();
         let stamp = stamp(ctx);
         let client = state.cluster.clone();
         Ok(async_stream::stream! {
-            let (_interest, _live) = (interest, live);
+            let _interest = interest;
             let mut told = HashMap::new();
             for handle in client.schedulers() {
                 let health = handle.health_snapshot();

@@ -2,6 +2,7 @@
 //! `/graphql/ws`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
 //! body limits, timeouts, compression and CORS as layers.
 
+pub mod fanout;
 pub mod graphql;
 pub mod health;
 pub mod metrics;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub gateway: Arc<GatewayState>,
     pub metrics: metrics::MetricsHandle,
     pub subscriptions: ws::Limits,
+    /// Executions shared by identical subscriptions.
+    pub fanout: fanout::Fanout,
     /// Cancelled when the gateway stops: websockets close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::fanout;
 use crate::config::SubscriptionLimits;
 use crate::events::metric;
 use crate::graphql::subscription::DeliveryStamp;
@@ -377,82 +378,186 @@ impl Connection {
         };
         *next_op += 1;
         let serial = *next_op;
-        let stamp = DeliveryStamp::default();
         // A connection runs many operations over time: loaders batch
         // within one but memoize nothing across them.
         let loaders = self.app.gateway.loaders();
         loaders.disable_request_cache();
         let request = request
             .data(loaders)
-            .data(stamp.clone())
             .data(self.init.clone().unwrap_or_default());
-        let schema = self.app.schema.clone();
-        let out = self.out.clone();
-        let protocol = self.protocol;
-        let slow = self.slow.clone();
-        let slow_after = self.limits.config.slow_consumer_timeout;
+        // Counted here, per client subscription, whether or not its
+        // execution is shared.
+        let live =
+            fanout::is_subscription(&request).then(|| self.app.gateway.events.live_subscription());
+        let source = match fanout::share_key(&request) {
+            Some(key) => Source::Shared(self.app.fanout.join(key, &self.app.schema, request)),
+            None => Source::Own(self.app.schema.clone(), request),
+        };
+        let sender = Sender {
+            out: self.out.clone(),
+            slow: self.slow.clone(),
+            slow_after: self.limits.config.slow_consumer_timeout,
+            protocol: self.protocol,
+            id_json: serde_json::Value::String(id.clone()).to_string(),
+        };
         let done = done.clone();
         let op_id = id.clone();
         let task = tokio::spawn(async move {
-            let _slot = slot;
-            let mut responses = schema.execute_stream(request);
-            let mut first = true;
-            let mut refused = false;
-            while let Some(response) = responses.next().await {
-                let message = match protocol {
-                    // Errors before execution (validation, bad variables)
-                    // are an `error` message with no `complete` after it.
-                    Protocol::Transport
-                        if first
-                            && response.data == async_graphql::Value::Null
-                            && response.is_err() =>
-                    {
-                        refused = true;
-                        frame("error", &op_id, &response.errors)
-                    }
-                    Protocol::Transport => frame("next", &op_id, &response),
-                    Protocol::Legacy => frame("data", &op_id, &response),
-                };
-                first = false;
-                let queued = out.send_timeout(Out::Text(message, stamp.take()), slow_after);
-                if queued.await.is_err() {
-                    tracing::info!(id = %op_id, "websocket client stopped reading; disconnecting it");
-                    slow.cancel();
-                    return;
-                }
-                if refused {
-                    break;
-                }
-            }
-            if !refused {
-                let complete = json!({"type": "complete", "id": op_id});
-                let _ = out
-                    .send_timeout(Out::Text(complete.to_string(), None), slow_after)
-                    .await;
-            }
+            let (_slot, _live) = (slot, live);
+            let ended = match source {
+                Source::Own(schema, request) => sender.own(&schema, request).await,
+                Source::Shared((shared, frames)) => sender.shared(shared, frames).await,
+            };
             let _ = done.send((op_id, serial));
+            if ended == Ended::Completed {
+                let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
+                sender.queue(complete, None).await;
+            }
         });
         self.ops.insert(id, (serial, task.abort_handle()));
     }
 }
 
-/// One operation message, serialized straight to text (no intermediate
-/// JSON tree: this runs once per event per subscriber).
-fn frame<T: serde::Serialize>(kind: &'static str, id: &str, payload: &T) -> String {
-    #[derive(serde::Serialize)]
-    struct Frame<'a, T> {
-        r#type: &'static str,
-        id: &'a str,
-        payload: &'a T,
+/// Where an operation's responses come from.
+enum Source {
+    /// Its own execution.
+    Own(crate::graphql::DfSchema, async_graphql::Request),
+    /// An execution shared with identical subscriptions.
+    Shared(
+        (
+            Arc<fanout::Shared>,
+            tokio::sync::broadcast::Receiver<fanout::Frame>,
+        ),
+    ),
+}
+
+/// How an operation ended.
+#[derive(PartialEq, Eq)]
+enum Ended {
+    /// Its stream ended: the client gets `complete`.
+    Completed,
+    /// Refused before running (an `error` message, no `complete`), or the
+    /// client stopped reading.
+    Quietly,
+}
+
+/// One operation's way to its client.
+struct Sender {
+    out: mpsc::Sender<Out>,
+    slow: CancellationToken,
+    slow_after: Duration,
+    protocol: Protocol,
+    /// The operation id as a JSON string.
+    id_json: String,
+}
+
+impl Sender {
+    /// Queues a message; false (and the connection marked slow) when the
+    /// client has not made room within the slow-consumer timeout.
+    async fn queue(&self, text: String, stamp: Option<i64>) -> bool {
+        if self
+            .out
+            .send_timeout(Out::Text(text, stamp), self.slow_after)
+            .await
+            .is_err()
+        {
+            tracing::info!(id = %self.id_json, "websocket client stopped reading; disconnecting it");
+            self.slow.cancel();
+            return false;
+        }
+        true
     }
-    serde_json::to_string(&Frame {
-        r#type: kind,
-        id,
-        payload,
-    })
-    .unwrap_or_else(|e| {
-        json!({"type": "error", "id": id, "payload": [{"message": format!("response not serializable: {e}")}]})
-            .to_string()
+
+    fn message(&self, kind: &str, payload: &str) -> String {
+        format!(
+            r#"{{"type":"{kind}","id":{},"payload":{payload}}}"#,
+            self.id_json
+        )
+    }
+
+    fn next_kind(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Transport => "next",
+            Protocol::Legacy => "data",
+        }
+    }
+
+    /// A refusal: graphql-transport-ws has an `error` message for it (and
+    /// no `complete` after); the legacy protocol sends the errors as data.
+    async fn refuse(&self, errors: &str) -> Ended {
+        let text = match self.protocol {
+            Protocol::Transport => self.message("error", errors),
+            Protocol::Legacy => {
+                let payload = format!(r#"{{"data":null,"errors":{errors}}}"#);
+                self.message("data", &payload)
+            }
+        };
+        self.queue(text, None).await;
+        match self.protocol {
+            Protocol::Transport => Ended::Quietly,
+            Protocol::Legacy => Ended::Completed,
+        }
+    }
+
+    async fn own(
+        &self,
+        schema: &crate::graphql::DfSchema,
+        request: async_graphql::Request,
+    ) -> Ended {
+        let stamp = DeliveryStamp::default();
+        let mut responses = schema.execute_stream(request.data(stamp.clone()));
+        let mut first = true;
+        while let Some(response) = responses.next().await {
+            // Errors before execution (validation, bad variables).
+            if first && response.data == async_graphql::Value::Null && response.is_err() {
+                return self.refuse(&to_json(&response.errors)).await;
+            }
+            first = false;
+            let text = self.message(self.next_kind(), &to_json(&response));
+            if !self.queue(text, stamp.take()).await {
+                return Ended::Quietly;
+            }
+        }
+        Ended::Completed
+    }
+
+    async fn shared(
+        &self,
+        _shared: Arc<fanout::Shared>,
+        mut frames: tokio::sync::broadcast::Receiver<fanout::Frame>,
+    ) -> Ended {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match frames.recv().await {
+                Ok(fanout::Frame::Next { payload, stamp }) => {
+                    let text = self.message(self.next_kind(), &payload);
+                    if !self.queue(text, stamp).await {
+                        return Ended::Quietly;
+                    }
+                }
+                Ok(fanout::Frame::Refused { errors }) => return self.refuse(&errors).await,
+                Ok(fanout::Frame::End) => return Ended::Completed,
+                Err(RecvError::Lagged(missed)) => {
+                    let errors = json!([{
+                        "message": format!("this subscription fell {missed} events behind and was ended; subscribe again"),
+                        "extensions": {"code": "SLOW_CONSUMER"},
+                    }]);
+                    let payload = json!({"data": null, "errors": errors}).to_string();
+                    self.queue(self.message(self.next_kind(), &payload), None)
+                        .await;
+                    return Ended::Completed;
+                }
+                Err(RecvError::Closed) => return Ended::Completed,
+            }
+        }
+    }
+}
+
+/// A value as JSON text (a response or an errors array), straight from
+/// its serializer: this runs once per message.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        json!({"errors": [{"message": format!("response not serializable: {e}")}]}).to_string()
     })
 }
 

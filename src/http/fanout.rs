@@ -1,0 +1,247 @@
+//! Shared execution of identical subscriptions: every client that sends
+//! the same `hostEvents` document with the same variables is fed by one
+//! execution, whose responses are serialized once and handed to each
+//! connection as text. Without it, each event is resolved and serialized
+//! once per subscriber (BENCHMARKS.md S6).
+//!
+//! Only subscriptions with no per-subscriber start (no "current state"
+//! first message) can be shared: a late joiner must not miss anything the
+//! others saw. Nothing a resolver reads differs between connections today;
+//! when authorization lands, the key must include the principal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
+
+use crate::graphql::DfSchema;
+use crate::graphql::subscription::DeliveryStamp;
+
+/// Root fields whose subscriptions may be shared.
+const SHAREABLE: [&str; 1] = ["hostEvents"];
+
+/// Responses a shared subscriber may fall behind by.
+const SHARED_CAPACITY: usize = 4096;
+
+/// One response of a shared execution, serialized.
+#[derive(Clone, Debug)]
+pub enum Frame {
+    /// A `next` payload (the whole GraphQL response).
+    Next {
+        payload: Arc<str>,
+        stamp: Option<i64>,
+    },
+    /// The operation was refused before it ran: the errors array.
+    Refused { errors: Arc<str> },
+    /// The execution's stream ended.
+    End,
+}
+
+/// The key under which `request` may share an execution, if it may.
+pub fn share_key(request: &async_graphql::Request) -> Option<String> {
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let operation = match &document.operations {
+        DocumentOperations::Single(op) => op,
+        DocumentOperations::Multiple(ops) => {
+            let name = request.operation_name.as_deref()?;
+            ops.get(name)?
+        }
+    };
+    if operation.node.ty != OperationType::Subscription {
+        return None;
+    }
+    let items = &operation.node.selection_set.node.items;
+    let shareable = !items.is_empty()
+        && items.iter().all(|item| match &item.node {
+            Selection::Field(field) => SHAREABLE.contains(&field.node.name.node.as_str()),
+            _ => false,
+        });
+    if !shareable || !document.fragments.is_empty() {
+        return None;
+    }
+    let variables = serde_json::to_string(&request.variables).ok()?;
+    Some(format!(
+        "{}\u{0}{}\u{0}{}",
+        request.operation_name.as_deref().unwrap_or(""),
+        variables,
+        request.query
+    ))
+}
+
+/// True when `request` is a subscription (one that streams), as opposed to
+/// a query or mutation sent over the websocket.
+pub fn is_subscription(request: &async_graphql::Request) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    match &document.operations {
+        DocumentOperations::Single(op) => op.node.ty == OperationType::Subscription,
+        DocumentOperations::Multiple(ops) => request
+            .operation_name
+            .as_deref()
+            .and_then(|name| ops.get(name))
+            .is_some_and(|op| op.node.ty == OperationType::Subscription),
+    }
+}
+
+/// A running shared execution; it stops when the last subscriber drops
+/// its handle.
+pub struct Shared {
+    frames: broadcast::Sender<Frame>,
+    task: AbortHandle,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Shared {
+    pub fn subscribe(&self) -> broadcast::Receiver<Frame> {
+        self.frames.subscribe()
+    }
+}
+
+type Registry = Arc<Mutex<HashMap<String, (u64, Weak<Shared>)>>>;
+
+/// The shared executions of one process.
+#[derive(Clone, Default)]
+pub struct Fanout {
+    running: Registry,
+    serial: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn lock(registry: &Registry) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Weak<Shared>)>> {
+    registry.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Fanout {
+    /// The execution for `key`, started with `request` if none runs. The
+    /// receiver is subscribed before the execution can produce anything.
+    pub fn join(
+        &self,
+        key: String,
+        schema: &DfSchema,
+        request: async_graphql::Request,
+    ) -> (Arc<Shared>, broadcast::Receiver<Frame>) {
+        let mut running = lock(&self.running);
+        if let Some(shared) = running.get(&key).and_then(|(_, s)| s.upgrade()) {
+            let rx = shared.subscribe();
+            return (shared, rx);
+        }
+        running.retain(|_, (_, shared)| shared.strong_count() > 0);
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let registry = self.running.clone();
+        let task_key = key.clone();
+        let (frames, rx) = broadcast::channel(SHARED_CAPACITY);
+        let stamp = DeliveryStamp::default();
+        let mut responses = schema.execute_stream(request.data(stamp.clone()));
+        let sender = frames.clone();
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            while let Some(response) = responses.next().await {
+                let refused =
+                    first && response.data == async_graphql::Value::Null && response.is_err();
+                first = false;
+                let frame = if refused {
+                    Frame::Refused {
+                        errors: serialize(&response.errors),
+                    }
+                } else {
+                    Frame::Next {
+                        payload: serialize(&response),
+                        stamp: stamp.take(),
+                    }
+                };
+                let _ = sender.send(frame);
+                if refused {
+                    break;
+                }
+            }
+            // Under the registry's lock, so a client joining now either
+            // hears `End` or starts a new execution.
+            let mut running = lock(&registry);
+            if running.get(&task_key).is_some_and(|(s, _)| *s == serial) {
+                running.remove(&task_key);
+            }
+            let _ = sender.send(Frame::End);
+        });
+        let shared = Arc::new(Shared {
+            frames,
+            task: task.abort_handle(),
+        });
+        running.insert(key, (serial, Arc::downgrade(&shared)));
+        (shared, rx)
+    }
+
+    /// Executions running now (for tests and metrics).
+    pub fn running(&self) -> usize {
+        lock(&self.running)
+            .values()
+            .filter(|(_, s)| s.strong_count() > 0)
+            .count()
+    }
+}
+
+fn serialize<T: serde::Serialize>(value: &T) -> Arc<str> {
+    serde_json::to_string(value)
+        .unwrap_or_else(|e| {
+            format!(
+                "{{\"errors\":[{{\"message\":{}}}]}}",
+                serde_json::Value::String(format!("response not serializable: {e}"))
+            )
+        })
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str) -> async_graphql::Request {
+        async_graphql::Request::new(query)
+    }
+
+    #[test]
+    fn only_plain_host_event_subscriptions_are_shared() {
+        let a = share_key(&request("subscription { hostEvents { kind } }"));
+        let b = share_key(&request("subscription { hostEvents { kind } }"));
+        assert!(a.is_some() && a == b);
+        assert_ne!(
+            a,
+            share_key(&request("subscription { hostEvents { host { id } } }"))
+        );
+        let with_vars = request("subscription($f: HostFilter) { hostEvents(filter: $f) { kind } }")
+            .variables(async_graphql::Variables::from_json(
+                serde_json::json!({"f": {"idcs": ["a"]}}),
+            ));
+        assert!(share_key(&with_vars).is_some());
+        assert_ne!(share_key(&with_vars), a);
+        for unshared in [
+            "subscription { peerStateChanged(hostId: \"h\", taskId: \"t\", peerId: \"p\") { to } }",
+            "subscription { hostEvents { kind } clusterHealth { up } }",
+            "{ hostStats { total } }",
+            "subscription { ...F } fragment F on Subscription { hostEvents { kind } }",
+            "not graphql",
+        ] {
+            assert_eq!(share_key(&request(unshared)), None, "{unshared}");
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_told_from_queries() {
+        assert!(is_subscription(&request(
+            "subscription { hostEvents { kind } }"
+        )));
+        assert!(!is_subscription(&request("{ hostStats { total } }")));
+        assert!(!is_subscription(&request(
+            "mutation { deleteHost(id: \"x\") }"
+        )));
+    }
+}
