@@ -391,7 +391,7 @@ impl Connection {
             fanout::is_subscription(&request).then(|| self.app.gateway.events.live_subscription());
         let source = match fanout::share_key(&request) {
             Some(key) => Source::Shared(self.app.fanout.join(key, &self.app.schema, request)),
-            None => Source::Own(self.app.schema.clone(), request),
+            None => Source::Own(self.app.schema.clone(), Box::new(request)),
         };
         let sender = Sender {
             out: self.out.clone(),
@@ -405,7 +405,7 @@ impl Connection {
         let task = tokio::spawn(async move {
             let (_slot, _live) = (slot, live);
             let ended = match source {
-                Source::Own(schema, request) => sender.own(&schema, request).await,
+                Source::Own(schema, request) => sender.own(&schema, *request).await,
                 Source::Shared((shared, frames)) => sender.shared(shared, frames).await,
             };
             let _ = done.send((op_id, serial));
@@ -421,7 +421,7 @@ impl Connection {
 /// Where an operation's responses come from.
 enum Source {
     /// Its own execution.
-    Own(crate::graphql::DfSchema, async_graphql::Request),
+    Own(crate::graphql::DfSchema, Box<async_graphql::Request>),
     /// An execution shared with identical subscriptions.
     Shared(
         (
