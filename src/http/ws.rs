@@ -110,6 +110,7 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
     let (mut sink, mut incoming) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
     let writer = tokio::spawn(async move {
+        let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
         let mut stamps = Vec::new();
         'write: while let Some(first) = out_rx.recv().await {
             // Whatever else is queued goes out in the same flush: one
@@ -143,8 +144,7 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
             }
             let now = crate::events::now_ms();
             for observed in stamps.drain(..) {
-                metrics::histogram!(metric::DELIVERY_LAG)
-                    .record((now - observed).max(0) as f64 / 1000.0);
+                delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
             }
         }
         let _ = sink.close().await;
@@ -455,12 +455,13 @@ impl Sender {
     /// Queues a message; false (and the connection marked slow) when the
     /// client has not made room within the slow-consumer timeout.
     async fn queue(&self, text: String, stamp: Option<i64>) -> bool {
-        if self
-            .out
-            .send_timeout(Out::Text(text, stamp), self.slow_after)
-            .await
-            .is_err()
-        {
+        // The common case, without arming a timer.
+        let out = match self.out.try_send(Out::Text(text, stamp)) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(out)) => out,
+        };
+        if self.out.send_timeout(out, self.slow_after).await.is_err() {
             tracing::info!(id = %self.id_json, "websocket client stopped reading; disconnecting it");
             self.slow.cancel();
             return false;
