@@ -74,8 +74,8 @@ impl Rig {
         resilient(&mut config);
         // These tests count calls, breaker trips and retries of queries;
         // the change watcher's background host-list polls (which share the
-        // breakers and the retry budget) would make those counts depend on
-        // timing. The soak turns it back on.
+        // schedulers' breakers and health) would make those counts depend
+        // on timing. The soak turns it back on.
         config.watch.enabled = false;
         tweak(&mut config);
         let gateway = Gateway::start(config).await.unwrap();

@@ -124,12 +124,13 @@ pub struct ClientSettings {
 #[derive(Clone)]
 pub struct ClusterClient {
     inner: Arc<Inner>,
+    /// Shared by every retry this client (and its clones) makes toward any
+    /// scheduler.
+    retry_budget: Arc<RetryBudget>,
 }
 
 struct Inner {
     settings: ClientSettings,
-    /// Shared by every retry toward any scheduler.
-    retry_budget: RetryBudget,
     topology: RwLock<Arc<Topology>>,
     /// Cluster ids we were asked to serve, even while they have no
     /// schedulers (a manager may not have answered yet).
@@ -139,8 +140,8 @@ struct Inner {
 impl ClusterClient {
     pub fn new(settings: ClientSettings) -> Self {
         Self {
+            retry_budget: Arc::new(RetryBudget::new(&settings.guards.retry)),
             inner: Arc::new(Inner {
-                retry_budget: RetryBudget::new(&settings.guards.retry),
                 settings,
                 topology: RwLock::new(Arc::new(Topology::default())),
                 expected: RwLock::new(Vec::new()),
@@ -150,6 +151,16 @@ impl ClusterClient {
 
     pub fn settings(&self) -> &ClientSettings {
         &self.inner.settings
+    }
+
+    /// The same schedulers, breakers and health, with a retry budget of its
+    /// own: background work (the change watcher) then cannot spend the
+    /// retries users' queries need.
+    pub fn with_own_retry_budget(&self) -> ClusterClient {
+        ClusterClient {
+            inner: self.inner.clone(),
+            retry_budget: Arc::new(RetryBudget::new(&self.inner.settings.guards.retry)),
+        }
     }
 
     /// Declares the clusters dfgraph serves, so an empty one is reported
@@ -264,7 +275,7 @@ impl ClusterClient {
         let timeout = self.inner.settings.timeouts.list_hosts;
         let mut last_error = None;
         let mut attempts = 0;
-        self.inner.retry_budget.deposit();
+        self.retry_budget.deposit();
         for scheduler in cluster.by_health() {
             if attempts == MAX_ATTEMPTS {
                 break;
@@ -299,7 +310,7 @@ impl ClusterClient {
 
     /// Takes one retry from the budget; false (and counted) when spent.
     fn retry(&self) -> bool {
-        let granted = self.inner.retry_budget.withdraw();
+        let granted = self.retry_budget.withdraw();
         let outcome = if granted { "granted" } else { "refused" };
         metrics::counter!("dfgraph_scheduler_retries_total", "outcome" => outcome).increment(1);
         granted
@@ -457,7 +468,7 @@ impl ClusterClient {
         let timeout = self.inner.settings.timeouts.stat;
         let mut failure: Option<ClusterError> = None;
         if idempotent == Idempotent::Yes {
-            self.inner.retry_budget.deposit();
+            self.retry_budget.deposit();
         }
         if let Some(owner) = cluster.scheduler(owner_addr) {
             match owner.call(method, timeout, rpc.clone()).await {
@@ -533,4 +544,21 @@ fn validate_peer_key(key: &PeerKey) -> Result<(), ClusterError> {
     validate_id("task id", &key.task_id)?;
     validate_id("peer id", &key.peer_id)?;
     ring::task_key(&key.task_id).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn background_work_spends_its_own_retry_budget() {
+        let config = crate::config::Config::default();
+        let client = crate::gateway::cluster_client(&config).expect("the default config is valid");
+        let background = client.with_own_retry_budget();
+        let mut spent = 0;
+        while background.retry() {
+            spent += 1;
+            assert!(spent <= 1000, "the budget never ran out");
+        }
+        assert!(spent > 0, "a fresh budget grants some retries");
+        assert!(client.retry(), "queries keep their own retries");
+    }
 }

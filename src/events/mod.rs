@@ -243,7 +243,8 @@ impl Events {
         if self.config.enabled {
             let watcher = watcher::Watcher {
                 config: self.config.clone(),
-                cluster,
+                // Its fail-overs must not use up the retries queries need.
+                cluster: cluster.with_own_retry_budget(),
                 cache,
                 bus: self.bus.clone(),
                 interest: self.interest.clone(),
