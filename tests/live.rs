@@ -319,9 +319,11 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     let event = next_event(&mut on_follower, "h", Duration::from_secs(5)).await;
     assert_eq!(event["hostEvents"]["host"]["id"], "before-kill");
 
-    // The leader dies without a word; its lease lapses and events go on.
-    drop(on_leader);
+    // The leader dies without a word (killed before its subscriber
+    // leaves, so it cannot release its lease politely); its lease lapses
+    // and events go on.
     drop(leader);
+    drop(on_leader);
     let killed = Instant::now();
     let mut n = 0;
     let took_over = loop {
@@ -345,6 +347,85 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     let me = Some(follower.state.events.bus.instance().to_owned());
     assert!(lease_holders(&redis, &clusters).iter().all(|h| *h == me));
     follower.shutdown().await;
+    sim.shutdown().await;
+}
+
+const PEER_STATE: &str = "subscription($h: ID!, $t: ID!, $p: ID!) { peerStateChanged(hostId: $h, taskId: $t, peerId: $p) { from to } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_hear_the_leader_polls_its_own_subscriptions() {
+    let redis = RedisServer::start();
+    // The follower's commands work (interest, leases, cache), but its
+    // event listener may not subscribe: the leader's events cannot reach
+    // it, as when its pub/sub connection is down and the rest is not.
+    redis.acl_setuser(
+        "deaf",
+        &[
+            "on",
+            ">pw",
+            "resetchannels",
+            "&dfgraph:v1:invalidate",
+            "~dfgraph:*",
+            "+@all",
+            "-@dangerous",
+        ],
+    );
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let clusters = sim.cluster_ids();
+    let leader = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
+    let mut on_leader = WsClient::ready(&leader.url()).await;
+    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
+    let leader_id = Some(leader.state.events.bus.instance().to_owned());
+    wait_until("the first replica leads", Duration::from_secs(10), || {
+        lease_holders(&redis, &clusters)
+            .iter()
+            .all(|h| *h == leader_id)
+    })
+    .await;
+
+    let mut config = live_config(&sim, Some(&redis));
+    config.redis = Some(redis.url_as("deaf", "pw"));
+    let follower = Gateway::start(config).await.unwrap();
+    let peer = sim.peers(1).remove(0);
+    let host_id = peer.host.as_ref().map(|h| h.id.clone()).unwrap();
+    let task_id = peer.task.as_ref().map(|t| t.id.clone()).unwrap();
+    assert!(sim.set_peer_state(&peer.id, "Pending"));
+    let mut client = WsClient::ready(&follower.url()).await;
+    let vars = json!({"h": host_id, "t": task_id, "p": peer.id});
+    client.subscribe("p", PEER_STATE, vars).await;
+    let first = next_event(&mut client, "p", Duration::from_secs(5)).await;
+    assert_eq!(first["peerStateChanged"]["to"], "PENDING");
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert!(!follower.state.events.bus.listening().0);
+
+    assert!(sim.set_peer_state(&peer.id, "Running"));
+    let event = next_event(&mut client, "p", INTERVAL * 2 + Duration::from_secs(2)).await;
+    assert_eq!(event["peerStateChanged"]["from"], "PENDING");
+    assert_eq!(event["peerStateChanged"]["to"], "RUNNING");
+    // Polling for itself, it did not take the leader's place.
+    assert!(
+        lease_holders(&redis, &clusters)
+            .iter()
+            .all(|h| *h == leader_id)
+    );
+
+    // Once it hears the channel again, the leader's events carry on.
+    redis.acl_setuser("deaf", &["&dfgraph:v1:events"]);
+    wait_until("the listener subscribes", Duration::from_secs(10), || {
+        follower.state.events.bus.listening().0
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert!(sim.set_peer_state(&peer.id, "Succeeded"));
+    let event = next_event(&mut client, "p", INTERVAL * 2 + Duration::from_secs(2)).await;
+    assert_eq!(event["peerStateChanged"]["from"], "RUNNING");
+    assert_eq!(event["peerStateChanged"]["to"], "SUCCEEDED");
+    drop(client);
+    drop(on_leader);
+    follower.shutdown().await;
+    leader.shutdown().await;
     sim.shutdown().await;
 }
 

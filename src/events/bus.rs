@@ -5,6 +5,7 @@
 //! ignores its own messages when they come back from Redis.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -213,10 +214,21 @@ struct RedisBus {
     /// on Redis.
     outbox: tokio::sync::mpsc::Sender<Vec<u8>>,
     timeout: Duration,
+    /// Whether the listener is subscribed to the channel now: while it is
+    /// not, other replicas' events do not reach this one, so the watcher
+    /// must not rely on them.
+    listening: AtomicBool,
+    /// Successful subscriptions so far; a change means messages may have
+    /// been missed in between.
+    subscriptions: AtomicU64,
 }
 
-/// Events queued toward Redis before new ones are dropped (with a warning).
-const OUTBOX_CAPACITY: usize = 4096;
+/// Events queued toward Redis before new ones are dropped (with a
+/// warning), at least; the bus makes room for twice the watch set, so a new
+/// leader's baselines fit.
+const MIN_OUTBOX_CAPACITY: usize = 4096;
+/// Most events sent to Redis in one pipelined round trip.
+const PUBLISH_BATCH: usize = 512;
 /// Pause before connecting again after a failed attempt.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
@@ -257,40 +269,40 @@ impl RedisBus {
     }
 }
 
-/// Publishes queued events in order; ends with the bus (whose drop closes
-/// the outbox). Holds the bus weakly, so it does not keep it alive.
+/// Publishes queued events in order, as many as are waiting in one
+/// pipelined round trip; ends with the bus (whose drop closes the outbox).
+/// Holds the bus weakly, so it does not keep it alive.
 async fn publish_loop(
     inner: std::sync::Weak<BusInner>,
     mut outbox: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
     let mut failing = false;
-    while let Some(bytes) = outbox.recv().await {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while outbox.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let Some(inner) = inner.upgrade() else { return };
         let Some(bus) = &inner.redis else { return };
+        let mut pipe = redis::pipe();
+        for bytes in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(EVENTS_CHANNEL).arg(bytes).ignore();
+        }
         let sent = async {
             let mut conn = bus.connection().await?;
-            tokio::time::timeout(
-                bus.timeout,
-                redis::cmd("PUBLISH")
-                    .arg(EVENTS_CHANNEL)
-                    .arg(bytes)
-                    .query_async::<i64>(&mut conn),
-            )
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())
+            tokio::time::timeout(bus.timeout, pipe.query_async::<()>(&mut conn))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())
         };
         match sent.await {
-            Ok(_) if failing => {
+            Ok(()) if failing => {
                 failing = false;
                 tracing::info!("events reach Redis again");
             }
-            Ok(_) => {}
+            Ok(()) => {}
             Err(error) if !failing => {
                 failing = true;
                 tracing::warn!(%error, "events not published to Redis; other replicas miss them until it answers");
             }
-            Err(error) => tracing::debug!(%error, "event not published to Redis"),
+            Err(error) => tracing::debug!(%error, "events not published to Redis"),
         }
     }
 }
@@ -304,7 +316,8 @@ impl Bus {
         timeout: Duration,
         max_watched: usize,
     ) -> Result<Bus, String> {
-        let (outbox, pending) = tokio::sync::mpsc::channel(OUTBOX_CAPACITY);
+        let (outbox, pending) =
+            tokio::sync::mpsc::channel(MIN_OUTBOX_CAPACITY.max(max_watched.saturating_mul(2)));
         let redis = match redis_url {
             Some(url) => Some(RedisBus {
                 client: redis::Client::open(url).map_err(|e| e.to_string())?,
@@ -312,6 +325,8 @@ impl Bus {
                 retry_after: std::sync::Mutex::new(None),
                 outbox,
                 timeout,
+                listening: AtomicBool::new(false),
+                subscriptions: AtomicU64::new(0),
             }),
             None => None,
         };
@@ -355,6 +370,19 @@ impl Bus {
             .map_or(Duration::from_secs(1), |r| r.timeout)
     }
 
+    /// Whether other replicas' events reach this one now (always, without
+    /// Redis: there are no others), and how many times the listener has
+    /// subscribed so far (a change means some may have been missed).
+    pub fn listening(&self) -> (bool, u64) {
+        match &self.inner.redis {
+            None => (true, 0),
+            Some(redis) => (
+                redis.listening.load(Ordering::Acquire),
+                redis.subscriptions.load(Ordering::Acquire),
+            ),
+        }
+    }
+
     /// Every event from now on (this replica's and, with Redis, the
     /// others').
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -363,7 +391,18 @@ impl Bus {
 
     /// Hands an event to this replica's subscribers and, through Redis, to
     /// every other replica's.
-    pub async fn publish(&self, event: Event) {
+    pub fn publish(&self, event: Event) {
+        self.hand_out(event, true);
+    }
+
+    /// Hands an event to this replica's subscribers only: what a replica
+    /// observed for itself while it is not coordinating through Redis (the
+    /// others poll for themselves then, or have a leader of their own).
+    pub fn publish_local(&self, event: Event) {
+        self.hand_out(event, false);
+    }
+
+    fn hand_out(&self, event: Event, everywhere: bool) {
         metrics::counter!(metric::PUBLISHED, "kind" => event.kind()).increment(1);
         let published_at = now_ms();
         if let Some(changed_at) = event.changed_at_ms()
@@ -372,7 +411,9 @@ impl Bus {
             metrics::histogram!(metric::DETECTION_LAG, "kind" => event.kind())
                 .record((published_at - changed_at) as f64 / 1000.0);
         }
-        let wire = encode(&self.inner.instance, &event);
+        let wire = everywhere
+            .then(|| encode(&self.inner.instance, &event))
+            .flatten();
         let _ = self.inner.local.send(Arc::new(event));
         let (Some(redis), Some(bytes)) = (&self.inner.redis, wire) else {
             return;
@@ -402,7 +443,11 @@ impl Bus {
                         tracing::info!("event listener subscribed again");
                     }
                     warned = false;
-                    if self.pump(pubsub, &stop).await {
+                    redis.subscriptions.fetch_add(1, Ordering::AcqRel);
+                    redis.listening.store(true, Ordering::Release);
+                    let stopped = self.pump(pubsub, &stop).await;
+                    redis.listening.store(false, Ordering::Release);
+                    if stopped {
                         return;
                     }
                     tracing::warn!("event listener lost Redis; resubscribing");

@@ -157,7 +157,12 @@ impl Event {
             } => task.updated_at.as_ref(),
             _ => None,
         }?;
-        Some(stamp.seconds * 1000 + i64::from(stamp.nanos) / 1_000_000)
+        Some(
+            stamp
+                .seconds
+                .saturating_mul(1000)
+                .saturating_add(i64::from(stamp.nanos) / 1_000_000),
+        )
     }
 }
 
@@ -197,8 +202,10 @@ pub struct LiveSubscription(Arc<AtomicUsize>);
 
 impl Drop for LiveSubscription {
     fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!(metric::LIVE_SUBSCRIPTIONS).set(now as f64);
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        // Relative, so two drops racing on two threads cannot leave a
+        // stale absolute value behind.
+        metrics::gauge!(metric::LIVE_SUBSCRIPTIONS).decrement(1.0);
     }
 }
 
@@ -221,8 +228,8 @@ impl Events {
 
     /// Registers a subscription as live until the returned value drops.
     pub fn live_subscription(&self) -> LiveSubscription {
-        let now = self.live.fetch_add(1, Ordering::AcqRel) + 1;
-        metrics::gauge!(metric::LIVE_SUBSCRIPTIONS).set(now as f64);
+        self.live.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(metric::LIVE_SUBSCRIPTIONS).increment(1.0);
         LiveSubscription(self.live.clone())
     }
 

@@ -4,7 +4,7 @@
 //! publishes the changes. It idles when nothing is wanted. Scheduler
 //! health is watched locally for `clusterHealth` subscribers.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,39 @@ struct State {
     health: HashMap<SocketAddr, (bool, CircuitState)>,
     /// Warned that Redis is unusable (once per outage).
     redis_warned: bool,
+    /// No coordination through Redis before this, after it failed: a dead
+    /// Redis costs one timeout per pause, not one per tick.
+    coordinate_after: Option<std::time::Instant>,
+    /// The event listener's subscription count at the last tick.
+    seen_subscriptions: u64,
+    /// Other replicas' events may have been missed (Redis was unusable, or
+    /// the listener resubscribed): poll this replica's own interest once
+    /// when they reach it again, so its subscribers catch up.
+    resync_due: bool,
 }
+
+/// Who hears about what one poll of a cluster finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// This replica holds the cluster's lease: it polls what every replica
+    /// wants, and its events go to all of them.
+    Everywhere,
+    /// This replica polls what it wants itself (no Redis, Redis unusable,
+    /// or other replicas' events not reaching it); what it sees stays here.
+    Local,
+}
+
+/// What one tick polls.
+struct Plan {
+    /// What every replica wants (this one's alone without coordination).
+    wanted: Wanted,
+    polls: BTreeMap<u64, Reach>,
+}
+
+/// Pause before coordinating through Redis again after it failed.
+const COORDINATE_PAUSE: Duration = Duration::from_secs(2);
+/// Cache invalidations of one poll sent to Redis at once.
+const INVALIDATE_CONCURRENCY: usize = 32;
 
 impl Watcher {
     pub async fn run(self, stop: CancellationToken) {
@@ -83,55 +115,72 @@ impl Watcher {
             }
             return;
         }
-        let (wanted, leading) = self.coordinate(state, local).await;
-        state.clusters.retain(|c, _| leading.contains(c));
+        let plan = self.coordinate(state, &local).await;
+        state.clusters.retain(|c, _| plan.polls.contains_key(c));
         for cluster_id in self.cluster.cluster_ids() {
-            metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(
-                if leading.contains(&cluster_id) {
-                    1.0
-                } else {
-                    0.0
-                },
-            );
+            let leads = plan.polls.get(&cluster_id) == Some(&Reach::Everywhere);
+            metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(if leads {
+                1.0
+            } else {
+                0.0
+            });
         }
-        let mut per_cluster: HashMap<u64, (Vec<PeerKey>, Vec<String>)> = HashMap::new();
-        for what in &wanted.watched {
-            let entry = per_cluster.entry(what.cluster_id()).or_default();
-            match what {
-                Watched::Peer { key, .. } => entry.0.push(key.clone()),
-                Watched::Task { task_id, .. } => entry.1.push(task_id.clone()),
-            }
-        }
-        let polls = leading.iter().map(|&cluster_id| {
-            let (peers, tasks) = per_cluster.remove(&cluster_id).unwrap_or_default();
-            (cluster_id, peers, tasks)
-        });
         let mut jobs = Vec::new();
         let mut states: HashMap<u64, ClusterState> = std::mem::take(&mut state.clusters);
-        for (cluster_id, peers, tasks) in polls {
+        for (&cluster_id, &reach) in &plan.polls {
+            let wanted = match reach {
+                Reach::Everywhere => &plan.wanted,
+                Reach::Local => &local,
+            };
+            let (mut peers, mut tasks) = (Vec::new(), Vec::new());
+            for what in wanted
+                .watched
+                .iter()
+                .filter(|w| w.cluster_id() == cluster_id)
+            {
+                match what {
+                    Watched::Peer { key, .. } => peers.push(key.clone()),
+                    Watched::Task { task_id, .. } => tasks.push(task_id.clone()),
+                }
+            }
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
-            jobs.push(self.poll_cluster(cluster_id, cluster_state, wanted.hosts, peers, tasks));
+            jobs.push(async move {
+                let (cluster_state, events) = self
+                    .poll_cluster(cluster_id, cluster_state, wanted.hosts, peers, tasks)
+                    .await;
+                (cluster_id, reach, cluster_state, events)
+            });
         }
+        let polls = async {
+            let polled = join_all(jobs).await;
+            // Invalidated before anyone hears of the change, so a query
+            // made on receipt of an event sees the new data; each stale
+            // entry once, however many of its hosts changed.
+            let stale: HashSet<_> = polled
+                .iter()
+                .flat_map(|(_, _, _, events)| events.iter().filter(|e| !is_baseline(e)))
+                .flat_map(bus::affected_keys)
+                .collect();
+            futures::stream::iter(&stale)
+                .for_each_concurrent(INVALIDATE_CONCURRENCY, |key| self.cache.invalidate(key))
+                .await;
+            polled
+        };
         // A poll may take longer than the lease (a blackholed scheduler, a
-        // large watch set): the leases are renewed meanwhile, or another
-        // replica would start polling the same clusters.
+        // large watch set, a slow Redis): the leases are renewed meanwhile,
+        // or another replica would start polling the same clusters.
         let held: Vec<u64> = state.held.iter().copied().collect();
         let polled = tokio::select! {
-            polled = join_all(jobs) => polled,
+            polled = polls => polled,
             never = self.keep_leases(&held) => match never {},
         };
-        for (cluster_id, cluster_state, events) in polled {
+        for (cluster_id, reach, cluster_state, events) in polled {
             state.clusters.insert(cluster_id, cluster_state);
-            // Each stale entry once, however many of its hosts changed.
-            let mut stale = HashSet::new();
-            for event in events.iter().filter(|e| !is_baseline(e)) {
-                stale.extend(bus::affected_keys(event));
-            }
-            for key in &stale {
-                self.cache.invalidate(key).await;
-            }
             for (n, event) in events.into_iter().enumerate() {
-                self.bus.publish(event).await;
+                match reach {
+                    Reach::Everywhere => self.bus.publish(event),
+                    Reach::Local => self.bus.publish_local(event),
+                }
                 // Let subscribers drain a large burst (a new leader's
                 // baselines) instead of overrunning the broadcast buffer.
                 if n % 256 == 255 {
@@ -164,27 +213,45 @@ impl Watcher {
         }
     }
 
-    /// Shares interest and takes leases in Redis: what to poll, and on
-    /// which clusters. Without Redis (or while it fails) this replica
-    /// polls what it wants itself.
-    async fn coordinate(&self, state: &mut State, local: Wanted) -> (Wanted, BTreeSet<u64>) {
-        let clusters_of = |wanted: &Wanted| -> Vec<u64> {
+    /// Shares interest and takes leases in Redis: what to poll, on which
+    /// clusters, and who hears of it. Without Redis (or while it fails)
+    /// this replica polls what it wants itself; while other replicas'
+    /// events do not reach it, it polls itself what it wants on the
+    /// clusters it does not lead.
+    async fn coordinate(&self, state: &mut State, local: &Wanted) -> Plan {
+        let clusters_of = |wanted: &Wanted| -> BTreeSet<u64> {
             let mut clusters: BTreeSet<u64> =
                 wanted.watched.iter().map(Watched::cluster_id).collect();
             if wanted.hosts {
                 clusters.extend(self.cluster.cluster_ids());
             }
-            clusters.into_iter().collect()
+            clusters
         };
-        let Some(conn) = self.bus.redis().await else {
-            let all = clusters_of(&local).into_iter().collect();
-            return (local, all);
+        let on_its_own = |wanted: &Wanted| Plan {
+            polls: clusters_of(wanted)
+                .into_iter()
+                .map(|c| (c, Reach::Local))
+                .collect(),
+            wanted: wanted.clone(),
         };
+        if !self.bus.has_redis() {
+            return on_its_own(local);
+        }
+        if state
+            .coordinate_after
+            .is_some_and(|after| std::time::Instant::now() < after)
+        {
+            return on_its_own(local);
+        }
         let timeout = self.bus.redis_timeout();
         let shared = async {
-            let mut conn = conn?;
-            let wanted = share(&mut conn, &local, self.config.lease_ttl, timeout).await?;
-            let clusters = clusters_of(&wanted);
+            let mut conn = self
+                .bus
+                .redis()
+                .await
+                .ok_or_else(|| "no Redis".to_string())??;
+            let wanted = share(&mut conn, local, self.config.lease_ttl, timeout).await?;
+            let clusters: Vec<u64> = clusters_of(&wanted).into_iter().collect();
             let held = lease::acquire(
                 &mut conn,
                 &clusters,
@@ -195,35 +262,59 @@ impl Watcher {
             .await?;
             Ok::<_, String>((wanted, held))
         };
-        match shared.await {
-            Ok((wanted, held)) => {
-                if state.redis_warned {
-                    tracing::info!("watcher coordinates through Redis again");
-                    state.redis_warned = false;
-                }
-                let held: BTreeSet<u64> = held.into_iter().collect();
-                for lost in state.held.difference(&held) {
-                    tracing::info!(
-                        cluster = lost,
-                        "no longer polling this cluster (another replica leads)"
-                    );
-                }
-                for won in held.difference(&state.held) {
-                    tracing::info!(cluster = won, "polling this cluster for every replica");
-                }
-                state.held = held.clone();
-                (wanted, held)
-            }
+        let (wanted, held) = match shared.await {
+            Ok(shared) => shared,
             Err(error) => {
                 if !state.redis_warned {
                     tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
                     state.redis_warned = true;
                 }
+                state.coordinate_after = Some(std::time::Instant::now() + COORDINATE_PAUSE);
                 state.held.clear();
-                let all = clusters_of(&local).into_iter().collect();
-                (local, all)
+                state.resync_due = true;
+                return on_its_own(local);
+            }
+        };
+        state.coordinate_after = None;
+        if state.redis_warned {
+            tracing::info!("watcher coordinates through Redis again");
+            state.redis_warned = false;
+        }
+        let held: BTreeSet<u64> = held.into_iter().collect();
+        for lost in state.held.difference(&held) {
+            tracing::info!(
+                cluster = lost,
+                "no longer polling this cluster (another replica leads)"
+            );
+        }
+        for won in held.difference(&state.held) {
+            tracing::info!(cluster = won, "polling this cluster for every replica");
+        }
+        state.held = held.clone();
+
+        let (listening, subscriptions) = self.bus.listening();
+        if state.seen_subscriptions != 0 && subscriptions != state.seen_subscriptions {
+            state.resync_due = true;
+        }
+        state.seen_subscriptions = subscriptions;
+        // Whatever this replica wants on clusters another replica leads
+        // reaches it only through the listener: poll it here while the
+        // listener is down, and once more when it is back (covering what
+        // was published meanwhile).
+        let own = if !listening {
+            state.resync_due = true;
+            true
+        } else {
+            std::mem::take(&mut state.resync_due)
+        };
+        let mut polls: BTreeMap<u64, Reach> =
+            held.iter().map(|&c| (c, Reach::Everywhere)).collect();
+        if own {
+            for cluster_id in clusters_of(local) {
+                polls.entry(cluster_id).or_insert(Reach::Local);
             }
         }
+        Plan { wanted, polls }
     }
 
     /// Gives up held leases (all, or those outside `keep`).
@@ -260,7 +351,7 @@ impl Watcher {
         hosts: bool,
         peers: Vec<PeerKey>,
         tasks: Vec<String>,
-    ) -> (u64, ClusterState, Vec<Event>) {
+    ) -> (ClusterState, Vec<Event>) {
         let mut events = Vec::new();
         let event = |what| Event {
             cluster_id,
@@ -406,7 +497,7 @@ impl Watcher {
             }
         }
         drop(answers);
-        (cluster_id, state, events)
+        (state, events)
     }
 
     /// Probes every scheduler and reports those whose reachability or
@@ -422,17 +513,15 @@ impl Watcher {
             let health = scheduler.health_snapshot();
             let current = (health.is_up(), health.circuit);
             if state.health.insert(scheduler.addr, current) != Some(current) {
-                self.bus
-                    .publish(Event {
-                        cluster_id: scheduler.cluster_id,
-                        observed_at_ms: now,
-                        what: What::Scheduler {
-                            addr: scheduler.addr,
-                            up: current.0,
-                            circuit: current.1,
-                        },
-                    })
-                    .await;
+                self.bus.publish_local(Event {
+                    cluster_id: scheduler.cluster_id,
+                    observed_at_ms: now,
+                    what: What::Scheduler {
+                        addr: scheduler.addr,
+                        up: current.0,
+                        circuit: current.1,
+                    },
+                });
             }
         }
         state.health.retain(|addr, _| seen.contains(addr));
