@@ -229,6 +229,14 @@ async fn legacy_graphql_ws_subscribes_and_stops() {
         client.message(5 * SECOND).await,
         json!({"type": "complete", "id": "1"})
     );
+    // `stop` ended the operation itself, with the connection still open.
+    tokio::time::timeout(5 * SECOND, async {
+        while env.gateway.state.events.live_subscriptions() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stopped subscription is gone");
     client.send(json!({"type": "connection_terminate"})).await;
     assert_eq!(client.close_code(5 * SECOND).await, Some(1000));
     env.stop().await;

@@ -145,30 +145,28 @@ impl Fanout {
         let sender = frames.clone();
         let task = tokio::spawn(async move {
             let mut first = true;
+            let mut refusal = None;
             while let Some(response) = responses.next().await {
-                let refused =
-                    first && response.data == async_graphql::Value::Null && response.is_err();
-                first = false;
-                let frame = if refused {
-                    Frame::Refused {
+                if first && response.data == async_graphql::Value::Null && response.is_err() {
+                    refusal = Some(Frame::Refused {
                         errors: serialize(&response.errors),
-                    }
-                } else {
-                    Frame::Next {
-                        payload: serialize(&response),
-                        stamp: stamp.take(),
-                    }
-                };
-                let _ = sender.send(frame);
-                if refused {
+                    });
                     break;
                 }
+                first = false;
+                let _ = sender.send(Frame::Next {
+                    payload: serialize(&response),
+                    stamp: stamp.take(),
+                });
             }
             // Under the registry's lock, so a client joining now either
-            // hears `End` or starts a new execution.
+            // hears how this execution ended or starts a new one.
             let mut running = lock(&registry);
             if running.get(&task_key).is_some_and(|(s, _)| *s == serial) {
                 running.remove(&task_key);
+            }
+            if let Some(refusal) = refusal {
+                let _ = sender.send(refusal);
             }
             let _ = sender.send(Frame::End);
         });

@@ -221,7 +221,11 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
     }
     if let End::Close(code, reason) = end {
         tracing::debug!(code, %reason, "closing websocket");
-        let _ = conn.out.try_send(Out::Close(code, reason));
+        // Behind whatever is queued: a client that is reading gets it.
+        let _ = conn
+            .out
+            .send_timeout(Out::Close(code, reason), Duration::from_secs(1))
+            .await;
     }
     let slow_after = conn.limits.config.slow_consumer_timeout;
     drop(conn);
@@ -330,9 +334,10 @@ impl Connection {
                 None
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
-                if let Some(id) = id
-                    && let Some((_, op)) = self.ops.remove(&id)
-                {
+                let Some(id) = id else {
+                    return Some(End::Close(4400, format!("{kind} without an id")));
+                };
+                if let Some((_, op)) = self.ops.remove(&id) {
                     op.abort();
                     if self.protocol == Protocol::Legacy {
                         self.send_now(json!({"type": "complete", "id": id}));
@@ -408,10 +413,23 @@ impl Connection {
                 Source::Own(schema, request) => sender.own(&schema, *request).await,
                 Source::Shared((shared, frames)) => sender.shared(shared, frames).await,
             };
+            // Done before the last message is queued, so a client that
+            // reuses the id as soon as it reads it is not told it exists.
             let _ = done.send((op_id, serial));
-            if ended == Ended::Completed {
-                let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
-                sender.queue(complete, None).await;
+            match ended {
+                Ended::Completed { last } => {
+                    if let Some(last) = last
+                        && !sender.queue(last, None).await
+                    {
+                        return;
+                    }
+                    let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
+                    sender.queue(complete, None).await;
+                }
+                Ended::Refused(error) => {
+                    sender.queue(error, None).await;
+                }
+                Ended::Quietly => {}
             }
         });
         self.ops.insert(id, (serial, task.abort_handle()));
@@ -431,13 +449,13 @@ enum Source {
     ),
 }
 
-/// How an operation ended.
-#[derive(PartialEq, Eq)]
+/// How an operation ended, and what its client is still to be told.
 enum Ended {
-    /// Its stream ended: the client gets `complete`.
-    Completed,
-    /// Refused before running (an `error` message, no `complete`), or the
-    /// client stopped reading.
+    /// Its stream ended: the client gets `last` (if any), then `complete`.
+    Completed { last: Option<String> },
+    /// Refused before running: an `error` message, no `complete`.
+    Refused(String),
+    /// The client stopped reading.
     Quietly,
 }
 
@@ -485,18 +503,15 @@ impl Sender {
 
     /// A refusal: graphql-transport-ws has an `error` message for it (and
     /// no `complete` after); the legacy protocol sends the errors as data.
-    async fn refuse(&self, errors: &str) -> Ended {
-        let text = match self.protocol {
-            Protocol::Transport => self.message("error", errors),
+    fn refuse(&self, errors: &str) -> Ended {
+        match self.protocol {
+            Protocol::Transport => Ended::Refused(self.message("error", errors)),
             Protocol::Legacy => {
                 let payload = format!(r#"{{"data":null,"errors":{errors}}}"#);
-                self.message("data", &payload)
+                Ended::Completed {
+                    last: Some(self.message("data", &payload)),
+                }
             }
-        };
-        self.queue(text, None).await;
-        match self.protocol {
-            Protocol::Transport => Ended::Quietly,
-            Protocol::Legacy => Ended::Completed,
         }
     }
 
@@ -511,7 +526,7 @@ impl Sender {
         while let Some(response) = responses.next().await {
             // Errors before execution (validation, bad variables).
             if first && response.data == async_graphql::Value::Null && response.is_err() {
-                return self.refuse(&to_json(&response.errors)).await;
+                return self.refuse(&to_json(&response.errors));
             }
             first = false;
             let text = self.message(self.next_kind(), &to_json(&response));
@@ -519,7 +534,7 @@ impl Sender {
                 return Ended::Quietly;
             }
         }
-        Ended::Completed
+        Ended::Completed { last: None }
     }
 
     async fn shared(
@@ -536,19 +551,19 @@ impl Sender {
                         return Ended::Quietly;
                     }
                 }
-                Ok(fanout::Frame::Refused { errors }) => return self.refuse(&errors).await,
-                Ok(fanout::Frame::End) => return Ended::Completed,
+                Ok(fanout::Frame::Refused { errors }) => return self.refuse(&errors),
+                Ok(fanout::Frame::End) => return Ended::Completed { last: None },
                 Err(RecvError::Lagged(missed)) => {
                     let errors = json!([{
                         "message": format!("this subscription fell {missed} events behind and was ended; subscribe again"),
                         "extensions": {"code": "SLOW_CONSUMER"},
                     }]);
                     let payload = json!({"data": null, "errors": errors}).to_string();
-                    self.queue(self.message(self.next_kind(), &payload), None)
-                        .await;
-                    return Ended::Completed;
+                    return Ended::Completed {
+                        last: Some(self.message(self.next_kind(), &payload)),
+                    };
                 }
-                Err(RecvError::Closed) => return Ended::Completed,
+                Err(RecvError::Closed) => return Ended::Completed { last: None },
             }
         }
     }
