@@ -853,6 +853,17 @@ async fn soak(duration: Duration, clients: usize) {
         "a request took {max_latency:?}"
     );
     assert!(requests > clients as u64 * 5, "{requests}");
+    // Memory levels off once caches, pools and histograms are warm: from a
+    // third of the run to its end it may not keep growing. (Short runs are
+    // still warming up, so only long ones are judged.)
+    if duration >= Duration::from_secs(60) && rss_samples.len() >= 30 {
+        let third = rss_samples[rss_samples.len() / 3];
+        let last = *rss_samples.last().unwrap_or(&third);
+        assert!(
+            last <= third + third / 10 + 4096,
+            "VmRSS kept growing: {third} KiB at a third of the run, {last} KiB at its end"
+        );
+    }
     match Arc::try_unwrap(rig) {
         Ok(rig) => rig.stop().await,
         Err(_) => panic!("workers still hold the rig"),
