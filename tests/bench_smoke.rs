@@ -75,3 +75,18 @@ async fn live_scenario_delivers_host_events_to_every_subscriber() {
     assert!(seen.delivery_p50_ms <= seen.delivery_p99_ms, "{report:?}");
     assert!(report.render().contains("delivery lag"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_list_hosts_measures_the_schedulers_alone() {
+    let report = run(&args(Scenario::RawListHosts)).await.unwrap();
+    assert!(report.requests > 0, "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // One ListHosts per cluster per request, and nothing through the
+    // gateway (no GraphQL, so no cache figures).
+    let list_hosts = report.scheduler_rpcs.get("ListHosts").copied().unwrap_or(0);
+    assert!(
+        list_hosts >= report.requests * 2 && list_hosts <= report.requests * 2 + 4,
+        "{report:?}"
+    );
+    assert_eq!(report.cache_hits + report.origin_loads, 0, "{report:?}");
+}

@@ -179,6 +179,72 @@ pub enum BenchError {
     Scenario(String),
 }
 
+/// One request of a run: the `n`th, counted into the tally; `Err` names
+/// what went wrong.
+type Operation = Arc<
+    dyn Fn(usize, Arc<Tally>) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
+
+/// GraphQL over HTTP to `url`, cycling through `requests`.
+fn graphql_operation(
+    http: reqwest::Client,
+    url: String,
+    requests: Arc<Vec<serde_json::Value>>,
+) -> Operation {
+    Arc::new(move |n, tally| {
+        let (http, url, requests) = (http.clone(), url.clone(), requests.clone());
+        Box::pin(async move { send(&http, &url, &requests[n % requests.len()], &tally).await })
+    })
+}
+
+/// What a cold console overview costs the schedulers alone: `ListHosts`
+/// of every cluster at once, over gRPC, decoded, with no gateway between
+/// (S2's floor). The first scheduler of each cluster answers, as the
+/// gateway's healthiest pick would.
+async fn raw_list_hosts_operation(sim: &SimCluster) -> Result<Operation, BenchError> {
+    use crate::proto::scheduler::v2::ListHostsRequest;
+    use crate::proto::scheduler::v2::scheduler_client::SchedulerClient;
+    let mut clients = Vec::new();
+    for cluster_id in sim.cluster_ids() {
+        let Some(scheduler) = sim
+            .schedulers()
+            .into_iter()
+            .find(|s| s.cluster_id == cluster_id)
+        else {
+            continue;
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", scheduler.addr))
+            .map_err(|e| BenchError::Simulator(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| BenchError::Simulator(e.to_string()))?;
+        clients.push(SchedulerClient::new(channel).max_decoding_message_size(512 << 20));
+    }
+    let clients = Arc::new(clients);
+    Ok(Arc::new(move |_, _| {
+        let clients = clients.clone();
+        Box::pin(async move {
+            let calls = clients.iter().map(|client| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .list_hosts(ListHostsRequest { r#type: None })
+                        .await
+                        .map(|r| r.into_inner().hosts.len())
+                        .map_err(|status| format!("grpc {:?}", status.code()))
+                }
+            });
+            for answer in futures::future::join_all(calls).await {
+                answer?;
+            }
+            Ok(())
+        })
+    }))
+}
+
 /// Shared counters of one run.
 #[derive(Default)]
 struct Tally {
@@ -276,31 +342,31 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         (None, Some(g)) => g.url(),
         (None, None) => return Err(BenchError::Scenario("no gateway".into())),
     };
-    let url = format!("{base}/graphql");
-    let requests = Arc::new(args.scenario.requests(sim.as_ref())?);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients.max(1))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| BenchError::Scenario(format!("HTTP client: {e}")))?;
+    let operation = if args.scenario == Scenario::RawListHosts {
+        let sim = sim.as_ref().ok_or_else(|| {
+            BenchError::Scenario("the raw-list-hosts scenario needs the in-process cluster".into())
+        })?;
+        raw_list_hosts_operation(sim).await?
+    } else {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.clients.max(1))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| BenchError::Scenario(format!("HTTP client: {e}")))?;
+        let requests = Arc::new(args.scenario.requests(sim.as_ref())?);
+        graphql_operation(http, format!("{base}/graphql"), requests)
+    };
 
     // Warm-up: untimed, fills caches and connection pools.
     if !args.warmup.is_zero() {
-        let _ = drive(&http, &url, &requests, args.clients, args.warmup, None).await;
+        let _ = drive(&operation, args.clients, args.warmup, None).await;
     }
     if let Some(sim) = &sim {
         sim.reset_counters();
     }
     let rss_before = rss_mib();
-    let (histogram, tally, elapsed, timeline) = drive(
-        &http,
-        &url,
-        &requests,
-        args.clients,
-        args.duration,
-        args.rate,
-    )
-    .await;
+    let (histogram, tally, elapsed, timeline) =
+        drive(&operation, args.clients, args.duration, args.rate).await;
     let rss_after = rss_mib();
     let mut scheduler_rpcs = BTreeMap::new();
     if let Some(sim) = &sim {
@@ -358,9 +424,7 @@ type Outcome = (Histogram<u64>, Arc<Tally>, Duration, Vec<Sample>);
 
 /// Sends requests for `duration`, closed loop or at `rate`.
 async fn drive(
-    http: &reqwest::Client,
-    url: &str,
-    requests: &Arc<Vec<serde_json::Value>>,
+    operation: &Operation,
     clients: usize,
     duration: Duration,
     rate: Option<u64>,
@@ -379,21 +443,15 @@ async fn drive(
         None => {
             let mut workers = Vec::new();
             for client in 0..clients.max(1) {
-                let (http, url, requests, tally) = (
-                    http.clone(),
-                    url.to_owned(),
-                    requests.clone(),
-                    tally.clone(),
-                );
+                let (operation, tally) = (operation.clone(), tally.clone());
                 let mut histogram = new_histogram();
                 workers.push(tokio::spawn(async move {
                     let mut samples = Vec::new();
                     let mut i = client;
                     while Instant::now() < deadline {
-                        let body = &requests[i % requests.len()];
-                        i += 1;
                         let sent = Instant::now();
-                        let outcome = send(&http, &url, body, &tally).await;
+                        let outcome = operation(i, tally.clone()).await;
+                        i += 1;
                         let latency = sent.elapsed().as_micros() as u64;
                         let _ = histogram.record(latency);
                         samples.push(Sample {
@@ -424,22 +482,15 @@ async fn drive(
             let mut intended = Instant::now();
             while intended < deadline {
                 tokio::time::sleep_until(intended.into()).await;
-                let (http, url, requests, tally, tx, limit) = (
-                    http.clone(),
-                    url.to_owned(),
-                    requests.clone(),
-                    tally.clone(),
-                    tx.clone(),
-                    limit.clone(),
-                );
+                let (operation, tally, tx, limit) =
+                    (operation.clone(), tally.clone(), tx.clone(), limit.clone());
                 let start = intended;
                 let index = i;
                 tokio::spawn(async move {
                     let Ok(_permit) = limit.acquire_owned().await else {
                         return;
                     };
-                    let outcome =
-                        send(&http, &url, &requests[index % requests.len()], &tally).await;
+                    let outcome = operation(index, tally.clone()).await;
                     // Measured from when the request should have started.
                     let _ = tx.send(Sample {
                         at: start.duration_since(started),

@@ -18,6 +18,10 @@ pub enum Scenario {
     Hosts,
     /// Websocket subscribers receiving host events (S6); see `bench::live`.
     Live,
+    /// No gateway: `ListHosts` of every cluster straight from the
+    /// simulated schedulers over gRPC, what one cold overview costs them
+    /// (S2's floor).
+    RawListHosts,
 }
 
 const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
@@ -33,10 +37,10 @@ impl Scenario {
         Ok(match self {
             Scenario::Overview => vec![json!({ "query": OVERVIEW })],
             Scenario::Trivial => vec![json!({ "query": "{ __typename }" })],
-            Scenario::Live => {
-                return Err(BenchError::Scenario(
-                    "the live scenario sends no queries; it runs through bench::live::run".into(),
-                ));
+            Scenario::Live | Scenario::RawListHosts => {
+                return Err(BenchError::Scenario(format!(
+                    "the {self:?} scenario sends no GraphQL queries"
+                )));
             }
             Scenario::Hosts => {
                 let filters = [
