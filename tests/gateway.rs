@@ -691,3 +691,42 @@ async fn peers_are_asked_only_in_their_hosts_cluster() {
     );
     env.stop().await;
 }
+
+#[tokio::test]
+async fn large_answers_are_compressed_small_ones_are_not() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let url = format!("{}/graphql", env.gateway.url());
+    let ask = |query: &'static str, encoding: Option<&'static str>| {
+        let mut request = raw.post(&url).json(&json!({ "query": query }));
+        if let Some(encoding) = encoding {
+            request = request.header("accept-encoding", encoding);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let encoding = response
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (encoding, response.bytes().await.unwrap().len())
+        }
+    };
+    let big =
+        "{ hosts(first: 100) { edges { node { id hostname ip network { idc location } } } } }";
+    let (plain_encoding, plain) = ask(big, None).await;
+    assert_eq!(plain_encoding, None);
+    for encoding in ["gzip", "br"] {
+        let (used, compressed) = ask(big, Some(encoding)).await;
+        assert_eq!(used.as_deref(), Some(encoding));
+        assert!(
+            compressed * 3 < plain,
+            "{encoding}: {compressed} of {plain} bytes"
+        );
+    }
+    let (small, _) = ask("{ __typename }", Some("gzip")).await;
+    assert_eq!(small, None, "a few bytes are not worth compressing");
+    // The usual client (which asks for gzip and inflates) reads it as JSON.
+    let data = env.data(big, json!({})).await;
+    assert_eq!(data["hosts"]["edges"].as_array().unwrap().len(), 100);
+    env.stop().await;
+}

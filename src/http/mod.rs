@@ -16,7 +16,9 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::cors::CorsLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -55,7 +57,14 @@ pub fn router(state: AppState) -> Router {
             request_timeout + std::time::Duration::from_secs(1),
         ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .layer(CompressionLayer::new())
+        // The fastest level: at the default one, gzip took 12 % of the CPU
+        // of a warm console overview (BENCHMARKS.md S1) for a few percent
+        // of bytes; small bodies are not worth a compressor's setup.
+        .layer(
+            CompressionLayer::new()
+                .quality(CompressionLevel::Fastest)
+                .compress_when(DefaultPredicate::new().and(SizeAbove::new(1024))),
+        )
         .layer(CorsLayer::permissive())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
