@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
-use super::{metric, now_ms};
+use super::metric;
 use crate::cluster::PeerKey;
 
 /// The sorted set of every replica's interest: member -> expiry (unix ms).
@@ -198,6 +198,21 @@ impl Interest {
     }
 }
 
+/// Adds the members in ARGV[3..] until ARGV[1] ms from now, drops the
+/// expired, and returns every live member. "Now" is Redis's clock, so
+/// replicas whose clocks disagree still agree on what has expired.
+const SHARE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], until_ms, ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+";
+
 /// Publishes `local` for `ttl` and returns what every replica wants
 /// (including `local`), in one round trip.
 pub async fn share(
@@ -206,39 +221,20 @@ pub async fn share(
     ttl: Duration,
     timeout: Duration,
 ) -> Result<Wanted, String> {
-    let now = now_ms();
-    let until = now + ttl.as_millis() as i64;
-    let mut pipe = redis::pipe();
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(SHARE)
+        .arg(1)
+        .arg(INTEREST_KEY)
+        .arg(ttl.as_millis() as u64)
+        // The set outlives no replica for long, even if all of them vanish.
+        .arg(ttl.as_millis() as u64 * 4);
     if local.hosts {
-        pipe.cmd("ZADD")
-            .arg(INTEREST_KEY)
-            .arg(until)
-            .arg(HOSTS_MEMBER)
-            .ignore();
+        eval.arg(HOSTS_MEMBER);
     }
-    if !local.watched.is_empty() {
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(INTEREST_KEY);
-        for what in &local.watched {
-            zadd.arg(until).arg(what.member());
-        }
-        pipe.add_command(zadd).ignore();
+    for what in &local.watched {
+        eval.arg(what.member());
     }
-    pipe.cmd("ZREMRANGEBYSCORE")
-        .arg(INTEREST_KEY)
-        .arg("-inf")
-        .arg(now)
-        .ignore();
-    // The set outlives no replica for long, even if all of them vanish.
-    pipe.cmd("PEXPIRE")
-        .arg(INTEREST_KEY)
-        .arg(ttl.as_millis() as u64 * 4)
-        .ignore();
-    pipe.cmd("ZRANGEBYSCORE")
-        .arg(INTEREST_KEY)
-        .arg(now)
-        .arg("+inf");
-    let (members,): (Vec<String>,) = tokio::time::timeout(timeout, pipe.query_async(conn))
+    let members: Vec<String> = tokio::time::timeout(timeout, eval.query_async(conn))
         .await
         .map_err(|_| format!("timed out after {timeout:?}"))?
         .map_err(|e| e.to_string())?;
