@@ -20,6 +20,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         peers_per_task: 5,
         scheduler_latency: None,
         no_cache: false,
+        no_watch: false,
         redis: None,
         interval: Some(Duration::from_millis(500)),
         json: false,

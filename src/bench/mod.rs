@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Turn the cache off (every query goes to the schedulers).
     #[arg(long)]
     pub no_cache: bool,
+    /// Turn the gateway's change watcher off (in-process mode): host
+    /// queries then cost no background host-list polls.
+    #[arg(long)]
+    pub no_watch: bool,
     /// Redis URL for the gateway's shared cache (in-process mode).
     #[arg(long)]
     pub redis: Option<String>,
@@ -332,6 +336,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
                 ..Config::default()
             };
             config.cache.enabled = !args.no_cache;
+            config.watch.enabled = !args.no_watch;
             config.limits.max_complexity = 1_000_000;
             let gateway = Gateway::start(config).await?;
             (Some(sim), Some(gateway))
