@@ -10,6 +10,12 @@ use dfgraph::config::Config;
 use dfgraph::gateway::{Gateway, cluster_client};
 use dfgraph::sim::{SimCluster, SimConfig};
 
+// jemalloc over glibc's malloc, measured on the console overview (1.37x
+// throughput) and idle websocket subscribers (8 vs 21 KiB each): see
+// BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr: stdout is for what scripts read (addresses, JSON, SDL).
