@@ -47,9 +47,10 @@ struct State {
     health: HashMap<SocketAddr, (bool, CircuitState)>,
     /// Warned that Redis is unusable (once per outage).
     redis_warned: bool,
-    /// No coordination through Redis before this, after it failed: a dead
-    /// Redis costs one timeout per pause, not one per tick.
-    coordinate_after: Option<std::time::Instant>,
+    /// What every replica wanted at the last coordination, and until when
+    /// the leases then taken are surely still this replica's: a failed
+    /// coordination within that time keeps polling them for everyone.
+    last_shared: Option<(Wanted, std::time::Instant)>,
     /// The event listener's subscription count at the last tick.
     seen_subscriptions: u64,
     /// Other replicas' events may have been missed (Redis was unusable, or
@@ -64,9 +65,14 @@ enum Reach {
     /// This replica holds the cluster's lease: it polls what every replica
     /// wants, and its events go to all of them.
     Everywhere,
-    /// This replica polls what it wants itself (no Redis, Redis unusable,
-    /// or other replicas' events not reaching it); what it sees stays here.
+    /// This replica polls what it wants itself (no Redis, or Redis
+    /// unusable); what it sees stays here.
     Local,
+    /// Another replica leads, but its events do not reach this one (or may
+    /// have been missed): this replica polls its own peers and tasks there,
+    /// not the host lists (the leader's host events cannot be replayed, and
+    /// a second diff of them would repeat what was heard).
+    OwnWatches,
 }
 
 /// What one tick polls.
@@ -76,8 +82,6 @@ struct Plan {
     polls: BTreeMap<u64, Reach>,
 }
 
-/// Pause before coordinating through Redis again after it failed.
-const COORDINATE_PAUSE: Duration = Duration::from_secs(2);
 /// Cache invalidations of one poll sent to Redis at once.
 const INVALIDATE_CONCURRENCY: usize = 32;
 
@@ -109,6 +113,10 @@ impl Watcher {
                 tracing::debug!("nothing watched: watcher idles");
                 self.release(state, None).await;
                 state.clusters.clear();
+                // Nobody here listens: nothing to catch up on later.
+                state.resync_due = false;
+                state.seen_subscriptions = 0;
+                state.last_shared = None;
                 for cluster_id in self.cluster.cluster_ids() {
                     metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(0.0);
                 }
@@ -128,9 +136,10 @@ impl Watcher {
         let mut jobs = Vec::new();
         let mut states: HashMap<u64, ClusterState> = std::mem::take(&mut state.clusters);
         for (&cluster_id, &reach) in &plan.polls {
-            let wanted = match reach {
-                Reach::Everywhere => &plan.wanted,
-                Reach::Local => &local,
+            let (wanted, hosts) = match reach {
+                Reach::Everywhere => (&plan.wanted, plan.wanted.hosts),
+                Reach::Local => (&local, local.hosts),
+                Reach::OwnWatches => (&local, false),
             };
             let (mut peers, mut tasks) = (Vec::new(), Vec::new());
             for what in wanted
@@ -146,7 +155,7 @@ impl Watcher {
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
             jobs.push(async move {
                 let (cluster_state, events) = self
-                    .poll_cluster(cluster_id, cluster_state, wanted.hosts, peers, tasks)
+                    .poll_cluster(cluster_id, cluster_state, hosts, peers, tasks)
                     .await;
                 (cluster_id, reach, cluster_state, events)
             });
@@ -179,7 +188,7 @@ impl Watcher {
             for (n, event) in events.into_iter().enumerate() {
                 match reach {
                     Reach::Everywhere => self.bus.publish(event),
-                    Reach::Local => self.bus.publish_local(event),
+                    Reach::Local | Reach::OwnWatches => self.bus.publish_local(event),
                 }
                 // Let subscribers drain a large burst (a new leader's
                 // baselines) instead of overrunning the broadcast buffer.
@@ -237,12 +246,7 @@ impl Watcher {
         if !self.bus.has_redis() {
             return on_its_own(local);
         }
-        if state
-            .coordinate_after
-            .is_some_and(|after| std::time::Instant::now() < after)
-        {
-            return on_its_own(local);
-        }
+        let started = std::time::Instant::now();
         let timeout = self.bus.redis_timeout();
         let shared = async {
             let mut conn = self
@@ -269,13 +273,28 @@ impl Watcher {
                     tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
                     state.redis_warned = true;
                 }
-                state.coordinate_after = Some(std::time::Instant::now() + COORDINATE_PAUSE);
-                state.held.clear();
                 state.resync_due = true;
+                // Leases taken at the last coordination are still ours
+                // until they lapse: keep polling those clusters for every
+                // replica (one Redis hiccup is not a hand-over), the rest
+                // for this replica alone.
+                if let Some((wanted, until)) = &state.last_shared
+                    && std::time::Instant::now() < *until
+                {
+                    let mut plan = on_its_own(local);
+                    for &cluster_id in &state.held {
+                        plan.polls.insert(cluster_id, Reach::Everywhere);
+                    }
+                    plan.wanted = wanted.clone();
+                    return plan;
+                }
+                state.held.clear();
+                state.last_shared = None;
                 return on_its_own(local);
             }
         };
-        state.coordinate_after = None;
+        // The leases' lifetime counts from before the calls that took them.
+        state.last_shared = Some((wanted.clone(), started + self.config.lease_ttl));
         if state.redis_warned {
             tracing::info!("watcher coordinates through Redis again");
             state.redis_warned = false;
@@ -310,8 +329,8 @@ impl Watcher {
         let mut polls: BTreeMap<u64, Reach> =
             held.iter().map(|&c| (c, Reach::Everywhere)).collect();
         if own {
-            for cluster_id in clusters_of(local) {
-                polls.entry(cluster_id).or_insert(Reach::Local);
+            for what in &local.watched {
+                polls.entry(what.cluster_id()).or_insert(Reach::OwnWatches);
             }
         }
         Plan { wanted, polls }
