@@ -159,7 +159,7 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
         init: None,
         slow: CancellationToken::new(),
     };
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let init_deadline = tokio::time::sleep(conn.limits.config.init_timeout);
     tokio::pin!(init_deadline);
     let keep_alive = conn.limits.config.keep_alive;
@@ -172,9 +172,13 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
             // Finished operations first, so a client that reuses an id
             // right after `complete` is not told it already exists.
             biased;
-            Some((id, op)) = done_rx.recv() => {
-                if conn.ops.get(&id).is_some_and(|(n, _)| *n == op) {
-                    conn.ops.remove(&id);
+            Some(Done { id, serial, ended }) = done_rx.recv() => {
+                if let Some(op) = conn.ops.get_mut(&id).filter(|op| op.serial == serial) {
+                    if ended {
+                        conn.ops.remove(&id);
+                    } else {
+                        op.finishing = true;
+                    }
                 }
             }
             _ = &mut init_deadline, if conn.init.is_none() => {
@@ -216,8 +220,8 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
         }
     };
 
-    for (_, (_, op)) in conn.ops.drain() {
-        op.abort();
+    for (_, op) in conn.ops.drain() {
+        op.task.abort();
     }
     if let End::Close(code, reason) = end {
         tracing::debug!(code, %reason, "closing websocket");
@@ -241,6 +245,23 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
     }
 }
 
+/// An operation of a connection.
+struct Operation {
+    /// Tells a finished operation from a later one under the same id.
+    serial: u64,
+    task: AbortHandle,
+    /// Its stream ended; it is only telling its client so.
+    finishing: bool,
+}
+
+/// What an operation's task reports to its connection.
+struct Done {
+    id: String,
+    serial: u64,
+    /// false: finishing (its last messages are being queued); true: gone.
+    ended: bool,
+}
+
 struct Connection {
     protocol: Protocol,
     app: AppState,
@@ -248,7 +269,7 @@ struct Connection {
     out: mpsc::Sender<Out>,
     /// Running operations by client id, with a serial number so a late
     /// "done" of a replaced operation does not remove its successor.
-    ops: HashMap<String, (u64, AbortHandle)>,
+    ops: HashMap<String, Operation>,
     init: Option<ConnectionInitPayload>,
     /// Cancelled when the client stopped reading.
     slow: CancellationToken,
@@ -265,7 +286,7 @@ impl Connection {
     fn handle(
         &mut self,
         text: &str,
-        done: &mpsc::UnboundedSender<(String, u64)>,
+        done: &mpsc::UnboundedSender<Done>,
         next_op: &mut u64,
     ) -> Option<End> {
         let bad = |why: &str| Some(End::Close(4400, why.to_string()));
@@ -319,15 +340,18 @@ impl Connection {
                         ));
                     }
                 };
-                if let Some((_, running)) = self.ops.get(&id) {
-                    if self.protocol == Protocol::Transport {
+                if let Some(running) = self.ops.get(&id) {
+                    // One that is only telling its client it ended has
+                    // told it already (or the client moved on): the id is
+                    // free again.
+                    if self.protocol == Protocol::Transport && !running.finishing {
                         return Some(End::Close(
                             4409,
                             format!("Subscriber for {id} already exists"),
                         ));
                     }
                     // subscriptions-transport-ws replaced the old operation.
-                    running.abort();
+                    running.task.abort();
                     self.ops.remove(&id);
                 }
                 self.start(id, request, done, next_op);
@@ -337,8 +361,8 @@ impl Connection {
                 let Some(id) = id else {
                     return Some(End::Close(4400, format!("{kind} without an id")));
                 };
-                if let Some((_, op)) = self.ops.remove(&id) {
-                    op.abort();
+                if let Some(op) = self.ops.remove(&id) {
+                    op.task.abort();
                     if self.protocol == Protocol::Legacy {
                         self.send_now(json!({"type": "complete", "id": id}));
                     }
@@ -359,7 +383,7 @@ impl Connection {
         &mut self,
         id: String,
         request: async_graphql::Request,
-        done: &mpsc::UnboundedSender<(String, u64)>,
+        done: &mpsc::UnboundedSender<Done>,
         next_op: &mut u64,
     ) {
         let limit = self.limits.config.per_connection;
@@ -413,26 +437,44 @@ impl Connection {
                 Source::Own(schema, request) => sender.own(&schema, *request).await,
                 Source::Shared((shared, frames)) => sender.shared(shared, frames).await,
             };
-            // Done before the last message is queued, so a client that
-            // reuses the id as soon as it reads it is not told it exists.
-            let _ = done.send((op_id, serial));
+            // Finishing before the last message is queued, so a client
+            // that reuses the id as soon as it reads it is not told it
+            // exists; still abortable until the very end.
+            let _ = done.send(Done {
+                id: op_id.clone(),
+                serial,
+                ended: false,
+            });
             match ended {
                 Ended::Completed { last } => {
-                    if let Some(last) = last
-                        && !sender.queue(last, None).await
-                    {
-                        return;
+                    let delivered = match last {
+                        Some(last) => sender.queue(last, None).await,
+                        None => true,
+                    };
+                    if delivered {
+                        let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
+                        sender.queue(complete, None).await;
                     }
-                    let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
-                    sender.queue(complete, None).await;
                 }
                 Ended::Refused(error) => {
                     sender.queue(error, None).await;
                 }
                 Ended::Quietly => {}
             }
+            let _ = done.send(Done {
+                id: op_id,
+                serial,
+                ended: true,
+            });
         });
-        self.ops.insert(id, (serial, task.abort_handle()));
+        self.ops.insert(
+            id,
+            Operation {
+                serial,
+                task: task.abort_handle(),
+                finishing: false,
+            },
+        );
     }
 }
 
