@@ -418,6 +418,17 @@ async fn a_replica_that_cannot_hear_the_leader_polls_its_own_subscriptions() {
     })
     .await;
     tokio::time::sleep(INTERVAL * 3).await;
+    // ...and the follower stops polling for itself: the peer is polled by
+    // the leader alone again (while deaf, it was polled twice per interval).
+    sim.reset_counters();
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let polls = sim.total_rpc_count(Method::StatPeer);
+    let one_poller = (window.as_millis() / INTERVAL.as_millis()) as u64;
+    assert!(
+        polls >= one_poller / 2 && polls <= one_poller * 3 / 2,
+        "{polls} StatPeer in {window:?}: one poller makes ~{one_poller}"
+    );
     assert!(sim.set_peer_state(&peer.id, "Succeeded"));
     let event = next_event(&mut client, "p", INTERVAL * 2 + Duration::from_secs(2)).await;
     assert_eq!(event["peerStateChanged"]["from"], "RUNNING");
