@@ -350,6 +350,69 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_redis_calls_fail_briefly_keeps_polling_for_everyone() {
+    let redis = RedisServer::start();
+    redis.acl_setuser(
+        "lead",
+        &[
+            "on",
+            ">pw",
+            "resetchannels",
+            "&dfgraph:*",
+            "~dfgraph:*",
+            "+@all",
+            "-@dangerous",
+        ],
+    );
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let clusters = sim.cluster_ids();
+    // A lease long enough to outlive the outage below.
+    let lasting = |config: &mut Config| config.watch.lease_ttl = Duration::from_secs(3);
+    let mut config = live_config(&sim, Some(&redis));
+    config.redis = Some(redis.url_as("lead", "pw"));
+    lasting(&mut config);
+    let leader = Gateway::start(config).await.unwrap();
+    let mut on_leader = WsClient::ready(&leader.url()).await;
+    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
+    let leader_id = Some(leader.state.events.bus.instance().to_owned());
+    wait_until("the first replica leads", Duration::from_secs(10), || {
+        lease_holders(&redis, &clusters)
+            .iter()
+            .all(|h| *h == leader_id)
+    })
+    .await;
+    let mut config = live_config(&sim, Some(&redis));
+    lasting(&mut config);
+    let follower = Gateway::start(config).await.unwrap();
+    let mut on_follower = WsClient::ready(&follower.url()).await;
+    on_follower.subscribe("h", HOST_EVENTS, json!({})).await;
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    // The leader can no longer run scripts (interest, leases): its
+    // coordination fails, while its lease has seconds left.
+    redis.acl_setuser("lead", &["-eval"]);
+    tokio::time::sleep(INTERVAL * 2).await;
+    let mut host = sim.hosts(1).remove(0);
+    host.id = "during-the-outage".into();
+    sim.upsert_host(host);
+    let event = next_event(&mut on_follower, "h", INTERVAL * 4).await;
+    assert_eq!(event["hostEvents"]["host"]["id"], "during-the-outage");
+    redis.acl_setuser("lead", &["+eval"]);
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert!(
+        lease_holders(&redis, &clusters)
+            .iter()
+            .all(|h| *h == leader_id),
+        "a brief failure handed the lease over"
+    );
+    drop(on_leader);
+    drop(on_follower);
+    follower.shutdown().await;
+    leader.shutdown().await;
+    sim.shutdown().await;
+}
+
 const PEER_STATE: &str = "subscription($h: ID!, $t: ID!, $p: ID!) { peerStateChanged(hostId: $h, taskId: $t, peerId: $p) { from to } }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
