@@ -350,6 +350,26 @@ async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
     sim.shutdown().await;
 }
 
+/// A gateway with a host-event subscriber, once it holds every cluster's
+/// lease; returns it, the subscriber and its lease value.
+async fn start_leader(
+    config: Config,
+    redis: &RedisServer,
+    clusters: &[u64],
+) -> (Gateway, WsClient, Option<String>) {
+    let leader = Gateway::start(config).await.unwrap();
+    let mut on_leader = WsClient::ready(&leader.url()).await;
+    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
+    let leader_id = Some(leader.state.events.bus.instance().to_owned());
+    wait_until("the first replica leads", Duration::from_secs(10), || {
+        lease_holders(redis, clusters)
+            .iter()
+            .all(|h| *h == leader_id)
+    })
+    .await;
+    (leader, on_leader, leader_id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_redis_calls_fail_briefly_keeps_polling_for_everyone() {
     let redis = RedisServer::start();
@@ -372,16 +392,7 @@ async fn a_leader_whose_redis_calls_fail_briefly_keeps_polling_for_everyone() {
     let mut config = live_config(&sim, Some(&redis));
     config.redis = Some(redis.url_as("lead", "pw"));
     lasting(&mut config);
-    let leader = Gateway::start(config).await.unwrap();
-    let mut on_leader = WsClient::ready(&leader.url()).await;
-    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
-    let leader_id = Some(leader.state.events.bus.instance().to_owned());
-    wait_until("the first replica leads", Duration::from_secs(10), || {
-        lease_holders(&redis, &clusters)
-            .iter()
-            .all(|h| *h == leader_id)
-    })
-    .await;
+    let (leader, on_leader, leader_id) = start_leader(config, &redis, &clusters).await;
     let mut config = live_config(&sim, Some(&redis));
     lasting(&mut config);
     let follower = Gateway::start(config).await.unwrap();
@@ -435,18 +446,8 @@ async fn a_replica_that_cannot_hear_the_leader_polls_its_own_subscriptions() {
     );
     let sim = SimCluster::start(small_sim()).await.unwrap();
     let clusters = sim.cluster_ids();
-    let leader = Gateway::start(live_config(&sim, Some(&redis)))
-        .await
-        .unwrap();
-    let mut on_leader = WsClient::ready(&leader.url()).await;
-    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
-    let leader_id = Some(leader.state.events.bus.instance().to_owned());
-    wait_until("the first replica leads", Duration::from_secs(10), || {
-        lease_holders(&redis, &clusters)
-            .iter()
-            .all(|h| *h == leader_id)
-    })
-    .await;
+    let (leader, on_leader, leader_id) =
+        start_leader(live_config(&sim, Some(&redis)), &redis, &clusters).await;
 
     let mut config = live_config(&sim, Some(&redis));
     config.redis = Some(redis.url_as("deaf", "pw"));
