@@ -8,6 +8,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::cluster::ClusterClient;
+use crate::deadline::Deadline;
 use crate::graphql::types::HostType;
 
 #[derive(Serialize, Debug)]
@@ -33,7 +34,7 @@ pub struct SchedulerStatus {
 pub async fn collect(client: &ClusterClient) -> Vec<ClusterStatus> {
     let mut out = Vec::new();
     for id in client.cluster_ids() {
-        let hosts = client.list_hosts(id).await;
+        let hosts = client.list_hosts(id, Deadline::NONE).await;
         let mut status = ClusterStatus {
             id,
             schedulers: Vec::new(),

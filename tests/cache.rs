@@ -14,6 +14,7 @@ use dfgraph::cache::{
     Cache, CacheConfig, CacheError, CacheKey, Clock, Codec, EncryptionConfig, Header, KeyRing,
     Kind, KindTtl, ManualClock, Origin, OriginResult, SystemClock, Tier, TypedCache,
 };
+use dfgraph::deadline::Deadline;
 use futures::future::BoxFuture;
 use redis::Commands;
 use support::redis::RedisServer;
@@ -47,6 +48,8 @@ struct OriginState {
     keys: AtomicUsize,
     fail: AtomicBool,
     latency_ms: AtomicU64,
+    /// The deadline of every load, in call order.
+    deadlines: Mutex<Vec<Deadline>>,
 }
 
 impl TestOrigin {
@@ -77,8 +80,10 @@ impl Origin<Val> for TestOrigin {
     fn load(
         &self,
         keys: Vec<CacheKey>,
+        deadline: Deadline,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<Val, TestError>>> {
         let state = self.state.clone();
+        state.deadlines.lock().unwrap().push(deadline);
         Box::pin(async move {
             state.loads.fetch_add(1, Ordering::SeqCst);
             state.keys.fetch_add(keys.len(), Ordering::SeqCst);
@@ -131,7 +136,7 @@ async fn typed(
 
 async fn get(cache: &TypedCache<Val, TestOrigin>, key: &CacheKey) -> dfgraph::cache::Fetched<Val> {
     cache
-        .get_many(std::slice::from_ref(key))
+        .get_many(std::slice::from_ref(key), Deadline::NONE)
         .await
         .remove(key)
         .expect("an answer per key")
@@ -218,7 +223,7 @@ async fn fresh_stale_and_expired_with_manual_clock() {
     // Past stale: the error.
     clock.advance(Duration::from_secs(10));
     let err = cache
-        .get_many(std::slice::from_ref(&a))
+        .get_many(std::slice::from_ref(&a), Deadline::NONE)
         .await
         .remove(&a)
         .unwrap();
@@ -323,7 +328,45 @@ async fn stale_from_l2_is_served_when_origin_fails() {
     // Beyond the stale deadline nothing is served.
     clock.advance(Duration::from_secs(300));
     let third = typed(config(Some(&redis)), Arc::new(clock.clone()), &origin).await;
-    assert!(third.get_many(std::slice::from_ref(&a)).await[&a].is_err());
+    assert!(
+        third
+            .get_many(std::slice::from_ref(&a), Deadline::NONE)
+            .await[&a]
+            .is_err()
+    );
+}
+
+/// The request's budget reaches the origin through the cache's spawned
+/// leader, with and without Redis; background reloads carry none.
+#[tokio::test]
+async fn the_callers_deadline_reaches_the_origin_through_the_leader() {
+    let redis = RedisServer::start();
+    for redis in [None, Some(&redis)] {
+        let origin = TestOrigin::default();
+        origin.set("a", "v");
+        let clock = ManualClock::new();
+        let cache = typed(config(redis), Arc::new(clock.clone()), &origin).await;
+        let key = task("a");
+        let deadline = Deadline::at(Instant::now() + Duration::from_secs(1));
+        let got = cache.get_many(std::slice::from_ref(&key), deadline).await;
+        assert_eq!(text(got[&key].as_ref().unwrap()), "v");
+        let disabled = typed(
+            CacheConfig {
+                enabled: false,
+                ..config(redis)
+            },
+            Arc::new(clock.clone()),
+            &origin,
+        )
+        .await;
+        disabled
+            .get_many(std::slice::from_ref(&key), deadline)
+            .await;
+        assert_eq!(
+            *origin.state.deadlines.lock().unwrap(),
+            vec![deadline, deadline]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,8 +485,8 @@ async fn scope_invalidation_drops_l1_and_l2_of_that_scope_only() {
     let in_scope = [task("x"), task("y")];
     let other = CacheKey::new(Kind::Task, 2, "z");
     let all: Vec<CacheKey> = in_scope.iter().cloned().chain([other.clone()]).collect();
-    a.get_many(&all).await;
-    b.get_many(&all).await;
+    a.get_many(&all, Deadline::NONE).await;
+    b.get_many(&all, Deadline::NONE).await;
     a.cache().invalidate_scope(Kind::Task, Some(1)).await;
     assert!(
         eventually(Duration::from_millis(200), || in_scope
@@ -478,7 +521,7 @@ async fn redis_killed_mid_run_then_back() {
                 let key = task(&format!("k{i}"));
                 let started = Instant::now();
                 let got = a
-                    .get_many(std::slice::from_ref(&key))
+                    .get_many(std::slice::from_ref(&key), Deadline::NONE)
                     .await
                     .remove(&key)
                     .unwrap();
@@ -514,7 +557,11 @@ async fn redis_killed_mid_run_then_back() {
     let mut i = 200;
     loop {
         let probe = task(&format!("k{i}"));
-        assert!(a.get_many(std::slice::from_ref(&probe)).await[&probe].is_ok());
+        assert!(
+            a.get_many(std::slice::from_ref(&probe), Deadline::NONE)
+                .await[&probe]
+                .is_ok()
+        );
         if in_redis(&redis, &probe).await && get(&b, &probe).await.tier == Tier::L2 {
             break;
         }
@@ -644,7 +691,7 @@ async fn undecodable_values_are_misses_deleted_and_reloaded() {
         .into_iter()
         .map(task)
         .collect();
-    let got = cache.get_many(&keys).await;
+    let got = cache.get_many(&keys, Deadline::NONE).await;
     for key in &keys {
         let fetched = got[key].as_ref().expect("a miss, not an error");
         assert_eq!(
@@ -677,7 +724,12 @@ async fn undecodable_values_are_misses_deleted_and_reloaded() {
     let _: () = conn
         .set(doomed.redis_key(), b"junk junk junk junk junk junk junk")
         .unwrap();
-    assert!(cache.get_many(std::slice::from_ref(&doomed)).await[&doomed].is_err());
+    assert!(
+        cache
+            .get_many(std::slice::from_ref(&doomed), Deadline::NONE)
+            .await[&doomed]
+            .is_err()
+    );
     assert!(
         eventually(Duration::from_millis(500), || !conn
             .exists::<_, bool>(doomed.redis_key())

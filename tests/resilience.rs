@@ -52,6 +52,16 @@ impl Rig {
         tweak: impl FnOnce(&mut Config),
     ) -> Rig {
         let sim = SimCluster::start(sim).await.unwrap();
+        Rig::start_on(sim, proxied, tweak).await
+    }
+
+    /// Like [`Rig::start`], on a simulator the test has already set up
+    /// (faults in place before the gateway's first call).
+    async fn start_on(
+        sim: SimCluster,
+        proxied: impl Fn(&SimScheduler) -> bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Rig {
         let mut proxies = Vec::new();
         for s in sim.schedulers() {
             if proxied(&s) {
@@ -703,6 +713,66 @@ async fn a_request_never_outlives_its_budget_and_cut_calls_do_not_trip_the_break
         rig.env.sim.set_hang(s.addr, false);
     }
     rig.stop().await;
+}
+
+/// The README's promise, with the cache on (the default) as with it off:
+/// a blackholed cluster costs what is left of the request's budget, not
+/// its (longer) call timeout, and the healthy cluster's hosts still come
+/// back. Errors carry no made-up `locations`.
+#[tokio::test]
+async fn the_request_budget_reaches_scheduler_calls_with_the_cache_on_and_off() {
+    let budget = Duration::from_secs(1);
+    for cache in [true, false] {
+        let sim = SimCluster::start(small_sim()).await.unwrap();
+        for s in sim.schedulers().iter().filter(|s| s.cluster_id == 2) {
+            sim.set_hang(s.addr, true);
+        }
+        let rig = Rig::start_on(
+            sim,
+            |_| false,
+            |config| {
+                config.cache.enabled = cache;
+                config.timeouts.list_hosts = Duration::from_secs(10);
+                config.timeouts.request = budget;
+            },
+        )
+        .await;
+        for _ in 0..2 {
+            let (status, body, took) = rig
+                .timed(
+                    "{ hostStats { total countedClusters missingClusters } }",
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200);
+            assert!(
+                took < budget + Duration::from_millis(300),
+                "cache {cache}: {took:?}"
+            );
+            let stats = &body["data"]["hostStats"];
+            assert_eq!(
+                stats["total"],
+                rig.env.sim.hosts(1).len(),
+                "cache {cache}: {body:#}"
+            );
+            assert_eq!(stats["countedClusters"], json!(["1"]));
+            assert_eq!(stats["missingClusters"], json!(["2"]));
+            let codes = error_codes(&body);
+            assert!(!codes.is_empty());
+            assert!(codes.iter().all(|c| c == "SCHEDULER_TIMEOUT"), "{codes:?}");
+            for error in body["errors"].as_array().unwrap() {
+                let locations = error.get("locations").and_then(Value::as_array);
+                assert!(
+                    locations.is_none_or(|l| l.iter().all(|at| at["line"] != 0)),
+                    "{error:#}"
+                );
+            }
+        }
+        for s in rig.env.sim.schedulers() {
+            rig.env.sim.set_hang(s.addr, false);
+        }
+        rig.stop().await;
+    }
 }
 
 const SOAK_QUERIES: &[&str] = &[

@@ -155,9 +155,12 @@ pub trait Origin<V>: Send + Sync + 'static {
 
     /// Loads every key; a key missing from the returned map is treated as
     /// not found.
+    /// Calls end by `deadline`, the budget of the lookup that started
+    /// the load.
     fn load(
         &self,
         keys: Vec<CacheKey>,
+        deadline: crate::deadline::Deadline,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<V, Self::Error>>>;
 }
 

@@ -28,6 +28,7 @@ use super::l1::Entry;
 use super::l2::{Guard, Write, millis};
 use super::stats::Outcome as Found;
 use super::{CacheKey, Fetched, KindTtl, Origin, Tier, TypedCache};
+use crate::deadline::Deadline;
 
 type Outcome<V, E> = Result<Fetched<V>, E>;
 
@@ -120,6 +121,9 @@ impl<V> Job<V> {
     }
 }
 
+/// A waiter's deadline passed before the load it joined ended.
+struct PastDeadline;
+
 /// What a leader batch leaves for the final L2 pipeline.
 #[derive(Default)]
 struct WriteBack {
@@ -136,13 +140,21 @@ where
     /// Looks every key up: L1, then L2, then the origin for what is left.
     /// Never fails because of the cache itself: an error is the origin's,
     /// for a key with nothing servable.
+    ///
+    /// Origin calls made for this lookup end by `deadline`, also when they
+    /// run in a spawned leader that other lookups join.
     pub async fn get_many(
         &self,
         keys: &[CacheKey],
+        deadline: Deadline,
     ) -> HashMap<CacheKey, Result<Fetched<V>, O::Error>> {
         let inner = &self.cache.inner;
         if !inner.config.enabled {
-            return self.load_uncached(keys).await.into_iter().collect();
+            return self
+                .load_uncached(keys, deadline)
+                .await
+                .into_iter()
+                .collect();
         }
         let stats = &inner.local.stats;
         let now = inner.clock.now_ms();
@@ -195,7 +207,7 @@ where
             self.reload_in_background(ahead, Mode::RefreshAhead);
         }
         if !misses.is_empty() {
-            out.extend(self.load(misses).await);
+            out.extend(self.load(misses, deadline).await);
         }
         out
     }
@@ -203,10 +215,21 @@ where
     /// Makes sure the keys are cached (loading what is missing or past
     /// fresh), e.g. to warm host lists at start-up.
     pub async fn prefetch(&self, keys: &[CacheKey]) -> Prefetched {
-        let results = self.get_many(keys).await;
-        let failed = results.values().filter(|r| r.is_err()).count();
+        // One lookup per key: a batch settles when its slowest key does,
+        // and a query joining a fast cluster's load must not wait on a
+        // hung one's.
+        let results = futures::future::join_all(
+            keys.iter()
+                .map(|key| self.get_many(std::slice::from_ref(key), Deadline::NONE)),
+        )
+        .await;
+        let failed = results
+            .iter()
+            .flat_map(|r| r.values())
+            .filter(|r| r.is_err())
+            .count();
         Prefetched {
-            ok: results.len() - failed,
+            ok: results.iter().map(HashMap::len).sum::<usize>() - failed,
             failed,
         }
     }
@@ -223,6 +246,7 @@ where
     async fn load(
         &self,
         misses: Vec<(CacheKey, Option<Fallback<V>>)>,
+        deadline: Deadline,
     ) -> Vec<(CacheKey, Outcome<V, O::Error>)> {
         let local = &self.cache.inner.local;
         let mut waits = Vec::with_capacity(misses.len());
@@ -247,17 +271,38 @@ where
         }
         if !jobs.is_empty() {
             let this = self.clone();
-            tokio::spawn(async move { this.lead(jobs, Mode::Read).await });
+            tokio::spawn(async move { this.lead(jobs, Mode::Read, deadline).await });
         }
-        let waited = futures::future::join_all(
-            waits
-                .into_iter()
-                .map(|(key, fallback, rx)| async move { (key, fallback, flight::wait(rx).await) }),
-        )
-        .await;
+        // A load joined from another lookup may run under a later deadline
+        // (or none): each waiter stops at its own.
+        let waited =
+            futures::future::join_all(waits.into_iter().map(|(key, fallback, rx)| async move {
+                let shared = match deadline.instant() {
+                    Some(at) => tokio::time::timeout_at(at.into(), flight::wait(rx))
+                        .await
+                        .map_err(|_| PastDeadline),
+                    None => Ok(flight::wait(rx).await),
+                };
+                (key, fallback, shared)
+            }))
+            .await;
         let now = self.cache.inner.clock.now_ms();
         let mut out = Vec::with_capacity(waited.len());
         for (key, fallback, shared) in waited {
+            let shared = match shared {
+                Ok(shared) => shared,
+                Err(PastDeadline) => {
+                    match fallback {
+                        Some(fallback) if fallback.usable(now) => {
+                            out.push((key, Ok(fallback.serve(now))));
+                        }
+                        // Asked under a spent deadline, the origin answers
+                        // with its own timeout error at once.
+                        _ => alone.push(key),
+                    }
+                    continue;
+                }
+            };
             let outcome = shared.and_then(|s| s.downcast_ref::<Outcome<V, O::Error>>().cloned());
             match outcome {
                 // A joiner may hold a fallback its leader did not.
@@ -273,7 +318,7 @@ where
             }
         }
         if !alone.is_empty() {
-            out.extend(self.load_uncached(&alone).await);
+            out.extend(self.load_uncached(&alone, deadline).await);
         }
         out
     }
@@ -299,11 +344,12 @@ where
             local.stats.refresh_ahead(jobs.len() as u64);
         }
         let this = self.clone();
-        tokio::spawn(async move { this.lead(jobs, mode).await });
+        // Background reloads serve no request: calls get their own timeouts.
+        tokio::spawn(async move { this.lead(jobs, mode, Deadline::NONE).await });
     }
 
     /// Loads a batch this process leads, through L2 and the origin.
-    async fn lead(self, jobs: Vec<Job<V>>, mode: Mode) {
+    async fn lead(self, jobs: Vec<Job<V>>, mode: Mode, deadline: Deadline) {
         let inner = self.cache.inner.clone();
         let stats = &inner.local.stats;
         let ticket = inner.local.gens.ticket();
@@ -372,7 +418,8 @@ where
         }
 
         if !pending.is_empty() {
-            self.load_pending(pending, &ticket, &mut back).await;
+            self.load_pending(pending, &ticket, &mut back, deadline)
+                .await;
         }
 
         if let Some(l2) = &inner.l2 {
@@ -395,7 +442,13 @@ where
 
     /// Takes the load locks, loads what this process won from the origin
     /// and waits for what other replicas are loading.
-    async fn load_pending(&self, pending: Vec<Job<V>>, ticket: &Ticket, back: &mut WriteBack) {
+    async fn load_pending(
+        &self,
+        pending: Vec<Job<V>>,
+        ticket: &Ticket,
+        back: &mut WriteBack,
+        deadline: Deadline,
+    ) {
         let inner = &self.cache.inner;
         let stats = &inner.local.stats;
         let locked: Vec<Option<(Guard, Option<Vec<u8>>)>> = match &inner.l2 {
@@ -454,12 +507,12 @@ where
         }
         let mut waited_back = WriteBack::default();
         let ((), unresolved) = futures::join!(
-            self.load_origin(winners, ticket, back),
+            self.load_origin(winners, ticket, back, deadline),
             self.wait_for_peers(losers, ticket, &mut waited_back),
         );
         back.deletes.append(&mut waited_back.deletes);
         if !unresolved.is_empty() {
-            self.load_origin(unresolved, ticket, back).await;
+            self.load_origin(unresolved, ticket, back, deadline).await;
         }
     }
 
@@ -469,6 +522,7 @@ where
         items: Vec<(Job<V>, Option<Guard>)>,
         ticket: &Ticket,
         back: &mut WriteBack,
+        deadline: Deadline,
     ) {
         if items.is_empty() {
             return;
@@ -477,7 +531,7 @@ where
         let stats = &inner.local.stats;
         let keys: Vec<CacheKey> = items.iter().map(|(j, _)| j.key().clone()).collect();
         let started = Instant::now();
-        let mut loaded = self.origin.load(keys).await;
+        let mut loaded = self.origin.load(keys, deadline).await;
         stats.origin_load(items.len(), started.elapsed());
         let now = inner.clock.now_ms();
         for (job, guard) in items {
@@ -686,10 +740,14 @@ where
 
     /// Asks the origin directly, storing nothing (cache disabled, or a
     /// single-flight leader lost).
-    async fn load_uncached(&self, keys: &[CacheKey]) -> Vec<(CacheKey, Outcome<V, O::Error>)> {
+    async fn load_uncached(
+        &self,
+        keys: &[CacheKey],
+        deadline: Deadline,
+    ) -> Vec<(CacheKey, Outcome<V, O::Error>)> {
         let stats = &self.cache.inner.local.stats;
         let started = Instant::now();
-        let mut loaded = self.origin.load(keys.to_vec()).await;
+        let mut loaded = self.origin.load(keys.to_vec(), deadline).await;
         stats.origin_load(keys.len(), started.elapsed());
         keys.iter()
             .map(|key| {

@@ -6,7 +6,6 @@
 //! GraphQL.
 
 pub mod breaker;
-pub mod deadline;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -32,6 +31,7 @@ pub use scheduler::{Dial, Guards, SchedulerHandle};
 use retry::RetryBudget;
 
 use crate::config::Timeouts;
+use crate::deadline::Deadline;
 use crate::proto::common::v2::{Host, Peer, Task};
 use crate::proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
@@ -270,7 +270,11 @@ impl ClusterClient {
     /// host, so one healthy scheduler answers. Schedulers that would fail
     /// fast are tried last (and cost nothing); after one failed call, one
     /// retry on another scheduler, if the retry budget allows.
-    pub async fn list_hosts(&self, cluster_id: u64) -> Result<Vec<Host>, ClusterError> {
+    pub async fn list_hosts(
+        &self,
+        cluster_id: u64,
+        deadline: Deadline,
+    ) -> Result<Vec<Host>, ClusterError> {
         let cluster = self.cluster(cluster_id)?;
         let timeout = self.inner.settings.timeouts.list_hosts;
         let mut last_error = None;
@@ -284,7 +288,7 @@ impl ClusterClient {
                 break;
             }
             let result = scheduler
-                .call("ListHosts", timeout, |mut client| async move {
+                .call("ListHosts", timeout, deadline, |mut client| async move {
                     client.list_hosts(ListHostsRequest { r#type: None }).await
                 })
                 .await;
@@ -317,7 +321,12 @@ impl ClusterClient {
     }
 
     /// `StatTask` on the task's owner, then on the rest of the cluster.
-    pub async fn stat_task(&self, cluster_id: u64, task_id: &str) -> Result<Task, ClusterError> {
+    pub async fn stat_task(
+        &self,
+        cluster_id: u64,
+        task_id: &str,
+        deadline: Deadline,
+    ) -> Result<Task, ClusterError> {
         validate_id("task id", task_id)?;
         let request = StatTaskRequest {
             host_id: GATEWAY_HOST_ID.to_owned(),
@@ -328,6 +337,7 @@ impl ClusterClient {
             task_id,
             "StatTask",
             Idempotent::Yes,
+            deadline,
             move |mut client| {
                 let request = request.clone();
                 async move { client.stat_task(request).await }
@@ -337,7 +347,12 @@ impl ClusterClient {
     }
 
     /// `StatPeer` on the owner of the peer's task, then on the rest.
-    pub async fn stat_peer(&self, cluster_id: u64, key: &PeerKey) -> Result<Peer, ClusterError> {
+    pub async fn stat_peer(
+        &self,
+        cluster_id: u64,
+        key: &PeerKey,
+        deadline: Deadline,
+    ) -> Result<Peer, ClusterError> {
         validate_peer_key(key)?;
         let request = StatPeerRequest {
             host_id: key.host_id.clone(),
@@ -349,6 +364,7 @@ impl ClusterClient {
             &key.task_id,
             "StatPeer",
             Idempotent::Yes,
+            deadline,
             move |mut client| {
                 let request = request.clone();
                 async move { client.stat_peer(request).await }
@@ -364,6 +380,7 @@ impl ClusterClient {
         cluster_id: u64,
         host_id: &str,
         task_id: &str,
+        deadline: Deadline,
     ) -> Result<(), ClusterError> {
         validate_id("host id", host_id)?;
         validate_id("task id", task_id)?;
@@ -376,6 +393,7 @@ impl ClusterClient {
             task_id,
             "DeleteTask",
             Idempotent::No,
+            deadline,
             move |mut client| {
                 let request = request.clone();
                 async move { client.delete_task(request).await }
@@ -385,7 +403,12 @@ impl ClusterClient {
         .map(|_| ())
     }
 
-    pub async fn delete_peer(&self, cluster_id: u64, key: &PeerKey) -> Result<(), ClusterError> {
+    pub async fn delete_peer(
+        &self,
+        cluster_id: u64,
+        key: &PeerKey,
+        deadline: Deadline,
+    ) -> Result<(), ClusterError> {
         validate_peer_key(key)?;
         let request = DeletePeerRequest {
             host_id: key.host_id.clone(),
@@ -397,6 +420,7 @@ impl ClusterClient {
             &key.task_id,
             "DeletePeer",
             Idempotent::No,
+            deadline,
             move |mut client| {
                 let request = request.clone();
                 async move { client.delete_peer(request).await }
@@ -408,7 +432,12 @@ impl ClusterClient {
 
     /// Every scheduler of the cluster holds the host, so every one is told;
     /// the delete succeeds when at least one scheduler accepted it.
-    pub async fn delete_host(&self, cluster_id: u64, host_id: &str) -> Result<(), ClusterError> {
+    pub async fn delete_host(
+        &self,
+        cluster_id: u64,
+        host_id: &str,
+        deadline: Deadline,
+    ) -> Result<(), ClusterError> {
         validate_id("host id", host_id)?;
         let cluster = self.cluster(cluster_id)?;
         let timeout = self.inner.settings.timeouts.stat;
@@ -421,7 +450,7 @@ impl ClusterClient {
                 };
                 async move {
                     scheduler
-                        .call("DeleteHost", timeout, |mut client| async move {
+                        .call("DeleteHost", timeout, deadline, |mut client| async move {
                             client.delete_host(request).await
                         })
                         .await
@@ -452,6 +481,7 @@ impl ClusterClient {
         task_id: &str,
         method: &'static str,
         idempotent: Idempotent,
+        deadline: Deadline,
         rpc: F,
     ) -> Result<T, ClusterError>
     where
@@ -471,7 +501,7 @@ impl ClusterClient {
             self.retry_budget.deposit();
         }
         if let Some(owner) = cluster.scheduler(owner_addr) {
-            match owner.call(method, timeout, rpc.clone()).await {
+            match owner.call(method, timeout, deadline, rpc.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(ClusterError::NotFound) => {}
                 Err(e) if e.is_fast_failure() => failure = Some(e),
@@ -488,7 +518,7 @@ impl ClusterClient {
             .schedulers
             .iter()
             .filter(|s| s.addr != owner_addr)
-            .map(|s| s.call(method, timeout, rpc.clone()))
+            .map(|s| s.call(method, timeout, deadline, rpc.clone()))
             .collect();
         while let Some(result) = others.next().await {
             match result {

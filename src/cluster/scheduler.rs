@@ -12,9 +12,9 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::ClusterError;
 use super::breaker::{Breaker, BreakerClock, BreakerConfig, CircuitState, Outcome, Transition};
-use super::deadline;
 use super::health::{Health, HealthSnapshot};
 use super::retry::{Backoff, RetryConfig};
+use crate::deadline::Deadline;
 use crate::proto::scheduler::v2::StatTaskRequest;
 use crate::proto::scheduler::v2::scheduler_client::SchedulerClient;
 
@@ -145,9 +145,12 @@ impl SchedulerHandle {
             task_id: PROBE_TASK_ID.to_owned(),
         };
         match self
-            .call("StatTask", timeout, |mut client| async move {
-                client.stat_task(request).await
-            })
+            .call(
+                "StatTask",
+                timeout,
+                Deadline::NONE,
+                |mut client| async move { client.stat_task(request).await },
+            )
             .await
         {
             Ok(_) | Err(ClusterError::NotFound) => Ok(()),
@@ -183,6 +186,7 @@ impl SchedulerHandle {
         &self,
         method: &'static str,
         timeout: Duration,
+        deadline: Deadline,
         rpc: F,
     ) -> Result<T, ClusterError>
     where
@@ -200,10 +204,7 @@ impl SchedulerHandle {
         }
         // The request's budget cuts the call's own timeout short; a call
         // cut short says nothing about the scheduler's health.
-        let (timeout, cut) = match deadline::remaining() {
-            Some(left) if left < timeout => (left, true),
-            _ => (timeout, false),
-        };
+        let (timeout, cut) = deadline.clamp(timeout);
         if timeout.is_zero() {
             return Err(ClusterError::DeadlineExceeded {
                 scheduler: self.addr,

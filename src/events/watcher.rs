@@ -18,6 +18,7 @@ use super::interest::{Wanted, share};
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric, now_ms};
 use crate::cache::Cache;
 use crate::cluster::{CircuitState, ClusterClient, ClusterError, PeerKey};
+use crate::deadline::Deadline;
 use crate::proto::common::v2::{Peer, Task};
 
 /// The last observations of one cluster.
@@ -379,7 +380,7 @@ impl Watcher {
         };
         if hosts {
             metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
-            match self.cluster.list_hosts(cluster_id).await {
+            match self.cluster.list_hosts(cluster_id, Deadline::NONE).await {
                 Ok(list) => {
                     let new = snapshot_hosts(list);
                     if let Some(old) = &state.hosts {
@@ -416,7 +417,10 @@ impl Watcher {
         }
         let mut answers = futures::stream::iter(peers)
             .map(|key| async move {
-                let answer = self.cluster.stat_peer(cluster_id, &key).await;
+                let answer = self
+                    .cluster
+                    .stat_peer(cluster_id, &key, Deadline::NONE)
+                    .await;
                 (key, answer)
             })
             .buffer_unordered(concurrency);
@@ -468,7 +472,10 @@ impl Watcher {
         }
         let mut answers = futures::stream::iter(tasks)
             .map(|task_id| async move {
-                let answer = self.cluster.stat_task(cluster_id, &task_id).await;
+                let answer = self
+                    .cluster
+                    .stat_task(cluster_id, &task_id, Deadline::NONE)
+                    .await;
                 (task_id, answer)
             })
             .buffer_unordered(concurrency);

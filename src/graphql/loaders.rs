@@ -15,7 +15,8 @@ use super::errors::cluster_error;
 use super::freshness::Freshness;
 use super::types::{Host, Peer, Task};
 use crate::cache::{Cache, CacheKey, Fetched, Kind, Origin, OriginResult, TypedCache};
-use crate::cluster::{ClusterClient, ClusterError, PeerKey, deadline};
+use crate::cluster::{ClusterClient, ClusterError, PeerKey};
+use crate::deadline::Deadline;
 use crate::proto::common::v2 as pb;
 use crate::proto::scheduler::v2::ListHostsResponse;
 
@@ -31,12 +32,13 @@ impl Origin<ListHostsResponse> for HostsOrigin {
     fn load(
         &self,
         keys: Vec<CacheKey>,
+        deadline: Deadline,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<ListHostsResponse, ClusterError>>> {
         let client = self.0.clone();
         let load = async move {
             let results = futures::future::join_all(keys.iter().map(|key| {
                 let client = client.clone();
-                async move { client.list_hosts(key.cluster).await }
+                async move { client.list_hosts(key.cluster, deadline).await }
             }))
             .await;
             keys.into_iter()
@@ -44,9 +46,7 @@ impl Origin<ListHostsResponse> for HostsOrigin {
                 .map(|(key, result)| (key, result.map(|hosts| Some(ListHostsResponse { hosts }))))
                 .collect()
         };
-        // The load may be polled elsewhere (single-flight): it keeps the
-        // deadline of the request that started it.
-        deadline::scope_opt(deadline::current(), load).boxed()
+        load.boxed()
     }
 }
 
@@ -59,19 +59,20 @@ impl Origin<pb::Task> for TaskOrigin {
     fn load(
         &self,
         keys: Vec<CacheKey>,
+        deadline: Deadline,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Task, ClusterError>>> {
         let client = self.0.clone();
         let load = futures::stream::iter(keys)
             .map(move |key| {
                 let client = client.clone();
                 async move {
-                    let result = client.stat_task(key.cluster, &key.id).await;
+                    let result = client.stat_task(key.cluster, &key.id, deadline).await;
                     (key, not_found_as_none(result))
                 }
             })
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect();
-        deadline::scope_opt(deadline::current(), load).boxed()
+        load.boxed()
     }
 }
 
@@ -84,6 +85,7 @@ impl Origin<pb::Peer> for PeerOrigin {
     fn load(
         &self,
         keys: Vec<CacheKey>,
+        deadline: Deadline,
     ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Peer, ClusterError>>> {
         let client = self.0.clone();
         let load = futures::stream::iter(keys)
@@ -91,7 +93,7 @@ impl Origin<pb::Peer> for PeerOrigin {
                 let client = client.clone();
                 async move {
                     let result = match PeerKey::from_path(&key.id) {
-                        Some(peer) => client.stat_peer(key.cluster, &peer).await,
+                        Some(peer) => client.stat_peer(key.cluster, &peer, deadline).await,
                         None => Err(ClusterError::InvalidArgument {
                             message: format!("malformed peer cache id {:?}", key.id),
                         }),
@@ -101,7 +103,7 @@ impl Origin<pb::Peer> for PeerOrigin {
             })
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect();
-        deadline::scope_opt(deadline::current(), load).boxed()
+        load.boxed()
     }
 }
 
@@ -175,6 +177,7 @@ where
 pub struct HostListLoader {
     origins: Arc<Origins>,
     freshness: Arc<Freshness>,
+    deadline: Deadline,
 }
 
 impl Loader<u64> for HostListLoader {
@@ -186,7 +189,11 @@ impl Loader<u64> for HostListLoader {
             .iter()
             .map(|&cluster| CacheKey::new(Kind::Hosts, cluster, ""))
             .collect();
-        let results = self.origins.hosts.get_many(&cache_keys).await;
+        let results = self
+            .origins
+            .hosts
+            .get_many(&cache_keys, self.deadline)
+            .await;
         Ok(account(&self.freshness, results, |k| k.cluster))
     }
 }
@@ -194,6 +201,7 @@ impl Loader<u64> for HostListLoader {
 pub struct TaskLoader {
     origins: Arc<Origins>,
     freshness: Arc<Freshness>,
+    deadline: Deadline,
 }
 
 impl Loader<TaskKey> for TaskLoader {
@@ -205,7 +213,11 @@ impl Loader<TaskKey> for TaskLoader {
             .iter()
             .map(|k| CacheKey::new(Kind::Task, k.cluster_id, k.task_id.clone()))
             .collect();
-        let results = self.origins.tasks.get_many(&cache_keys).await;
+        let results = self
+            .origins
+            .tasks
+            .get_many(&cache_keys, self.deadline)
+            .await;
         Ok(account(&self.freshness, results, |k| TaskKey {
             cluster_id: k.cluster,
             task_id: k.id.clone(),
@@ -216,6 +228,7 @@ impl Loader<TaskKey> for TaskLoader {
 pub struct PeerLoader {
     origins: Arc<Origins>,
     freshness: Arc<Freshness>,
+    deadline: Deadline,
 }
 
 impl Loader<PeerLookup> for PeerLoader {
@@ -236,7 +249,11 @@ impl Loader<PeerLookup> for PeerLoader {
             })
             .collect();
         let cache_keys: Vec<CacheKey> = by_cache_key.keys().cloned().collect();
-        let results = self.origins.peers.get_many(&cache_keys).await;
+        let results = self
+            .origins
+            .peers
+            .get_many(&cache_keys, self.deadline)
+            .await;
         Ok(account(&self.freshness, results, |k| {
             by_cache_key.get(k).cloned().unwrap_or_else(|| PeerLookup {
                 cluster_id: k.cluster,
@@ -256,6 +273,8 @@ pub struct Loaders {
     tasks: DataLoader<TaskLoader, HashMapCache>,
     peers: DataLoader<PeerLoader, HashMapCache>,
     pub freshness: Arc<Freshness>,
+    /// The request's budget, for calls made outside the loaders (deletes).
+    pub deadline: Deadline,
 }
 
 fn loader_failure(e: Arc<str>) -> async_graphql::Error {
@@ -263,49 +282,45 @@ fn loader_failure(e: Arc<str>) -> async_graphql::Error {
     async_graphql::Error::new(e.to_string()).extend_with(|_, ext| ext.set("code", "INTERNAL"))
 }
 
-/// Spawns a DataLoader's batch as its own task, carrying the request's
-/// deadline along (task-locals do not cross `tokio::spawn`).
-fn spawner(
-    deadline: Option<std::time::Instant>,
-) -> impl Fn(BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> + Send + Sync + 'static {
-    move |batch| tokio::spawn(deadline::scope_opt(deadline, batch))
-}
-
 impl Loaders {
     /// Loaders with no request deadline: calls get their own timeouts.
     pub fn new(origins: Arc<Origins>) -> Self {
-        Self::with_deadline(origins, None)
+        Self::with_deadline(origins, Deadline::NONE)
     }
 
     /// Loaders whose scheduler calls end by `deadline` at the latest.
-    pub fn with_deadline(origins: Arc<Origins>, deadline: Option<std::time::Instant>) -> Self {
+    pub fn with_deadline(origins: Arc<Origins>, deadline: Deadline) -> Self {
         let freshness = Arc::new(Freshness::default());
         Self {
             hosts: DataLoader::with_cache(
                 HostListLoader {
                     origins: origins.clone(),
                     freshness: freshness.clone(),
+                    deadline,
                 },
-                spawner(deadline),
+                tokio::spawn,
                 HashMapCache::default(),
             ),
             tasks: DataLoader::with_cache(
                 TaskLoader {
                     origins: origins.clone(),
                     freshness: freshness.clone(),
+                    deadline,
                 },
-                spawner(deadline),
+                tokio::spawn,
                 HashMapCache::default(),
             ),
             peers: DataLoader::with_cache(
                 PeerLoader {
                     origins,
                     freshness: freshness.clone(),
+                    deadline,
                 },
-                spawner(deadline),
+                tokio::spawn,
                 HashMapCache::default(),
             ),
             freshness,
+            deadline,
         }
     }
 

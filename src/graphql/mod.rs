@@ -68,7 +68,10 @@ impl GatewayState {
 
     /// Fresh loaders for one request that must be answered by `deadline`.
     pub fn loaders_until(&self, deadline: std::time::Instant) -> Loaders {
-        Loaders::with_deadline(self.origins.clone(), Some(deadline))
+        Loaders::with_deadline(
+            self.origins.clone(),
+            crate::deadline::Deadline::at(deadline),
+        )
     }
 }
 

@@ -6,9 +6,10 @@ use async_graphql::{Context, ID, Object, Result};
 
 use super::GatewayState;
 use super::errors::{bad_input, cluster_error, mutations_disabled};
-use super::loaders::peer_cache_id;
+use super::loaders::{Loaders, peer_cache_id};
 use super::query::{PeerKeyInput, peer_key};
 use crate::cache::{CacheKey, Kind};
+use crate::deadline::Deadline;
 
 pub struct Mutation;
 
@@ -25,6 +26,12 @@ fn cluster(id: &ID) -> Result<u64> {
         .map_err(|_| bad_input(format!("scheduler cluster id {:?} is not a number", id.0)))
 }
 
+/// The request's budget (none outside a request, e.g. in tests).
+fn budget(ctx: &Context<'_>) -> Deadline {
+    ctx.data_opt::<Loaders>()
+        .map_or(Deadline::NONE, |l| l.deadline)
+}
+
 #[Object]
 impl Mutation {
     /// Tells the task's scheduler to delete a peer. True when deleted.
@@ -39,7 +46,7 @@ impl Mutation {
         let cluster_id = cluster(&scheduler_cluster_id)?;
         state
             .cluster
-            .delete_peer(cluster_id, &key)
+            .delete_peer(cluster_id, &key, budget(ctx))
             .await
             .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
@@ -62,7 +69,7 @@ impl Mutation {
         let cluster_id = cluster(&scheduler_cluster_id)?;
         state
             .cluster
-            .delete_task(cluster_id, &host_id, &id)
+            .delete_task(cluster_id, &host_id, &id, budget(ctx))
             .await
             .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
@@ -83,7 +90,7 @@ impl Mutation {
         let cluster_id = cluster(&scheduler_cluster_id)?;
         state
             .cluster
-            .delete_host(cluster_id, &id)
+            .delete_host(cluster_id, &id, budget(ctx))
             .await
             .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state

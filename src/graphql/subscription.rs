@@ -18,6 +18,7 @@ use super::loaders::Loaders;
 use super::query::{Query, check_id};
 use super::types::{CircuitState, Host, Peer, PeerState, Scheduler, Task};
 use crate::cluster::{ClusterError, PeerKey};
+use crate::deadline::Deadline;
 use crate::events::diff::{only_resources, task_fields};
 use crate::events::{Event, HostChange, Watched, What};
 
@@ -210,7 +211,11 @@ impl Subscription {
         };
         let cluster_id = cached.cluster_id;
         // The current state, not a cached copy up to a fresh TTL old.
-        let current = match state.cluster.stat_peer(cluster_id, &key).await {
+        let current = match state
+            .cluster
+            .stat_peer(cluster_id, &key, Deadline::NONE)
+            .await
+        {
             Ok(peer) => Arc::new(peer),
             Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such peer")),
             Err(e) => {
@@ -296,7 +301,11 @@ impl Subscription {
             return Err(coded("NOT_FOUND", "no such task"));
         };
         let cluster_id = cached.cluster_id;
-        let current = match state.cluster.stat_task(cluster_id, &id).await {
+        let current = match state
+            .cluster
+            .stat_task(cluster_id, &id, Deadline::NONE)
+            .await
+        {
             Ok(task) => Arc::new(task),
             Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such task")),
             Err(e) => {

@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::cluster::deadline;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -77,13 +76,19 @@ fn json_response(accept: Accept, status: StatusCode, body: String) -> Response {
 
 /// The answer to a request that ran out of its budget.
 fn timed_out(budget: Duration) -> async_graphql::Response {
-    use async_graphql::ErrorExtensions;
-    let error = async_graphql::Error::new(format!(
-        "the request did not complete within its {} ms budget",
-        budget.as_millis()
-    ))
-    .extend_with(|_, ext| ext.set("code", "REQUEST_TIMEOUT"));
-    async_graphql::Response::from_errors(vec![error.into_server_error(Default::default())])
+    // No position: the budget belongs to no place in the document, and
+    // `locations` is left out rather than pointing at line 0.
+    let mut error = async_graphql::ServerError::new(
+        format!(
+            "the request did not complete within its {} ms budget",
+            budget.as_millis()
+        ),
+        None,
+    );
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", "REQUEST_TIMEOUT");
+    error.extensions = Some(extensions);
+    async_graphql::Response::from_errors(vec![error])
 }
 
 fn not_acceptable() -> Response {
@@ -198,7 +203,7 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
     let calls_deadline = started + budget - reserve;
     let loaders = app.gateway.loaders_until(calls_deadline);
     let freshness = loaders.freshness.clone();
-    let execution = deadline::scope(calls_deadline, app.schema.execute(request.data(loaders)));
+    let execution = app.schema.execute(request.data(loaders));
     let (mut response, ran_out) = match tokio::time::timeout(budget, execution).await {
         Ok(response) => (response, false),
         Err(_) => {
@@ -234,4 +239,18 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
             .to_string()
     });
     json_response(accept, status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_out_request_has_a_code_and_no_location() {
+        let body = serde_json::to_value(timed_out(Duration::from_secs(1))).unwrap();
+        let error = &body["errors"][0];
+        assert_eq!(error["extensions"]["code"], "REQUEST_TIMEOUT");
+        assert!(error.get("locations").is_none(), "{error}");
+        assert!(body["data"].is_null());
+    }
 }
