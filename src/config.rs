@@ -317,7 +317,7 @@ impl Config {
             .merge(
                 Env::prefixed("DFGRAPH_")
                     .split("__")
-                    .filter(|key| !FLAG_ENV_KEYS.contains(&key.as_str())),
+                    .filter(|key| !is_flag_env(key.as_str())),
             )
             .merge(Serialized::defaults(overrides))
             .extract()
@@ -423,14 +423,64 @@ impl Config {
             Ok(SchedulerSource::Static(schedulers))
         }
     }
+
+    /// Where schedulers come from, and the shared tier, in one line (for
+    /// `check-config`).
+    pub fn describe_source(&self) -> Result<String, ConfigError> {
+        let source = match self.scheduler_source()? {
+            SchedulerSource::Static(list) => format!("{} static schedulers", list.len()),
+            SchedulerSource::Manager {
+                addr, cluster_ids, ..
+            } => format!("manager {addr} for clusters {cluster_ids:?}"),
+            SchedulerSource::Simulated => "the embedded simulated cluster".to_owned(),
+        };
+        let redis = if self.redis.is_some() || self.cache.redis_url.is_some() {
+            "Redis"
+        } else {
+            "no Redis"
+        };
+        Ok(format!("{source}, {redis}"))
+    }
 }
 
-/// Top-level keys that command-line flags set (with their own env vars).
-const FLAG_ENV_KEYS: &[&str] = &["scheduler", "scheduler_cluster_id", "config", "log"];
+/// `DFGRAPH_*` variables that are not config keys: those of command-line
+/// flags (clap reads them itself, with list syntax figment does not parse)
+/// and the cache key ring the README suggests (`keys_env`).
+const FLAG_ENV_KEYS: &[&str] = &[
+    "scheduler",
+    "scheduler_cluster_id",
+    "config",
+    "log_format",
+    "cache_keys",
+];
+
+/// True for a variable (without its prefix, as figment hands it over: in
+/// the case it was written) that the config loader must leave alone.
+fn is_flag_env(key: &str) -> bool {
+    FLAG_ENV_KEYS
+        .iter()
+        .any(|flag| key.eq_ignore_ascii_case(flag))
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_variables_are_left_to_the_flags_in_any_case() {
+        for key in [
+            "SCHEDULER",
+            "scheduler_cluster_id",
+            "CONFIG",
+            "LOG_FORMAT",
+            "CACHE_KEYS",
+        ] {
+            assert!(is_flag_env(key), "{key}");
+        }
+        for key in ["LISTEN", "REDIS", "CACHE__ENABLED", "SCHEDULERS"] {
+            assert!(!is_flag_env(key), "{key}");
+        }
+    }
 
     #[test]
     fn parses_static_scheduler() {
