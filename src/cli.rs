@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `simulate`, `schema`, `status`.
+//! The command line: `serve` (default), `simulate`, `schema`, `status`,
+//! `check-config`.
 //! Flags map onto [`Config`] keys; each also reads a `DFGRAPH_*` variable.
 
 use std::net::SocketAddr;
@@ -41,12 +42,45 @@ pub enum Command {
     Schema,
     /// Fetch cluster state straight from the schedulers and print it.
     Status(StatusArgs),
+    /// Check a command line (flags, `DFGRAPH_*` variables, config file)
+    /// without running it: `dfgraph check-config serve --manager HOST:PORT`.
+    /// Exits non-zero with the reason when `dfgraph ARGS...` would refuse
+    /// to start. Nothing is dialled or bound.
+    CheckConfig(CheckConfigArgs),
     /// Drive a GraphQL query mix against a gateway and report latency,
     /// throughput, scheduler calls and cache hit ratio.
     Bench(crate::bench::BenchArgs),
     /// The subscriber side of `bench --scenario live`, in its own process.
     #[command(hide = true)]
     BenchSubscribers(BenchSubscribersArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckConfigArgs {
+    /// The command line to check, without the program name (none: `serve`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<String>,
+}
+
+impl SimulateArgs {
+    /// The simulator configuration these flags describe.
+    pub fn sim_config(&self) -> crate::sim::SimConfig {
+        crate::sim::SimConfig {
+            clusters: self.clusters,
+            schedulers_per_cluster: self.schedulers_per_cluster,
+            hosts: self.hosts,
+            tasks: self.tasks,
+            peers_per_task: self.peers_per_task,
+            seed: self.seed,
+            tick_interval: (!self.tick.is_zero()).then_some(self.tick),
+            listen_ip: self.listen.ip(),
+            base_port: self.listen.port(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,10 +5,10 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use dfgraph::cli::{Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
+use dfgraph::cli::{CheckConfigArgs, Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
 use dfgraph::config::Config;
 use dfgraph::gateway::{Gateway, cluster_client};
-use dfgraph::sim::{SimCluster, SimConfig};
+use dfgraph::sim::SimCluster;
 
 // jemalloc over glibc's malloc, measured on the console overview (1.37x
 // throughput) and idle websocket subscribers (8 vs 21 KiB each): see
@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Status(args)) => status(args).await,
+        Some(Command::CheckConfig(args)) => check_config(args),
         Some(Command::Bench(args)) if args.scenario == dfgraph::bench::Scenario::Live => {
             let report = dfgraph::bench::live::run(&args).await?;
             if args.json {
@@ -101,25 +102,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let sim = SimCluster::start(SimConfig {
-        clusters: args.clusters,
-        schedulers_per_cluster: args.schedulers_per_cluster,
-        hosts: args.hosts,
-        tasks: args.tasks,
-        peers_per_task: args.peers_per_task,
-        seed: args.seed,
-        tick_interval: (!args.tick.is_zero()).then_some(args.tick),
-        listen_ip: args.listen.ip(),
-        base_port: args.listen.port(),
-    })
-    .await
-    .context("starting the simulated cluster")?;
+    let sim = SimCluster::start(args.sim_config())
+        .await
+        .context("starting the simulated cluster")?;
     for s in sim.schedulers() {
         println!("cluster={} scheduler={}", s.cluster_id, s.addr);
     }
     println!("manager={}", sim.manager_addr());
     shutdown_signal().await;
     sim.shutdown().await;
+    Ok(())
+}
+
+/// Parses `dfgraph ARGS...` and builds what it would start from, short of
+/// dialling or binding: the merged configuration (validated), the cluster
+/// client's settings (TLS files read), the simulator's layout.
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let argv = std::iter::once("dfgraph".to_owned()).chain(args.args);
+    let cli = Cli::try_parse_from(argv).context("parsing the command line")?;
+    let what = match cli.command {
+        None | Some(Command::Serve(_)) => {
+            let serve = match cli.command {
+                Some(Command::Serve(args)) => args,
+                _ => cli.serve,
+            };
+            let config = Config::load(serve.source.config.as_deref(), serve.overrides())?;
+            cluster_client(&config)?;
+            format!(
+                "serve: listen {}, {}",
+                config.listen,
+                config.describe_source()?
+            )
+        }
+        Some(Command::Status(args)) => {
+            let config = Config::load(args.source.config.as_deref(), args.source.overrides())?;
+            cluster_client(&config)?;
+            format!("status: {}", config.describe_source()?)
+        }
+        Some(Command::Simulate(args)) => {
+            let sim = args.sim_config();
+            dfgraph::sim::validate(&sim)?;
+            format!(
+                "simulate: {} clusters x {} schedulers from {}",
+                sim.clusters, sim.schedulers_per_cluster, args.listen
+            )
+        }
+        Some(other) => format!("{other:?}: nothing to check beyond its flags"),
+    };
+    println!("configuration ok: {what}");
     Ok(())
 }
 

@@ -155,7 +155,8 @@ pub struct SimCluster {
     inner: Arc<Inner>,
 }
 
-fn validate(config: &SimConfig) -> Result<(), SimError> {
+/// Checks a configuration without binding anything.
+pub fn validate(config: &SimConfig) -> Result<(), SimError> {
     if config.clusters == 0 {
         return Err(SimError::InvalidConfig(
             "clusters must be at least 1".into(),
