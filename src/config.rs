@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::cache::CacheConfig;
 use crate::cluster::{BreakerConfig, RetryConfig};
 use crate::events::WatchConfig;
@@ -48,6 +49,53 @@ pub struct Config {
     pub subscriptions: SubscriptionLimits,
     /// The simulated cluster started when no scheduler or manager is given.
     pub simulator: SimulatorConfig,
+    /// Who may read and who may change (see README, Security).
+    pub auth: AuthConfig,
+    /// What browsers may do: cross-origin callers, CSRF prevention.
+    pub browser: BrowserConfig,
+    /// Schema-level switches for production.
+    pub graphql: GraphqlConfig,
+}
+
+/// Browser safety: which other origins may call dfgraph from a page, and
+/// refusing requests a browser would send without a CORS preflight.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserConfig {
+    /// Origins (`https://console.example.com`) allowed cross-origin; the
+    /// default, none, allows only same-origin pages.
+    pub cors_allowed_origins: Vec<String>,
+    /// Refuse `/graphql` requests a browser could send cross-site without a
+    /// preflight (form or text/plain bodies; GET without a non-simple
+    /// header), as Apollo's CSRF prevention does.
+    pub csrf_prevention: bool,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        BrowserConfig {
+            cors_allowed_origins: Vec::new(),
+            csrf_prevention: true,
+        }
+    }
+}
+
+/// Introspection and "did you mean" suggestions: on for exploring in
+/// GraphiQL, off in production where the schema need not be advertised.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    pub introspection: bool,
+    pub field_suggestions: bool,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            introspection: true,
+            field_suggestions: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -69,6 +117,9 @@ impl Default for Config {
             watch: WatchConfig::default(),
             subscriptions: SubscriptionLimits::default(),
             simulator: SimulatorConfig::default(),
+            auth: AuthConfig::default(),
+            browser: BrowserConfig::default(),
+            graphql: GraphqlConfig::default(),
         }
     }
 }
@@ -333,6 +384,30 @@ impl Config {
             message,
         };
         self.static_schedulers()?;
+        if self.enable_mutations && !self.auth.has_method() {
+            return Err(invalid(
+                "enable_mutations",
+                "mutations change the cluster: configure an authentication method under [auth] \
+                 (manager, oidc or tokens) so only admins can run them"
+                    .into(),
+            ));
+        }
+        self.auth
+            .validate()
+            .map_err(|e| invalid("auth", e.to_string()))?;
+        for origin in &self.browser.cors_allowed_origins {
+            if origin == "*"
+                || axum::http::HeaderValue::from_str(origin).is_err()
+                || !origin.contains("://")
+            {
+                return Err(invalid(
+                    "browser.cors_allowed_origins",
+                    format!(
+                        "{origin:?} is not an origin like https://console.example.com (no wildcards)"
+                    ),
+                ));
+            }
+        }
         if self.manager.is_some() && !self.schedulers.is_empty() {
             return Err(invalid(
                 "manager",

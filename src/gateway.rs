@@ -41,6 +41,8 @@ pub enum StartError {
     Events(String),
     #[error("simulated cluster: {0}")]
     Simulator(String),
+    #[error("access control: {0}")]
+    Auth(#[from] crate::auth::config::AuthConfigError),
 }
 
 /// A running gateway.
@@ -220,8 +222,16 @@ impl Gateway {
             warm.origins.hosts.prefetch(&keys).await;
         });
         let fanout = crate::http::fanout::Fanout::default();
+        let auth = crate::auth::Authenticator::new(&config.auth).await?;
+        if config.auth.anonymous == crate::auth::Anonymous::Viewer {
+            tracing::info!(
+                "anonymous callers may query and subscribe (auth.anonymous = \"viewer\")"
+            );
+        }
         let app = AppState {
-            schema: build_schema(state.clone()),
+            schema: build_schema(state.clone(), config.graphql),
+            auth,
+            browser: Arc::new(config.browser.clone()),
             gateway: state.clone(),
             metrics: MetricsHandle::install(),
             subscriptions: crate::http::ws::Limits::new(config.subscriptions),

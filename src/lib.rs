@@ -6,6 +6,7 @@
 //! [`events`] watches for changes and pushes them to subscriptions.
 //! [`sim`] is a simulated Dragonfly cluster for demos and tests.
 
+pub mod auth;
 pub mod bench;
 pub mod cache;
 pub mod cli;

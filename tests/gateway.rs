@@ -477,6 +477,8 @@ async fn bad_input_gets_clear_errors_and_the_right_status() {
     let r = env
         .http
         .get(env.url("/graphql"))
+        // CSRF prevention: a GET names a header a browser would preflight.
+        .header("apollo-require-preflight", "true")
         .query(&[(
             "query",
             "mutation { deleteTask(id: \"x\", hostId: \"h\", schedulerClusterId: \"1\") }",
@@ -515,6 +517,8 @@ async fn get_queries_health_readiness_and_graphiql() {
     let r = env
         .http
         .get(env.url("/graphql"))
+        // CSRF prevention: a GET names a header a browser would preflight.
+        .header("apollo-require-preflight", "true")
         .query(&[(
             "query",
             "{ schedulerClusters { id reachable schedulers { address } } }",

@@ -77,13 +77,19 @@ impl GatewayState {
 
 /// Builds the schema with its limits; `state` is reachable from every
 /// resolver.
-pub fn build_schema(state: Arc<GatewayState>) -> DfSchema {
+pub fn build_schema(state: Arc<GatewayState>, switches: crate::config::GraphqlConfig) -> DfSchema {
     let limits = state.limits;
-    Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
+    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(GatewayState::clone(&state))
         .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
-        .finish()
+        .limit_complexity(limits.max_complexity);
+    if !switches.introspection {
+        builder = builder.disable_introspection();
+    }
+    if !switches.field_suggestions {
+        builder = builder.disable_suggestions();
+    }
+    builder.finish()
 }
 
 /// The SDL of the schema, as checked in at `schema.graphql`.

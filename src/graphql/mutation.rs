@@ -1,24 +1,55 @@
 //! The mutation root: deleting peers, tasks and hosts on the schedulers.
-//! Off unless `enable_mutations` is set, because there is no access
-//! control yet; a successful delete drops the affected cache entries.
+//! Off unless `enable_mutations` is set, and then for admins only; every
+//! attempt is an audit event (`target: "dfgraph::audit"`: who, what, the
+//! outcome). A successful delete drops the affected cache entries.
 
 use async_graphql::{Context, ID, Object, Result};
 
 use super::GatewayState;
-use super::errors::{bad_input, cluster_error, mutations_disabled};
+use super::errors::{bad_input, cluster_error, coded, mutations_disabled};
 use super::loaders::{Loaders, peer_cache_id};
 use super::query::{PeerKeyInput, peer_key};
+use crate::auth::Principal;
 use crate::cache::{CacheKey, Kind};
+use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 
 pub struct Mutation;
 
-fn enabled<'a>(ctx: &'a Context<'_>) -> Result<&'a GatewayState> {
+/// The state and the caller, when mutations are on and the caller is an
+/// admin. A refused caller is audited too.
+fn admitted<'a>(ctx: &'a Context<'_>, action: &str) -> Result<(&'a GatewayState, &'a Principal)> {
     let state = ctx.data::<GatewayState>()?;
     if !state.enable_mutations {
         return Err(mutations_disabled());
     }
-    Ok(state)
+    let Some(who) = ctx.data_opt::<Principal>() else {
+        return Err(coded("FORBIDDEN", "mutations need an authenticated admin"));
+    };
+    if !who.may_mutate() {
+        tracing::warn!(target: "dfgraph::audit", who = %who.subject, role = who.role.as_str(), action, outcome = "forbidden", "mutation refused");
+        return Err(coded(
+            "FORBIDDEN",
+            format!(
+                "{} is a {}; mutations need the admin role",
+                who.subject,
+                who.role.as_str()
+            ),
+        ));
+    }
+    Ok((state, who))
+}
+
+/// Records a mutation's outcome.
+fn audit(who: &Principal, action: &str, target: &str, outcome: &Result<(), ClusterError>) {
+    match outcome {
+        Ok(()) => {
+            tracing::info!(target: "dfgraph::audit", who = %who.subject, action, target, outcome = "ok", "mutation")
+        }
+        Err(e) => {
+            tracing::warn!(target: "dfgraph::audit", who = %who.subject, action, target, outcome = e.code(), error = %e, "mutation failed")
+        }
+    }
 }
 
 fn cluster(id: &ID) -> Result<u64> {
@@ -41,14 +72,20 @@ impl Mutation {
         key: PeerKeyInput,
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
-        let state = enabled(ctx)?;
+        let (state, who) = admitted(ctx, "deletePeer")?;
         let key = peer_key(&key)?;
         let cluster_id = cluster(&scheduler_cluster_id)?;
-        state
+        let outcome = state
             .cluster
             .delete_peer(cluster_id, &key, budget(ctx))
-            .await
-            .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
+            .await;
+        audit(
+            who,
+            "deletePeer",
+            &format!("{cluster_id}/{}", key.path()),
+            &outcome,
+        );
+        outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
             .invalidate(&CacheKey::new(Kind::Peer, cluster_id, peer_cache_id(&key)))
@@ -65,13 +102,19 @@ impl Mutation {
         host_id: ID,
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
-        let state = enabled(ctx)?;
+        let (state, who) = admitted(ctx, "deleteTask")?;
         let cluster_id = cluster(&scheduler_cluster_id)?;
-        state
+        let outcome = state
             .cluster
             .delete_task(cluster_id, &host_id, &id, budget(ctx))
-            .await
-            .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
+            .await;
+        audit(
+            who,
+            "deleteTask",
+            &format!("{cluster_id}/{}/{}", host_id.0, id.0),
+            &outcome,
+        );
+        outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
             .invalidate(&CacheKey::new(Kind::Task, cluster_id, id.0))
@@ -86,13 +129,19 @@ impl Mutation {
         id: ID,
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
-        let state = enabled(ctx)?;
+        let (state, who) = admitted(ctx, "deleteHost")?;
         let cluster_id = cluster(&scheduler_cluster_id)?;
-        state
+        let outcome = state
             .cluster
             .delete_host(cluster_id, &id, budget(ctx))
-            .await
-            .map_err(|e| cluster_error(&e, Some(cluster_id)))?;
+            .await;
+        audit(
+            who,
+            "deleteHost",
+            &format!("{cluster_id}/{}", id.0),
+            &outcome,
+        );
+        outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
             .invalidate(&CacheKey::new(Kind::Hosts, cluster_id, ""))

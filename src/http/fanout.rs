@@ -41,7 +41,7 @@ pub enum Frame {
 }
 
 /// The key under which `request` may share an execution, if it may.
-pub fn share_key(request: &async_graphql::Request) -> Option<String> {
+pub fn share_key(request: &async_graphql::Request, role: crate::auth::Role) -> Option<String> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
     let operation = match &document.operations {
         DocumentOperations::Single(op) => op,
@@ -64,7 +64,8 @@ pub fn share_key(request: &async_graphql::Request) -> Option<String> {
     }
     let variables = serde_json::to_string(&request.variables).ok()?;
     Some(format!(
-        "{}\u{0}{}\u{0}{}",
+        "{}\u{0}{}\u{0}{}\u{0}{}",
+        role.as_str(),
         request.operation_name.as_deref().unwrap_or(""),
         variables,
         request.query
@@ -201,6 +202,7 @@ fn serialize<T: serde::Serialize>(value: &T) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
 
     fn request(query: &str) -> async_graphql::Request {
         async_graphql::Request::new(query)
@@ -208,19 +210,36 @@ mod tests {
 
     #[test]
     fn only_plain_host_event_subscriptions_are_shared() {
-        let a = share_key(&request("subscription { hostEvents { kind } }"));
-        let b = share_key(&request("subscription { hostEvents { kind } }"));
+        let a = share_key(
+            &request("subscription { hostEvents { kind } }"),
+            Role::Viewer,
+        );
+        let b = share_key(
+            &request("subscription { hostEvents { kind } }"),
+            Role::Viewer,
+        );
         assert!(a.is_some() && a == b);
+        // Never shared across roles.
         assert_ne!(
             a,
-            share_key(&request("subscription { hostEvents { host { id } } }"))
+            share_key(
+                &request("subscription { hostEvents { kind } }"),
+                Role::Admin
+            )
+        );
+        assert_ne!(
+            a,
+            share_key(
+                &request("subscription { hostEvents { host { id } } }"),
+                Role::Viewer
+            )
         );
         let with_vars = request("subscription($f: HostFilter) { hostEvents(filter: $f) { kind } }")
             .variables(async_graphql::Variables::from_json(
                 serde_json::json!({"f": {"idcs": ["a"]}}),
             ));
-        assert!(share_key(&with_vars).is_some());
-        assert_ne!(share_key(&with_vars), a);
+        assert!(share_key(&with_vars, Role::Viewer).is_some());
+        assert_ne!(share_key(&with_vars, Role::Viewer), a);
         for unshared in [
             "subscription { peerStateChanged(hostId: \"h\", taskId: \"t\", peerId: \"p\") { to } }",
             "subscription { hostEvents { kind } clusterHealth { up } }",
@@ -228,7 +247,11 @@ mod tests {
             "subscription { ...F } fragment F on Subscription { hostEvents { kind } }",
             "not graphql",
         ] {
-            assert_eq!(share_key(&request(unshared)), None, "{unshared}");
+            assert_eq!(
+                share_key(&request(unshared), Role::Viewer),
+                None,
+                "{unshared}"
+            );
         }
     }
 

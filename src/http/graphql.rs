@@ -113,6 +113,30 @@ fn operation_type(request: &async_graphql::Request) -> Option<OperationType> {
     }
 }
 
+/// CSRF prevention, then authentication: the principal a request runs
+/// as, or the response that refuses it.
+async fn admit(
+    app: &AppState,
+    accept: Accept,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Principal, Response> {
+    if app.browser.csrf_prevention
+        && let Some(why) = super::browser::csrf_refusal(method, headers)
+    {
+        let body = serde_json::json!({ "errors": [{
+            "message": why,
+            "extensions": { "code": "CSRF_REFUSED" },
+        }]});
+        return Err(json_response(
+            accept,
+            StatusCode::BAD_REQUEST,
+            body.to_string(),
+        ));
+    }
+    super::access::principal(app, headers).await
+}
+
 pub async fn get(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -120,6 +144,10 @@ pub async fn get(
 ) -> Response {
     let Some(accept) = negotiate(&headers) else {
         return not_acceptable();
+    };
+    let principal = match admit(&app, accept, &axum::http::Method::GET, &headers).await {
+        Ok(principal) => principal,
+        Err(refused) => return refused,
     };
     let request = match async_graphql::http::parse_query_string(query.as_deref().unwrap_or("")) {
         Ok(request) => request,
@@ -145,12 +173,16 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&app, accept, request).await
+    execute(&app, accept, request.data(principal)).await
 }
 
 pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(accept) = negotiate(&headers) else {
         return not_acceptable();
+    };
+    let principal = match admit(&app, accept, &axum::http::Method::POST, &headers).await {
+        Ok(principal) => principal,
+        Err(refused) => return refused,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -184,7 +216,7 @@ pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) 
             );
         }
     };
-    execute(&app, accept, request).await
+    execute(&app, accept, request.data(principal)).await
 }
 
 async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request) -> Response {

@@ -2,6 +2,8 @@
 //! `/graphql/ws`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
 //! body limits, timeouts, compression and CORS as layers.
 
+pub mod access;
+pub mod browser;
 pub mod fanout;
 pub mod graphql;
 pub mod health;
@@ -19,7 +21,6 @@ use axum::routing::get;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
-use tower_http::cors::CorsLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub fanout: fanout::Fanout,
     /// Cancelled when the gateway stops: websockets close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Turns credentials into principals.
+    pub auth: crate::auth::Authenticator,
+    /// CORS allowlist and CSRF prevention.
+    pub browser: Arc<crate::config::BrowserConfig>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,7 +70,7 @@ pub fn router(state: AppState) -> Router {
                 .quality(CompressionLevel::Fastest)
                 .compress_when(DefaultPredicate::new().and(SizeAbove::new(1024))),
         )
-        .layer(CorsLayer::permissive())
+        .layer(browser::cors(&state.browser))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -81,7 +86,17 @@ async fn graphiql() -> Html<String> {
 }
 
 /// GraphQL over websocket (see [`ws`]).
-async fn websocket(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Cross-site websocket hijacking: a page elsewhere must not ride on
+    // the operator's cookies.
+    if !browser::origin_allowed(&app.browser, &headers) {
+        return (StatusCode::FORBIDDEN, "websocket origin not allowed").into_response();
+    }
+    let upgrade_token = access::token(&headers);
     let max = app.subscriptions.config.max_message_bytes;
     let upgrade = upgrade
         .protocols(ws::PROTOCOLS)
@@ -95,6 +110,6 @@ async fn websocket(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Re
         ws::Protocol::from_header(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
     let stop = app.shutdown.clone();
     upgrade
-        .on_upgrade(move |socket| ws::serve(socket, protocol, app, stop))
+        .on_upgrade(move |socket| ws::serve(socket, protocol, app, stop, upgrade_token))
         .into_response()
 }

@@ -105,7 +105,18 @@ enum End {
 }
 
 /// Serves one upgraded connection until either side ends it.
-pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: CancellationToken) {
+///
+/// The caller authenticates before `connection_ack`: with the token of the
+/// `connection_init` payload (`Authorization`), else the one the upgrade
+/// request carried; a refused token closes with 4403, and so does the
+/// connection when its token expires.
+pub async fn serve(
+    socket: WebSocket,
+    protocol: Protocol,
+    app: AppState,
+    stop: CancellationToken,
+    upgrade_token: Option<String>,
+) {
     let limits = app.subscriptions.clone();
     let (mut sink, mut incoming) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
@@ -157,6 +168,8 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
         out: out_tx,
         ops: HashMap::new(),
         init: None,
+        upgrade_token,
+        principal: None,
         slow: CancellationToken::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -185,6 +198,7 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
                 break End::Close(4408, "Connection initialisation timeout".into());
             }
             _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
+            _ = until(conn.expires_at()) => break End::Close(4403, "Forbidden: the token has expired".into()),
             _ = conn.slow.cancelled() => break End::Gone,
             _ = ping.tick() => {
                 if last_heard.elapsed() > conn.limits.config.idle_timeout {
@@ -213,7 +227,7 @@ pub async fn serve(socket: WebSocket, protocol: Protocol, app: AppState, stop: C
                     Message::Close(_) => break End::Gone,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                if let Some(end) = conn.handle(text.as_str(), &done_tx, &mut next_op) {
+                if let Some(end) = conn.handle(text.as_str(), &done_tx, &mut next_op).await {
                     break end;
                 }
             }
@@ -271,6 +285,10 @@ struct Connection {
     /// "done" of a replaced operation does not remove its successor.
     ops: HashMap<String, Operation>,
     init: Option<ConnectionInitPayload>,
+    /// The token of the upgrade request (header or session cookie).
+    upgrade_token: Option<String>,
+    /// Who the connection runs as, once `connection_init` authenticated.
+    principal: Option<crate::auth::Principal>,
     /// Cancelled when the client stopped reading.
     slow: CancellationToken,
 }
@@ -282,8 +300,14 @@ impl Connection {
         let _ = self.out.try_send(Out::Text(message.to_string(), None));
     }
 
+    /// When the connection's credential expires.
+    fn expires_at(&self) -> Option<tokio::time::Instant> {
+        let left = self.principal.as_ref()?.expires_in()?;
+        Some(tokio::time::Instant::now() + left)
+    }
+
     /// Handles one client message; `Some` ends the connection.
-    fn handle(
+    async fn handle(
         &mut self,
         text: &str,
         done: &mpsc::UnboundedSender<Done>,
@@ -307,6 +331,11 @@ impl Connection {
                     return bad(
                         "Invalid message received: connection_init payload must be an object",
                     );
+                }
+                let token = init_token(&payload).or_else(|| self.upgrade_token.clone());
+                match self.app.auth.authenticate(token.as_deref()).await {
+                    Ok(principal) => self.principal = Some(principal),
+                    Err(e) => return Some(End::Close(4403, format!("Forbidden: {e}"))),
                 }
                 self.init = Some(ConnectionInitPayload(payload));
                 self.send_now(json!({"type": "connection_ack"}));
@@ -411,14 +440,22 @@ impl Connection {
         // within one but memoize nothing across them.
         let loaders = self.app.gateway.loaders();
         loaders.disable_request_cache();
+        let principal = self
+            .principal
+            .clone()
+            .unwrap_or_else(crate::auth::Principal::anonymous_viewer);
+        let role = principal.role;
         let request = request
             .data(loaders)
+            .data(principal)
             .data(self.init.clone().unwrap_or_default());
         // Counted here, per client subscription, whether or not its
         // execution is shared.
         let live =
             fanout::is_subscription(&request).then(|| self.app.gateway.events.live_subscription());
-        let source = match fanout::share_key(&request) {
+        // Shared only among callers of the same role: an execution never
+        // serves a principal with other permissions.
+        let source = match fanout::share_key(&request, role) {
             Some(key) => Source::Shared(self.app.fanout.join(key, &self.app.schema, request)),
             None => Source::Own(self.app.schema.clone(), Box::new(request)),
         };
@@ -609,6 +646,29 @@ impl Sender {
             }
         }
     }
+}
+
+/// Sleeps until `at`; forever when there is none.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The token of a `connection_init` payload: `Authorization` (or
+/// `authorization`), with or without `Bearer`.
+fn init_token(payload: &Value) -> Option<String> {
+    let value = payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))?
+        .as_str()?;
+    Some(
+        super::access::strip_bearer(value)
+            .unwrap_or(value)
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// A value as JSON text (a response or an errors array), straight from

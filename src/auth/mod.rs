@@ -1,0 +1,352 @@
+//! Who is asking, and what they may do. A request's credentials (a
+//! Dragonfly manager session JWT, an OIDC token, or a static API token)
+//! become a [`Principal`] with a [`Role`]; `viewer` may query and
+//! subscribe, `admin` may also run mutations. Depends on nothing above it:
+//! the HTTP layer extracts credentials, the schema checks roles.
+
+pub mod config;
+mod jwks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use config::{Anonymous, AuthConfig, ManagerAuth, OidcAuth, StaticToken};
+pub use jwks::JwksError;
+
+/// What a principal may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Queries and subscriptions.
+    Viewer,
+    /// Everything a viewer may, and mutations.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Role> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "viewer" => Some(Role::Viewer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// How a principal proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Anonymous,
+    /// A console session signed by the Dragonfly manager (HS256).
+    Manager,
+    /// A token from the site's identity provider (RS256/ES256, JWKS).
+    Oidc,
+    /// A static API token from the configuration.
+    Token,
+}
+
+/// The caller of one request or websocket connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Who, for audit logs: `manager:<user id>`, `oidc:<sub>`,
+    /// `token:<name>`, or `anonymous`.
+    pub subject: String,
+    pub role: Role,
+    pub method: Method,
+    /// When the credential stops being valid (a websocket is closed then).
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Principal {
+    pub fn anonymous_viewer() -> Principal {
+        Principal {
+            subject: "anonymous".into(),
+            role: Role::Viewer,
+            method: Method::Anonymous,
+            expires_at: None,
+        }
+    }
+
+    pub fn may_mutate(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Time left before the credential expires (`None`: it does not).
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+}
+
+/// Why credentials were refused. Messages never contain the token.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("authentication required: send Authorization: Bearer <token>")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was rejected: {0}")]
+    Rejected(String),
+    #[error("no role for {subject}")]
+    NoRole { subject: String },
+}
+
+/// Checks credentials against every configured method.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    anonymous: Anonymous,
+    manager: Option<ManagerVerifier>,
+    oidc: Option<OidcVerifier>,
+    /// Static tokens by the hex SHA-256 of the token.
+    tokens: HashMap<String, (String, Role)>,
+}
+
+struct ManagerVerifier {
+    key: DecodingKey,
+    users: HashMap<String, Role>,
+    default_role: Option<Role>,
+}
+
+struct OidcVerifier {
+    keys: jwks::KeySet,
+    issuer: String,
+    audience: String,
+    role_claim: String,
+    default_role: Option<Role>,
+}
+
+/// Claims of the manager's console session (gin-jwt): the user id under
+/// `id`, and the standard time claims.
+#[derive(Deserialize)]
+struct ManagerClaims {
+    id: serde_json::Value,
+    exp: u64,
+}
+
+/// Leeway for clock skew between dfgraph and the token's issuer.
+const LEEWAY_SECS: u64 = 5;
+
+impl Authenticator {
+    /// Builds the verifiers (reads key files, loads the JWKS once and
+    /// starts refreshing it).
+    pub async fn new(config: &AuthConfig) -> Result<Authenticator, config::AuthConfigError> {
+        let manager = match &config.manager {
+            Some(m) => Some(ManagerVerifier {
+                key: DecodingKey::from_secret(m.key()?.as_bytes()),
+                users: m
+                    .users
+                    .iter()
+                    .map(|(user, role)| (user.clone(), *role))
+                    .collect(),
+                default_role: m.default_role,
+            }),
+            None => None,
+        };
+        let oidc = match &config.oidc {
+            Some(o) => Some(OidcVerifier {
+                keys: jwks::KeySet::load(o.jwks_source()?, o.jwks_refresh).await?,
+                issuer: o.issuer.clone(),
+                audience: o.audience.clone(),
+                role_claim: o.role_claim.clone(),
+                default_role: o.default_role,
+            }),
+            None => None,
+        };
+        let tokens = config
+            .static_tokens()?
+            .into_iter()
+            .map(|t| (t.sha256.to_ascii_lowercase(), (t.name, t.role)))
+            .collect();
+        Ok(Authenticator {
+            inner: Arc::new(Inner {
+                anonymous: config.anonymous,
+                manager,
+                oidc,
+                tokens,
+            }),
+        })
+    }
+
+    /// Anonymous viewers only, no method configured (tests, the demo).
+    pub fn open() -> Authenticator {
+        Authenticator {
+            inner: Arc::new(Inner {
+                anonymous: Anonymous::Viewer,
+                manager: None,
+                oidc: None,
+                tokens: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The principal for a request that presented `token` (or none). A
+    /// presented token that fails is refused even where anonymous access
+    /// is allowed: a client that means to authenticate must learn that it
+    /// did not.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return match self.inner.anonymous {
+                Anonymous::Viewer => Ok(Principal::anonymous_viewer()),
+                Anonymous::Off => Err(AuthError::Missing),
+            };
+        };
+        let digest = hex::encode(Sha256::digest(token.as_bytes()));
+        if let Some((name, role)) = self.inner.tokens.get(&digest) {
+            return Ok(Principal {
+                subject: format!("token:{name}"),
+                role: *role,
+                method: Method::Token,
+                expires_at: None,
+            });
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        match header.alg {
+            Algorithm::HS256 => match &self.inner.manager {
+                Some(manager) => manager.verify(token),
+                None => Err(AuthError::Rejected(
+                    "manager sessions are not accepted here".into(),
+                )),
+            },
+            Algorithm::RS256 | Algorithm::ES256 => match &self.inner.oidc {
+                Some(oidc) => oidc.verify(token, header).await,
+                None => Err(AuthError::Rejected(
+                    "OIDC tokens are not accepted here".into(),
+                )),
+            },
+            other => Err(AuthError::Rejected(format!(
+                "algorithm {other:?} is not accepted"
+            ))),
+        }
+    }
+}
+
+fn validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    validation
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => AuthError::Malformed,
+        ErrorKind::InvalidIssuer => AuthError::Rejected("wrong issuer".into()),
+        ErrorKind::InvalidAudience => AuthError::Rejected("wrong audience".into()),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            AuthError::Rejected(format!("missing claim {claim}"))
+        }
+        _ => AuthError::Rejected("invalid token".into()),
+    }
+}
+
+fn expiry(exp: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+impl ManagerVerifier {
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data =
+            jsonwebtoken::decode::<ManagerClaims>(token, &self.key, &validation(Algorithm::HS256))
+                .map_err(map_jwt_error)?;
+        let user = match &data.claims.id {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err(AuthError::Rejected("claim id is not a user id".into())),
+        };
+        let subject = format!("manager:{user}");
+        let role =
+            self.users
+                .get(&user)
+                .copied()
+                .or(self.default_role)
+                .ok_or(AuthError::NoRole {
+                    subject: subject.clone(),
+                })?;
+        Ok(Principal {
+            subject,
+            role,
+            method: Method::Manager,
+            expires_at: expiry(data.claims.exp),
+        })
+    }
+}
+
+impl OidcVerifier {
+    async fn verify(
+        &self,
+        token: &str,
+        header: jsonwebtoken::Header,
+    ) -> Result<Principal, AuthError> {
+        let key = self.keys.key_for(header.kid.as_deref(), header.alg).await?;
+        let mut validation = validation(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key,
+            &validation,
+        )
+        .map_err(map_jwt_error)?;
+        let claims = data.claims;
+        let sub = claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?");
+        let subject = format!("oidc:{sub}");
+        let claimed = match claims.get(&self.role_claim) {
+            Some(serde_json::Value::String(role)) => Role::parse(role),
+            // A list of roles (groups): the strongest one known.
+            Some(serde_json::Value::Array(roles)) => roles
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .filter_map(Role::parse)
+                .max(),
+            _ => None,
+        };
+        let role = claimed.or(self.default_role).ok_or(AuthError::NoRole {
+            subject: subject.clone(),
+        })?;
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+        Ok(Principal {
+            subject,
+            role,
+            method: Method::Oidc,
+            expires_at: exp.and_then(expiry),
+        })
+    }
+}
+
+/// The hex SHA-256 of a static token, as the configuration stores it.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
