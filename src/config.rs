@@ -82,11 +82,16 @@ impl Default for BrowserConfig {
 
 /// Introspection and "did you mean" suggestions: on for exploring in
 /// GraphiQL, off in production where the schema need not be advertised.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GraphqlConfig {
     pub introspection: bool,
     pub field_suggestions: bool,
+    /// `off`, `apq` (Automatic Persisted Queries, shared through Redis) or
+    /// `safelist` (only the operations of `safelist_file` run).
+    pub persisted_queries: crate::http::persisted::Mode,
+    /// Apollo persisted-query manifest: `{"operations": [{"id", "body"}]}`.
+    pub safelist_file: Option<PathBuf>,
 }
 
 impl Default for GraphqlConfig {
@@ -94,6 +99,8 @@ impl Default for GraphqlConfig {
         GraphqlConfig {
             introspection: true,
             field_suggestions: true,
+            persisted_queries: crate::http::persisted::Mode::default(),
+            safelist_file: None,
         }
     }
 }
@@ -395,6 +402,14 @@ impl Config {
         self.auth
             .validate()
             .map_err(|e| invalid("auth", e.to_string()))?;
+        if self.graphql.persisted_queries == crate::http::persisted::Mode::Safelist
+            && self.graphql.safelist_file.is_none()
+        {
+            return Err(invalid(
+                "graphql.safelist_file",
+                "persisted_queries = \"safelist\" needs the manifest of allowed operations".into(),
+            ));
+        }
         for origin in &self.browser.cors_allowed_origins {
             if origin == "*"
                 || axum::http::HeaderValue::from_str(origin).is_err()

@@ -41,6 +41,8 @@ pub enum StartError {
     Events(String),
     #[error("simulated cluster: {0}")]
     Simulator(String),
+    #[error("persisted queries: {0}")]
+    Persisted(#[from] crate::http::persisted::ManifestError),
     #[error("access control: {0}")]
     Auth(#[from] crate::auth::config::AuthConfigError),
 }
@@ -229,7 +231,12 @@ impl Gateway {
             );
         }
         let app = AppState {
-            schema: build_schema(state.clone(), config.graphql),
+            schema: build_schema(state.clone(), &config.graphql),
+            persisted: crate::http::persisted::PersistedQueries::new(
+                config.graphql.persisted_queries,
+                config.graphql.safelist_file.as_deref(),
+                state.events.bus.clone(),
+            )?,
             auth,
             browser: Arc::new(config.browser.clone()),
             gateway: state.clone(),

@@ -77,7 +77,7 @@ impl GatewayState {
 
 /// Builds the schema with its limits; `state` is reachable from every
 /// resolver.
-pub fn build_schema(state: Arc<GatewayState>, switches: crate::config::GraphqlConfig) -> DfSchema {
+pub fn build_schema(state: Arc<GatewayState>, switches: &crate::config::GraphqlConfig) -> DfSchema {
     let limits = state.limits;
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(GatewayState::clone(&state))

@@ -113,6 +113,22 @@ fn operation_type(request: &async_graphql::Request) -> Option<OperationType> {
     }
 }
 
+/// Resolves the request's persisted operation (APQ, safelist), or the
+/// response refusing it: 200 with the error, as Apollo clients expect.
+async fn persisted(
+    app: &AppState,
+    accept: Accept,
+    request: &mut async_graphql::Request,
+) -> Result<(), Response> {
+    app.persisted.resolve(request).await.map_err(|e| {
+        let status = match e {
+            super::persisted::PersistedError::Malformed(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        };
+        json_response(accept, status, e.to_json().to_string())
+    })
+}
+
 /// CSRF prevention, then authentication: the principal a request runs
 /// as, or the response that refuses it.
 async fn admit(
@@ -149,7 +165,8 @@ pub async fn get(
         Ok(principal) => principal,
         Err(refused) => return refused,
     };
-    let request = match async_graphql::http::parse_query_string(query.as_deref().unwrap_or("")) {
+    let mut request = match async_graphql::http::parse_query_string(query.as_deref().unwrap_or(""))
+    {
         Ok(request) => request,
         Err(e) => {
             return request_error(
@@ -159,6 +176,9 @@ pub async fn get(
             );
         }
     };
+    if let Err(refused) = persisted(&app, accept, &mut request).await {
+        return refused;
+    }
     if request.query.trim().is_empty() {
         return request_error(accept, StatusCode::BAD_REQUEST, "missing `query` parameter");
     }
@@ -193,7 +213,7 @@ pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) 
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let request: async_graphql::Request = match content_type.as_str() {
+    let mut request: async_graphql::Request = match content_type.as_str() {
         JSON | "" => match serde_json::from_slice(&body) {
             Ok(request) => request,
             Err(e) => {
@@ -216,6 +236,9 @@ pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) 
             );
         }
     };
+    if let Err(refused) = persisted(&app, accept, &mut request).await {
+        return refused;
+    }
     execute(&app, accept, request.data(principal)).await
 }
 

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod graphql;
 pub mod health;
 pub mod metrics;
+pub mod persisted;
 pub mod ws;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Turns credentials into principals.
     pub auth: crate::auth::Authenticator,
+    /// APQ documents and the safelist.
+    pub persisted: persisted::PersistedQueries,
     /// CORS allowlist and CSRF prevention.
     pub browser: Arc<crate::config::BrowserConfig>,
 }

@@ -300,6 +300,14 @@ impl Connection {
         let _ = self.out.try_send(Out::Text(message.to_string(), None));
     }
 
+    /// Tells the client one operation will not run.
+    fn refuse_operation(&self, id: &str, error: Value) {
+        self.send_now(match self.protocol {
+            Protocol::Transport => json!({"type": "error", "id": id, "payload": [error]}),
+            Protocol::Legacy => json!({"type": "error", "id": id, "payload": error}),
+        });
+    }
+
     /// When the connection's credential expires.
     fn expires_at(&self) -> Option<tokio::time::Instant> {
         let left = self.principal.as_ref()?.expires_in()?;
@@ -360,7 +368,7 @@ impl Connection {
                 let Some(id) = id.filter(|id| !id.is_empty()) else {
                     return bad("Invalid message received: subscribe without an id");
                 };
-                let request = match serde_json::from_value::<async_graphql::Request>(payload) {
+                let mut request = match serde_json::from_value::<async_graphql::Request>(payload) {
                     Ok(request) => request,
                     Err(e) => {
                         return Some(End::Close(
@@ -382,6 +390,12 @@ impl Connection {
                     // subscriptions-transport-ws replaced the old operation.
                     running.task.abort();
                     self.ops.remove(&id);
+                }
+                // The safelist holds here as over HTTP.
+                if let Err(e) = self.app.persisted.resolve(&mut request).await {
+                    let error = json!({"message": e.to_string(), "extensions": {"code": e.code()}});
+                    self.refuse_operation(&id, error);
+                    return None;
                 }
                 self.start(id, request, done, next_op);
                 None
@@ -428,10 +442,7 @@ impl Connection {
                 "the server runs as many subscriptions as it may; try again later".to_string()
             };
             let error = json!({"message": why, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
-            self.send_now(match self.protocol {
-                Protocol::Transport => json!({"type": "error", "id": id, "payload": [error]}),
-                Protocol::Legacy => json!({"type": "error", "id": id, "payload": error}),
-            });
+            self.refuse_operation(&id, error);
             return;
         };
         *next_op += 1;
