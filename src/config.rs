@@ -40,7 +40,8 @@ pub struct Config {
     /// Retry budget and backoff after rate limiting.
     pub retry: RetryConfig,
     /// Enables `deletePeer`, `deleteTask` and `deleteHost`. Off by default
-    /// because they change the cluster and have no access control yet.
+    /// because they change the cluster; admins only, and only with an
+    /// `[auth]` method configured.
     pub enable_mutations: bool,
     pub cache: CacheConfig,
     /// The change watcher behind subscriptions.
