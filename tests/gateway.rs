@@ -560,7 +560,57 @@ async fn get_queries_health_readiness_and_graphiql() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("graphiql") && page.contains("/graphql/ws"));
+    assert!(page.contains("graphiql"));
+    // Offline: every script and style comes from dfgraph itself, and the
+    // subscriptions go to /graphql/ws.
+    assert!(!page.contains("https://") && page.contains("/assets/graphiql/graphiql.min.js"));
+    let init = env
+        .http
+        .get(env.url("/assets/graphiql/init.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        init.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(init.text().await.unwrap().contains("/graphql/ws"));
+    let bundle = env
+        .http
+        .get(env.url("/assets/graphiql/graphiql.min.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    assert!(bundle.bytes().await.unwrap().len() > 100_000);
+    // The live console at /, its module script served as JavaScript.
+    let console = env
+        .http
+        .get(env.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(console.contains("host-total") && console.contains("/assets/console/console.js"));
+    let script = env
+        .http
+        .get(env.url("/assets/console/console.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = env
+        .http
+        .get(env.url("/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 
     // A cluster whose schedulers all fail makes the gateway unready.
     for s in env.sim.schedulers().iter().filter(|s| s.cluster_id == 2) {

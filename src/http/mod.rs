@@ -3,6 +3,7 @@
 //! body limits, timeouts, compression and CORS as layers.
 
 pub mod access;
+pub mod assets;
 pub mod browser;
 pub mod fanout;
 pub mod graphql;
@@ -13,11 +14,10 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::CompressionLevel;
 use tower_http::compression::CompressionLayer;
@@ -53,8 +53,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket))
-        .route("/graphiql", get(graphiql))
-        .route("/", get(graphiql))
+        .route("/graphiql", get(assets::graphiql))
+        .route("/", get(assets::console))
+        .route("/assets/{*path}", get(assets::file))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
@@ -76,16 +77,6 @@ pub fn router(state: AppState) -> Router {
         .layer(browser::cors(&state.browser))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("dfgraph")
-            .finish(),
-    )
 }
 
 /// GraphQL over websocket (see [`ws`]).
