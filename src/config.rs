@@ -262,7 +262,9 @@ impl Default for SubscriptionLimits {
     }
 }
 
-/// Size of the embedded simulated cluster.
+/// Size of the simulated cluster the `dfgraph` binary embeds when no
+/// scheduler is configured. Plain settings: the gateway library never reads
+/// them (it knows nothing of the simulator).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimulatorConfig {
@@ -349,8 +351,9 @@ pub enum SchedulerSource {
         cluster_ids: Vec<u64>,
         refresh: Duration,
     },
-    /// Nothing configured: start the simulated cluster.
-    Simulated,
+    /// Nothing configured. The gateway refuses to start so; the `dfgraph`
+    /// binary embeds the simulated cluster (shaped by `[simulator]`) instead.
+    Unconfigured,
 }
 
 impl Config {
@@ -509,7 +512,7 @@ impl Config {
         }
         let schedulers = self.static_schedulers()?;
         if schedulers.is_empty() {
-            Ok(SchedulerSource::Simulated)
+            Ok(SchedulerSource::Unconfigured)
         } else {
             Ok(SchedulerSource::Static(schedulers))
         }
@@ -523,7 +526,7 @@ impl Config {
             SchedulerSource::Manager {
                 addr, cluster_ids, ..
             } => format!("manager {addr} for clusters {cluster_ids:?}"),
-            SchedulerSource::Simulated => "the embedded simulated cluster".to_owned(),
+            SchedulerSource::Unconfigured => "the embedded simulated cluster".to_owned(),
         };
         let redis = if self.redis.is_some() || self.cache.redis_url.is_some() {
             "Redis"

@@ -1,6 +1,5 @@
-//! Wires one configuration into a running gateway: scheduler discovery (or
-//! the embedded simulated cluster), the cache, the schema and the HTTP
-//! server, with one shutdown for all of them.
+//! Wires one configuration into a running gateway: scheduler discovery, the
+//! cache, the schema and the HTTP server, with one shutdown for all of them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +18,6 @@ use crate::events::Events;
 use crate::graphql::{GatewayState, build_schema};
 use crate::http::metrics::MetricsHandle;
 use crate::http::{AppState, router};
-use crate::sim::{SimCluster, SimConfig};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +37,8 @@ pub enum StartError {
     Cache(#[from] crate::cache::CacheError),
     #[error("event bus: {0}")]
     Events(String),
-    #[error("simulated cluster: {0}")]
-    Simulator(String),
+    #[error("no scheduler or manager configured (set --scheduler or --manager)")]
+    NoSchedulers,
     #[error("persisted queries: {0}")]
     Persisted(#[from] crate::http::persisted::ManifestError),
     #[error("access control: {0}")]
@@ -51,8 +49,6 @@ pub enum StartError {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub state: Arc<GatewayState>,
-    /// The embedded simulated cluster, when no scheduler was configured.
-    pub simulator: Option<SimCluster>,
     /// Subscription executions shared between identical subscriptions.
     pub fanout: crate::http::fanout::Fanout,
     shutdown: CancellationToken,
@@ -116,7 +112,6 @@ impl Gateway {
         config.validate()?;
         let shutdown = CancellationToken::new();
         let client = cluster_client(&config)?;
-        let mut simulator = None;
         match config.scheduler_source()? {
             SchedulerSource::Static(schedulers) => {
                 client.expect_clusters(schedulers.iter().map(|s| s.cluster_id));
@@ -153,34 +148,7 @@ impl Gateway {
                     shutdown.child_token(),
                 ));
             }
-            SchedulerSource::Simulated => {
-                let s = &config.simulator;
-                let sim = SimCluster::start(SimConfig {
-                    clusters: s.clusters,
-                    schedulers_per_cluster: s.schedulers_per_cluster,
-                    hosts: s.hosts,
-                    tasks: s.tasks,
-                    peers_per_task: s.peers_per_task,
-                    seed: s.seed,
-                    tick_interval: (!s.tick_interval.is_zero()).then_some(s.tick_interval),
-                    ..SimConfig::default()
-                })
-                .await
-                .map_err(|e| StartError::Simulator(e.to_string()))?;
-                let pairs: Vec<_> = sim
-                    .schedulers()
-                    .iter()
-                    .map(|s| (s.cluster_id, s.addr))
-                    .collect();
-                tracing::info!(
-                    schedulers = pairs.len(),
-                    manager = %sim.manager_addr(),
-                    "no scheduler or manager configured: serving the simulated cluster"
-                );
-                client.expect_clusters(sim.cluster_ids());
-                client.set_schedulers(&pairs)?;
-                simulator = Some(sim);
-            }
+            SchedulerSource::Unconfigured => return Err(StartError::NoSchedulers),
         }
 
         let mut cache_config = config.cache.clone();
@@ -277,7 +245,6 @@ impl Gateway {
         Ok(Gateway {
             addr,
             state,
-            simulator,
             fanout,
             shutdown,
             server,
@@ -294,14 +261,11 @@ impl Gateway {
     }
 
     /// Stops accepting, lets in-flight requests finish, stops background
-    /// work and the embedded simulator.
+    /// work.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         if let Err(e) = self.server.await {
             tracing::warn!(error = %e, "HTTP server task ended abnormally");
-        }
-        if let Some(sim) = self.simulator {
-            sim.shutdown().await;
         }
     }
 }

@@ -4,12 +4,9 @@
 //! resolves it through DataLoaders, [`cache`] answers what it can, and
 //! [`cluster`] asks the schedulers (speaking [`proto`]) for the rest.
 //! [`events`] watches for changes and pushes them to subscriptions.
-//! [`sim`] is a simulated Dragonfly cluster for demos and tests.
 
 pub mod auth;
-pub mod bench;
 pub mod cache;
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod deadline;
@@ -17,6 +14,6 @@ pub mod events;
 pub mod gateway;
 pub mod graphql;
 pub mod http;
-pub mod proto;
-pub mod sim;
 pub mod status;
+
+pub use dfgraph_proto as proto;

@@ -576,7 +576,7 @@ async fn anonymous_viewers_read_but_never_mutate_and_mutations_need_an_auth_meth
     assert_eq!(body["data"]["deleteHost"], true, "{body}");
     env.stop().await;
 
-    let sim = dfgraph::sim::SimCluster::start(small_sim()).await.unwrap();
+    let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
     let mut config = support::gateway_config(&sim);
     config.enable_mutations = true;
     let refused = Gateway::start(config)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dfgraph::cache::{CacheKey, Kind, ManualClock};
 use dfgraph::gateway::Gateway;
-use dfgraph::sim::{Method, SimCluster};
+use dfgraph_sim::{Method, SimCluster};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use support::redis::RedisServer;

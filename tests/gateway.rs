@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dfgraph::sim::Method;
+use dfgraph_sim::Method;
 use serde_json::{Value, json};
 use support::{TestEnv, error_codes, small_sim};
 
@@ -267,7 +267,7 @@ async fn peer_lookup_with_its_host_and_task() {
 
 #[tokio::test]
 async fn two_hundred_peers_of_ten_tasks_cost_ten_stat_task_calls() {
-    let sim = dfgraph::sim::SimConfig {
+    let sim = dfgraph_sim::SimConfig {
         clusters: 1,
         schedulers_per_cluster: 3,
         hosts: 250,
@@ -275,7 +275,7 @@ async fn two_hundred_peers_of_ten_tasks_cost_ten_stat_task_calls() {
         peers_per_task: 20,
         seed: 11,
         tick_interval: None,
-        ..dfgraph::sim::SimConfig::default()
+        ..dfgraph_sim::SimConfig::default()
     };
     let env = TestEnv::start(sim, |_| {}).await;
     let peers = env.sim.peers(1);

@@ -4,64 +4,19 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
-use dfgraph::sim::{Method, SimCluster};
+use dfgraph_sim::{Method, SimCluster};
 use futures::future::join_all;
 use serde_json::{Value, json};
+use support::live::{
+    HOST, HOST_EVENTS, INTERVAL, lease_holders, live_config, next_event, query, wait_until,
+};
 use support::redis::RedisServer;
+use support::small_sim;
 use support::ws::{Received, WsClient};
-use support::{gateway_config, small_sim};
-
-const INTERVAL: Duration = Duration::from_millis(200);
-const LEASE_TTL: Duration = Duration::from_millis(800);
-
-const HOST_EVENTS: &str = "subscription { hostEvents { kind host { id hostname } changedFields observedAt schedulerClusterId } }";
-const HOST: &str = "query($id: ID!) { host(id: $id, schedulerClusterId: \"1\") { id hostname } }";
-
-fn live_config(sim: &SimCluster, redis: Option<&RedisServer>) -> Config {
-    let mut config = gateway_config(sim);
-    config.cache.enabled = true;
-    config.redis = redis.map(|r| r.url());
-    config.watch.interval = INTERVAL;
-    config.watch.lease_ttl = LEASE_TTL;
-    config
-}
-
-async fn query(gateway_url: &str, query: &str, variables: Value) -> Value {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{gateway_url}/graphql"))
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .expect("request sent")
-        .json()
-        .await
-        .expect("JSON body");
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The payload of the next `next` message for subscription `id`.
-async fn next_event(client: &mut WsClient, id: &str, within: Duration) -> Value {
-    let message = client.message(within).await;
-    assert_eq!(message["type"], "next", "{message}");
-    assert_eq!(message["id"], id, "{message}");
-    assert!(message["payload"].get("errors").is_none(), "{message}");
-    message["payload"]["data"].clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_them() {
@@ -209,144 +164,6 @@ async fn a_task_subscriber_sees_changed_fields() {
         "{event}"
     );
     gateway.shutdown().await;
-    sim.shutdown().await;
-}
-
-/// A `dfgraph serve` child process, killed (not stopped) on drop.
-struct Replica {
-    child: Child,
-    url: String,
-}
-
-impl Replica {
-    fn start(sim: &SimCluster, redis: &RedisServer) -> Replica {
-        let mut args = vec![
-            "serve".to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--redis".into(),
-            redis.url(),
-        ];
-        for s in sim.schedulers() {
-            args.push("--scheduler".into());
-            args.push(format!("{}={}", s.cluster_id, s.addr));
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dfgraph"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .env("DFGRAPH_WATCH__INTERVAL", "200ms")
-            .env("DFGRAPH_WATCH__LEASE_TTL", "800ms")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dfgraph starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("dfgraph prints its address");
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Replica { child, url }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lease_holders(redis: &RedisServer, clusters: &[u64]) -> Vec<Option<String>> {
-    let mut conn = redis.conn();
-    clusters
-        .iter()
-        .map(|c| {
-            redis::cmd("GET")
-                .arg(format!("dfgraph:v1:lease:watch:{c}"))
-                .query(&mut conn)
-                .unwrap()
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_one_poller_and_a_killed_leader_hands_over() {
-    let redis = RedisServer::start();
-    let sim = SimCluster::start(small_sim()).await.unwrap();
-    let clusters = sim.cluster_ids();
-    let leader = Replica::start(&sim, &redis);
-    let mut on_leader = WsClient::ready(&leader.url).await;
-    on_leader.subscribe("h", HOST_EVENTS, json!({})).await;
-    wait_until(
-        "the first replica leads every cluster",
-        Duration::from_secs(10),
-        || lease_holders(&redis, &clusters).iter().all(Option::is_some),
-    )
-    .await;
-    let leader_id = lease_holders(&redis, &clusters)[0].clone();
-
-    let follower = Gateway::start(live_config(&sim, Some(&redis)))
-        .await
-        .unwrap();
-    let mut on_follower = WsClient::ready(&follower.url()).await;
-    on_follower.subscribe("h", HOST_EVENTS, json!({})).await;
-    tokio::time::sleep(INTERVAL * 4).await;
-
-    // Two replicas want host lists; one polls them.
-    sim.reset_counters();
-    let window = Duration::from_secs(2);
-    tokio::time::sleep(window).await;
-    let calls = sim.total_rpc_count(Method::ListHosts);
-    let one_poller = clusters.len() as u64 * (window.as_millis() / INTERVAL.as_millis()) as u64;
-    println!("ListHosts in {window:?} with two replicas: {calls} (one poller: ~{one_poller})");
-    assert!(calls >= one_poller / 2, "the leader polls: {calls}");
-    assert!(calls <= one_poller * 3 / 2, "more than one poller: {calls}");
-    assert!(
-        lease_holders(&redis, &clusters)
-            .iter()
-            .all(|h| *h == leader_id),
-        "the lease stayed with the first replica"
-    );
-
-    // Its events reach the other replica's subscriber through Redis.
-    let mut host = sim.hosts(1).remove(0);
-    host.id = "before-kill".into();
-    sim.upsert_host(host.clone());
-    let event = next_event(&mut on_follower, "h", Duration::from_secs(5)).await;
-    assert_eq!(event["hostEvents"]["host"]["id"], "before-kill");
-
-    // The leader dies without a word (killed before its subscriber
-    // leaves, so it cannot release its lease politely); its lease lapses
-    // and events go on.
-    drop(leader);
-    drop(on_leader);
-    let killed = Instant::now();
-    let mut n = 0;
-    let took_over = loop {
-        assert!(
-            killed.elapsed() < Duration::from_secs(15),
-            "no event after the leader died"
-        );
-        n += 1;
-        host.id = format!("after-kill-{n}");
-        sim.upsert_host(host.clone());
-        if let Received::Message(message) = on_follower.receive(INTERVAL * 2).await {
-            let id = message["payload"]["data"]["hostEvents"]["host"]["id"].clone();
-            if id.as_str().is_some_and(|id| id.starts_with("after-kill")) {
-                break killed.elapsed();
-            }
-        }
-    };
-    println!(
-        "events flowed again {took_over:?} after the leader was killed (lease TTL {LEASE_TTL:?})"
-    );
-    let me = Some(follower.state.events.bus.instance().to_owned());
-    assert!(lease_holders(&redis, &clusters).iter().all(|h| *h == me));
-    follower.shutdown().await;
     sim.shutdown().await;
 }
 

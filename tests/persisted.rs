@@ -6,7 +6,7 @@ mod support;
 
 use dfgraph::gateway::Gateway;
 use dfgraph::http::persisted::{Mode, sha256_hex};
-use dfgraph::sim::SimCluster;
+use dfgraph_sim::SimCluster;
 use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::ws::WsClient;

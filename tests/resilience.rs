@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dfgraph::cluster::TaskRing;
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
-use dfgraph::sim::{Method, SimCluster, SimConfig, SimScheduler};
+use dfgraph_sim::{Method, SimCluster, SimConfig, SimScheduler};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

@@ -12,7 +12,7 @@ use dfgraph::proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
     StatTaskRequest,
 };
-use dfgraph::sim::{Method, SimCluster, SimConfig};
+use dfgraph_sim::{Method, SimCluster, SimConfig};
 use hashring::HashRing;
 use tonic::Code;
 use tonic::transport::Channel;

@@ -2,6 +2,7 @@
 //! a small GraphQL-over-HTTP client, so tests read like a user's session.
 #![allow(dead_code)]
 
+pub mod live;
 pub mod proxy;
 pub mod redis;
 pub mod ws;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
-use dfgraph::sim::{SimCluster, SimConfig};
+use dfgraph_sim::{SimCluster, SimConfig};
 use serde_json::{Value, json};
 
 /// A simulated Dragonfly cluster with a gateway in front of it.

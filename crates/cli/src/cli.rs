@@ -47,12 +47,6 @@ pub enum Command {
     /// Exits non-zero with the reason when `dfgraph ARGS...` would refuse
     /// to start. Nothing is dialled or bound.
     CheckConfig(CheckConfigArgs),
-    /// Drive a GraphQL query mix against a gateway and report latency,
-    /// throughput, scheduler calls and cache hit ratio.
-    Bench(crate::bench::BenchArgs),
-    /// The subscriber side of `bench --scenario live`, in its own process.
-    #[command(hide = true)]
-    BenchSubscribers(BenchSubscribersArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -68,8 +62,8 @@ pub struct CheckConfigArgs {
 
 impl SimulateArgs {
     /// The simulator configuration these flags describe.
-    pub fn sim_config(&self) -> crate::sim::SimConfig {
-        crate::sim::SimConfig {
+    pub fn sim_config(&self) -> dfgraph_sim::SimConfig {
+        dfgraph_sim::SimConfig {
             clusters: self.clusters,
             schedulers_per_cluster: self.schedulers_per_cluster,
             hosts: self.hosts,
@@ -81,14 +75,6 @@ impl SimulateArgs {
             base_port: self.listen.port(),
         }
     }
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BenchSubscribersArgs {
-    #[arg(long)]
-    pub target: String,
-    #[arg(long)]
-    pub subscribers: usize,
 }
 
 /// Where the schedulers are; shared by `serve` and `status`.

@@ -1,10 +1,10 @@
-//! The query mixes `dfgraph bench` sends, named after the scenarios in
+//! The query mixes `dfgraph-bench` sends, named after the scenarios in
 //! BENCHMARKS.md.
 
 use serde_json::{Value, json};
 
 use super::BenchError;
-use crate::sim::SimCluster;
+use dfgraph_sim::SimCluster;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {

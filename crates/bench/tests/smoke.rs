@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dfgraph::bench::{BenchArgs, Scenario, run};
+use dfgraph_bench::{BenchArgs, Scenario, run};
 
 fn args(scenario: Scenario) -> BenchArgs {
     BenchArgs {
@@ -62,7 +62,7 @@ async fn fixed_rate_peers_scenario_runs_without_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_scenario_delivers_host_events_to_every_subscriber() {
-    let report = dfgraph::bench::live::run(&args(Scenario::Live))
+    let report = dfgraph_bench::live::run(&args(Scenario::Live))
         .await
         .unwrap();
     let seen = &report.subscribers_report;

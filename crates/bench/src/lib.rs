@@ -1,4 +1,4 @@
-//! `dfgraph bench`: the load tool. Starts a simulated cluster and a gateway
+//! `dfgraph-bench`: the load tool. Starts a simulated cluster and a gateway
 //! in this process (or targets a running gateway), drives a GraphQL query
 //! mix over HTTP from N concurrent clients (closed loop) or at a fixed rate
 //! (open loop, latency measured from each request's intended start, so a
@@ -21,11 +21,11 @@ use tokio::sync::Mutex;
 
 pub use scenario::Scenario;
 
-use crate::config::Config;
-use crate::gateway::Gateway;
-use crate::sim::{Method, SimCluster, SimConfig};
+use dfgraph::config::Config;
+use dfgraph::gateway::Gateway;
+use dfgraph_sim::{Method, SimCluster, SimConfig};
 
-/// `dfgraph bench` flags.
+/// `dfgraph-bench` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Query mix to send.
@@ -178,7 +178,7 @@ pub enum BenchError {
     #[error("simulated cluster: {0}")]
     Simulator(String),
     #[error("gateway: {0}")]
-    Gateway(#[from] crate::gateway::StartError),
+    Gateway(#[from] dfgraph::gateway::StartError),
     #[error("{0}")]
     Scenario(String),
 }
@@ -208,8 +208,8 @@ fn graphql_operation(
 /// (S2's floor). The first scheduler of each cluster answers, as the
 /// gateway's healthiest pick would.
 async fn raw_list_hosts_operation(sim: &SimCluster) -> Result<Operation, BenchError> {
-    use crate::proto::scheduler::v2::ListHostsRequest;
-    use crate::proto::scheduler::v2::scheduler_client::SchedulerClient;
+    use dfgraph_proto::scheduler::v2::ListHostsRequest;
+    use dfgraph_proto::scheduler::v2::scheduler_client::SchedulerClient;
     let mut clients = Vec::new();
     for cluster_id in sim.cluster_ids() {
         let Some(scheduler) = sim

@@ -13,9 +13,9 @@ use tonic::{Code, Request, Response, Status};
 
 use super::Method;
 use super::workload::{SharedWorkload, read, write};
-use crate::proto::common::v2::{Peer, Task};
-use crate::proto::scheduler::v2::scheduler_server::Scheduler;
-use crate::proto::scheduler::v2::{
+use dfgraph_proto::common::v2::{Peer, Task};
+use dfgraph_proto::scheduler::v2::scheduler_server::Scheduler;
+use dfgraph_proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, ListHostsResponse,
     StatPeerRequest, StatTaskRequest,
 };

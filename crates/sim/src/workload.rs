@@ -22,7 +22,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::ring::Ring;
-use crate::proto::common::v2::{
+use dfgraph_proto::common::v2::{
     Build, Cpu, Disk, Host, Memory, Network, Peer, Piece, Priority, Range, SizeScope, Task,
     TaskType, TrafficType,
 };

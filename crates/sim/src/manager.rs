@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::Method;
 use super::scheduler::Faults;
-use crate::proto::manager::v2::manager_server::Manager;
-use crate::proto::manager::v2::{
+use dfgraph_proto::manager::v2::manager_server::Manager;
+use dfgraph_proto::manager::v2::{
     ListSchedulersRequest, ListSchedulersResponse, Scheduler as ManagerScheduler, SchedulerCluster,
 };
 

@@ -2,13 +2,13 @@
 //! one per scheduler plus one manager, serving a seeded, moving workload
 //! with per-server fault injection and RPC counters.
 //!
-//! The simulator depends only on [`crate::proto`], so it is an honest test
+//! The simulator depends only on [`dfgraph_proto`], so it is an honest test
 //! double of real Dragonfly schedulers: the gateway talks to it over the
 //! same wire protocol it uses in production.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), dfgraph::sim::SimError> {
-//! use dfgraph::sim::{SimCluster, SimConfig};
+//! # async fn demo() -> Result<(), dfgraph_sim::SimError> {
+//! use dfgraph_sim::{SimCluster, SimConfig};
 //! let sim = SimCluster::start(SimConfig { tick_interval: None, ..SimConfig::default() }).await?;
 //! for s in sim.schedulers() {
 //!     println!("cluster {} scheduler {}", s.cluster_id, s.addr);
@@ -34,9 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::proto::common::v2::{Host, Peer, Task};
-use crate::proto::manager::v2::manager_server::ManagerServer;
-use crate::proto::scheduler::v2::scheduler_server::SchedulerServer;
+use dfgraph_proto::common::v2::{Host, Peer, Task};
+use dfgraph_proto::manager::v2::manager_server::ManagerServer;
+use dfgraph_proto::scheduler::v2::scheduler_server::SchedulerServer;
 use manager::ManagerService;
 use scheduler::{Faults, SchedulerService};
 use workload::{Shared, SharedWorkload, Workload, WorkloadParams, read, write};

@@ -1,5 +1,7 @@
-//! The generated Dragonfly v2 wire types and gRPC stubs (see `proto/`).
-//! Nothing here is hand-written; every other module speaks these types.
+//! The generated Dragonfly v2 wire types and gRPC stubs, compiled from the
+//! `.proto` files beside this crate. Nothing here is hand-written; the
+//! gateway and the simulator both speak these types and nothing else of
+//! each other.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 

@@ -1,10 +1,10 @@
-//! `dfgraph bench --scenario live`: S websocket subscribers on
+//! `dfgraph-bench --scenario live`: S websocket subscribers on
 //! `hostEvents`, host changes made in the simulated cluster at R per
 //! second; reports delivery lag (event published -> message received),
 //! detection lag (change made -> event published) and the gateway's memory
 //! per idle subscriber.
 //!
-//! The subscribers run in a child process (`dfgraph bench-subscribers`) by
+//! The subscribers run in a child process (`dfgraph-bench subscribers`) by
 //! default, so the gateway's RSS is its own and each process stays under
 //! its open-file limit at 10k connections.
 
@@ -22,10 +22,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{BenchArgs, BenchError, rss_mib};
-use crate::config::Config;
-use crate::events::now_ms;
-use crate::gateway::Gateway;
-use crate::sim::{SimCluster, SimConfig};
+use dfgraph::config::Config;
+use dfgraph::events::now_ms;
+use dfgraph::gateway::Gateway;
+use dfgraph_sim::{SimCluster, SimConfig};
 
 const SUBSCRIPTION: &str = "subscription { hostEvents { kind host { id hostname } observedAt } }";
 
@@ -340,7 +340,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
         let exe = std::env::current_exe()
             .map_err(|e| BenchError::Scenario(format!("cannot find this executable: {e}")))?;
         let child = tokio::process::Command::new(exe)
-            .args(["bench-subscribers", "--target", &url, "--subscribers"])
+            .args(["subscribers", "--target", &url, "--subscribers"])
             .arg(subscribers.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -452,7 +452,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     })
 }
 
-/// `dfgraph bench-subscribers`: the subscriber side in its own process;
+/// `dfgraph-bench subscribers`: the subscriber side in its own process;
 /// stops when told on stdin (or stdin closes) and prints its report as one
 /// JSON line.
 pub async fn subscriber_process(target: &str, subscribers: usize) -> SubscriberReport {

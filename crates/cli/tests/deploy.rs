@@ -11,7 +11,8 @@ use std::process::Command;
 use serde_yaml::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dfgraph");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The repository root (this package lives in `crates/cli`).
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

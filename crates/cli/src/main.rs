@@ -1,14 +1,19 @@
 //! The `dfgraph` binary: parses the command line, sets up logging, and
-//! runs one of `serve`, `simulate`, `schema` or `status`.
+//! runs one of `serve`, `simulate`, `schema`, `status` or `check-config`.
+//! It composes the two libraries: with no scheduler configured, `serve`
+//! embeds the simulated cluster and points the gateway at it over loopback.
+
+mod cli;
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use dfgraph::cli::{CheckConfigArgs, Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
+use cli::{CheckConfigArgs, Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
 use dfgraph::config::Config;
+use dfgraph::config::SchedulerSource;
 use dfgraph::gateway::{Gateway, cluster_client};
-use dfgraph::sim::SimCluster;
+use dfgraph_sim::{SimCluster, SimConfig};
 
 // jemalloc over glibc's malloc, measured on the console overview (1.37x
 // throughput) and idle websocket subscribers (8 vs 21 KiB each): see
@@ -42,30 +47,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Status(args)) => status(args).await,
         Some(Command::CheckConfig(args)) => check_config(args),
-        Some(Command::Bench(args)) if args.scenario == dfgraph::bench::Scenario::Live => {
-            let report = dfgraph::bench::live::run(&args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(())
-        }
-        Some(Command::BenchSubscribers(args)) => {
-            let report =
-                dfgraph::bench::live::subscriber_process(&args.target, args.subscribers).await;
-            println!("{}", serde_json::to_string(&report)?);
-            Ok(())
-        }
-        Some(Command::Bench(args)) => {
-            let report = dfgraph::bench::run(&args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(())
-        }
     }
 }
 
@@ -92,13 +73,49 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.source.config.as_deref(), args.overrides())?;
+    let mut config = Config::load(args.source.config.as_deref(), args.overrides())?;
+    let simulator = match config.scheduler_source()? {
+        SchedulerSource::Unconfigured => Some(embed_simulator(&mut config).await?),
+        _ => None,
+    };
     let gateway = Gateway::start(config).await?;
     println!("listening on {}", gateway.url());
     shutdown_signal().await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
+    if let Some(sim) = simulator {
+        sim.shutdown().await;
+    }
     Ok(())
+}
+
+/// Starts the simulated cluster `[simulator]` describes and points `config`
+/// at its schedulers, for the no-configuration demo.
+async fn embed_simulator(config: &mut Config) -> anyhow::Result<SimCluster> {
+    let shape = &config.simulator;
+    let sim = SimCluster::start(SimConfig {
+        clusters: shape.clusters,
+        schedulers_per_cluster: shape.schedulers_per_cluster,
+        hosts: shape.hosts,
+        tasks: shape.tasks,
+        peers_per_task: shape.peers_per_task,
+        seed: shape.seed,
+        tick_interval: (!shape.tick_interval.is_zero()).then_some(shape.tick_interval),
+        ..SimConfig::default()
+    })
+    .await
+    .context("starting the simulated cluster")?;
+    config.schedulers = sim
+        .schedulers()
+        .iter()
+        .map(|s| format!("{}={}", s.cluster_id, s.addr))
+        .collect();
+    tracing::info!(
+        schedulers = config.schedulers.len(),
+        manager = %sim.manager_addr(),
+        "no scheduler or manager configured: serving the simulated cluster"
+    );
+    Ok(sim)
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
@@ -141,7 +158,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
         }
         Some(Command::Simulate(args)) => {
             let sim = args.sim_config();
-            dfgraph::sim::validate(&sim)?;
+            dfgraph_sim::validate(&sim)?;
             format!(
                 "simulate: {} clusters x {} schedulers from {}",
                 sim.clusters, sim.schedulers_per_cluster, args.listen
@@ -157,12 +174,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let config = Config::load(args.source.config.as_deref(), args.source.overrides())?;
     let client = cluster_client(&config)?;
     match config.scheduler_source()? {
-        dfgraph::config::SchedulerSource::Static(list) => {
+        SchedulerSource::Static(list) => {
             client.expect_clusters(list.iter().map(|s| s.cluster_id));
             let pairs: Vec<_> = list.iter().map(|s| (s.cluster_id, s.addr)).collect();
             client.set_schedulers(&pairs)?;
         }
-        dfgraph::config::SchedulerSource::Manager {
+        SchedulerSource::Manager {
             addr, cluster_ids, ..
         } => {
             client.expect_clusters(cluster_ids.iter().copied());
@@ -176,7 +193,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
             .with_context(|| format!("asking manager {addr} for schedulers"))?;
             client.set_schedulers(&found)?;
         }
-        dfgraph::config::SchedulerSource::Simulated => {
+        SchedulerSource::Unconfigured => {
             anyhow::bail!("status needs --scheduler CLUSTER_ID=HOST:PORT or --manager HOST:PORT");
         }
     }
