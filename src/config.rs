@@ -56,6 +56,10 @@ pub struct Config {
     pub browser: BrowserConfig,
     /// Schema-level switches for production.
     pub graphql: GraphqlConfig,
+    /// Per-client request rates (off unless `per_second` is set).
+    pub rate_limit: crate::http::rate_limit::RateLimitConfig,
+    /// Where `/metrics` is served, and its bearer token.
+    pub metrics: crate::http::metrics::MetricsConfig,
 }
 
 /// Browser safety: which other origins may call dfgraph from a page, and
@@ -128,6 +132,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             browser: BrowserConfig::default(),
             graphql: GraphqlConfig::default(),
+            rate_limit: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -426,6 +432,24 @@ impl Config {
                     ),
                 ));
             }
+        }
+        self.rate_limit
+            .check()
+            .map_err(|(setting, message)| invalid(setting, message))?;
+        self.metrics
+            .token()
+            .map_err(|(setting, message)| invalid(setting, message))?;
+        if let Some(metrics) = self.metrics.listen
+            && metrics.port() != 0
+            && metrics.port() == self.listen.port()
+            && (metrics.ip() == self.listen.ip()
+                || metrics.ip().is_unspecified()
+                || self.listen.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{metrics} is the main listener's port: give metrics another one"),
+            ));
         }
         if self.manager.is_some() && !self.schedulers.is_empty() {
             return Err(invalid(

@@ -48,6 +48,8 @@ pub enum StartError {
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The separate `/metrics` listener, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<GatewayState>,
     /// Subscription executions shared between identical subscriptions.
     pub fanout: crate::http::fanout::Fanout,
@@ -198,7 +200,10 @@ impl Gateway {
                 "anonymous callers may query and subscribe (auth.anonymous = \"viewer\")"
             );
         }
+        let rate_limit = crate::http::rate_limit::RateLimiter::new(&config.rate_limit)?;
         let app = AppState {
+            rate_limit,
+            metrics_access: crate::http::metrics::MetricsAccess::new(&config.metrics)?,
             schema: build_schema(state.clone(), &config.graphql),
             persisted: crate::http::persisted::PersistedQueries::new(
                 config.graphql.persisted_queries,
@@ -224,6 +229,33 @@ impl Gateway {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics.listen {
+            Some(at) => {
+                let listener = TcpListener::bind(at)
+                    .await
+                    .map_err(|source| StartError::Listen { addr: at, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr: at, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|(_, bound)| *bound);
+        let metrics_server = metrics_listener.map(|(listener, bound)| {
+            let router = crate::http::metrics::router(app.clone());
+            let stop = shutdown.clone();
+            tracing::info!("metrics on http://{bound}/metrics");
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            })
+        });
+        app.rate_limit.spawn_sweeper(shutdown.child_token());
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             // Without TCP_NODELAY a response written in two parts waits
@@ -233,17 +265,25 @@ impl Gateway {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
-            let served = axum::serve(listener, router(app))
+            // The peer address keys the rate limits of anonymous callers.
+            let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+            let served = axum::serve(listener, service)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
+            }
+            if let Some(metrics) = metrics_server
+                && let Err(e) = metrics.await
+            {
+                tracing::warn!(error = %e, "metrics server task ended abnormally");
             }
         });
         tracing::info!("listening on http://{addr}");
         tracing::info!("GraphiQL at http://{addr}/graphiql");
         Ok(Gateway {
             addr,
+            metrics_addr,
             state,
             fanout,
             shutdown,

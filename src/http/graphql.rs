@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::OperationType;
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -136,6 +137,7 @@ async fn admit(
     accept: Accept,
     method: &axum::http::Method,
     headers: &HeaderMap,
+    admitted: Option<super::rate_limit::Admitted>,
 ) -> Result<crate::auth::Principal, Response> {
     if app.browser.csrf_prevention
         && let Some(why) = super::browser::csrf_refusal(method, headers)
@@ -150,18 +152,26 @@ async fn admit(
             body.to_string(),
         ));
     }
-    super::access::principal(app, headers).await
+    // Authenticated once already, by the rate limiter that keys by it.
+    match admitted {
+        Some(admitted) => admitted
+            .principal
+            .map_err(|e| super::access::unauthenticated(&e)),
+        None => super::access::principal(app, headers).await,
+    }
 }
 
 pub async fn get(
     State(app): State<AppState>,
     headers: HeaderMap,
+    admitted: Option<Extension<super::rate_limit::Admitted>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(accept) = negotiate(&headers) else {
         return not_acceptable();
     };
-    let principal = match admit(&app, accept, &axum::http::Method::GET, &headers).await {
+    let admitted = admitted.map(|a| a.0);
+    let principal = match admit(&app, accept, &axum::http::Method::GET, &headers, admitted).await {
         Ok(principal) => principal,
         Err(refused) => return refused,
     };
@@ -196,11 +206,17 @@ pub async fn get(
     execute(&app, accept, request.data(principal)).await
 }
 
-pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    admitted: Option<Extension<super::rate_limit::Admitted>>,
+    body: Bytes,
+) -> Response {
     let Some(accept) = negotiate(&headers) else {
         return not_acceptable();
     };
-    let principal = match admit(&app, accept, &axum::http::Method::POST, &headers).await {
+    let admitted = admitted.map(|a| a.0);
+    let principal = match admit(&app, accept, &axum::http::Method::POST, &headers, admitted).await {
         Ok(principal) => principal,
         Err(refused) => return refused,
     };

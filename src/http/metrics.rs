@@ -1,15 +1,132 @@
 //! `/metrics`: the Prometheus exposition of everything recorded through
-//! the `metrics` facade. The recorder is process-global, so it is
-//! installed once and shared by every server in the process.
+//! the `metrics` facade, on the main port or a listener of its own, behind
+//! a bearer token if one is configured. The recorder is process-global, so
+//! it is installed once and shared by every server in the process.
 
-use std::sync::OnceLock;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::AppState;
+
+/// The `[metrics]` settings: where `/metrics` is served and who may read
+/// it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address, and no longer on `listen`.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token a scraper must send.
+    pub token_file: Option<PathBuf>,
+    /// The name of an environment variable holding that token.
+    pub token_env: Option<String>,
+}
+
+/// Shortest token accepted: `/metrics` is not rate limited, so a short
+/// one could be guessed.
+const MIN_TOKEN_CHARS: usize = 16;
+
+impl MetricsConfig {
+    /// The token, read from its file or variable (`None`: no token).
+    /// Errors name the setting and never contain the token.
+    pub fn token(&self) -> Result<Option<String>, super::rate_limit::SettingError> {
+        let token = match (&self.token_file, &self.token_env) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err((
+                    "metrics.token_file",
+                    "set only one of metrics.token_file and metrics.token_env".into(),
+                ));
+            }
+            (Some(file), None) => match std::fs::read_to_string(file) {
+                Ok(text) => ("metrics.token_file", text.trim().to_owned()),
+                Err(e) => {
+                    return Err((
+                        "metrics.token_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    ));
+                }
+            },
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(value) => ("metrics.token_env", value.trim().to_owned()),
+                Err(_) => {
+                    return Err((
+                        "metrics.token_env",
+                        format!("variable {var} is not set (or not UTF-8)"),
+                    ));
+                }
+            },
+        };
+        let (setting, token) = token;
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err((
+                setting,
+                format!(
+                    "the token must be at least {MIN_TOKEN_CHARS} characters \
+                     (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err((setting, "the token must not contain spaces".into()));
+        }
+        Ok(Some(token))
+    }
+}
+
+/// Who may read `/metrics`, and where it is served.
+#[derive(Clone, Default)]
+pub struct MetricsAccess {
+    /// SHA-256 of the token: compared in constant time, and equal in
+    /// length whatever was sent.
+    token_sha256: Option<Arc<[u8; 32]>>,
+    /// `/metrics` has a listener of its own (not served on `listen`).
+    pub separate_listener: bool,
+}
+
+impl MetricsAccess {
+    pub fn new(config: &MetricsConfig) -> Result<MetricsAccess, crate::config::ConfigError> {
+        let token =
+            config
+                .token()
+                .map_err(|(setting, message)| crate::config::ConfigError::Invalid {
+                    setting: setting.into(),
+                    message,
+                })?;
+        Ok(MetricsAccess {
+            token_sha256: token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())),
+            separate_listener: config.listen.is_some(),
+        })
+    }
+
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token_sha256 else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::access::strip_bearer)
+            .unwrap_or("");
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(presented.ct_eq(expected.as_ref()))
+    }
+}
+
+/// The router of a separate metrics listener: `/metrics` alone.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .with_state(state)
+}
 
 /// A handle that renders the process's metrics, if a recorder could be
 /// installed.
@@ -60,7 +177,15 @@ impl MetricsHandle {
     }
 }
 
-pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
+pub async fn render(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if !app.metrics_access.allows(&headers) {
+        let mut refused =
+            (StatusCode::UNAUTHORIZED, "metrics need a bearer token\n").into_response();
+        refused
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return refused;
+    }
     // Open turns half-open by time alone, with no call to notice it.
     for scheduler in app.gateway.cluster.schedulers() {
         scheduler.publish_circuit();
@@ -71,5 +196,5 @@ pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
         .as_ref()
         .map(|h| h.render())
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -1,6 +1,6 @@
 //! The HTTP surface, assembled in one place: `/graphql` (GET, POST),
 //! `/graphql/ws`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
-//! body limits, timeouts, compression and CORS as layers.
+//! rate limits, body limits, timeouts, compression and CORS as layers.
 
 pub mod access;
 pub mod assets;
@@ -10,6 +10,7 @@ pub mod graphql;
 pub mod health;
 pub mod metrics;
 pub mod persisted;
+pub mod rate_limit;
 pub mod ws;
 
 use std::sync::Arc;
@@ -45,20 +46,34 @@ pub struct AppState {
     pub persisted: persisted::PersistedQueries,
     /// CORS allowlist and CSRF prevention.
     pub browser: Arc<crate::config::BrowserConfig>,
+    /// Per-client rate limits on the GraphQL routes.
+    pub rate_limit: rate_limit::RateLimiter,
+    /// The `/metrics` token, and whether it has a listener of its own.
+    pub metrics_access: metrics::MetricsAccess,
 }
 
 pub fn router(state: AppState) -> Router {
     let limits = state.gateway.limits;
     let request_timeout = state.gateway.request_timeout;
-    Router::new()
+    // Only the GraphQL entry points are rate limited: probes, the pages'
+    // files and metrics never are.
+    let graphql = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::admit,
+        ));
+    let mut router = graphql
         .route("/graphiql", get(assets::graphiql))
         .route("/", get(assets::console))
         .route("/assets/{*path}", get(assets::file))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/readyz", get(health::readyz));
+    if !state.metrics_access.separate_listener {
+        router = router.route("/metrics", get(metrics::render));
+    }
+    router
         // A backstop: `/graphql` answers within the budget by itself, with
         // a GraphQL error; this catches anything else that would hang.
         .layer(TimeoutLayer::with_status_code(
@@ -83,6 +98,7 @@ pub fn router(state: AppState) -> Router {
 async fn websocket(
     State(app): State<AppState>,
     headers: axum::http::HeaderMap,
+    admitted: Option<axum::Extension<rate_limit::Admitted>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Cross-site websocket hijacking: a page elsewhere must not ride on
@@ -103,7 +119,10 @@ async fn websocket(
     let protocol =
         ws::Protocol::from_header(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
     let stop = app.shutdown.clone();
+    // Operations on the socket draw from the bucket of its principal,
+    // else of this address.
+    let client = admitted.map(|a| a.0.client);
     upgrade
-        .on_upgrade(move |socket| ws::serve(socket, protocol, app, stop, upgrade_token))
+        .on_upgrade(move |socket| ws::serve(socket, protocol, app, stop, upgrade_token, client))
         .into_response()
 }

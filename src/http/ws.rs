@@ -116,6 +116,7 @@ pub async fn serve(
     app: AppState,
     stop: CancellationToken,
     upgrade_token: Option<String>,
+    client: Option<std::net::IpAddr>,
 ) {
     let limits = app.subscriptions.clone();
     let (mut sink, mut incoming) = socket.split();
@@ -170,6 +171,7 @@ pub async fn serve(
         init: None,
         upgrade_token,
         principal: None,
+        client,
         slow: CancellationToken::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -289,6 +291,8 @@ struct Connection {
     upgrade_token: Option<String>,
     /// Who the connection runs as, once `connection_init` authenticated.
     principal: Option<crate::auth::Principal>,
+    /// The address the upgrade came from (after trusted proxies).
+    client: Option<std::net::IpAddr>,
     /// Cancelled when the client stopped reading.
     slow: CancellationToken,
 }
@@ -390,6 +394,16 @@ impl Connection {
                     // subscriptions-transport-ws replaced the old operation.
                     running.task.abort();
                     self.ops.remove(&id);
+                }
+                // Each operation draws from the client's bucket, as an
+                // HTTP request does: one socket is no way around the limit.
+                if let Some(client) = self.client {
+                    let key = super::rate_limit::ClientKey::new(self.principal.as_ref(), client);
+                    if let Err(wait) = self.app.rate_limit.check(&key) {
+                        super::rate_limit::count_refusal("subscribe");
+                        self.refuse_operation(&id, super::rate_limit::error(wait));
+                        return None;
+                    }
                 }
                 // The safelist holds here as over HTTP.
                 if let Err(e) = self.app.persisted.resolve(&mut request).await {

@@ -92,6 +92,40 @@ fn dfgraph_services(doc: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// Where compose mounts a service's secrets.
+const SECRETS_DIR: &str = "/run/secrets/";
+
+/// The service's environment as its container sees it, with each secret
+/// it mounts present: compose mounts secret NAME (a file the operator
+/// creates, never in the repository) at /run/secrets/NAME; here a stand-in
+/// value is written to `dir` and the variables point there instead. A
+/// variable naming a secret the service does not mount, or one the file
+/// does not declare, fails the test.
+fn with_secrets(doc: &Value, name: &str, service: &Value, dir: &Path) -> Vec<(String, String)> {
+    let mounted = strings(&service["secrets"]);
+    for secret in &mounted {
+        assert!(
+            doc["secrets"][secret.as_str()]["file"].is_string(),
+            "{name} mounts secret {secret}, which the compose file does not declare"
+        );
+        // Long enough for every token rule (metrics tokens: 16+).
+        std::fs::write(dir.join(secret), format!("{}\n", "a1".repeat(32))).unwrap();
+    }
+    environment(service)
+        .into_iter()
+        .map(|(key, value)| match value.strip_prefix(SECRETS_DIR) {
+            Some(secret) => {
+                assert!(
+                    mounted.iter().any(|m| m == secret),
+                    "{name}: {key} reads secret {secret}, which it does not mount"
+                );
+                (key, dir.join(secret).display().to_string())
+            }
+            None => (key, value),
+        })
+        .collect()
+}
+
 #[test]
 fn every_dfgraph_service_command_and_environment_is_accepted() {
     let doc = compose();
@@ -99,7 +133,8 @@ fn every_dfgraph_service_command_and_environment_is_accepted() {
     assert!(services.len() >= 3, "simulator and two replicas");
     for (name, service) in &services {
         let command = strings(&service["command"]);
-        let env = environment(service);
+        let secrets = tempfile::tempdir().unwrap();
+        let env = with_secrets(&doc, name, service, secrets.path());
         let (ok, out) = check(&command, &env);
         assert!(
             ok,
@@ -257,4 +292,46 @@ fn dashboard_and_alerts_name_only_exported_metrics() {
             "{file} names metrics dfgraph does not export: {unknown:?}"
         );
     }
+}
+
+#[test]
+fn replicas_run_with_production_access_control() {
+    let doc = compose();
+    let replicas: Vec<_> = dfgraph_services(&doc)
+        .into_iter()
+        .filter(|(_, s)| strings(&s["command"]).first().map(String::as_str) == Some("serve"))
+        .collect();
+    for (name, replica) in &replicas {
+        let env: std::collections::BTreeMap<_, _> = environment(replica).into_iter().collect();
+        let get = |key: &str| env.get(key).map(String::as_str);
+        assert_eq!(get("DFGRAPH_AUTH__ANONYMOUS"), Some("off"), "{name}");
+        assert!(
+            get("DFGRAPH_AUTH__MANAGER__JWT_KEY_FILE").is_some_and(|f| f.starts_with(SECRETS_DIR)),
+            "{name}: the manager's key comes from a secret"
+        );
+        assert_eq!(
+            get("DFGRAPH_GRAPHQL__INTROSPECTION"),
+            Some("false"),
+            "{name}"
+        );
+        assert!(get("DFGRAPH_RATE_LIMIT__PER_SECOND").is_some(), "{name}");
+        assert!(
+            get("DFGRAPH_METRICS__TOKEN_FILE").is_some_and(|f| f.starts_with(SECRETS_DIR)),
+            "{name}: the metrics token comes from a secret"
+        );
+        // Prometheus scrapes the metrics port, with the token.
+        let port = get("DFGRAPH_METRICS__LISTEN")
+            .and_then(|l| l.rsplit(':').next())
+            .expect("a metrics listener");
+        let prometheus = read("deploy/prometheus/prometheus.yml");
+        assert!(
+            prometheus.contains(&format!("{name}:{port}")),
+            "Prometheus scrapes {name}:{port}"
+        );
+        assert!(prometheus.contains("credentials_file: /run/secrets/metrics_token"));
+    }
+    assert!(
+        strings(&doc["services"]["prometheus"]["secrets"]).contains(&"metrics_token".to_owned()),
+        "Prometheus mounts the metrics token"
+    );
 }
