@@ -2,7 +2,12 @@
 //! so building dfgraph needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["common.proto", "scheduler.proto", "manager.proto"];
+    let protos = [
+        "common.proto",
+        "scheduler.proto",
+        "manager.proto",
+        "events.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthConfig;
 use crate::cache::CacheConfig;
-use crate::cluster::{BreakerConfig, RetryConfig};
+use crate::cluster::discovery::resolve_addr;
+use crate::cluster::{BreakerConfig, RetryConfig, Timeouts};
 use crate::events::WatchConfig;
 
 /// Everything `dfgraph serve` needs to know.
@@ -157,43 +158,6 @@ impl TlsConfig {
     }
 }
 
-/// Deadlines for scheduler calls and whole requests.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Timeouts {
-    #[serde(with = "humantime_serde")]
-    pub connect: Duration,
-    /// `StatTask`, `StatPeer` and the deletes.
-    #[serde(with = "humantime_serde")]
-    pub stat: Duration,
-    #[serde(with = "humantime_serde")]
-    pub list_hosts: Duration,
-    /// Budget of one GraphQL request, end to end; scheduler calls get
-    /// what is left of it at most.
-    #[serde(with = "humantime_serde")]
-    pub request: Duration,
-    /// HTTP/2 PING interval on scheduler connections...
-    #[serde(with = "humantime_serde")]
-    pub keep_alive_interval: Duration,
-    /// ...and how long a PING may go unanswered before the connection is
-    /// dropped and redialled.
-    #[serde(with = "humantime_serde")]
-    pub keep_alive_timeout: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(2),
-            stat: Duration::from_secs(1),
-            list_hosts: Duration::from_secs(3),
-            request: Duration::from_secs(5),
-            keep_alive_interval: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 /// Bounds on what one client may ask for.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -324,19 +288,6 @@ impl std::str::FromStr for StaticScheduler {
         let addr = resolve_addr(addr.trim()).map_err(|e| bad(&e))?;
         Ok(Self { cluster_id, addr })
     }
-}
-
-/// Resolves `HOST:PORT` to one socket address (the first that resolves),
-/// because the hash ring is keyed by socket address as dfdaemons key it.
-pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 /// What is wrong with a configuration.

@@ -1,5 +1,6 @@
-//! The generated Dragonfly v2 wire types and gRPC stubs, compiled from the
-//! `.proto` files beside this crate. Nothing here is hand-written; the
+//! The generated Dragonfly v2 wire types and gRPC stubs, and dfgraph's own
+//! event message between replicas, compiled from the `.proto` files beside
+//! this crate. Nothing here is hand-written; the
 //! gateway and the simulator both speak these types and nothing else of
 //! each other.
 
@@ -20,5 +21,12 @@ pub mod scheduler {
 pub mod manager {
     pub mod v2 {
         tonic::include_proto!("manager.v2");
+    }
+}
+
+/// dfgraph's own event message between replicas (`events.proto`).
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("events.v1");
     }
 }

@@ -18,7 +18,7 @@ pub async fn fetch_from_manager(
     timeout: Duration,
 ) -> Result<Vec<(u64, SocketAddr)>, ClusterError> {
     let manager_addr =
-        crate::config::resolve_addr(manager).map_err(|message| ClusterError::InvalidArgument {
+        resolve_addr(manager).map_err(|message| ClusterError::InvalidArgument {
             message: format!("manager address: {message}"),
         })?;
     let unavailable = |message: String| ClusterError::Unavailable {
@@ -101,4 +101,17 @@ pub async fn follow_manager(
             _ = tokio::time::sleep(refresh) => {}
         }
     }
+}
+
+/// Resolves `HOST:PORT` to one socket address (the first that resolves),
+/// because the hash ring is keyed by socket address as dfdaemons key it.
+pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod retry;
 pub mod ring;
 pub mod scheduler;
+pub mod timeouts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -27,10 +28,10 @@ pub use health::HealthSnapshot;
 pub use retry::RetryConfig;
 pub use ring::TaskRing;
 pub use scheduler::{Dial, Guards, SchedulerHandle};
+pub use timeouts::Timeouts;
 
 use retry::RetryBudget;
 
-use crate::config::Timeouts;
 use crate::deadline::Deadline;
 use crate::proto::common::v2::{Host, Peer, Task};
 use crate::proto::scheduler::v2::{

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Event, HostChange, What, metric, now_ms};
 use crate::cache::{Cache, CacheKey, Kind};
 use crate::cluster::PeerKey;
-use crate::proto::common::v2::{Host, Peer, Task};
+use crate::proto::common::v2::Host;
+use crate::proto::events::v1::{Event as WireEvent, EventKind};
 
 /// The Redis pub/sub channel of events.
 pub const EVENTS_CHANNEL: &str = "dfgraph:v1:events";
@@ -25,41 +26,6 @@ pub const EVENTS_CHANNEL: &str = "dfgraph:v1:events";
 /// Events a subscriber may fall behind by before it is told it lost some
 /// (at least twice the watch set, so a new leader's baselines fit).
 const MIN_LOCAL_CAPACITY: usize = 8192;
-
-/// An event as it crosses Redis: protobuf, so hosts, peers and tasks keep
-/// their wire encoding.
-#[derive(Clone, PartialEq, prost::Message)]
-struct WireEvent {
-    #[prost(uint32, tag = "1")]
-    version: u32,
-    #[prost(string, tag = "2")]
-    instance: String,
-    #[prost(uint64, tag = "3")]
-    cluster_id: u64,
-    #[prost(int64, tag = "4")]
-    observed_at_ms: i64,
-    /// 1 host joined, 2 host left, 3 host updated, 4 peer, 5 task.
-    #[prost(uint32, tag = "5")]
-    kind: u32,
-    #[prost(message, optional, tag = "6")]
-    host: Option<Host>,
-    #[prost(message, optional, tag = "7")]
-    peer: Option<Peer>,
-    #[prost(message, optional, tag = "8")]
-    task: Option<Task>,
-    #[prost(string, repeated, tag = "9")]
-    changed_fields: Vec<String>,
-    #[prost(string, optional, tag = "10")]
-    from: Option<String>,
-    #[prost(string, tag = "11")]
-    host_id: String,
-    #[prost(string, tag = "12")]
-    task_id: String,
-    #[prost(string, tag = "13")]
-    peer_id: String,
-    #[prost(bool, tag = "14")]
-    baseline: bool,
-}
 
 const WIRE_VERSION: u32 = 1;
 
@@ -78,11 +44,11 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
             host,
             changed_fields,
         } => {
-            wire.kind = match change {
-                HostChange::Joined => 1,
-                HostChange::Left => 2,
-                HostChange::Updated => 3,
-            };
+            wire.set_kind(match change {
+                HostChange::Joined => EventKind::HostJoined,
+                HostChange::Left => EventKind::HostLeft,
+                HostChange::Updated => EventKind::HostUpdated,
+            });
             wire.host = Some(Host::clone(host));
             wire.changed_fields = changed_fields.clone();
         }
@@ -92,7 +58,7 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
             from,
             baseline,
         } => {
-            wire.kind = 4;
+            wire.set_kind(EventKind::Peer);
             wire.peer = peer.as_deref().cloned();
             wire.from = from.clone();
             wire.host_id = key.host_id.clone();
@@ -106,7 +72,7 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
             changed_fields,
             baseline,
         } => {
-            wire.kind = 5;
+            wire.set_kind(EventKind::Task);
             wire.task = task.as_deref().cloned();
             wire.task_id = task_id.clone();
             wire.changed_fields = changed_fields.clone();
@@ -125,7 +91,7 @@ pub enum DecodeError {
     #[error("event format version {0} is not understood")]
     Version(u32),
     #[error("unknown event kind {0}")]
-    Kind(u32),
+    Kind(i32),
 }
 
 /// An event from the channel and the instance that sent it.
@@ -145,11 +111,11 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
             changed_fields: wire.changed_fields.clone(),
         })
     };
-    let what = match wire.kind {
-        1 => host(HostChange::Joined)?,
-        2 => host(HostChange::Left)?,
-        3 => host(HostChange::Updated)?,
-        4 => What::Peer {
+    let what = match EventKind::try_from(wire.kind) {
+        Ok(EventKind::HostJoined) => host(HostChange::Joined)?,
+        Ok(EventKind::HostLeft) => host(HostChange::Left)?,
+        Ok(EventKind::HostUpdated) => host(HostChange::Updated)?,
+        Ok(EventKind::Peer) => What::Peer {
             key: PeerKey {
                 host_id: wire.host_id.clone(),
                 task_id: wire.task_id.clone(),
@@ -159,13 +125,13 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
             from: wire.from.clone(),
             baseline: wire.baseline,
         },
-        5 => What::Task {
+        Ok(EventKind::Task) => What::Task {
             task_id: wire.task_id.clone(),
             task: wire.task.clone().map(Arc::new),
             changed_fields: wire.changed_fields.clone(),
             baseline: wire.baseline,
         },
-        other => return Err(DecodeError::Kind(other)),
+        Ok(EventKind::Unspecified) | Err(_) => return Err(DecodeError::Kind(wire.kind)),
     };
     Ok((
         wire.instance,
