@@ -10,6 +10,7 @@ pub mod graphql;
 pub mod health;
 pub mod metrics;
 pub mod persisted;
+pub mod rest;
 pub mod ws;
 
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .merge(rest::routes())
         // A backstop: `/graphql` answers within the budget by itself, with
         // a GraphQL error; this catches anything else that would hang.
         .layer(TimeoutLayer::with_status_code(
