@@ -699,3 +699,110 @@ async fn a_host_joining_the_cluster_is_listed_within_one_watch_interval() {
     println!("host delisted {:?} after leaving", left.elapsed());
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_sync_peers_job_makes_the_next_read_come_from_the_schedulers() {
+    let env = TestEnv::start(small_sim(), |config| {
+        // Cached lists stay fresh for 30 s and the watcher is slow: only
+        // the sync makes a change visible now.
+        config.cache.enabled = true;
+        config.watch.interval = Duration::from_secs(60);
+        config.watch.lease_ttl = Duration::from_secs(120);
+    })
+    .await;
+    let query = "host_name=synced";
+    assert!(peers(&env, query).await.is_empty());
+    let mut host = env.sim.hosts(1).remove(0);
+    host.id = "synced-host".into();
+    host.hostname = "synced".into();
+    env.sim.upsert_host(host);
+    assert!(peers(&env, query).await.is_empty(), "served from the cache");
+
+    let sync = |clusters: Value| {
+        console(
+            &env,
+            "POST",
+            "/api/v1/jobs",
+            None,
+            Some(json!({ "type": "sync_peers", "scheduler_cluster_ids": clusters })),
+        )
+    };
+    let answer = sync(json!([2])).await;
+    assert_eq!((answer.status, answer.json()), (200, json!("OK")));
+    assert!(
+        peers(&env, query).await.is_empty(),
+        "cluster 1 was not asked to sync"
+    );
+    let answer = sync(json!([1])).await;
+    assert_eq!((answer.status, answer.json()), (200, json!("OK")));
+    let listed = peers(&env, query).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], peer_id(1, "synced-host"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_inactive_while_cached_and_missing_when_not() {
+    // With a cache: the last list is served, its hosts inactive.
+    let env = TestEnv::start(small_sim(), |config| {
+        config.cache.enabled = true;
+        config.cache.hosts.fresh = Duration::from_millis(200);
+        config.cache.hosts.stale = Duration::from_secs(3600);
+    })
+    .await;
+    let everyone = peers(&env, "per_page=1000").await;
+    assert!(everyone.iter().all(|p| p["state"] == "active"));
+    for scheduler in env.sim.schedulers() {
+        if scheduler.cluster_id == 2 {
+            env.sim
+                .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = get(&env, "/api/v1/peers?per_page=1000").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let rows = answer.json().as_array().unwrap().clone();
+    assert_eq!(rows.len(), everyone.len(), "the cached list still answers");
+    for peer in &rows {
+        let expected = if peer["scheduler_cluster_id"] == 2 {
+            "inactive"
+        } else {
+            "active"
+        };
+        assert_eq!(peer["state"], expected, "{}", peer["host_name"]);
+    }
+    let inactive = peers(&env, "per_page=1000&state=inactive").await;
+    assert_eq!(inactive.len(), env.sim.hosts(2).len());
+    env.stop().await;
+
+    // Without one: the other cluster answers, the header names the
+    // missing one; with none left, the manager's 500 shape.
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let in_two = peer_id(2, &env.sim.hosts(2)[0].id);
+    for scheduler in env.sim.schedulers() {
+        if scheduler.cluster_id == 2 {
+            env.sim
+                .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+        }
+    }
+    let answer = get(&env, "/api/v1/peers?per_page=1000").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.json().as_array().unwrap().len(),
+        env.sim.hosts(1).len()
+    );
+    assert_eq!(
+        answer.header("x-dfgraph-unavailable-clusters").as_deref(),
+        Some("2")
+    );
+    let answer = get(&env, &format!("/api/v1/peers/{in_two}")).await;
+    assert_eq!(answer.status, 503, "maybe there, not 404: {}", answer.text);
+    for scheduler in env.sim.schedulers() {
+        env.sim
+            .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+    }
+    let answer = get(&env, "/api/v1/peers").await;
+    assert_eq!(answer.status, 500, "{}", answer.text);
+    assert!(answer.json()["message"].is_string(), "{}", answer.text);
+    env.stop().await;
+}

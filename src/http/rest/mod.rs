@@ -25,7 +25,7 @@ use self::peer::Row;
 use self::query::PeersQuery;
 use super::AppState;
 use crate::cache::{CacheKey, Kind};
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, SchedulerHandle};
 use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// The routes, for the main router to merge.
@@ -96,11 +96,15 @@ async fn admit(app: &AppState, method: &Method, headers: &HeaderMap) -> Result<(
 
 /// Host lists of some clusters, as the cache has them.
 struct Snapshot {
-    lists: Vec<(u64, Arc<ListHostsResponse>, chrono::DateTime<Utc>)>,
+    /// Each cluster's list, when it was read, and its hosts' state.
+    lists: Vec<(
+        u64,
+        Arc<ListHostsResponse>,
+        chrono::DateTime<Utc>,
+        &'static str,
+    )>,
     /// Clusters that failed, with why.
     failed: BTreeMap<u64, ClusterError>,
-    /// Clusters with at least one scheduler up.
-    reachable: Vec<u64>,
 }
 
 impl Snapshot {
@@ -108,12 +112,7 @@ impl Snapshot {
         let mut rows: Vec<Row<'_>> = self
             .lists
             .iter()
-            .flat_map(|(cluster_id, list, read_at)| {
-                let state = if self.reachable.contains(cluster_id) {
-                    "active"
-                } else {
-                    "inactive"
-                };
+            .flat_map(|(cluster_id, list, read_at, state)| {
                 list.hosts
                     .iter()
                     .map(move |host| Row::new(*cluster_id, host, state, *read_at))
@@ -180,6 +179,7 @@ async fn snapshot(app: &AppState, clusters: Vec<u64>) -> Result<Snapshot, Respon
         }
     };
     let now = Utc::now();
+    let schedulers = gateway.cluster.schedulers();
     let mut lists = Vec::new();
     let mut failed = BTreeMap::new();
     for (cluster_id, result) in loaded {
@@ -189,8 +189,15 @@ async fn snapshot(app: &AppState, clusters: Vec<u64>) -> Result<Snapshot, Respon
                     .ok()
                     .and_then(|age| now.checked_sub_signed(age))
                     .unwrap_or(now);
+                // Past its freshness while the cluster's schedulers fail:
+                // the last known list, of hosts nobody vouches for now.
+                let state = if fetched.stale && last_call_failed(&schedulers, cluster_id) {
+                    "inactive"
+                } else {
+                    "active"
+                };
                 if let Some(list) = fetched.value {
-                    lists.push((cluster_id, list, read_at));
+                    lists.push((cluster_id, list, read_at, state));
                 }
             }
             Err(e) => {
@@ -199,20 +206,21 @@ async fn snapshot(app: &AppState, clusters: Vec<u64>) -> Result<Snapshot, Respon
             }
         }
     }
-    let schedulers = gateway.cluster.schedulers();
-    let reachable = clusters
-        .into_iter()
-        .filter(|&id| {
-            schedulers
-                .iter()
-                .any(|s| s.cluster_id == id && s.health_snapshot().is_up())
-        })
-        .collect();
-    Ok(Snapshot {
-        lists,
-        failed,
-        reachable,
-    })
+    Ok(Snapshot { lists, failed })
+}
+
+/// True when the latest call to any scheduler of the cluster failed.
+fn last_call_failed(schedulers: &[Arc<SchedulerHandle>], cluster_id: u64) -> bool {
+    let (mut success, mut failure) = (None, None);
+    for health in schedulers
+        .iter()
+        .filter(|s| s.cluster_id == cluster_id)
+        .map(|s| s.health_snapshot())
+    {
+        success = success.max(health.last_success_ms);
+        failure = failure.max(health.last_error.map(|(at, _)| at));
+    }
+    failure.is_some() && failure >= success
 }
 
 /// `GET /api/v1/peers`: one page of the hosts matching the filters, in id

@@ -58,7 +58,8 @@ pub struct Row<'a> {
     pub id: u64,
     pub scheduler_cluster_id: u64,
     pub host: &'a Host,
-    /// `active` while its cluster answers, else `inactive`.
+    /// `inactive` while its list is served past freshness because its
+    /// cluster stopped answering, else `active`.
     pub state: &'static str,
     /// When the host list holding it was read from its scheduler.
     pub read_at: DateTime<Utc>,
