@@ -96,15 +96,19 @@ async fn admit(app: &AppState, method: &Method, headers: &HeaderMap) -> Result<(
 
 /// Host lists of some clusters, as the cache has them.
 struct Snapshot {
-    /// Each cluster's list, when it was read, and its hosts' state.
-    lists: Vec<(
-        u64,
-        Arc<ListHostsResponse>,
-        chrono::DateTime<Utc>,
-        &'static str,
-    )>,
+    lists: Vec<ClusterList>,
     /// Clusters that failed, with why.
     failed: BTreeMap<u64, ClusterError>,
+}
+
+/// One cluster's host list as read.
+struct ClusterList {
+    cluster_id: u64,
+    /// `None`: the cluster answered with no list.
+    list: Option<Arc<ListHostsResponse>>,
+    read_at: chrono::DateTime<Utc>,
+    /// The state of its hosts (see [`Row::state`]).
+    state: &'static str,
 }
 
 impl Snapshot {
@@ -112,10 +116,12 @@ impl Snapshot {
         let mut rows: Vec<Row<'_>> = self
             .lists
             .iter()
-            .flat_map(|(cluster_id, list, read_at, state)| {
-                list.hosts
-                    .iter()
-                    .map(move |host| Row::new(*cluster_id, host, state, *read_at))
+            .flat_map(|c| {
+                c.list.iter().flat_map(move |list| {
+                    list.hosts
+                        .iter()
+                        .map(move |host| Row::new(c.cluster_id, host, c.state, c.read_at))
+                })
             })
             .collect();
         // The manager lists rows in primary-key order.
@@ -196,9 +202,12 @@ async fn snapshot(app: &AppState, clusters: Vec<u64>) -> Result<Snapshot, Respon
                 } else {
                     "active"
                 };
-                if let Some(list) = fetched.value {
-                    lists.push((cluster_id, list, read_at, state));
-                }
+                lists.push(ClusterList {
+                    cluster_id,
+                    list: fetched.value,
+                    read_at,
+                    state,
+                });
             }
             Err(e) => {
                 tracing::warn!(cluster_id, error = %e, "REST peers: a cluster's host list failed");
