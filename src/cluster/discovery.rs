@@ -17,10 +17,9 @@ pub async fn fetch_from_manager(
     dial: &Dial,
     timeout: Duration,
 ) -> Result<Vec<(u64, SocketAddr)>, ClusterError> {
-    let manager_addr =
-        resolve_addr(manager).map_err(|message| ClusterError::InvalidArgument {
-            message: format!("manager address: {message}"),
-        })?;
+    let manager_addr = resolve_addr(manager).map_err(|message| ClusterError::InvalidArgument {
+        message: format!("manager address: {message}"),
+    })?;
     let unavailable = |message: String| ClusterError::Unavailable {
         scheduler: manager_addr,
         message: format!("manager: {message}"),

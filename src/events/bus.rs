@@ -501,6 +501,7 @@ async fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::common::v2::{Peer, Task};
 
     fn roundtrip(event: Event) {
         let bytes = encode("me", &event).expect("crosses replicas");

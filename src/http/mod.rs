@@ -1,5 +1,6 @@
 //! The HTTP surface, assembled in one place: `/graphql` (GET, POST),
-//! `/graphql/ws`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
+//! `/graphql/ws`, the manager's peers API under `/api/v1/` ([`rest`]), the
+//! console at `/`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
 //! rate limits, body limits, timeouts, compression and CORS as layers.
 
 pub mod access;
@@ -11,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod persisted;
 pub mod rate_limit;
+pub mod rest;
 pub mod ws;
 
 use std::sync::Arc;
@@ -46,7 +48,7 @@ pub struct AppState {
     pub persisted: persisted::PersistedQueries,
     /// CORS allowlist and CSRF prevention.
     pub browser: Arc<crate::config::BrowserConfig>,
-    /// Per-client rate limits on the GraphQL routes.
+    /// Per-client rate limits on the GraphQL and REST routes.
     pub rate_limit: rate_limit::RateLimiter,
     /// The `/metrics` token, and whether it has a listener of its own.
     pub metrics_access: metrics::MetricsAccess,
@@ -55,16 +57,17 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let limits = state.gateway.limits;
     let request_timeout = state.gateway.request_timeout;
-    // Only the GraphQL entry points are rate limited: probes, the pages'
-    // files and metrics never are.
-    let graphql = Router::new()
+    // Only the GraphQL and REST entry points are rate limited: probes, the
+    // pages' files and metrics never are.
+    let api = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket))
+        .merge(rest::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::admit,
         ));
-    let mut router = graphql
+    let mut router = api
         .route("/graphiql", get(assets::graphiql))
         .route("/", get(assets::console))
         .route("/assets/{*path}", get(assets::file))

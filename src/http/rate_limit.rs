@@ -1,5 +1,6 @@
-//! Per-client rate limits on the GraphQL entry points (`/graphql`, the
-//! `/graphql/ws` upgrade, and each operation started on an open socket):
+//! Per-client rate limits on the API entry points (`/graphql`, the REST
+//! routes under `/api/v1/`, the `/graphql/ws` upgrade, and each operation
+//! started on an open socket):
 //! one GCRA bucket (governor's keyed limiter) per authenticated principal,
 //! else per client address, answered with 429, `Retry-After` and a
 //! GraphQL-shaped `RATE_LIMITED` error.

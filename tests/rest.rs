@@ -1,0 +1,808 @@
+//! The manager's peers API served by dfgraph, as the Dragonfly console's
+//! peers pages call it (its API client: `fetch` with
+//! `Content-Type: application/json` and the `jwt` cookie): the manager's
+//! JSON shapes and value formats, filters, pages and `Link` headers, error
+//! shapes, access control, and a host joining the simulated cluster
+//! showing up within one watch interval.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dfgraph::auth::{Anonymous, ManagerAuth, Role, StaticToken, hash_token};
+use dfgraph::config::Config;
+use dfgraph::http::rest::peer::peer_id;
+use dfgraph::proto::common::v2::Host;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use support::{TestEnv, small_sim};
+
+/// `models.Peer`'s JSON fields, in the order `encoding/json` writes them.
+const PEER_FIELDS: [&str; 24] = [
+    "id",
+    "created_at",
+    "updated_at",
+    "is_del",
+    "host_name",
+    "type",
+    "idc",
+    "location",
+    "ip",
+    "port",
+    "download_port",
+    "proxy_port",
+    "object_storage_port",
+    "state",
+    "os",
+    "platform",
+    "platform_family",
+    "platform_version",
+    "kernel_version",
+    "git_version",
+    "git_commit",
+    "build_platform",
+    "scheduler_cluster_id",
+    "scheduler_cluster",
+];
+
+/// `models.SchedulerCluster`'s JSON fields (preloaded into every peer).
+const SCHEDULER_CLUSTER_FIELDS: [&str; 15] = [
+    "id",
+    "created_at",
+    "updated_at",
+    "is_del",
+    "name",
+    "bio",
+    "config",
+    "client_config",
+    "seed_client_config",
+    "scopes",
+    "is_default",
+    "seed_peer_clusters",
+    "schedulers",
+    "peers",
+    "jobs",
+];
+
+/// The console's `MAX_PAGE_SIZE`: it asks for every peer at once.
+const CONSOLE_MAX_PAGE_SIZE: u64 = 10_000_000;
+
+const MANAGER_KEY: &str = "the manager's auth.jwt.key";
+const SCRIPT_TOKEN: &str = "dfgraph-ci-0123456789abcdef";
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+}
+
+/// A request as the console's `get`/`post` helpers make it.
+async fn console(
+    env: &TestEnv,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = match method {
+        "GET" => env.http.get(env.url(path)),
+        _ => env.http.post(env.url(path)),
+    }
+    .header("content-type", "application/json");
+    if let Some(jwt) = cookie {
+        request = request.header("cookie", format!("jwt={jwt}"));
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.expect("request sent");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        text: response.text().await.expect("body"),
+    }
+}
+
+async fn get(env: &TestEnv, path: &str) -> Answer {
+    console(env, "GET", path, None, None).await
+}
+
+async fn peers(env: &TestEnv, query: &str) -> Vec<Value> {
+    let answer = get(env, &format!("/api/v1/peers?{query}")).await;
+    assert_eq!(answer.status, 200, "{query}: {}", answer.text);
+    answer.json().as_array().expect("a JSON array").clone()
+}
+
+fn names(peers: &[Value]) -> BTreeSet<String> {
+    peers
+        .iter()
+        .map(|p| p["host_name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn all_hosts(env: &TestEnv) -> Vec<(u64, Host)> {
+    env.sim
+        .cluster_ids()
+        .into_iter()
+        .flat_map(|c| env.sim.hosts(c).into_iter().map(move |h| (c, h)))
+        .collect()
+}
+
+fn type_name(wire: u32) -> &'static str {
+    ["normal", "super", "strong", "weak"]
+        .get(wire as usize)
+        .copied()
+        .unwrap_or("normal")
+}
+
+/// The order of `fields` as they appear in the first object of `text`.
+fn field_order<'a>(text: &str, fields: &[&'a str]) -> Vec<&'a str> {
+    let mut found: Vec<(usize, &str)> = fields
+        .iter()
+        .map(|f| (text.find(&format!("\"{f}\":")).unwrap_or(usize::MAX), *f))
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, f)| f).collect()
+}
+
+fn assert_peer_shape(peer: &Value) {
+    let keys: BTreeSet<&str> = peer
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, PEER_FIELDS.into_iter().collect(), "{peer}");
+    let cluster = &peer["scheduler_cluster"];
+    let keys: BTreeSet<&str> = cluster
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        SCHEDULER_CLUSTER_FIELDS.into_iter().collect(),
+        "{cluster}"
+    );
+
+    let id = peer["id"].as_u64().expect("a numeric id");
+    assert!(
+        id > 0 && id < (1 << 53),
+        "id {id} is an exact JavaScript number"
+    );
+    assert_eq!(peer["is_del"], 0);
+    assert_eq!(peer["created_at"], "0001-01-01T00:00:00Z", "Go's zero time");
+    let updated = peer["updated_at"].as_str().unwrap();
+    let parsed = chrono::DateTime::parse_from_rfc3339(updated).expect("RFC 3339");
+    assert!(updated.ends_with('Z'), "{updated}");
+    let age = chrono::Utc::now().signed_duration_since(parsed);
+    assert!(
+        age < chrono::Duration::minutes(5),
+        "read moments ago: {updated}"
+    );
+    assert_eq!(peer["state"], "active");
+    assert!(["normal", "super", "strong", "weak"].contains(&peer["type"].as_str().unwrap()));
+    for port in ["port", "download_port", "proxy_port", "object_storage_port"] {
+        assert!(peer[port].is_i64(), "{port} is a number: {peer}");
+    }
+    assert_eq!(cluster["id"], peer["scheduler_cluster_id"]);
+    assert_eq!(
+        cluster["name"],
+        format!("scheduler-cluster-{}", peer["scheduler_cluster_id"])
+    );
+    for empty in ["config", "client_config", "seed_client_config", "scopes"] {
+        assert_eq!(cluster[empty], json!({}), "{empty}");
+    }
+    for null in ["seed_peer_clusters", "schedulers", "peers", "jobs"] {
+        assert_eq!(cluster[null], Value::Null, "{null}");
+    }
+}
+
+#[tokio::test]
+async fn the_consoles_peers_pages_get_the_managers_shapes_from_live_data() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let hosts = all_hosts(&env);
+
+    // Insight > Peers: every peer of every cluster in one page.
+    let answer = get(
+        &env,
+        &format!("/api/v1/peers?page=1&per_page={CONSOLE_MAX_PAGE_SIZE}"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.header("content-type").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(field_order(&answer.text, &PEER_FIELDS), PEER_FIELDS);
+    let all = answer.json().as_array().unwrap().clone();
+    assert_eq!(all.len(), hosts.len());
+    all.iter().for_each(assert_peer_shape);
+    let ids: Vec<u64> = all.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "rows in id order, ids distinct"
+    );
+
+    // Each row says what its scheduler says about the host.
+    let by_name: BTreeMap<&str, &Value> = all
+        .iter()
+        .map(|p| (p["host_name"].as_str().unwrap(), p))
+        .collect();
+    for (cluster_id, host) in &hosts {
+        let peer = by_name[host.hostname.as_str()];
+        let network = host.network.clone().unwrap_or_default();
+        let build = host.build.clone().unwrap_or_default();
+        assert_eq!(peer["id"], peer_id(*cluster_id, &host.id));
+        assert_eq!(peer["scheduler_cluster_id"], *cluster_id);
+        assert_eq!(peer["type"], type_name(host.r#type));
+        assert_eq!(peer["ip"], host.ip);
+        assert_eq!(peer["port"], host.port);
+        assert_eq!(peer["download_port"], host.download_port);
+        assert_eq!(peer["proxy_port"], host.proxy_port);
+        assert_eq!(peer["object_storage_port"], 0);
+        assert_eq!(peer["idc"], network.idc.unwrap_or_default());
+        assert_eq!(peer["location"], network.location.unwrap_or_default());
+        assert_eq!(peer["os"], host.os);
+        assert_eq!(peer["platform"], host.platform);
+        assert_eq!(peer["platform_family"], host.platform_family);
+        assert_eq!(peer["platform_version"], host.platform_version);
+        assert_eq!(peer["kernel_version"], host.kernel_version);
+        assert_eq!(peer["git_version"], build.git_version);
+        assert_eq!(peer["git_commit"], build.git_commit.unwrap_or_default());
+        assert_eq!(peer["build_platform"], build.platform.unwrap_or_default());
+    }
+    assert!(
+        all.iter().any(|p| p["type"] != "normal"),
+        "the simulator has seed peers, so types are really mapped"
+    );
+
+    // Clusters > a cluster > Peers: that cluster's peers.
+    let query = format!("page=1&per_page={CONSOLE_MAX_PAGE_SIZE}&scheduler_cluster_id=1");
+    let cluster = peers(&env, &query).await;
+    assert_eq!(cluster.len(), env.sim.hosts(1).len());
+    assert!(cluster.iter().all(|p| p["scheduler_cluster_id"] == 1));
+
+    // Its refresh button: a sync_peers job, then the same list again.
+    let answer = console(
+        &env,
+        "POST",
+        "/api/v1/jobs",
+        None,
+        Some(json!({ "type": "sync_peers", "scheduler_cluster_ids": [1] })),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json(), json!("OK"), "the manager's answer, no job");
+    assert_eq!(names(&peers(&env, &query).await), names(&cluster));
+
+    // One peer by id is the same row.
+    let first = &cluster[0];
+    let answer = get(&env, &format!("/api/v1/peers/{}", first["id"])).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let one = answer.json();
+    assert_peer_shape(&one);
+    assert_eq!(one["host_name"], first["host_name"]);
+    assert_eq!(one["id"], first["id"]);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn filters_match_exactly_like_the_managers_where_clause() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let hosts = all_hosts(&env);
+    let expect = |keep: &dyn Fn(u64, &Host) -> bool| -> BTreeSet<String> {
+        hosts
+            .iter()
+            .filter(|(c, h)| keep(*c, h))
+            .map(|(_, h)| h.hostname.clone())
+            .collect()
+    };
+    let (_, sample) = &hosts[hosts.len() / 2];
+    let idc = sample.network.as_ref().unwrap().idc.clone().unwrap();
+    let location = sample.network.as_ref().unwrap().location.clone().unwrap();
+    let version = sample.build.as_ref().unwrap().git_version.clone();
+    let commit = sample.build.as_ref().unwrap().git_commit.clone().unwrap();
+    let all = "per_page=1000";
+
+    let cases: Vec<(String, BTreeSet<String>)> = vec![
+        (
+            format!("host_name={}", sample.hostname),
+            expect(&|_, h| h.hostname == sample.hostname),
+        ),
+        (
+            format!("ip={}", sample.ip),
+            expect(&|_, h| h.ip == sample.ip),
+        ),
+        (
+            format!("idc={idc}"),
+            expect(&|_, h| h.network.as_ref().unwrap().idc.as_deref() == Some(idc.as_str())),
+        ),
+        (
+            format!("location={location}"),
+            expect(&|_, h| {
+                h.network.as_ref().unwrap().location.as_deref() == Some(location.as_str())
+            }),
+        ),
+        (
+            format!("git_version={version}&git_commit={commit}"),
+            expect(&|_, h| {
+                let b = h.build.as_ref().unwrap();
+                b.git_version == version && b.git_commit.as_deref() == Some(commit.as_str())
+            }),
+        ),
+        ("type=super".into(), expect(&|_, h| h.r#type == 1)),
+        ("type=normal".into(), expect(&|_, h| h.r#type == 0)),
+        (
+            format!("type=normal&idc={idc}&scheduler_cluster_id=2"),
+            expect(&|c, h| {
+                c == 2
+                    && h.r#type == 0
+                    && h.network.as_ref().unwrap().idc.as_deref() == Some(idc.as_str())
+            }),
+        ),
+        (
+            format!("port={}", sample.port),
+            expect(&|_, h| h.port == sample.port),
+        ),
+        ("port=1".into(), BTreeSet::new()),
+        ("os=linux".into(), expect(&|_, h| h.os == "linux")),
+        ("scheduler_cluster_id=2".into(), expect(&|c, _| c == 2)),
+        ("scheduler_cluster_id=99".into(), BTreeSet::new()),
+        ("state=active".into(), expect(&|_, _| true)),
+        ("state=inactive".into(), BTreeSet::new()),
+        // Zero values filter nothing, as in gorm.
+        (
+            "idc=&port=0&scheduler_cluster_id=0".into(),
+            expect(&|_, _| true),
+        ),
+        ("host_name=no-such-host".into(), BTreeSet::new()),
+    ];
+    for (filter, wanted) in cases {
+        let got = names(&peers(&env, &format!("{all}&{filter}")).await);
+        assert_eq!(got, wanted, "{filter}");
+    }
+    assert!(
+        !expect(&|_, h| h.r#type == 1).is_empty()
+            && expect(&|_, h| h.r#type == 1).len() < hosts.len(),
+        "the type filter really narrows"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn pages_links_and_bad_input_as_the_manager_answers_them() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let in_cluster = env.sim.hosts(1).len() as u64;
+    assert_eq!(in_cluster, 60);
+
+    // Default page size 10; pages cover the list once, in order.
+    assert_eq!(peers(&env, "").await.len(), 10);
+    let ids = |peers: Vec<Value>| -> Vec<u64> {
+        peers.iter().map(|p| p["id"].as_u64().unwrap()).collect()
+    };
+    let whole = ids(peers(&env, "scheduler_cluster_id=1&per_page=1000").await);
+    let mut paged = Vec::new();
+    for page in 1..=9 {
+        paged.extend(ids(peers(
+            &env,
+            &format!("scheduler_cluster_id=1&per_page=7&page={page}"),
+        )
+        .await));
+    }
+    assert_eq!(paged, whole);
+    assert_eq!(
+        peers(&env, "scheduler_cluster_id=1&per_page=7&page=10").await,
+        Vec::<Value>::new()
+    );
+
+    // The Link header: the request's own URL, page and per_page replaced,
+    // keys sorted; no other pagination header.
+    let answer = get(
+        &env,
+        "/api/v1/peers?scheduler_cluster_id=1&per_page=7&page=2",
+    )
+    .await;
+    let q = |page: u64| format!("</api/v1/peers?page={page}&per_page=7&scheduler_cluster_id=1>");
+    assert_eq!(
+        answer.header("link").unwrap(),
+        format!(
+            "{};rel=prev,{};rel=next,{};rel=first,{};rel=last",
+            q(1),
+            q(3),
+            q(1),
+            q(9)
+        )
+    );
+    let answer = get(
+        &env,
+        "/api/v1/peers?scheduler_cluster_id=1&per_page=7&page=9",
+    )
+    .await;
+    assert!(
+        answer
+            .header("link")
+            .unwrap()
+            .contains(&format!("{};rel=next", q(9)))
+    );
+    for header in ["x-total-count", "x-total", "x-total-pages"] {
+        assert_eq!(answer.header(header), None, "{header}");
+    }
+    // The manager allows up to 10,000,000 a page (the console asks that).
+    assert_eq!(peers(&env, "per_page=100000").await.len(), 120);
+
+    // Input that does not bind: 422 with gin's message under `errors`.
+    for (query, says) in [
+        (
+            "page=abc",
+            r#"strconv.ParseInt: parsing "abc": invalid syntax"#,
+        ),
+        (
+            "per_page=10000001",
+            "Key: 'GetPeersQuery.PerPage' Error:Field validation for 'PerPage' failed on the 'lte' tag",
+        ),
+        (
+            "page=-1",
+            "Key: 'GetPeersQuery.Page' Error:Field validation for 'Page' failed on the 'gte' tag",
+        ),
+        (
+            "state=up",
+            "Key: 'GetPeersQuery.State' Error:Field validation for 'State' failed on the 'oneof' tag",
+        ),
+        (
+            "scheduler_cluster_id=one",
+            r#"strconv.ParseUint: parsing "one": invalid syntax"#,
+        ),
+    ] {
+        let answer = get(&env, &format!("/api/v1/peers?{query}")).await;
+        assert_eq!(
+            (answer.status, answer.json()),
+            (422, json!({ "errors": says })),
+            "{query}"
+        );
+    }
+    let answer = get(&env, "/api/v1/peers/abc").await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (
+            422,
+            json!({ "errors": r#"strconv.ParseUint: parsing "abc": invalid syntax"# })
+        )
+    );
+    let answer = get(&env, "/api/v1/peers/0").await;
+    assert_eq!(answer.status, 422, "{}", answer.text);
+    let known: BTreeSet<u64> = peers(&env, "per_page=1000")
+        .await
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    let unknown = (1..).find(|id| !known.contains(id)).unwrap();
+    let answer = get(&env, &format!("/api/v1/peers/{unknown}")).await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (404, json!({ "message": "record not found" }))
+    );
+    let answer = get(&env, "/api/v1/peers/99999999999999999999999").await;
+    assert_eq!(answer.status, 422, "{}", answer.text);
+
+    // Jobs: only sync_peers is dfgraph's; the rest is refused, not faked.
+    for body in [
+        json!({ "type": "preheat", "args": {} }),
+        json!({}),
+        json!("sync_peers"),
+    ] {
+        let answer = console(&env, "POST", "/api/v1/jobs", None, Some(body.clone())).await;
+        assert_eq!(answer.status, 422, "{body}: {}", answer.text);
+        assert!(answer.json()["errors"].is_string(), "{}", answer.text);
+    }
+    let answer = console(&env, "POST", "/api/v1/jobs", None, None).await;
+    assert_eq!(answer.status, 422, "empty body: {}", answer.text);
+    let answer = console(
+        &env,
+        "POST",
+        "/api/v1/jobs",
+        None,
+        Some(json!({ "type": "sync_peers", "scheduler_cluster_ids": "one" })),
+    )
+    .await;
+    assert_eq!(answer.status, 422, "{}", answer.text);
+    env.stop().await;
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A console session as the manager signs it (gin-jwt, HS256).
+fn manager_token(user_id: u64, exp: u64, key: &str) -> String {
+    let claims = json!({ "id": user_id, "exp": exp, "orig_iat": now() });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn secured(config: &mut Config) {
+    config.auth.anonymous = Anonymous::Off;
+    config.auth.manager = Some(ManagerAuth {
+        jwt_key: Some(MANAGER_KEY.into()),
+        users: BTreeMap::from([("1".to_owned(), Role::Admin)]),
+        default_role: Some(Role::Viewer),
+        ..ManagerAuth::default()
+    });
+    config.auth.tokens = vec![StaticToken {
+        name: "ci".into(),
+        sha256: hash_token(SCRIPT_TOKEN),
+        role: Role::Viewer,
+    }];
+}
+
+#[tokio::test]
+async fn access_is_controlled_as_for_graphql_with_the_managers_refusal() {
+    let env = TestEnv::start(small_sim(), secured).await;
+    let hour = now() + 3600;
+    let viewer = manager_token(2, hour, MANAGER_KEY);
+    let expired = manager_token(2, now() - 600, MANAGER_KEY);
+    let forged = manager_token(1, hour, "another key");
+    let some_id = peer_id(1, &env.sim.hosts(1)[0].id);
+    let sync = json!({ "type": "sync_peers" });
+
+    // No credentials, or bad ones: gin-jwt's 401, nothing leaked.
+    for (who, cookie) in [
+        ("nobody", None),
+        ("expired", Some(&expired)),
+        ("forged", Some(&forged)),
+    ] {
+        for (method, path) in [
+            ("GET", "/api/v1/peers".to_owned()),
+            ("GET", format!("/api/v1/peers/{some_id}")),
+            ("POST", "/api/v1/jobs".to_owned()),
+        ] {
+            let answer = console(
+                &env,
+                method,
+                &path,
+                cookie.map(String::as_str),
+                Some(sync.clone()),
+            )
+            .await;
+            assert_eq!(
+                (answer.status, answer.json()),
+                (401, json!({ "message": "Unauthorized" })),
+                "{who} {method} {path}"
+            );
+        }
+    }
+    let answer = env
+        .http
+        .get(env.url("/api/v1/peers"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+
+    // The console's session cookie (a viewer), a script's static token.
+    let answer = console(
+        &env,
+        "GET",
+        "/api/v1/peers?per_page=1000",
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json().as_array().unwrap().len(), 120);
+    let answer = env
+        .http
+        .get(env.url(&format!("/api/v1/peers/{some_id}")))
+        .bearer_auth(SCRIPT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer = console(
+        &env,
+        "POST",
+        "/api/v1/jobs",
+        Some(&viewer),
+        Some(sync.clone()),
+    )
+    .await;
+    assert_eq!((answer.status, answer.json()), (200, json!("OK")));
+
+    // A page elsewhere cannot make the browser POST with the cookie.
+    let answer = env
+        .http
+        .post(env.url("/api/v1/jobs"))
+        .header("cookie", format!("jwt={viewer}"))
+        .header("content-type", "text/plain")
+        .body(sync.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400, "CSRF refused");
+    assert!(
+        answer.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json")
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_joining_the_cluster_is_listed_within_one_watch_interval() {
+    const INTERVAL: Duration = Duration::from_millis(300);
+    let env = TestEnv::start(small_sim(), |config| {
+        // Cached host lists stay fresh for 30 s: only the watcher, told
+        // that someone reads hosts, makes a change show up sooner.
+        config.cache.enabled = true;
+        config.watch.interval = INTERVAL;
+    })
+    .await;
+    let query = "host_name=joined&scheduler_cluster_id=1";
+    assert!(peers(&env, query).await.is_empty());
+    // The watcher's first poll of the list is its baseline.
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    let mut host = env.sim.hosts(1).remove(0);
+    host.id = "joining-host".into();
+    host.hostname = "joined".into();
+    env.sim.upsert_host(host);
+    let joined = Instant::now();
+    let listed = loop {
+        let found = peers(&env, query).await;
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(joined.elapsed() < INTERVAL * 10, "never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lag = joined.elapsed();
+    println!("host listed {lag:?} after joining (watch interval {INTERVAL:?})");
+    // One interval until the next poll, plus the poll and the request.
+    assert!(lag < INTERVAL * 2, "listed after {lag:?}");
+    assert_eq!(listed[0]["id"], peer_id(1, "joining-host"));
+    let answer = get(
+        &env,
+        &format!("/api/v1/peers/{}", peer_id(1, "joining-host")),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+
+    assert!(env.sim.remove_host(1, "joining-host"));
+    let left = Instant::now();
+    while !peers(&env, query).await.is_empty() {
+        assert!(left.elapsed() < INTERVAL * 10, "never delisted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("host delisted {:?} after leaving", left.elapsed());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_sync_peers_job_makes_the_next_read_come_from_the_schedulers() {
+    let env = TestEnv::start(small_sim(), |config| {
+        // Cached lists stay fresh for 30 s and the watcher is slow: only
+        // the sync makes a change visible now.
+        config.cache.enabled = true;
+        config.watch.interval = Duration::from_secs(60);
+        config.watch.lease_ttl = Duration::from_secs(120);
+    })
+    .await;
+    let query = "host_name=synced";
+    assert!(peers(&env, query).await.is_empty());
+    let mut host = env.sim.hosts(1).remove(0);
+    host.id = "synced-host".into();
+    host.hostname = "synced".into();
+    env.sim.upsert_host(host);
+    assert!(peers(&env, query).await.is_empty(), "served from the cache");
+
+    let sync = |clusters: Value| {
+        console(
+            &env,
+            "POST",
+            "/api/v1/jobs",
+            None,
+            Some(json!({ "type": "sync_peers", "scheduler_cluster_ids": clusters })),
+        )
+    };
+    let answer = sync(json!([2])).await;
+    assert_eq!((answer.status, answer.json()), (200, json!("OK")));
+    assert!(
+        peers(&env, query).await.is_empty(),
+        "cluster 1 was not asked to sync"
+    );
+    let answer = sync(json!([1])).await;
+    assert_eq!((answer.status, answer.json()), (200, json!("OK")));
+    let listed = peers(&env, query).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], peer_id(1, "synced-host"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_inactive_while_cached_and_missing_when_not() {
+    // With a cache: the last list is served, its hosts inactive.
+    let env = TestEnv::start(small_sim(), |config| {
+        config.cache.enabled = true;
+        config.cache.hosts.fresh = Duration::from_millis(200);
+        config.cache.hosts.stale = Duration::from_secs(3600);
+    })
+    .await;
+    let everyone = peers(&env, "per_page=1000").await;
+    assert!(everyone.iter().all(|p| p["state"] == "active"));
+    for scheduler in env.sim.schedulers() {
+        if scheduler.cluster_id == 2 {
+            env.sim
+                .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = get(&env, "/api/v1/peers?per_page=1000").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let rows = answer.json().as_array().unwrap().clone();
+    assert_eq!(rows.len(), everyone.len(), "the cached list still answers");
+    for peer in &rows {
+        let expected = if peer["scheduler_cluster_id"] == 2 {
+            "inactive"
+        } else {
+            "active"
+        };
+        assert_eq!(peer["state"], expected, "{}", peer["host_name"]);
+    }
+    let inactive = peers(&env, "per_page=1000&state=inactive").await;
+    assert_eq!(inactive.len(), env.sim.hosts(2).len());
+    env.stop().await;
+
+    // Without one: the other cluster answers, the header names the
+    // missing one; with none left, the manager's 500 shape.
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let in_two = peer_id(2, &env.sim.hosts(2)[0].id);
+    for scheduler in env.sim.schedulers() {
+        if scheduler.cluster_id == 2 {
+            env.sim
+                .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+        }
+    }
+    let answer = get(&env, "/api/v1/peers?per_page=1000").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.json().as_array().unwrap().len(),
+        env.sim.hosts(1).len()
+    );
+    assert_eq!(
+        answer.header("x-dfgraph-unavailable-clusters").as_deref(),
+        Some("2")
+    );
+    let answer = get(&env, &format!("/api/v1/peers/{in_two}")).await;
+    assert_eq!(answer.status, 503, "maybe there, not 404: {}", answer.text);
+    for scheduler in env.sim.schedulers() {
+        env.sim
+            .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+    }
+    let answer = get(&env, "/api/v1/peers").await;
+    assert_eq!(answer.status, 500, "{}", answer.text);
+    assert!(answer.json()["message"].is_string(), "{}", answer.text);
+    env.stop().await;
+}
