@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::cache::{Cache, SystemClock};
-use crate::cluster::breaker::RealClock;
+use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClientSettings, ClusterClient, Dial, Guards, discovery};
 use crate::config::{Config, SchedulerSource};
 use crate::events::Events;
@@ -96,7 +96,7 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
             concurrency: config.limits.scheduler_concurrency,
             breaker: config.breaker,
             retry: config.retry,
-            clock: Arc::new(RealClock),
+            clock: Arc::new(SystemClock),
         },
     }))
 }
@@ -111,7 +111,7 @@ impl Gateway {
     /// by (tests move a manual clock instead of sleeping).
     pub async fn start_with_clock(
         config: Config,
-        clock: Arc<dyn crate::cache::Clock>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Gateway, StartError> {
         config.validate()?;
         let shutdown = CancellationToken::new();

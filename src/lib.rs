@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deadline;

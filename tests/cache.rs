@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dfgraph::cache::{
-    Cache, CacheConfig, CacheError, CacheKey, Clock, Codec, EncryptionConfig, Header, KeyRing,
-    Kind, KindTtl, ManualClock, Origin, OriginResult, SystemClock, Tier, TypedCache,
+    Cache, CacheConfig, CacheError, CacheKey, Codec, EncryptionConfig, Header, KeyRing, Kind,
+    KindTtl, Origin, OriginResult, Tier, TypedCache,
 };
+use dfgraph::clock::{Clock, ManualClock, SystemClock};
 use dfgraph::deadline::Deadline;
 use futures::future::BoxFuture;
 use redis::Commands;

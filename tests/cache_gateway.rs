@@ -6,7 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfgraph::cache::{CacheKey, Kind, ManualClock};
+use dfgraph::cache::{CacheKey, Kind};
+use dfgraph::clock::ManualClock;
 use dfgraph::gateway::Gateway;
 use dfgraph::sim::{Method, SimCluster};
 use futures::future::join_all;

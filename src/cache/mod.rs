@@ -13,15 +13,14 @@
 //! to L1 and L2 unless the key was invalidated while loading (generation
 //! guard). Redis trouble never fails a lookup: a circuit breaker skips it.
 //!
-//! Files, one job each: `clock` (time), `codec` (value bytes), `keyring`
-//! (encryption keys), `l1` (in-process tier), `l2` (Redis tier),
-//! `circuit` (Redis breaker), `flight` (single-flight), `generation`
-//! (in-process generation guard), `refresh` (refresh-ahead),
-//! `invalidation` (messages and subscriber), `stats` (metrics),
-//! `typed` (the way of one lookup).
+//! Time comes from [`crate::clock`]. Files, one job each: `codec` (value
+//! bytes), `keyring` (encryption keys), `l1` (in-process tier), `l2`
+//! (Redis tier), `circuit` (Redis breaker), `flight` (single-flight),
+//! `generation` (in-process generation guard), `refresh` (refresh-ahead),
+//! `invalidation` (messages and subscriber), `stats` (metrics), `typed`
+//! (the way of one lookup).
 
 mod circuit;
-pub mod clock;
 pub mod codec;
 mod flight;
 mod generation;
@@ -40,9 +39,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+use crate::clock::Clock;
 use tokio::sync::{oneshot, watch};
 
-pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
 pub use l2::INVALIDATION_CHANNEL;

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::clock::Millis;
 use super::l1::Entry;
+use crate::clock::Millis;
 
 /// A token bucket: `rate` tokens per second, holding at most `rate`.
 pub(crate) struct TokenBucket {

@@ -4,14 +4,15 @@
 //! time to let a few probe calls through. A probe's success closes it; a
 //! failure opens it again for twice as long, up to a cap.
 //!
-//! Time comes from a [`BreakerClock`], so tests move it by hand.
+//! Time comes from a [`Clock`], so tests move it by hand.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
 
 /// Thresholds of every scheduler's breaker (`[breaker]` in the config).
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
@@ -71,49 +72,6 @@ impl BreakerConfig {
             return Err("half_open_probes must be at least 1".into());
         }
         Ok(())
-    }
-}
-
-/// A monotonic time source.
-pub trait BreakerClock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealClock;
-
-impl BreakerClock for RealClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to; for tests.
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    start: Instant,
-    offset: Arc<Mutex<Duration>>,
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self {
-            start: Instant::now(),
-            offset: Arc::default(),
-        }
-    }
-}
-
-impl ManualClock {
-    pub fn advance(&self, by: Duration) {
-        *self.offset.lock().unwrap_or_else(|e| e.into_inner()) += by;
-    }
-}
-
-impl BreakerClock for ManualClock {
-    fn now(&self) -> Instant {
-        self.start + *self.offset.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -195,7 +153,7 @@ struct State {
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
-    clock: Arc<dyn BreakerClock>,
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
 }
 
@@ -229,7 +187,7 @@ impl Drop for Ticket<'_> {
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig, clock: Arc<dyn BreakerClock>) -> Self {
+    pub fn new(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             config,
             clock,
@@ -421,6 +379,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn breaker(config: BreakerConfig) -> (Breaker, ManualClock) {
         let clock = ManualClock::default();

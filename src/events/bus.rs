@@ -14,8 +14,9 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, HostChange, What, metric, now_ms};
+use super::{Event, HostChange, What, metric};
 use crate::cache::{Cache, CacheKey, Kind};
+use crate::clock::{Clock, SystemClock};
 use crate::cluster::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 
@@ -404,7 +405,7 @@ impl Bus {
 
     fn hand_out(&self, event: Event, everywhere: bool) {
         metrics::counter!(metric::PUBLISHED, "kind" => event.kind()).increment(1);
-        let published_at = now_ms();
+        let published_at = SystemClock.now_ms_signed();
         if let Some(changed_at) = event.changed_at_ms()
             && changed_at <= published_at
         {

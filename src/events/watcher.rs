@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::diff::{HostSnapshot, diff_hosts, snapshot_hosts, task_fields};
 use super::interest::{Wanted, share};
-use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric, now_ms};
+use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
 use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock};
 use crate::cluster::{CircuitState, ClusterClient, ClusterError, PeerKey};
 use crate::deadline::Deadline;
 use crate::proto::common::v2::{Peer, Task};
@@ -375,7 +376,7 @@ impl Watcher {
         let mut events = Vec::new();
         let event = |what| Event {
             cluster_id,
-            observed_at_ms: now_ms(),
+            observed_at_ms: SystemClock.now_ms_signed(),
             what,
         };
         if hosts {
@@ -532,7 +533,7 @@ impl Watcher {
         let timeout = self.config.interval.min(Duration::from_secs(1));
         let schedulers = self.cluster.schedulers();
         join_all(schedulers.iter().map(|s| s.probe(timeout))).await;
-        let now = now_ms();
+        let now = SystemClock.now_ms_signed();
         let mut seen = HashSet::new();
         for scheduler in schedulers {
             seen.insert(scheduler.addr);
