@@ -11,8 +11,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthConfig;
+use crate::breaker::BreakerConfig;
 use crate::cache::CacheConfig;
-use crate::cluster::{BreakerConfig, RetryConfig};
+use crate::cluster::RetryConfig;
 use crate::events::WatchConfig;
 
 /// Everything `dfgraph serve` needs to know.

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -22,6 +22,7 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use super::circuit::Circuit;
 use super::stats::Stats;
 use super::{CacheConfig, CacheKey, Kind};
+use crate::clock::SystemClock;
 
 /// The pub/sub channel of invalidations.
 pub const INVALIDATION_CHANNEL: &str = "dfgraph:v1:invalidate";
@@ -168,6 +169,7 @@ impl L2 {
                 config.circuit_backoff_min,
                 config.circuit_backoff_max,
                 stats.clone(),
+                Arc::new(SystemClock),
             ),
             timeout: config.command_timeout,
             lock_ttl_ms: millis(config.lock_ttl),
@@ -190,9 +192,9 @@ impl L2 {
     }
 
     async fn query<T: FromRedisValue>(&self, op: &'static str, req: Req<'_>) -> Result<T, L2Error> {
-        if !self.circuit.allow() {
+        let Ok(ticket) = self.circuit.admit() else {
             return Err(L2Error::CircuitOpen);
-        }
+        };
         let run = async {
             let mut conn = self
                 .pool
@@ -209,13 +211,10 @@ impl L2 {
             Ok(result) => result,
             Err(_) => Err(L2Error::Timeout(self.timeout)),
         };
-        match &result {
-            Ok(_) => self.circuit.success(),
-            Err(error) => {
-                self.circuit.failure();
-                self.stats.redis_error();
-                tracing::debug!(op, %error, "Redis command failed");
-            }
+        self.circuit.finish(ticket, result.is_ok());
+        if let Err(error) = &result {
+            self.stats.redis_error();
+            tracing::debug!(op, %error, "Redis command failed");
         }
         result
     }

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::breaker::CircuitState;
+use crate::breaker::CircuitState;
 use crate::clock::{Clock, SystemClock};
 
 /// A point-in-time copy of a scheduler's health.

@@ -2,10 +2,9 @@
 //! them: discovery (static or manager), reusable channels, hash-ring
 //! routing with NotFound fallback, deadlines, health, and fan-out.
 //!
-//! Depends on `proto` and `config` only; knows nothing of caching or
-//! GraphQL.
+//! Depends on `proto`, `config`, `breaker` and `clock` only; knows nothing
+//! of caching or GraphQL.
 
-pub mod breaker;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-pub use breaker::{BreakerConfig, CircuitState};
 pub use error::ClusterError;
 pub use health::HealthSnapshot;
 pub use retry::RetryConfig;

@@ -11,9 +11,9 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::ClusterError;
-use super::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Transition};
 use super::health::{Health, HealthSnapshot};
 use super::retry::{Backoff, RetryConfig};
+use crate::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Transition};
 use crate::clock::Clock;
 use crate::deadline::Deadline;
 use crate::proto::scheduler::v2::StatTaskRequest;

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{CircuitState, PeerKey};
+use crate::breaker::CircuitState;
+use crate::cluster::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 
 pub use bus::Bus;

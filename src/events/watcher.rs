@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use super::diff::{HostSnapshot, diff_hosts, snapshot_hosts, task_fields};
 use super::interest::{Wanted, share};
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
+use crate::breaker::CircuitState;
 use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::{CircuitState, ClusterClient, ClusterError, PeerKey};
+use crate::cluster::{ClusterClient, ClusterError, PeerKey};
 use crate::deadline::Deadline;
 use crate::proto::common::v2::{Peer, Task};
 

@@ -1,10 +1,14 @@
-//! A circuit breaker per scheduler: closed while calls succeed, open after
-//! consecutive failures or a high failure rate over a sliding window (calls
-//! then fail fast without touching the network), half-open after the open
-//! time to let a few probe calls through. A probe's success closes it; a
-//! failure opens it again for twice as long, up to a cap.
+//! The circuit breaker, one per dependency that can go away: each
+//! scheduler (`cluster`) and Redis (`cache`), each configured by its own
+//! settings and emitting its own metrics from the [`Transition`]s it is
+//! handed. Closed while calls succeed, open after consecutive failures or a
+//! high failure rate over a sliding window (calls then fail fast without
+//! touching the network), half-open after the open time to let a few probe
+//! calls through. A probe's success closes it; a failure opens it again for
+//! twice as long, up to a cap.
 //!
-//! Time comes from a [`Clock`], so tests move it by hand.
+//! Time comes from a [`Clock`], so tests move it by hand. Depends on
+//! `clock` only, so both `cluster` and `cache` may use it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -14,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 
-/// Thresholds of every scheduler's breaker (`[breaker]` in the config).
+/// Thresholds of one breaker: every scheduler's (`[breaker]` in the
+/// config), or Redis's (derived from the cache's `circuit_*` settings).
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
@@ -24,7 +29,8 @@ pub struct BreakerConfig {
     pub consecutive_failures: u32,
     /// Share of failed calls in `window` that opens the circuit...
     pub failure_rate: f64,
-    /// ...once the window holds at least this many calls.
+    /// ...once the window holds at least this many calls (`u32::MAX`: the
+    /// rate rule is off, only consecutive failures trip).
     pub minimum_calls: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -85,7 +91,7 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
-    /// The value of the `dfgraph_scheduler_circuit_state` gauge.
+    /// The state as a gauge value (`dfgraph_scheduler_circuit_state`).
     pub fn gauge(self) -> f64 {
         match self {
             Self::Closed => 0.0,
@@ -149,7 +155,7 @@ struct State {
     trips: u64,
 }
 
-/// One scheduler's circuit breaker.
+/// One dependency's circuit breaker.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
@@ -222,6 +228,23 @@ impl Breaker {
     /// Times the circuit opened since start.
     pub fn trips(&self) -> u64 {
         self.lock().trips
+    }
+
+    /// Opens the circuit now, for the shortest open time, whatever came
+    /// before (a dependency known to be unusable before any call).
+    pub fn trip(&self) -> Option<Transition> {
+        if !self.config.enabled {
+            return None;
+        }
+        let from = self.state();
+        let now = self.clock.now();
+        let mut state = self.lock();
+        state.level = 0;
+        self.open(&mut state, now);
+        (from != CircuitState::Open).then_some(Transition {
+            from,
+            to: CircuitState::Open,
+        })
     }
 
     /// Asks to make one call.
@@ -539,6 +562,35 @@ mod tests {
         call(&b, Outcome::Success).unwrap();
         clock.advance(Duration::from_secs(61));
         assert_eq!(trip(&b), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_trip_opens_at_once_for_the_base_time() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        let t = b.trip().unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::Closed, CircuitState::Open));
+        assert_eq!(
+            b.try_acquire().err().unwrap().retry_in,
+            Duration::from_secs(5)
+        );
+        assert_eq!(b.trip(), None, "already open");
+        clock.advance(Duration::from_secs(5));
+        let (probe, _) = b.try_acquire().unwrap();
+        assert!(probe.is_probe());
+    }
+
+    #[test]
+    fn only_consecutive_failures_trip_with_the_rate_rule_off() {
+        let (b, _) = breaker(BreakerConfig {
+            minimum_calls: u32::MAX,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..100 {
+            call(&b, Outcome::Failure).unwrap();
+            call(&b, Outcome::Failure).unwrap();
+            call(&b, Outcome::Success).unwrap();
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
     }
 
     #[test]
