@@ -15,7 +15,8 @@
 //!
 //! Time comes from [`crate::clock`]. Files, one job each: `codec` (value
 //! bytes), `keyring` (encryption keys), `l1` (in-process tier), `l2`
-//! (Redis tier), `circuit` (Redis breaker), `flight` (single-flight),
+//! (Redis tier), `keys` (every Redis key and channel name), `circuit`
+//! (Redis breaker), `flight` (single-flight),
 //! `generation` (in-process generation guard), `refresh` (refresh-ahead),
 //! `invalidation` (messages and subscriber), `stats` (metrics), `typed`
 //! (the way of one lookup).
@@ -26,6 +27,7 @@ mod flight;
 mod generation;
 mod invalidation;
 pub mod keyring;
+pub mod keys;
 mod l1;
 mod l2;
 mod refresh;
@@ -45,7 +47,6 @@ use tokio::sync::{oneshot, watch};
 
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
-pub use l2::INVALIDATION_CHANNEL;
 pub use stats::CacheStats;
 pub use typed::Prefetched;
 
@@ -76,6 +77,16 @@ impl Kind {
             Kind::Peer => "peer",
         }
     }
+
+    /// The kind back from [`Kind::as_str`].
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "hosts" => Some(Kind::Hosts),
+            "task" => Some(Kind::Task),
+            "peer" => Some(Kind::Peer),
+            _ => None,
+        }
+    }
 }
 
 /// One cache entry's identity: `dfgraph:v1:{kind}:{cluster}:{id}` in Redis.
@@ -97,13 +108,9 @@ impl CacheKey {
         }
     }
 
+    /// The Redis key of the entry's value (see [`keys::entry`]).
     pub fn redis_key(&self) -> String {
-        format!(
-            "dfgraph:v1:{}:{}:{}",
-            self.kind.as_str(),
-            self.cluster,
-            self.id
-        )
+        keys::entry(self)
     }
 }
 

@@ -15,13 +15,11 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, HostChange, What, metric};
+use crate::cache::keys::EVENTS_CHANNEL;
 use crate::cache::{Cache, CacheKey, Kind};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
-
-/// The Redis pub/sub channel of events.
-pub const EVENTS_CHANNEL: &str = "dfgraph:v1:events";
 
 /// Events a subscriber may fall behind by before it is told it lost some
 /// (at least twice the watch set, so a new leader's baselines fit).
