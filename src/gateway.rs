@@ -219,7 +219,7 @@ impl Gateway {
                 .cluster
                 .cluster_ids()
                 .into_iter()
-                .map(|c| crate::cache::CacheKey::new(crate::cache::Kind::Hosts, c, ""))
+                .map(crate::cache::CacheKey::hosts)
                 .collect();
             warm.origins.hosts.prefetch(&keys).await;
         });

@@ -19,6 +19,7 @@ pub mod events;
 pub mod gateway;
 pub mod graphql;
 pub mod http;
+pub mod ids;
 pub mod proto;
 pub mod sim;
 pub mod status;

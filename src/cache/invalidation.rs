@@ -226,8 +226,11 @@ mod tests {
     #[test]
     fn messages_roundtrip() {
         let targets = [
-            Target::Key(CacheKey::new(Kind::Peer, 9, "h1/t:2/p 3")),
-            Target::Key(CacheKey::new(Kind::Hosts, 1, "")),
+            Target::Key(CacheKey::peer(
+                9,
+                &crate::ids::PeerKey::from_path("h1/t:2/p 3").unwrap(),
+            )),
+            Target::Key(CacheKey::hosts(1)),
             Target::Scope(Kind::Task, Some(4)),
             Target::Scope(Kind::Hosts, None),
         ];

@@ -8,6 +8,7 @@
 //! and `http` may depend on `cache`, so they take their names from here.
 
 use super::{CacheKey, Kind};
+use crate::ids::PeerKey;
 
 /// What every key and channel begins with.
 pub const PREFIX: &str = "dfgraph:v1:";
@@ -23,7 +24,12 @@ pub const WATCH_INTEREST: &str = "dfgraph:v1:watch:interest";
 
 /// A cache entry's value: `dfgraph:v1:{kind}:{cluster}:{id}`.
 pub fn entry(key: &CacheKey) -> String {
-    format!("{PREFIX}{}:{}:{}", key.kind.as_str(), key.cluster, key.id)
+    format!(
+        "{PREFIX}{}:{}:{}",
+        key.kind().as_str(),
+        key.cluster,
+        key.id()
+    )
 }
 
 /// [`entry`] back into a key (from an invalidation message).
@@ -33,16 +39,20 @@ pub fn parse_entry(s: &str) -> Option<CacheKey> {
     let kind = Kind::parse(parts.next()?)?;
     let cluster = parts.next()?.parse().ok()?;
     let id = parts.next()?;
-    Some(CacheKey::new(kind, cluster, id))
+    match kind {
+        Kind::Hosts => id.is_empty().then(|| CacheKey::hosts(cluster)),
+        Kind::Task => Some(CacheKey::task(cluster, id)),
+        Kind::Peer => Some(CacheKey::peer(cluster, &PeerKey::from_path(id)?)),
+    }
 }
 
 /// A cache entry's generation counter, bumped by its invalidation.
 pub fn generation(key: &CacheKey) -> String {
     format!(
         "{PREFIX}gen:{}:{}:{}",
-        key.kind.as_str(),
+        key.kind().as_str(),
         key.cluster,
-        key.id
+        key.id()
     )
 }
 
@@ -50,9 +60,9 @@ pub fn generation(key: &CacheKey) -> String {
 pub fn load_lock(key: &CacheKey) -> String {
     format!(
         "{PREFIX}lock:{}:{}:{}",
-        key.kind.as_str(),
+        key.kind().as_str(),
         key.cluster,
-        key.id
+        key.id()
     )
 }
 
@@ -89,7 +99,7 @@ mod tests {
 
     #[test]
     fn key_names_share_the_dfgraph_prefix_and_do_not_collide() {
-        let key = CacheKey::new(Kind::Task, 3, "t1");
+        let key = CacheKey::task(3, "t1");
         assert_eq!(generation(&key), "dfgraph:v1:gen:task:3:t1");
         assert_eq!(load_lock(&key), "dfgraph:v1:lock:task:3:t1");
         assert_eq!(
@@ -102,10 +112,7 @@ mod tests {
 
     #[test]
     fn the_other_key_strings_stay_as_they_are() {
-        assert_eq!(
-            entry(&CacheKey::new(Kind::Task, 3, "t1")),
-            "dfgraph:v1:task:3:t1"
-        );
+        assert_eq!(entry(&CacheKey::task(3, "t1")), "dfgraph:v1:task:3:t1");
         assert_eq!(
             scope_generation(Kind::Hosts, None),
             "dfgraph:v1:gen-scope:hosts"
@@ -121,8 +128,8 @@ mod tests {
     #[test]
     fn entries_parse_back() {
         for key in [
-            CacheKey::new(Kind::Peer, 9, "h1/t:2/p 3"),
-            CacheKey::new(Kind::Hosts, 1, ""),
+            CacheKey::peer(9, &PeerKey::from_path("h1/t:2/p 3").unwrap()),
+            CacheKey::hosts(1),
         ] {
             assert_eq!(parse_entry(&entry(&key)), Some(key));
         }

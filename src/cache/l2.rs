@@ -278,8 +278,8 @@ impl L2 {
             pipe.cmd("GET").arg(keys::generation(key));
             pipe.cmd("GET").arg(keys::entry(key));
             for scope in [
-                keys::scope_generation(key.kind, None),
-                keys::scope_generation(key.kind, Some(key.cluster)),
+                keys::scope_generation(key.kind(), None),
+                keys::scope_generation(key.kind(), Some(key.cluster)),
             ] {
                 if !scope_index.contains_key(&scope) {
                     scope_index.insert(scope.clone(), scopes.len());
@@ -310,8 +310,8 @@ impl L2 {
                 let guard = Guard {
                     gens: [
                         value_string(&values[3 * i + 1]).unwrap_or_else(|| "0".into()),
-                        scope_gen(keys::scope_generation(key.kind, None)),
-                        scope_gen(keys::scope_generation(key.kind, Some(key.cluster))),
+                        scope_gen(keys::scope_generation(key.kind(), None)),
+                        scope_gen(keys::scope_generation(key.kind(), Some(key.cluster))),
                     ],
                     token: won.then(|| token.clone()),
                 };
@@ -373,8 +373,8 @@ impl L2 {
                 .arg(5)
                 .arg(keys::entry(&w.key))
                 .arg(keys::generation(&w.key))
-                .arg(keys::scope_generation(w.key.kind, None))
-                .arg(keys::scope_generation(w.key.kind, Some(w.key.cluster)))
+                .arg(keys::scope_generation(w.key.kind(), None))
+                .arg(keys::scope_generation(w.key.kind(), Some(w.key.cluster)))
                 .arg(keys::load_lock(&w.key))
                 .arg(&w.bytes)
                 .arg(w.ttl_ms.max(1))

@@ -34,6 +34,7 @@ mod refresh;
 mod stats;
 mod typed;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::clock::Clock;
+use crate::ids::PeerKey;
 use tokio::sync::{oneshot, watch};
 
 pub use codec::{Codec, CodecError, Header};
@@ -89,22 +91,66 @@ impl Kind {
     }
 }
 
-/// One cache entry's identity: `dfgraph:v1:{kind}:{cluster}:{id}` in Redis.
+/// What a cache entry is about, within its scheduler cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    /// The cluster's host list.
+    Hosts,
+    /// One task, by id.
+    Task(String),
+    /// One peer, by its coordinates.
+    Peer(PeerKey),
+}
+
+/// One cache entry's identity: `dfgraph:v1:{kind}:{cluster}:{id}` in Redis
+/// (see [`keys::entry`]). Built by [`CacheKey::hosts`], [`CacheKey::task`]
+/// and [`CacheKey::peer`] only.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey {
-    pub kind: Kind,
     pub cluster: u64,
-    /// Kind-specific id: empty for `Hosts`, the task id for `Task`,
-    /// `host_id/task_id/peer_id` for `Peer`.
-    pub id: String,
+    pub entity: Entity,
 }
 
 impl CacheKey {
-    pub fn new(kind: Kind, cluster: u64, id: impl Into<String>) -> Self {
+    /// The host list of one scheduler cluster.
+    pub fn hosts(cluster: u64) -> Self {
         Self {
-            kind,
             cluster,
-            id: id.into(),
+            entity: Entity::Hosts,
+        }
+    }
+
+    /// One task on one scheduler cluster.
+    pub fn task(cluster: u64, task_id: impl Into<String>) -> Self {
+        Self {
+            cluster,
+            entity: Entity::Task(task_id.into()),
+        }
+    }
+
+    /// One peer on one scheduler cluster.
+    pub fn peer(cluster: u64, key: &PeerKey) -> Self {
+        Self {
+            cluster,
+            entity: Entity::Peer(key.clone()),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.entity {
+            Entity::Hosts => Kind::Hosts,
+            Entity::Task(_) => Kind::Task,
+            Entity::Peer(_) => Kind::Peer,
+        }
+    }
+
+    /// The id part of the Redis key: empty for hosts, the task id, or the
+    /// peer's [`PeerKey::path`].
+    pub fn id(&self) -> Cow<'_, str> {
+        match &self.entity {
+            Entity::Hosts => Cow::Borrowed(""),
+            Entity::Task(task_id) => Cow::Borrowed(task_id),
+            Entity::Peer(key) => Cow::Owned(key.path()),
         }
     }
 

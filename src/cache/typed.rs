@@ -239,7 +239,7 @@ where
     }
 
     fn ttl(&self, key: &CacheKey) -> KindTtl {
-        self.cache.inner.config.ttl(key.kind)
+        self.cache.inner.config.ttl(key.kind())
     }
 
     /// Joins or leads the loads of `misses` and waits for their outcomes.

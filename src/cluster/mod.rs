@@ -30,6 +30,7 @@ use retry::RetryBudget;
 
 use crate::config::Timeouts;
 use crate::deadline::Deadline;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 use crate::proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
@@ -77,36 +78,6 @@ impl ClusterView {
 #[derive(Default)]
 struct Topology {
     clusters: BTreeMap<u64, Arc<ClusterView>>,
-}
-
-/// A peer's coordinates, as `StatPeer` takes them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerKey {
-    pub host_id: String,
-    pub task_id: String,
-    pub peer_id: String,
-}
-
-impl PeerKey {
-    /// `task_id/host_id/peer_id`: the peer's id in cache keys and events.
-    /// Ids containing `/` are refused at the API, so the split is
-    /// unambiguous.
-    pub fn path(&self) -> String {
-        format!("{}/{}/{}", self.task_id, self.host_id, self.peer_id)
-    }
-
-    /// The key back from [`PeerKey::path`].
-    pub fn from_path(path: &str) -> Option<PeerKey> {
-        let mut parts = path.splitn(3, '/');
-        let task_id = parts.next()?.to_owned();
-        let host_id = parts.next()?.to_owned();
-        let peer_id = parts.next()?.to_owned();
-        Some(PeerKey {
-            host_id,
-            task_id,
-            peer_id,
-        })
-    }
 }
 
 /// Settings of the client.

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Event, HostChange, What, metric};
 use crate::cache::keys::EVENTS_CHANNEL;
-use crate::cache::{Cache, CacheKey, Kind};
+use crate::cache::{Cache, CacheKey};
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::PeerKey;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 
 /// Events a subscriber may fall behind by before it is told it lost some
@@ -179,10 +179,10 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
 /// The cache entries an event makes stale.
 pub fn affected_keys(event: &Event) -> Vec<CacheKey> {
     match &event.what {
-        What::Host { .. } => vec![CacheKey::new(Kind::Hosts, event.cluster_id, "")],
-        What::Peer { key, .. } => vec![CacheKey::new(Kind::Peer, event.cluster_id, key.path())],
+        What::Host { .. } => vec![CacheKey::hosts(event.cluster_id)],
+        What::Peer { key, .. } => vec![CacheKey::peer(event.cluster_id, key)],
         What::Task { task_id, .. } => {
-            vec![CacheKey::new(Kind::Task, event.cluster_id, task_id.clone())]
+            vec![CacheKey::task(event.cluster_id, task_id.clone())]
         }
         What::Scheduler { .. } => Vec::new(),
     }

@@ -13,7 +13,7 @@ use redis::aio::ConnectionManager;
 
 use super::metric;
 use crate::cache::keys;
-use crate::cluster::PeerKey;
+use crate::ids::PeerKey;
 
 /// A single entity someone watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

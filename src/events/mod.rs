@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::CircuitState;
-use crate::cluster::PeerKey;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 
 pub use bus::Bus;

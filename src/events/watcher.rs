@@ -19,8 +19,9 @@ use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric
 use crate::breaker::CircuitState;
 use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::{ClusterClient, ClusterError, PeerKey};
+use crate::cluster::{ClusterClient, ClusterError};
 use crate::deadline::Deadline;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Peer, Task};
 
 /// The last observations of one cluster.

@@ -7,10 +7,10 @@ use async_graphql::{Context, ID, Object, Result};
 
 use super::GatewayState;
 use super::errors::{bad_input, cluster_error, coded, mutations_disabled};
-use super::loaders::{Loaders, peer_cache_id};
+use super::loaders::Loaders;
 use super::query::{PeerKeyInput, peer_key};
 use crate::auth::Principal;
-use crate::cache::{CacheKey, Kind};
+use crate::cache::CacheKey;
 use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 
@@ -88,7 +88,7 @@ impl Mutation {
         outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
-            .invalidate(&CacheKey::new(Kind::Peer, cluster_id, peer_cache_id(&key)))
+            .invalidate(&CacheKey::peer(cluster_id, &key))
             .await;
         Ok(true)
     }
@@ -117,7 +117,7 @@ impl Mutation {
         outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
-            .invalidate(&CacheKey::new(Kind::Task, cluster_id, id.0))
+            .invalidate(&CacheKey::task(cluster_id, id.0))
             .await;
         Ok(true)
     }
@@ -142,10 +142,7 @@ impl Mutation {
             &outcome,
         );
         outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
-        state
-            .cache
-            .invalidate(&CacheKey::new(Kind::Hosts, cluster_id, ""))
-            .await;
+        state.cache.invalidate(&CacheKey::hosts(cluster_id)).await;
         Ok(true)
     }
 }

@@ -11,7 +11,7 @@ use super::errors::{bad_input, cluster_error};
 use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, page_sorted};
 use super::loaders::Loaders;
 use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
-use crate::cluster::PeerKey;
+use crate::ids::PeerKey;
 use crate::proto::scheduler::v2::ListHostsResponse;
 
 pub struct Query;
