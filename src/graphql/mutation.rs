@@ -6,9 +6,9 @@
 use async_graphql::{Context, ID, Object, Result};
 
 use super::GatewayState;
-use super::errors::{bad_input, cluster_error, coded, mutations_disabled};
+use super::errors::{cluster_error, coded, mutations_disabled};
+use super::ids::{PeerKeyInput, cluster_id, peer_key};
 use super::loaders::Loaders;
-use super::query::{PeerKeyInput, peer_key};
 use crate::auth::Principal;
 use crate::cache::CacheKey;
 use crate::cluster::ClusterError;
@@ -52,11 +52,6 @@ fn audit(who: &Principal, action: &str, target: &str, outcome: &Result<(), Clust
     }
 }
 
-fn cluster(id: &ID) -> Result<u64> {
-    id.parse::<u64>()
-        .map_err(|_| bad_input(format!("scheduler cluster id {:?} is not a number", id.0)))
-}
-
 /// The request's budget (none outside a request, e.g. in tests).
 fn budget(ctx: &Context<'_>) -> Deadline {
     ctx.data_opt::<Loaders>()
@@ -74,7 +69,7 @@ impl Mutation {
     ) -> Result<bool> {
         let (state, who) = admitted(ctx, "deletePeer")?;
         let key = peer_key(&key)?;
-        let cluster_id = cluster(&scheduler_cluster_id)?;
+        let cluster_id = cluster_id(&scheduler_cluster_id)?;
         let outcome = state
             .cluster
             .delete_peer(cluster_id, &key, budget(ctx))
@@ -103,7 +98,7 @@ impl Mutation {
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
         let (state, who) = admitted(ctx, "deleteTask")?;
-        let cluster_id = cluster(&scheduler_cluster_id)?;
+        let cluster_id = cluster_id(&scheduler_cluster_id)?;
         let outcome = state
             .cluster
             .delete_task(cluster_id, &host_id, &id, budget(ctx))
@@ -130,7 +125,7 @@ impl Mutation {
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
         let (state, who) = admitted(ctx, "deleteHost")?;
-        let cluster_id = cluster(&scheduler_cluster_id)?;
+        let cluster_id = cluster_id(&scheduler_cluster_id)?;
         let outcome = state
             .cluster
             .delete_host(cluster_id, &id, budget(ctx))
