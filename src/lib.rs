@@ -5,6 +5,8 @@
 //! [`cluster`] asks the schedulers (speaking [`proto`]) for the rest.
 //! [`events`] watches for changes and pushes them to subscriptions.
 //! [`sim`] is a simulated Dragonfly cluster for demos and tests.
+//! [`clock`], [`breaker`] and [`ids`] are shared by `cluster`, `cache` and
+//! `events`, and depend on nothing but each other (`breaker` on `clock`).
 
 pub mod auth;
 pub mod bench;
