@@ -11,9 +11,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthConfig;
+use crate::breaker::BreakerConfig;
 use crate::cache::CacheConfig;
 use crate::cluster::discovery::resolve_addr;
-use crate::cluster::{BreakerConfig, RetryConfig, Timeouts};
+use crate::cluster::{RetryConfig, Timeouts};
 use crate::events::WatchConfig;
 
 /// Everything `dfgraph serve` needs to know.

@@ -10,8 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::cache::{Cache, SystemClock};
-use crate::cluster::breaker::RealClock;
+use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClientSettings, ClusterClient, Dial, Guards, discovery};
 use crate::config::{Config, SchedulerSource};
 use crate::events::Events;
@@ -94,7 +94,7 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
             concurrency: config.limits.scheduler_concurrency,
             breaker: config.breaker,
             retry: config.retry,
-            clock: Arc::new(RealClock),
+            clock: Arc::new(SystemClock),
         },
     }))
 }
@@ -109,7 +109,7 @@ impl Gateway {
     /// by (tests move a manual clock instead of sleeping).
     pub async fn start_with_clock(
         config: Config,
-        clock: Arc<dyn crate::cache::Clock>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Gateway, StartError> {
         config.validate()?;
         let shutdown = CancellationToken::new();
@@ -189,7 +189,7 @@ impl Gateway {
                 .cluster
                 .cluster_ids()
                 .into_iter()
-                .map(|c| crate::cache::CacheKey::new(crate::cache::Kind::Hosts, c, ""))
+                .map(crate::cache::CacheKey::hosts)
                 .collect();
             warm.origins.hosts.prefetch(&keys).await;
         });

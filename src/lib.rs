@@ -1,12 +1,30 @@
 //! dfgraph: a real-time GraphQL gateway for Dragonfly P2P clusters.
 //!
-//! The way of one query, top-down: [`http`] receives it, [`graphql`]
-//! resolves it through DataLoaders, [`cache`] answers what it can, and
-//! [`cluster`] asks the schedulers (speaking [`proto`]) for the rest.
-//! [`events`] watches for changes and pushes them to subscriptions.
+//! # Layout
+//!
+//! The way of one query, top-down: [`http`] receives it (access control,
+//! limits, the websocket protocol, the manager's REST API), [`graphql`]
+//! resolves it through DataLoaders, [`cache`] answers what it can (L1 in
+//! process, L2 in Redis), and [`cluster`] asks the schedulers, speaking
+//! [`proto`], for the rest, within the request's [`deadline`].
+//!
+//! The way of one change: [`events`] polls what someone watches, diffs it,
+//! publishes events between replicas and invalidates the cache.
+//!
+//! Around them: [`config`] (one typed configuration composed of each
+//! module's settings), [`auth`] (credentials to principals and roles),
+//! [`gateway`] (wires a configuration into a running server), [`status`]
+//! (`dfgraph status`). [`clock`], [`breaker`] and [`ids`] are shared by
+//! `cluster`, `cache` and `events` and depend on nothing but each other.
+//!
+//! The simulated cluster (`dfgraph-sim`), the `dfgraph` binary and the load
+//! tool (`dfgraph-bench`) are crates of their own: this library knows none
+//! of them.
 
 pub mod auth;
+pub mod breaker;
 pub mod cache;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deadline;
@@ -14,6 +32,7 @@ pub mod events;
 pub mod gateway;
 pub mod graphql;
 pub mod http;
+pub mod ids;
 pub mod status;
 
 pub use dfgraph_proto as proto;

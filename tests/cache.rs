@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dfgraph::cache::{
-    Cache, CacheConfig, CacheError, CacheKey, Clock, Codec, EncryptionConfig, Header, KeyRing,
-    Kind, KindTtl, ManualClock, Origin, OriginResult, SystemClock, Tier, TypedCache,
+    Cache, CacheConfig, CacheError, CacheKey, Codec, EncryptionConfig, Header, KeyRing, Kind,
+    KindTtl, Origin, OriginResult, Tier, TypedCache,
 };
+use dfgraph::clock::{Clock, ManualClock, SystemClock};
 use dfgraph::deadline::Deadline;
 use futures::future::BoxFuture;
 use redis::Commands;
@@ -98,7 +99,9 @@ impl Origin<Val> for TestOrigin {
                     let result = if fail {
                         Err(TestError("scheduler down".into()))
                     } else {
-                        Ok(snapshot.get(&key.id).map(|t| Val { text: t.clone() }))
+                        Ok(snapshot
+                            .get(key.id().as_ref())
+                            .map(|t| Val { text: t.clone() }))
                     };
                     (key, result)
                 })
@@ -108,7 +111,7 @@ impl Origin<Val> for TestOrigin {
 }
 
 fn task(id: &str) -> CacheKey {
-    CacheKey::new(Kind::Task, 1, id)
+    CacheKey::task(1, id)
 }
 
 fn config(redis: Option<&RedisServer>) -> CacheConfig {
@@ -483,7 +486,7 @@ async fn scope_invalidation_drops_l1_and_l2_of_that_scope_only() {
     let a = typed(config(Some(&redis)), Arc::new(SystemClock), &origin).await;
     let b = typed(config(Some(&redis)), Arc::new(SystemClock), &origin).await;
     let in_scope = [task("x"), task("y")];
-    let other = CacheKey::new(Kind::Task, 2, "z");
+    let other = CacheKey::task(2, "z");
     let all: Vec<CacheKey> = in_scope.iter().cloned().chain([other.clone()]).collect();
     a.get_many(&all, Deadline::NONE).await;
     b.get_many(&all, Deadline::NONE).await;
@@ -917,7 +920,7 @@ async fn prefetch_warms_and_l1_stays_within_its_byte_bound() {
     let keys: Vec<CacheKey> = (0..64)
         .map(|i| {
             origin.set(&format!("h{i}"), &big);
-            CacheKey::new(Kind::Hosts, i, format!("h{i}"))
+            CacheKey::task(i, format!("h{i}"))
         })
         .collect();
     let mut cfg = config(None);

@@ -6,7 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfgraph::cache::{CacheKey, Kind, ManualClock};
+use dfgraph::cache::CacheKey;
+use dfgraph::clock::ManualClock;
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::{Method, SimCluster};
 use futures::future::join_all;
@@ -168,7 +169,7 @@ async fn an_invalidation_on_one_gateway_reaches_the_other() {
 
     a.state
         .cache
-        .invalidate(&CacheKey::new(Kind::Task, 1, task.id.clone()))
+        .invalidate(&CacheKey::task(1, task.id.clone()))
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = post(&http, &b, TASK, json!({ "id": task.id })).await;
@@ -216,7 +217,7 @@ async fn requests_keep_answering_while_redis_dies_and_returns() {
             gateway
                 .state
                 .cache
-                .invalidate(&CacheKey::new(Kind::Hosts, cluster, ""))
+                .invalidate(&CacheKey::hosts(cluster))
                 .await;
         }
         check(&post(&http, &gateway, overview, json!({})).await);

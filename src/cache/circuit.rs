@@ -1,31 +1,23 @@
-//! The circuit breaker around Redis: after K consecutive failures Redis is
-//! skipped entirely (no connection attempt, no timeout to wait out) until a
-//! backoff passes; then one probe goes through. A failed probe doubles the
-//! backoff (capped), a success closes the circuit. Real time, not the
-//! cache's `Clock`: this is about the network, not about entry freshness.
+//! The circuit breaker around Redis: the crate's one [`Breaker`], set up
+//! from the cache's `circuit_*` settings. After that many consecutive
+//! failures Redis is skipped entirely (no connection attempt, no timeout to
+//! wait out) until the backoff passes; then one probe goes through. A
+//! failed probe doubles the backoff (capped), a success closes the circuit.
+//! State changes are logged and published as `dfgraph_redis_circuit_open`.
+//!
+//! Real time (the system clock), not the clock the cache judges freshness
+//! by: this is about the network, not about entry freshness.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::stats::Stats;
+use crate::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Rejected, Ticket, Transition};
+use crate::clock::Clock;
 
 pub(crate) struct Circuit {
-    threshold: u32,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    /// Fast path: readers of a closed circuit take no lock.
-    open: AtomicBool,
-    state: Mutex<State>,
+    breaker: Breaker,
     stats: Arc<Stats>,
-}
-
-struct State {
-    failures: u32,
-    /// While open: when the next probe may go.
-    retry_at: Instant,
-    backoff: Duration,
 }
 
 impl Circuit {
@@ -34,121 +26,131 @@ impl Circuit {
         backoff_min: Duration,
         backoff_max: Duration,
         stats: Arc<Stats>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
+        let config = BreakerConfig {
+            enabled: true,
+            consecutive_failures: threshold.max(1),
+            // Redis is judged by consecutive failures alone.
+            minimum_calls: u32::MAX,
+            open_base: backoff_min,
+            open_max: backoff_max.max(backoff_min),
+            half_open_probes: 1,
+            ..BreakerConfig::default()
+        };
         Self {
-            threshold: threshold.max(1),
-            backoff_min,
-            backoff_max: backoff_max.max(backoff_min),
-            open: AtomicBool::new(false),
-            state: Mutex::new(State {
-                failures: 0,
-                retry_at: Instant::now(),
-                backoff: backoff_min,
-            }),
+            breaker: Breaker::new(config, clock),
             stats,
         }
     }
 
+    /// True while Redis is being skipped or probed (not yet known healthy
+    /// again).
     pub(crate) fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
+        self.breaker.state() != CircuitState::Closed
     }
 
-    /// May a Redis command go now? While open, one caller per backoff
-    /// period is let through as the probe.
-    pub(crate) fn allow(&self) -> bool {
-        if !self.is_open() {
-            return true;
-        }
-        let Ok(mut state) = self.state.lock() else {
-            return false;
+    /// Asks to send one Redis command. While open, one caller per backoff
+    /// period is let through as the probe. Record how it went with
+    /// [`Circuit::finish`]; a ticket dropped unfinished frees its probe slot.
+    pub(crate) fn admit(&self) -> Result<Ticket<'_>, Rejected> {
+        let (ticket, transition) = self.breaker.try_acquire()?;
+        self.on_transition(transition);
+        Ok(ticket)
+    }
+
+    pub(crate) fn finish(&self, ticket: Ticket<'_>, ok: bool) {
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
         };
-        let now = Instant::now();
-        if now < state.retry_at {
-            return false;
-        }
-        // This caller probes; if it never reports back, another probe may
-        // go after one more backoff.
-        state.retry_at = now + state.backoff;
-        true
-    }
-
-    pub(crate) fn success(&self) {
-        let was_open = self.is_open();
-        if let Ok(mut state) = self.state.lock() {
-            state.failures = 0;
-            state.backoff = self.backoff_min;
-        }
-        if was_open {
-            self.open.store(false, Ordering::Release);
-            self.stats.set_circuit_open(false);
-            tracing::info!("Redis answers again; L2 cache back in use");
-        }
-    }
-
-    pub(crate) fn failure(&self) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        state.failures = state.failures.saturating_add(1);
-        let now = Instant::now();
-        if self.is_open() {
-            // A failed probe: wait longer before the next one.
-            state.backoff = (state.backoff * 2).min(self.backoff_max);
-            state.retry_at = now + state.backoff;
-        } else if state.failures >= self.threshold {
-            state.backoff = self.backoff_min;
-            state.retry_at = now + state.backoff;
-            self.open.store(true, Ordering::Release);
-            self.stats.set_circuit_open(true);
-            tracing::warn!(
-                failures = state.failures,
-                retry_in = ?state.backoff,
-                "Redis keeps failing; circuit open, serving from L1 and origin only"
-            );
-        }
+        self.on_transition(ticket.finish(outcome));
     }
 
     /// Opens the circuit at once (Redis unusable at start-up).
     pub(crate) fn trip(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.failures = self.threshold;
-            state.backoff = self.backoff_min;
-            state.retry_at = Instant::now() + state.backoff;
-        }
-        self.open.store(true, Ordering::Release);
+        self.breaker.trip();
         self.stats.set_circuit_open(true);
+    }
+
+    fn on_transition(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        match t.to {
+            CircuitState::Open => {
+                self.stats.set_circuit_open(true);
+                if t.from == CircuitState::Closed {
+                    tracing::warn!(
+                        "Redis keeps failing; circuit open, serving from L1 and origin only"
+                    );
+                }
+            }
+            CircuitState::HalfOpen => tracing::debug!("probing Redis"),
+            CircuitState::Closed => {
+                self.stats.set_circuit_open(false);
+                tracing::info!("Redis answers again; L2 cache back in use");
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     #[test]
     fn opens_after_threshold_and_probes_after_backoff() {
+        let clock = ManualClock::new();
         let c = Circuit::new(
             3,
             Duration::from_millis(20),
             Duration::from_millis(50),
             Arc::default(),
+            Arc::new(clock.clone()),
         );
+        let fail = |c: &Circuit| c.finish(c.admit().unwrap(), false);
         for _ in 0..2 {
-            c.failure();
-            assert!(c.allow());
+            fail(&c);
+            assert!(c.admit().is_ok());
         }
-        c.failure();
+        fail(&c);
         assert!(c.is_open());
-        assert!(!c.allow());
-        std::thread::sleep(Duration::from_millis(25));
-        assert!(c.allow(), "probe after backoff");
-        assert!(!c.allow(), "only one probe");
-        c.failure();
-        std::thread::sleep(Duration::from_millis(25));
-        assert!(!c.allow(), "backoff doubled");
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(c.allow());
-        c.success();
+        assert!(c.admit().is_err());
+        clock.advance(Duration::from_millis(25));
+        let probe = c.admit();
+        assert!(probe.is_ok(), "probe after backoff");
+        assert!(c.admit().is_err(), "only one probe");
+        c.finish(probe.unwrap(), false);
+        clock.advance(Duration::from_millis(25));
+        assert!(c.admit().is_err(), "backoff doubled");
+        clock.advance(Duration::from_millis(20));
+        let probe = c.admit();
+        assert!(probe.is_ok());
+        c.finish(probe.unwrap(), true);
         assert!(!c.is_open());
-        assert!(c.allow());
+        assert!(c.admit().is_ok());
+    }
+
+    #[test]
+    fn the_open_gauge_follows_the_circuit() {
+        let stats = Arc::new(Stats::default());
+        let clock = ManualClock::new();
+        let c = Circuit::new(
+            1,
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+            stats.clone(),
+            Arc::new(clock.clone()),
+        );
+        c.trip();
+        assert!(stats.snapshot().circuit_open);
+        clock.advance(Duration::from_millis(20));
+        let probe = c.admit().unwrap();
+        assert!(stats.snapshot().circuit_open, "still open while probing");
+        c.finish(probe, true);
+        assert!(!stats.snapshot().circuit_open);
+        c.finish(c.admit().unwrap(), false);
+        assert!(stats.snapshot().circuit_open);
     }
 }

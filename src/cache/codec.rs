@@ -29,8 +29,8 @@ use std::sync::Arc;
 use chacha20poly1305::XNonce;
 use chacha20poly1305::aead::{Aead, Payload};
 
-use super::clock::Millis;
 use super::keyring::KeyRing;
+use crate::clock::Millis;
 
 pub const MAGIC: u8 = 0xDF;
 pub const FORMAT_VERSION: u8 = 1;

@@ -108,7 +108,7 @@ impl Flights {
     pub(crate) fn detach_scope(&self, kind: Kind, cluster: Option<u64>) {
         for shard in self.shards.iter() {
             if let Ok(mut shard) = shard.lock() {
-                shard.retain(|k, _| !(k.kind == kind && cluster.is_none_or(|c| c == k.cluster)));
+                shard.retain(|k, _| !(k.kind() == kind && cluster.is_none_or(|c| c == k.cluster)));
             }
         }
     }
@@ -163,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn second_asker_joins_and_gets_the_outcome() {
         let flights = Arc::new(Flights::new());
-        let key = CacheKey::new(Kind::Task, 1, "a");
+        let key = CacheKey::task(1, "a");
         let Some(Role::Lead(leader)) = flights.join_or_lead(&key) else {
             panic!("first asker leads");
         };
@@ -180,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_leader_closes_and_detach_starts_over() {
         let flights = Arc::new(Flights::new());
-        let key = CacheKey::new(Kind::Task, 1, "a");
+        let key = CacheKey::task(1, "a");
         let Some(Role::Lead(leader)) = flights.join_or_lead(&key) else {
             panic!("lead");
         };

@@ -118,7 +118,7 @@ impl Generations {
         let Ok(scopes) = self.scopes.lock() else {
             return false;
         };
-        let scoped = |c| scopes.get(&(key.kind, c)).copied().unwrap_or(0);
+        let scoped = |c| scopes.get(&(key.kind(), c)).copied().unwrap_or(0);
         scoped(None) <= ticket.seq && scoped(Some(key.cluster)) <= ticket.seq
     }
 }
@@ -130,9 +130,9 @@ mod tests {
     #[test]
     fn invalidations_after_the_ticket_block_writes() {
         let g = Generations::new(Duration::from_secs(60));
-        let a = CacheKey::new(Kind::Task, 1, "a");
-        let b = CacheKey::new(Kind::Task, 1, "b");
-        let c = CacheKey::new(Kind::Task, 2, "c");
+        let a = CacheKey::task(1, "a");
+        let b = CacheKey::task(1, "b");
+        let c = CacheKey::task(2, "c");
         let before = g.ticket();
         g.bump_key(&a);
         assert!(!g.is_current(&a, &before));
@@ -146,9 +146,15 @@ mod tests {
         assert!(!g.is_current(&c, &after));
         let t = g.ticket();
         assert!(g.is_current(&c, &t));
-        assert!(g.is_current(&CacheKey::new(Kind::Peer, 1, "x"), &t));
+        assert!(g.is_current(
+            &CacheKey::peer(1, &crate::ids::PeerKey::from_path("x/y/z").unwrap()),
+            &t
+        ));
         g.bump_all();
-        assert!(!g.is_current(&CacheKey::new(Kind::Peer, 1, "x"), &t));
+        assert!(!g.is_current(
+            &CacheKey::peer(1, &crate::ids::PeerKey::from_path("x/y/z").unwrap()),
+            &t
+        ));
     }
 
     #[test]
@@ -156,6 +162,6 @@ mod tests {
         let g = Generations::new(Duration::from_millis(1));
         let t = g.ticket();
         std::thread::sleep(Duration::from_millis(3));
-        assert!(!g.is_current(&CacheKey::new(Kind::Hosts, 1, ""), &t));
+        assert!(!g.is_current(&CacheKey::hosts(1), &t));
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 
-use super::l2::INVALIDATION_CHANNEL;
+use super::keys::{self, INVALIDATION_CHANNEL};
 use super::{CacheKey, Kind, Local};
 
 /// What an invalidation drops.
@@ -23,25 +23,6 @@ use super::{CacheKey, Kind, Local};
 pub(crate) enum Target {
     Key(CacheKey),
     Scope(Kind, Option<u64>),
-}
-
-pub(crate) fn parse_kind(s: &str) -> Option<Kind> {
-    match s {
-        "hosts" => Some(Kind::Hosts),
-        "task" => Some(Kind::Task),
-        "peer" => Some(Kind::Peer),
-        _ => None,
-    }
-}
-
-/// `dfgraph:v1:{kind}:{cluster}:{id}` back into a key.
-pub(crate) fn parse_redis_key(s: &str) -> Option<CacheKey> {
-    let rest = s.strip_prefix("dfgraph:v1:")?;
-    let mut parts = rest.splitn(3, ':');
-    let kind = parse_kind(parts.next()?)?;
-    let cluster = parts.next()?.parse().ok()?;
-    let id = parts.next()?;
-    Some(CacheKey::new(kind, cluster, id))
 }
 
 pub(crate) fn encode(instance: &str, target: &Target) -> String {
@@ -63,14 +44,14 @@ pub(crate) fn decode(message: &str) -> Option<(&str, Target)> {
     let what = parts.next()?;
     let rest = parts.next()?;
     let target = match what {
-        "key" => Target::Key(parse_redis_key(rest)?),
+        "key" => Target::Key(keys::parse_entry(rest)?),
         "scope" => {
             let (kind, cluster) = rest.split_once(' ')?;
             let cluster = match cluster {
                 "*" => None,
                 c => Some(c.parse().ok()?),
             };
-            Target::Scope(parse_kind(kind)?, cluster)
+            Target::Scope(Kind::parse(kind)?, cluster)
         }
         _ => return None,
     };
@@ -245,8 +226,11 @@ mod tests {
     #[test]
     fn messages_roundtrip() {
         let targets = [
-            Target::Key(CacheKey::new(Kind::Peer, 9, "h1/t:2/p 3")),
-            Target::Key(CacheKey::new(Kind::Hosts, 1, "")),
+            Target::Key(CacheKey::peer(
+                9,
+                &crate::ids::PeerKey::from_path("h1/t:2/p 3").unwrap(),
+            )),
+            Target::Key(CacheKey::hosts(1)),
             Target::Scope(Kind::Task, Some(4)),
             Target::Scope(Kind::Hosts, None),
         ];

@@ -38,7 +38,7 @@ impl Entry {
         encoded_len: usize,
         keep: Duration,
     ) -> Self {
-        let weight = (encoded_len + key.id.len() + OVERHEAD).min(u32::MAX as usize) as u32;
+        let weight = (encoded_len + key.id().len() + OVERHEAD).min(u32::MAX as usize) as u32;
         Self {
             header,
             value: value.map(|v| v as Arc<dyn Any + Send + Sync>),
@@ -121,7 +121,7 @@ impl L1 {
 
     pub(crate) fn remove_scope(&self, kind: Kind, cluster: Option<u64>) {
         let dropped = self.cache.invalidate_entries_if(move |k, _| {
-            k.kind == kind && cluster.is_none_or(|c| c == k.cluster)
+            k.kind() == kind && cluster.is_none_or(|c| c == k.cluster)
         });
         if let Err(error) = dropped {
             // Cannot happen (closures are enabled at build); be safe anyway.

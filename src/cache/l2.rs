@@ -20,44 +20,10 @@ use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Value};
 use deadpool_redis::{Manager, Pool, Runtime};
 
 use super::circuit::Circuit;
+use super::keys::{self, INVALIDATION_CHANNEL};
 use super::stats::Stats;
 use super::{CacheConfig, CacheKey, Kind};
-
-/// The pub/sub channel of invalidations.
-pub const INVALIDATION_CHANNEL: &str = "dfgraph:v1:invalidate";
-
-pub(crate) fn gen_key(key: &CacheKey) -> String {
-    format!(
-        "dfgraph:v1:gen:{}:{}:{}",
-        key.kind.as_str(),
-        key.cluster,
-        key.id
-    )
-}
-
-pub(crate) fn lock_key(key: &CacheKey) -> String {
-    format!(
-        "dfgraph:v1:lock:{}:{}:{}",
-        key.kind.as_str(),
-        key.cluster,
-        key.id
-    )
-}
-
-pub(crate) fn scope_gen_key(kind: Kind, cluster: Option<u64>) -> String {
-    match cluster {
-        Some(c) => format!("dfgraph:v1:gen-scope:{}:{c}", kind.as_str()),
-        None => format!("dfgraph:v1:gen-scope:{}", kind.as_str()),
-    }
-}
-
-/// The `SCAN MATCH` pattern of a scope's value keys.
-pub(crate) fn scope_pattern(kind: Kind, cluster: Option<u64>) -> String {
-    match cluster {
-        Some(c) => format!("dfgraph:v1:{}:{c}:*", kind.as_str()),
-        None => format!("dfgraph:v1:{}:*", kind.as_str()),
-    }
-}
+use crate::clock::SystemClock;
 
 /// Sets the value only if no generation moved since the load read them;
 /// releases the load lock if this load holds it. Returns 1 if written.
@@ -168,6 +134,7 @@ impl L2 {
                 config.circuit_backoff_min,
                 config.circuit_backoff_max,
                 stats.clone(),
+                Arc::new(SystemClock),
             ),
             timeout: config.command_timeout,
             lock_ttl_ms: millis(config.lock_ttl),
@@ -190,9 +157,9 @@ impl L2 {
     }
 
     async fn query<T: FromRedisValue>(&self, op: &'static str, req: Req<'_>) -> Result<T, L2Error> {
-        if !self.circuit.allow() {
+        let Ok(ticket) = self.circuit.admit() else {
             return Err(L2Error::CircuitOpen);
-        }
+        };
         let run = async {
             let mut conn = self
                 .pool
@@ -209,13 +176,10 @@ impl L2 {
             Ok(result) => result,
             Err(_) => Err(L2Error::Timeout(self.timeout)),
         };
-        match &result {
-            Ok(_) => self.circuit.success(),
-            Err(error) => {
-                self.circuit.failure();
-                self.stats.redis_error();
-                tracing::debug!(op, %error, "Redis command failed");
-            }
+        self.circuit.finish(ticket, result.is_ok());
+        if let Err(error) = &result {
+            self.stats.redis_error();
+            tracing::debug!(op, %error, "Redis command failed");
         }
         result
     }
@@ -279,7 +243,7 @@ impl L2 {
         }
         let mut cmd = redis::cmd("MGET");
         for key in keys {
-            cmd.arg(key.redis_key());
+            cmd.arg(keys::entry(key));
         }
         let values: Vec<Option<Vec<u8>>> = self.query("mget", Req::Cmd(&cmd)).await?;
         if values.len() != keys.len() {
@@ -306,16 +270,16 @@ impl L2 {
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("SET")
-                .arg(lock_key(key))
+                .arg(keys::load_lock(key))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(self.lock_ttl_ms);
-            pipe.cmd("GET").arg(gen_key(key));
-            pipe.cmd("GET").arg(key.redis_key());
+            pipe.cmd("GET").arg(keys::generation(key));
+            pipe.cmd("GET").arg(keys::entry(key));
             for scope in [
-                scope_gen_key(key.kind, None),
-                scope_gen_key(key.kind, Some(key.cluster)),
+                keys::scope_generation(key.kind(), None),
+                keys::scope_generation(key.kind(), Some(key.cluster)),
             ] {
                 if !scope_index.contains_key(&scope) {
                     scope_index.insert(scope.clone(), scopes.len());
@@ -346,8 +310,8 @@ impl L2 {
                 let guard = Guard {
                     gens: [
                         value_string(&values[3 * i + 1]).unwrap_or_else(|| "0".into()),
-                        scope_gen(scope_gen_key(key.kind, None)),
-                        scope_gen(scope_gen_key(key.kind, Some(key.cluster))),
+                        scope_gen(keys::scope_generation(key.kind(), None)),
+                        scope_gen(keys::scope_generation(key.kind(), Some(key.cluster))),
                     ],
                     token: won.then(|| token.clone()),
                 };
@@ -365,10 +329,10 @@ impl L2 {
     pub(crate) async fn poll(&self, keys: &[CacheKey]) -> Result<Vec<Polled>, L2Error> {
         let mut cmd = redis::cmd("MGET");
         for key in keys {
-            cmd.arg(key.redis_key());
+            cmd.arg(keys::entry(key));
         }
         for key in keys {
-            cmd.arg(lock_key(key));
+            cmd.arg(keys::load_lock(key));
         }
         let values: Vec<Option<Vec<u8>>> = self.query("poll", Req::Cmd(&cmd)).await?;
         if values.len() != keys.len() * 2 {
@@ -401,17 +365,17 @@ impl L2 {
         }
         let mut pipe = redis::pipe();
         for key in deletes {
-            pipe.cmd("DEL").arg(key.redis_key()).ignore();
+            pipe.cmd("DEL").arg(keys::entry(key)).ignore();
         }
         for w in writes {
             pipe.cmd("EVAL")
                 .arg(WRITE_SCRIPT)
                 .arg(5)
-                .arg(w.key.redis_key())
-                .arg(gen_key(&w.key))
-                .arg(scope_gen_key(w.key.kind, None))
-                .arg(scope_gen_key(w.key.kind, Some(w.key.cluster)))
-                .arg(lock_key(&w.key))
+                .arg(keys::entry(&w.key))
+                .arg(keys::generation(&w.key))
+                .arg(keys::scope_generation(w.key.kind(), None))
+                .arg(keys::scope_generation(w.key.kind(), Some(w.key.cluster)))
+                .arg(keys::load_lock(&w.key))
                 .arg(&w.bytes)
                 .arg(w.ttl_ms.max(1))
                 .arg(&w.guard.gens[0])
@@ -424,7 +388,7 @@ impl L2 {
                 pipe.cmd("EVAL")
                     .arg(RELEASE_SCRIPT)
                     .arg(1)
-                    .arg(lock_key(key))
+                    .arg(keys::load_lock(key))
                     .arg(token)
                     .ignore();
             }
@@ -435,9 +399,9 @@ impl L2 {
 
     /// Deletes a key, bumps its generation and tells every replica.
     pub(crate) async fn invalidate(&self, key: &CacheKey, message: &str) -> Result<(), L2Error> {
-        let generation = gen_key(key);
+        let generation = keys::generation(key);
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(key.redis_key()).ignore();
+        pipe.cmd("DEL").arg(keys::entry(key)).ignore();
         pipe.cmd("INCR").arg(&generation).ignore();
         pipe.cmd("PEXPIRE")
             .arg(&generation)
@@ -458,7 +422,7 @@ impl L2 {
         cluster: Option<u64>,
         message: &str,
     ) -> Result<u64, L2Error> {
-        let generation = scope_gen_key(kind, cluster);
+        let generation = keys::scope_generation(kind, cluster);
         let mut pipe = redis::pipe();
         pipe.cmd("INCR").arg(&generation).ignore();
         pipe.cmd("PEXPIRE")
@@ -468,7 +432,7 @@ impl L2 {
         self.query::<()>("invalidate_scope", Req::Pipe(&pipe))
             .await?;
 
-        let pattern = scope_pattern(kind, cluster);
+        let pattern = keys::scope_pattern(kind, cluster);
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
@@ -540,18 +504,5 @@ mod tests {
         assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:***@h:1");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("redis://token@h"), "redis://***@h");
-    }
-
-    #[test]
-    fn key_names_share_the_dfgraph_prefix_and_do_not_collide() {
-        let key = CacheKey::new(Kind::Task, 3, "t1");
-        assert_eq!(gen_key(&key), "dfgraph:v1:gen:task:3:t1");
-        assert_eq!(lock_key(&key), "dfgraph:v1:lock:task:3:t1");
-        assert_eq!(
-            scope_gen_key(Kind::Task, Some(3)),
-            "dfgraph:v1:gen-scope:task:3"
-        );
-        assert_eq!(scope_pattern(Kind::Peer, None), "dfgraph:v1:peer:*");
-        assert!(!gen_key(&key).starts_with("dfgraph:v1:task:"));
     }
 }

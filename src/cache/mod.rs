@@ -13,26 +13,28 @@
 //! to L1 and L2 unless the key was invalidated while loading (generation
 //! guard). Redis trouble never fails a lookup: a circuit breaker skips it.
 //!
-//! Files, one job each: `clock` (time), `codec` (value bytes), `keyring`
-//! (encryption keys), `l1` (in-process tier), `l2` (Redis tier),
-//! `circuit` (Redis breaker), `flight` (single-flight), `generation`
-//! (in-process generation guard), `refresh` (refresh-ahead),
-//! `invalidation` (messages and subscriber), `stats` (metrics),
-//! `typed` (the way of one lookup).
+//! Time comes from [`crate::clock`]. Files, one job each: `codec` (value
+//! bytes), `keyring` (encryption keys), `l1` (in-process tier), `l2`
+//! (Redis tier), `keys` (every Redis key and channel name), `circuit`
+//! (Redis breaker), `flight` (single-flight),
+//! `generation` (in-process generation guard), `refresh` (refresh-ahead),
+//! `invalidation` (messages and subscriber), `stats` (metrics), `typed`
+//! (the way of one lookup).
 
 mod circuit;
-pub mod clock;
 pub mod codec;
 mod flight;
 mod generation;
 mod invalidation;
 pub mod keyring;
+pub mod keys;
 mod l1;
 mod l2;
 mod refresh;
 mod stats;
 mod typed;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -40,12 +42,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+use crate::clock::Clock;
+use crate::ids::PeerKey;
 use tokio::sync::{oneshot, watch};
 
-pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
-pub use l2::INVALIDATION_CHANNEL;
 pub use stats::CacheStats;
 pub use typed::Prefetched;
 
@@ -76,34 +79,84 @@ impl Kind {
             Kind::Peer => "peer",
         }
     }
+
+    /// The kind back from [`Kind::as_str`].
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "hosts" => Some(Kind::Hosts),
+            "task" => Some(Kind::Task),
+            "peer" => Some(Kind::Peer),
+            _ => None,
+        }
+    }
 }
 
-/// One cache entry's identity: `dfgraph:v1:{kind}:{cluster}:{id}` in Redis.
+/// What a cache entry is about, within its scheduler cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entity {
+    /// The cluster's host list.
+    Hosts,
+    /// One task, by id.
+    Task(String),
+    /// One peer, by its coordinates.
+    Peer(PeerKey),
+}
+
+/// One cache entry's identity: `dfgraph:v1:{kind}:{cluster}:{id}` in Redis
+/// (see [`keys::entry`]). Built by [`CacheKey::hosts`], [`CacheKey::task`]
+/// and [`CacheKey::peer`] only.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey {
-    pub kind: Kind,
     pub cluster: u64,
-    /// Kind-specific id: empty for `Hosts`, the task id for `Task`,
-    /// `host_id/task_id/peer_id` for `Peer`.
-    pub id: String,
+    pub entity: Entity,
 }
 
 impl CacheKey {
-    pub fn new(kind: Kind, cluster: u64, id: impl Into<String>) -> Self {
+    /// The host list of one scheduler cluster.
+    pub fn hosts(cluster: u64) -> Self {
         Self {
-            kind,
             cluster,
-            id: id.into(),
+            entity: Entity::Hosts,
         }
     }
 
+    /// One task on one scheduler cluster.
+    pub fn task(cluster: u64, task_id: impl Into<String>) -> Self {
+        Self {
+            cluster,
+            entity: Entity::Task(task_id.into()),
+        }
+    }
+
+    /// One peer on one scheduler cluster.
+    pub fn peer(cluster: u64, key: &PeerKey) -> Self {
+        Self {
+            cluster,
+            entity: Entity::Peer(key.clone()),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.entity {
+            Entity::Hosts => Kind::Hosts,
+            Entity::Task(_) => Kind::Task,
+            Entity::Peer(_) => Kind::Peer,
+        }
+    }
+
+    /// The id part of the Redis key: empty for hosts, the task id, or the
+    /// peer's [`PeerKey::path`].
+    pub fn id(&self) -> Cow<'_, str> {
+        match &self.entity {
+            Entity::Hosts => Cow::Borrowed(""),
+            Entity::Task(task_id) => Cow::Borrowed(task_id),
+            Entity::Peer(key) => Cow::Owned(key.path()),
+        }
+    }
+
+    /// The Redis key of the entry's value (see [`keys::entry`]).
     pub fn redis_key(&self) -> String {
-        format!(
-            "dfgraph:v1:{}:{}:{}",
-            self.kind.as_str(),
-            self.cluster,
-            self.id
-        )
+        keys::entry(self)
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::clock::Millis;
 use super::l1::Entry;
+use crate::clock::Millis;
 
 /// A token bucket: `rate` tokens per second, holding at most `rate`.
 pub(crate) struct TokenBucket {
@@ -89,8 +89,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::cache::CacheKey;
     use crate::cache::codec::Header;
-    use crate::cache::{CacheKey, Kind};
 
     #[test]
     fn bucket_caps_the_rate() {
@@ -109,7 +109,7 @@ mod tests {
             at: 0.8,
             bucket: TokenBucket::new(100),
         };
-        let key = CacheKey::new(Kind::Task, 1, "a");
+        let key = CacheKey::task(1, "a");
         let header = Header {
             fetched_at: 1000,
             fresh_until: 2000,

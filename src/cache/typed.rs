@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::clock::Millis;
 use super::codec::Header;
 use super::flight::{self, Leader, Role, Shared};
 use super::generation::Ticket;
@@ -28,6 +27,7 @@ use super::l1::Entry;
 use super::l2::{Guard, Write, millis};
 use super::stats::Outcome as Found;
 use super::{CacheKey, Fetched, KindTtl, Origin, Tier, TypedCache};
+use crate::clock::Millis;
 use crate::deadline::Deadline;
 
 type Outcome<V, E> = Result<Fetched<V>, E>;
@@ -239,7 +239,7 @@ where
     }
 
     fn ttl(&self, key: &CacheKey) -> KindTtl {
-        self.cache.inner.config.ttl(key.kind)
+        self.cache.inner.config.ttl(key.kind())
     }
 
     /// Joins or leads the loads of `misses` and waits for their outcomes.

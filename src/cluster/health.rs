@@ -2,9 +2,10 @@
 //! latency. Updated on every call; read by GraphQL and `/readyz`.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::breaker::CircuitState;
+use crate::breaker::CircuitState;
+use crate::clock::{Clock, SystemClock};
 
 /// A point-in-time copy of a scheduler's health.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,18 +37,11 @@ pub struct Health {
     state: Mutex<HealthSnapshot>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Health {
     pub fn record_success(&self, latency: Duration) {
         let mut state = self.lock();
         state.calls += 1;
-        state.last_success_ms = Some(now_ms());
+        state.last_success_ms = Some(SystemClock.now_ms());
         state.consecutive_failures = 0;
         // An EWMA with weight 1/4 follows changes within a few calls
         // without jumping on one outlier.
@@ -62,7 +56,7 @@ impl Health {
         state.calls += 1;
         state.failures += 1;
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-        state.last_error = Some((now_ms(), message));
+        state.last_error = Some((SystemClock.now_ms(), message));
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {

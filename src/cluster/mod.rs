@@ -2,10 +2,9 @@
 //! them: discovery (static or manager), reusable channels, hash-ring
 //! routing with NotFound fallback, deadlines, health, and fan-out.
 //!
-//! Depends on `proto` and `config` only; knows nothing of caching or
-//! GraphQL.
+//! Depends on `proto`, `config`, `breaker` and `clock` only; knows nothing
+//! of caching or GraphQL.
 
-pub mod breaker;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -22,7 +21,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-pub use breaker::{BreakerConfig, CircuitState};
 pub use error::ClusterError;
 pub use health::HealthSnapshot;
 pub use retry::RetryConfig;
@@ -33,6 +31,7 @@ pub use timeouts::Timeouts;
 use retry::RetryBudget;
 
 use crate::deadline::Deadline;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 use crate::proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
@@ -80,36 +79,6 @@ impl ClusterView {
 #[derive(Default)]
 struct Topology {
     clusters: BTreeMap<u64, Arc<ClusterView>>,
-}
-
-/// A peer's coordinates, as `StatPeer` takes them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerKey {
-    pub host_id: String,
-    pub task_id: String,
-    pub peer_id: String,
-}
-
-impl PeerKey {
-    /// `task_id/host_id/peer_id`: the peer's id in cache keys and events.
-    /// Ids containing `/` are refused at the API, so the split is
-    /// unambiguous.
-    pub fn path(&self) -> String {
-        format!("{}/{}/{}", self.task_id, self.host_id, self.peer_id)
-    }
-
-    /// The key back from [`PeerKey::path`].
-    pub fn from_path(path: &str) -> Option<PeerKey> {
-        let mut parts = path.splitn(3, '/');
-        let task_id = parts.next()?.to_owned();
-        let host_id = parts.next()?.to_owned();
-        let peer_id = parts.next()?.to_owned();
-        Some(PeerKey {
-            host_id,
-            task_id,
-            peer_id,
-        })
-    }
 }
 
 /// Settings of the client.

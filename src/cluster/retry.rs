@@ -1,10 +1,11 @@
 //! Retries that cannot turn into a storm, and backing off from a
 //! scheduler that says it is over its rate limit.
 //!
-//! - [`RetryBudget`]: a token bucket shared by the whole client. Every
-//!   first attempt deposits `budget_ratio` of a token, every retry takes
-//!   one; so retries stay near `budget_ratio` of calls however bad things
-//!   get, with `budget_burst` tokens for a quiet start.
+//! - [`RetryBudget`]: tower's [`TpsBudget`] shared by the whole client.
+//!   Every first attempt deposits, every retry withdraws; so retries stay
+//!   near `budget_ratio` of the calls of the last [`BUDGET_TTL`] however
+//!   bad things get, plus a reserve of about `budget_burst` retries per
+//!   [`BUDGET_TTL`] for a quiet start or a quiet client.
 //! - [`Backoff`]: one scheduler's "not before" instant after
 //!   `ResourceExhausted`, growing on each one in a row, reset by a success.
 
@@ -12,14 +13,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tower::retry::budget::{Budget, TpsBudget};
 
 /// `[retry]` in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Retries allowed per first attempt, on average.
+    /// Retries allowed per first attempt, on average (rounded to 1/n).
     pub budget_ratio: f64,
-    /// Most retries saved up (and available at start).
+    /// Retries allowed on top of the ratio, per [`BUDGET_TTL`] (rounded up
+    /// to a multiple of its seconds); all of them available at start.
     pub budget_burst: u32,
     /// Pause toward a scheduler after its first `ResourceExhausted`;
     /// doubles on each one in a row, up to `rate_limited_backoff_max`.
@@ -57,44 +60,32 @@ impl RetryConfig {
     }
 }
 
+/// How long a first attempt counts toward the retries it allows, and the
+/// period `budget_burst` is spread over (tower's `ttl`, 1 to 60 s).
+pub const BUDGET_TTL: Duration = Duration::from_secs(10);
+
 /// The client-wide retry allowance.
 #[derive(Debug)]
-pub struct RetryBudget {
-    ratio: f64,
-    burst: f64,
-    tokens: Mutex<f64>,
-}
+pub struct RetryBudget(TpsBudget);
 
 impl RetryBudget {
     pub fn new(config: &RetryConfig) -> Self {
-        let burst = f64::from(config.budget_burst);
-        Self {
-            ratio: config.budget_ratio,
-            burst,
-            tokens: Mutex::new(burst),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, f64> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+        let ttl_secs = BUDGET_TTL.as_secs() as u32;
+        // Whole retries per second, at least `budget_burst` per ttl.
+        let min_per_sec = config.budget_burst.div_ceil(ttl_secs);
+        // `check` keeps the ratio in [0, 1], inside tower's [0, 1000].
+        let retry_percent = config.budget_ratio.clamp(0.0, 1.0) as f32;
+        Self(TpsBudget::new(BUDGET_TTL, min_per_sec, retry_percent))
     }
 
     /// A first attempt was made.
     pub fn deposit(&self) {
-        let mut tokens = self.lock();
-        *tokens = (*tokens + self.ratio).min(self.burst);
+        self.0.deposit();
     }
 
     /// Asks for one retry; false when the budget is spent.
     pub fn withdraw(&self) -> bool {
-        let mut tokens = self.lock();
-        // A hair below one, so five deposits of 0.2 make a whole token.
-        if *tokens >= 1.0 - 1e-9 {
-            *tokens = (*tokens - 1.0).max(0.0);
-            true
-        } else {
-            false
-        }
+        self.0.withdraw()
     }
 }
 

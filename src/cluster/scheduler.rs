@@ -11,9 +11,10 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::ClusterError;
-use super::breaker::{Breaker, BreakerClock, BreakerConfig, CircuitState, Outcome, Transition};
 use super::health::{Health, HealthSnapshot};
 use super::retry::{Backoff, RetryConfig};
+use crate::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Transition};
+use crate::clock::Clock;
 use crate::deadline::Deadline;
 use crate::proto::scheduler::v2::StatTaskRequest;
 use crate::proto::scheduler::v2::scheduler_client::SchedulerClient;
@@ -66,7 +67,8 @@ pub struct Guards {
     pub concurrency: usize,
     pub breaker: BreakerConfig,
     pub retry: RetryConfig,
-    pub clock: Arc<dyn BreakerClock>,
+    /// Drives breakers and rate-limit backoff.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A scheduler of one scheduler cluster.
@@ -79,6 +81,8 @@ pub struct SchedulerHandle {
     pub health: Health,
     pub breaker: Breaker,
     backoff: Backoff,
+    /// What the breaker and the backoff read time from.
+    clock: Arc<dyn Clock>,
     /// Bounds in-flight calls so a burst of console traffic cannot pile
     /// onto one scheduler.
     permits: Semaphore,
@@ -111,6 +115,7 @@ impl SchedulerHandle {
             health: Health::default(),
             breaker: Breaker::new(guards.breaker, guards.clock.clone()),
             backoff: Backoff::new(&guards.retry),
+            clock: guards.clock.clone(),
             permits: Semaphore::new(guards.concurrency),
         }))
     }
@@ -125,7 +130,7 @@ impl SchedulerHandle {
     /// Whether a call now would fail without reaching the scheduler
     /// (circuit open, or backing off after rate limiting).
     pub fn fails_fast(&self) -> bool {
-        self.breaker.state() == CircuitState::Open || self.backoff.wait(Instant::now()).is_some()
+        self.breaker.state() == CircuitState::Open || self.backoff.wait(self.clock.now()).is_some()
     }
 
     /// Publishes the circuit state as a gauge (also refreshed on scrape,
@@ -194,7 +199,7 @@ impl SchedulerHandle {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
-        if let Some(wait) = self.backoff.wait(started) {
+        if let Some(wait) = self.backoff.wait(self.clock.now()) {
             metrics::counter!("dfgraph_scheduler_fast_failures_total", "scheduler" => self.label.clone(), "reason" => "backoff")
                 .increment(1);
             return Err(ClusterError::BackingOff {
@@ -260,7 +265,7 @@ impl SchedulerHandle {
             .record(elapsed.as_secs_f64());
         match (&outcome, verdict) {
             (Err(e @ ClusterError::ResourceExhausted { .. }), _) => {
-                let pause = self.backoff.rate_limited(Instant::now());
+                let pause = self.backoff.rate_limited(self.clock.now());
                 tracing::debug!(scheduler = %self.addr, method, pause_ms = millis(pause), error = %e, "rate limited: backing off");
                 self.health.record_failure(e.to_string());
             }

@@ -14,14 +14,13 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{Event, HostChange, What, metric, now_ms};
-use crate::cache::{Cache, CacheKey, Kind};
-use crate::cluster::PeerKey;
+use super::{Event, HostChange, What, metric};
+use crate::cache::{Cache, CacheKey};
+use crate::cache::keys::EVENTS_CHANNEL;
+use crate::clock::{Clock, SystemClock};
+use crate::ids::PeerKey;
 use crate::proto::common::v2::Host;
 use crate::proto::events::v1::{Event as WireEvent, EventKind};
-
-/// The Redis pub/sub channel of events.
-pub const EVENTS_CHANNEL: &str = "dfgraph:v1:events";
 
 /// Events a subscriber may fall behind by before it is told it lost some
 /// (at least twice the watch set, so a new leader's baselines fit).
@@ -146,10 +145,10 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
 /// The cache entries an event makes stale.
 pub fn affected_keys(event: &Event) -> Vec<CacheKey> {
     match &event.what {
-        What::Host { .. } => vec![CacheKey::new(Kind::Hosts, event.cluster_id, "")],
-        What::Peer { key, .. } => vec![CacheKey::new(Kind::Peer, event.cluster_id, key.path())],
+        What::Host { .. } => vec![CacheKey::hosts(event.cluster_id)],
+        What::Peer { key, .. } => vec![CacheKey::peer(event.cluster_id, key)],
         What::Task { task_id, .. } => {
-            vec![CacheKey::new(Kind::Task, event.cluster_id, task_id.clone())]
+            vec![CacheKey::task(event.cluster_id, task_id.clone())]
         }
         What::Scheduler { .. } => Vec::new(),
     }
@@ -370,7 +369,7 @@ impl Bus {
 
     fn hand_out(&self, event: Event, everywhere: bool) {
         metrics::counter!(metric::PUBLISHED, "kind" => event.kind()).increment(1);
-        let published_at = now_ms();
+        let published_at = SystemClock.now_ms_signed();
         if let Some(changed_at) = event.changed_at_ms()
             && changed_at <= published_at
         {

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use super::metric;
-use crate::cluster::PeerKey;
-
-/// The sorted set of every replica's interest: member -> expiry (unix ms).
-pub const INTEREST_KEY: &str = "dfgraph:v1:watch:interest";
+use crate::cache::keys;
+use crate::ids::PeerKey;
 
 /// A single entity someone watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -224,7 +222,7 @@ pub async fn share(
     let mut eval = redis::cmd("EVAL");
     eval.arg(SHARE)
         .arg(1)
-        .arg(INTEREST_KEY)
+        .arg(keys::WATCH_INTEREST)
         .arg(ttl.as_millis() as u64)
         // The set outlives no replica for long, even if all of them vanish.
         .arg(ttl.as_millis() as u64 * 4);

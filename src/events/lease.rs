@@ -1,4 +1,4 @@
-//! The per-cluster poller lease in Redis: `dfgraph:v1:lease:watch:{cluster}`
+//! The per-cluster poller lease in Redis ([`keys::watch_lease`]): it
 //! holds the id of the replica that polls that cluster. Taken with
 //! SET NX PX, renewed by its holder only, released on shutdown or when the
 //! holder loses interest; a dead holder's lease lapses after its TTL.
@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-pub fn lease_key(cluster_id: u64) -> String {
-    format!("dfgraph:v1:lease:watch:{cluster_id}")
-}
+use crate::cache::keys;
 
 /// Takes a free lease or renews one's own; 1 when held afterwards.
 const ACQUIRE: &str = r"
@@ -51,7 +49,7 @@ pub async fn acquire(
         pipe.cmd("EVAL")
             .arg(ACQUIRE)
             .arg(1)
-            .arg(lease_key(cluster))
+            .arg(keys::watch_lease(cluster))
             .arg(instance)
             .arg(ttl.as_millis() as u64);
     }
@@ -82,7 +80,7 @@ pub async fn release(
         pipe.cmd("EVAL")
             .arg(RELEASE)
             .arg(1)
-            .arg(lease_key(cluster))
+            .arg(keys::watch_lease(cluster))
             .arg(instance)
             .ignore();
     }

@@ -12,11 +12,12 @@ pub mod watcher;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{CircuitState, PeerKey};
+use crate::breaker::CircuitState;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 
 pub use bus::Bus;
@@ -164,14 +165,6 @@ impl Event {
                 .saturating_add(i64::from(stamp.nanos) / 1_000_000),
         )
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Metric names, in one place so dashboards and tests agree.

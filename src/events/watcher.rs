@@ -15,10 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::diff::{HostSnapshot, diff_hosts, snapshot_hosts, task_fields};
 use super::interest::{Wanted, share};
-use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric, now_ms};
+use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
+use crate::breaker::CircuitState;
 use crate::cache::Cache;
-use crate::cluster::{CircuitState, ClusterClient, ClusterError, PeerKey};
+use crate::clock::{Clock, SystemClock};
+use crate::cluster::{ClusterClient, ClusterError};
 use crate::deadline::Deadline;
+use crate::ids::PeerKey;
 use crate::proto::common::v2::{Peer, Task};
 
 /// The last observations of one cluster.
@@ -375,7 +378,7 @@ impl Watcher {
         let mut events = Vec::new();
         let event = |what| Event {
             cluster_id,
-            observed_at_ms: now_ms(),
+            observed_at_ms: SystemClock.now_ms_signed(),
             what,
         };
         if hosts {
@@ -532,7 +535,7 @@ impl Watcher {
         let timeout = self.config.interval.min(Duration::from_secs(1));
         let schedulers = self.cluster.schedulers();
         join_all(schedulers.iter().map(|s| s.probe(timeout))).await;
-        let now = now_ms();
+        let now = SystemClock.now_ms_signed();
         let mut seen = HashSet::new();
         for scheduler in schedulers {
             seen.insert(scheduler.addr);

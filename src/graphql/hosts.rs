@@ -63,10 +63,7 @@ impl HostFilter {
             .as_ref()
             .map(|ids| {
                 ids.iter()
-                    .map(|id| {
-                        id.parse::<u64>()
-                            .map_err(|_| format!("scheduler cluster id {:?} is not a number", id.0))
-                    })
+                    .map(|id| super::ids::cluster_id(id).map_err(|e| e.message))
                     .collect()
             })
             .transpose()

@@ -14,9 +14,10 @@ use futures::{FutureExt, StreamExt};
 use super::errors::cluster_error;
 use super::freshness::Freshness;
 use super::types::{Host, Peer, Task};
-use crate::cache::{Cache, CacheKey, Fetched, Kind, Origin, OriginResult, TypedCache};
-use crate::cluster::{ClusterClient, ClusterError, PeerKey};
+use crate::cache::{Cache, CacheKey, Entity, Fetched, Origin, OriginResult, TypedCache};
+use crate::cluster::{ClusterClient, ClusterError};
 use crate::deadline::Deadline;
+use crate::ids::PeerKey;
 use crate::proto::common::v2 as pb;
 use crate::proto::scheduler::v2::ListHostsResponse;
 
@@ -66,7 +67,12 @@ impl Origin<pb::Task> for TaskOrigin {
             .map(move |key| {
                 let client = client.clone();
                 async move {
-                    let result = client.stat_task(key.cluster, &key.id, deadline).await;
+                    let result = match &key.entity {
+                        Entity::Task(task_id) => {
+                            client.stat_task(key.cluster, task_id, deadline).await
+                        }
+                        _ => Err(not_a(&key, "task")),
+                    };
                     (key, not_found_as_none(result))
                 }
             })
@@ -92,11 +98,9 @@ impl Origin<pb::Peer> for PeerOrigin {
             .map(move |key| {
                 let client = client.clone();
                 async move {
-                    let result = match PeerKey::from_path(&key.id) {
-                        Some(peer) => client.stat_peer(key.cluster, &peer, deadline).await,
-                        None => Err(ClusterError::InvalidArgument {
-                            message: format!("malformed peer cache id {:?}", key.id),
-                        }),
+                    let result = match &key.entity {
+                        Entity::Peer(peer) => client.stat_peer(key.cluster, peer, deadline).await,
+                        _ => Err(not_a(&key, "peer")),
                     };
                     (key, not_found_as_none(result))
                 }
@@ -115,9 +119,12 @@ fn not_found_as_none<T>(result: Result<T, ClusterError>) -> OriginResult<T, Clus
     }
 }
 
-/// The cache id of a peer (see [`PeerKey::path`]).
-pub fn peer_cache_id(key: &PeerKey) -> String {
-    key.path()
+/// A key of another kind handed to an origin: a bug in the caller, told
+/// as an error rather than a panic.
+fn not_a(key: &CacheKey, kind: &str) -> ClusterError {
+    ClusterError::InvalidArgument {
+        message: format!("{key} is not a {kind} key"),
+    }
 }
 
 /// The cache views of the three entity kinds, built once per process.
@@ -187,7 +194,7 @@ impl Loader<u64> for HostListLoader {
     async fn load(&self, keys: &[u64]) -> Result<HashMap<u64, Self::Value>, Self::Error> {
         let cache_keys: Vec<CacheKey> = keys
             .iter()
-            .map(|&cluster| CacheKey::new(Kind::Hosts, cluster, ""))
+            .map(|&cluster| CacheKey::hosts(cluster))
             .collect();
         let results = self
             .origins
@@ -211,7 +218,7 @@ impl Loader<TaskKey> for TaskLoader {
     async fn load(&self, keys: &[TaskKey]) -> Result<HashMap<TaskKey, Self::Value>, Self::Error> {
         let cache_keys: Vec<CacheKey> = keys
             .iter()
-            .map(|k| CacheKey::new(Kind::Task, k.cluster_id, k.task_id.clone()))
+            .map(|k| CacheKey::task(k.cluster_id, k.task_id.clone()))
             .collect();
         let results = self
             .origins
@@ -220,7 +227,7 @@ impl Loader<TaskKey> for TaskLoader {
             .await;
         Ok(account(&self.freshness, results, |k| TaskKey {
             cluster_id: k.cluster,
-            task_id: k.id.clone(),
+            task_id: k.id().into_owned(),
         }))
     }
 }
@@ -239,30 +246,26 @@ impl Loader<PeerLookup> for PeerLoader {
         &self,
         keys: &[PeerLookup],
     ) -> Result<HashMap<PeerLookup, Self::Value>, Self::Error> {
-        let by_cache_key: HashMap<CacheKey, PeerLookup> = keys
+        let cache_keys: Vec<CacheKey> = keys
             .iter()
-            .map(|k| {
-                (
-                    CacheKey::new(Kind::Peer, k.cluster_id, peer_cache_id(&k.key)),
-                    k.clone(),
-                )
-            })
+            .map(|k| CacheKey::peer(k.cluster_id, &k.key))
             .collect();
-        let cache_keys: Vec<CacheKey> = by_cache_key.keys().cloned().collect();
         let results = self
             .origins
             .peers
             .get_many(&cache_keys, self.deadline)
             .await;
-        Ok(account(&self.freshness, results, |k| {
-            by_cache_key.get(k).cloned().unwrap_or_else(|| PeerLookup {
-                cluster_id: k.cluster,
-                key: PeerKey::from_path(&k.id).unwrap_or(PeerKey {
+        Ok(account(&self.freshness, results, |k| PeerLookup {
+            cluster_id: k.cluster,
+            key: match &k.entity {
+                Entity::Peer(key) => key.clone(),
+                // The cache answers with the keys it was asked for.
+                Entity::Hosts | Entity::Task(_) => PeerKey {
                     host_id: String::new(),
                     task_id: String::new(),
                     peer_id: String::new(),
-                }),
-            })
+                },
+            },
         }))
     }
 }

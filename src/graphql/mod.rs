@@ -5,6 +5,7 @@
 pub mod errors;
 pub mod freshness;
 pub mod hosts;
+pub mod ids;
 pub mod loaders;
 pub mod mutation;
 pub mod query;

@@ -6,11 +6,11 @@
 use async_graphql::{Context, ID, Object, Result};
 
 use super::GatewayState;
-use super::errors::{bad_input, cluster_error, coded, mutations_disabled};
-use super::loaders::{Loaders, peer_cache_id};
-use super::query::{PeerKeyInput, peer_key};
+use super::errors::{cluster_error, coded, mutations_disabled};
+use super::ids::{PeerKeyInput, cluster_id, peer_key};
+use super::loaders::Loaders;
 use crate::auth::Principal;
-use crate::cache::{CacheKey, Kind};
+use crate::cache::CacheKey;
 use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 
@@ -52,11 +52,6 @@ fn audit(who: &Principal, action: &str, target: &str, outcome: &Result<(), Clust
     }
 }
 
-fn cluster(id: &ID) -> Result<u64> {
-    id.parse::<u64>()
-        .map_err(|_| bad_input(format!("scheduler cluster id {:?} is not a number", id.0)))
-}
-
 /// The request's budget (none outside a request, e.g. in tests).
 fn budget(ctx: &Context<'_>) -> Deadline {
     ctx.data_opt::<Loaders>()
@@ -74,7 +69,7 @@ impl Mutation {
     ) -> Result<bool> {
         let (state, who) = admitted(ctx, "deletePeer")?;
         let key = peer_key(&key)?;
-        let cluster_id = cluster(&scheduler_cluster_id)?;
+        let cluster_id = cluster_id(&scheduler_cluster_id)?;
         let outcome = state
             .cluster
             .delete_peer(cluster_id, &key, budget(ctx))
@@ -88,7 +83,7 @@ impl Mutation {
         outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
-            .invalidate(&CacheKey::new(Kind::Peer, cluster_id, peer_cache_id(&key)))
+            .invalidate(&CacheKey::peer(cluster_id, &key))
             .await;
         Ok(true)
     }
@@ -103,7 +98,7 @@ impl Mutation {
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
         let (state, who) = admitted(ctx, "deleteTask")?;
-        let cluster_id = cluster(&scheduler_cluster_id)?;
+        let cluster_id = cluster_id(&scheduler_cluster_id)?;
         let outcome = state
             .cluster
             .delete_task(cluster_id, &host_id, &id, budget(ctx))
@@ -117,7 +112,7 @@ impl Mutation {
         outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
         state
             .cache
-            .invalidate(&CacheKey::new(Kind::Task, cluster_id, id.0))
+            .invalidate(&CacheKey::task(cluster_id, id.0))
             .await;
         Ok(true)
     }
@@ -130,7 +125,7 @@ impl Mutation {
         scheduler_cluster_id: ID,
     ) -> Result<bool> {
         let (state, who) = admitted(ctx, "deleteHost")?;
-        let cluster_id = cluster(&scheduler_cluster_id)?;
+        let cluster_id = cluster_id(&scheduler_cluster_id)?;
         let outcome = state
             .cluster
             .delete_host(cluster_id, &id, budget(ctx))
@@ -142,10 +137,7 @@ impl Mutation {
             &outcome,
         );
         outcome.map_err(|e| cluster_error(&e, Some(cluster_id)))?;
-        state
-            .cache
-            .invalidate(&CacheKey::new(Kind::Hosts, cluster_id, ""))
-            .await;
+        state.cache.invalidate(&CacheKey::hosts(cluster_id)).await;
         Ok(true)
     }
 }

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
+use async_graphql::{Context, ID, Object, Result, SimpleObject};
 
 use super::GatewayState;
 use super::errors::{bad_input, cluster_error};
 use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, page_sorted};
+use super::ids::{PeerKeyInput, check_id, cluster_id, peer_key};
 use super::loaders::Loaders;
 use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
-use crate::cluster::PeerKey;
 use crate::proto::scheduler::v2::ListHostsResponse;
 
 pub struct Query;
@@ -21,27 +21,6 @@ pub struct Query;
 pub struct HostConnectionFields {
     /// Hosts matching the filter, over every page.
     pub total_count: usize,
-}
-
-/// The coordinates of a peer, as schedulers key it.
-#[derive(InputObject, Clone, Debug)]
-pub struct PeerKeyInput {
-    pub host_id: ID,
-    pub task_id: ID,
-    pub peer_id: ID,
-}
-
-pub(crate) fn check_id(what: &str, id: &str) -> Result<()> {
-    if id.trim().is_empty() {
-        return Err(bad_input(format!("{what} must not be empty")));
-    }
-    if id.contains('/') {
-        return Err(bad_input(format!("{what} {id:?} must not contain '/'")));
-    }
-    if id.len() > 1024 {
-        return Err(bad_input(format!("{what} is longer than 1024 bytes")));
-    }
-    Ok(())
 }
 
 /// Refuses batches larger than the configured limit.
@@ -67,18 +46,13 @@ fn partial<T>(ctx: &Context<'_>, results: Vec<Result<Option<T>>>) -> Vec<Option<
         .collect()
 }
 
-fn parse_cluster_id(id: &ID) -> Result<u64> {
-    id.parse::<u64>()
-        .map_err(|_| bad_input(format!("scheduler cluster id {:?} is not a number", id.0)))
-}
-
 impl Query {
     /// The clusters a lookup should consider: one named cluster, or all.
     pub(crate) fn clusters(ctx: &Context<'_>, only: Option<&ID>) -> Result<Vec<u64>> {
         let state = ctx.data::<GatewayState>()?;
         match only {
             Some(id) => {
-                let id = parse_cluster_id(id)?;
+                let id = cluster_id(id)?;
                 if !state.cluster.cluster_ids().contains(&id) {
                     return Err(bad_input(format!(
                         "scheduler cluster {id} is not served here"
@@ -334,15 +308,4 @@ impl Query {
             })
             .collect())
     }
-}
-
-pub fn peer_key(input: &PeerKeyInput) -> Result<PeerKey> {
-    check_id("host id", &input.host_id)?;
-    check_id("task id", &input.task_id)?;
-    check_id("peer id", &input.peer_id)?;
-    Ok(PeerKey {
-        host_id: input.host_id.0.clone(),
-        task_id: input.task_id.0.clone(),
-        peer_id: input.peer_id.0.clone(),
-    })
 }

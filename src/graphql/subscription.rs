@@ -14,13 +14,15 @@ use tokio::sync::broadcast::error::RecvError;
 use super::GatewayState;
 use super::errors::{bad_input, coded};
 use super::hosts::HostFilter;
+use super::ids::check_id;
 use super::loaders::Loaders;
-use super::query::{Query, check_id};
+use super::query::Query;
 use super::types::{CircuitState, Host, Peer, PeerState, Scheduler, Task};
-use crate::cluster::{ClusterError, PeerKey};
+use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 use crate::events::diff::{only_resources, task_fields};
 use crate::events::{Event, HostChange, Watched, What};
+use crate::ids::PeerKey;
 
 pub struct Subscription;
 

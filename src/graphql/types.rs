@@ -473,12 +473,12 @@ pub enum CircuitState {
     HalfOpen,
 }
 
-impl From<crate::cluster::CircuitState> for CircuitState {
-    fn from(state: crate::cluster::CircuitState) -> Self {
+impl From<crate::breaker::CircuitState> for CircuitState {
+    fn from(state: crate::breaker::CircuitState) -> Self {
         match state {
-            crate::cluster::CircuitState::Closed => Self::Closed,
-            crate::cluster::CircuitState::Open => Self::Open,
-            crate::cluster::CircuitState::HalfOpen => Self::HalfOpen,
+            crate::breaker::CircuitState::Closed => Self::Closed,
+            crate::breaker::CircuitState::Open => Self::Open,
+            crate::breaker::CircuitState::HalfOpen => Self::HalfOpen,
         }
     }
 }

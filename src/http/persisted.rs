@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cache::keys;
 use crate::events::Bus;
 
 /// How long Redis keeps a persisted document after it was last sent.
@@ -99,10 +100,6 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-fn redis_key(hash: &str) -> String {
-    format!("dfgraph:v1:apq:{hash}")
-}
-
 impl PersistedQueries {
     pub fn new(mode: Mode, safelist_file: Option<&Path>, bus: Bus) -> Result<Self, ManifestError> {
         let safelist = match (mode, safelist_file) {
@@ -184,7 +181,7 @@ impl PersistedQueries {
         };
         let timeout = self.bus.redis_timeout();
         let mut cmd = redis::cmd("SET");
-        cmd.arg(redis_key(hash))
+        cmd.arg(keys::persisted_query(hash))
             .arg(document)
             .arg("PX")
             .arg(APQ_TTL.as_millis() as u64);
@@ -205,7 +202,7 @@ impl PersistedQueries {
         };
         let timeout = self.bus.redis_timeout();
         let mut cmd = redis::cmd("GET");
-        cmd.arg(redis_key(hash));
+        cmd.arg(keys::persisted_query(hash));
         let get = cmd.query_async::<Option<String>>(&mut conn);
         let document = tokio::time::timeout(timeout, get).await.ok()?.ok()??;
         // What another replica stored must still be what the hash names.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::fanout;
+use crate::clock::{Clock, SystemClock};
 use crate::config::SubscriptionLimits;
 use crate::events::metric;
 use crate::graphql::subscription::DeliveryStamp;
@@ -154,7 +155,7 @@ pub async fn serve(
             if sink.flush().await.is_err() {
                 break;
             }
-            let now = crate::events::now_ms();
+            let now = SystemClock.now_ms_signed();
             for observed in stamps.drain(..) {
                 delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
             }

@@ -22,8 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{BenchArgs, BenchError, rss_mib};
+use dfgraph::clock::{Clock, SystemClock};
 use dfgraph::config::Config;
-use dfgraph::events::now_ms;
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::{SimCluster, SimConfig};
 
@@ -232,7 +232,7 @@ async fn subscriber(
             }
             continue;
         };
-        let received = now_ms();
+        let received = SystemClock.now_ms_signed();
         // Event messages are read by field search, not parsed whole: at a
         // million messages a second the load tool must not be what limits
         // the run. Anything else is parsed.
@@ -395,7 +395,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     while started.elapsed() < args.duration && !hosts.is_empty() {
         tokio::time::sleep_until(next.into()).await;
         let mut host = hosts[made as usize % hosts.len()].clone();
-        host.hostname = format!("bench-{made}-{}", now_ms());
+        host.hostname = format!("bench-{made}-{}", SystemClock.now_ms());
         sim.upsert_host(host);
         made += 1;
         next += period;

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use self::peer::Row;
 use self::query::PeersQuery;
 use super::AppState;
-use crate::cache::{CacheKey, Kind};
+use crate::cache::CacheKey;
 use crate::cluster::{ClusterError, SchedulerHandle};
 use crate::proto::scheduler::v2::ListHostsResponse;
 
@@ -381,7 +381,7 @@ async fn create_job(State(app): State<AppState>, headers: HeaderMap, body: Bytes
             for cluster_id in clusters {
                 app.gateway
                     .cache
-                    .invalidate(&CacheKey::new(Kind::Hosts, cluster_id, ""))
+                    .invalidate(&CacheKey::hosts(cluster_id))
                     .await;
             }
             json(StatusCode::OK, "\"OK\"".into())

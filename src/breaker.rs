@@ -1,19 +1,25 @@
-//! A circuit breaker per scheduler: closed while calls succeed, open after
-//! consecutive failures or a high failure rate over a sliding window (calls
-//! then fail fast without touching the network), half-open after the open
-//! time to let a few probe calls through. A probe's success closes it; a
-//! failure opens it again for twice as long, up to a cap.
+//! The circuit breaker, one per dependency that can go away: each
+//! scheduler (`cluster`) and Redis (`cache`), each configured by its own
+//! settings and emitting its own metrics from the [`Transition`]s it is
+//! handed. Closed while calls succeed, open after consecutive failures or a
+//! high failure rate over a sliding window (calls then fail fast without
+//! touching the network), half-open after the open time to let a few probe
+//! calls through. A probe's success closes it; a failure opens it again for
+//! twice as long, up to a cap.
 //!
-//! Time comes from a [`BreakerClock`], so tests move it by hand.
+//! Time comes from a [`Clock`], so tests move it by hand. Depends on
+//! `clock` only, so both `cluster` and `cache` may use it.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// Thresholds of every scheduler's breaker (`[breaker]` in the config).
+use crate::clock::Clock;
+
+/// Thresholds of one breaker: every scheduler's (`[breaker]` in the
+/// config), or Redis's (derived from the cache's `circuit_*` settings).
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
@@ -23,7 +29,8 @@ pub struct BreakerConfig {
     pub consecutive_failures: u32,
     /// Share of failed calls in `window` that opens the circuit...
     pub failure_rate: f64,
-    /// ...once the window holds at least this many calls.
+    /// ...once the window holds at least this many calls (`u32::MAX`: the
+    /// rate rule is off, only consecutive failures trip).
     pub minimum_calls: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -74,49 +81,6 @@ impl BreakerConfig {
     }
 }
 
-/// A monotonic time source.
-pub trait BreakerClock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealClock;
-
-impl BreakerClock for RealClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to; for tests.
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    start: Instant,
-    offset: Arc<Mutex<Duration>>,
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self {
-            start: Instant::now(),
-            offset: Arc::default(),
-        }
-    }
-}
-
-impl ManualClock {
-    pub fn advance(&self, by: Duration) {
-        *self.offset.lock().unwrap_or_else(|e| e.into_inner()) += by;
-    }
-}
-
-impl BreakerClock for ManualClock {
-    fn now(&self) -> Instant {
-        self.start + *self.offset.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CircuitState {
@@ -127,7 +91,7 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
-    /// The value of the `dfgraph_scheduler_circuit_state` gauge.
+    /// The state as a gauge value (`dfgraph_scheduler_circuit_state`).
     pub fn gauge(self) -> f64 {
         match self {
             Self::Closed => 0.0,
@@ -191,11 +155,11 @@ struct State {
     trips: u64,
 }
 
-/// One scheduler's circuit breaker.
+/// One dependency's circuit breaker.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
-    clock: Arc<dyn BreakerClock>,
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
 }
 
@@ -229,7 +193,7 @@ impl Drop for Ticket<'_> {
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig, clock: Arc<dyn BreakerClock>) -> Self {
+    pub fn new(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             config,
             clock,
@@ -264,6 +228,23 @@ impl Breaker {
     /// Times the circuit opened since start.
     pub fn trips(&self) -> u64 {
         self.lock().trips
+    }
+
+    /// Opens the circuit now, for the shortest open time, whatever came
+    /// before (a dependency known to be unusable before any call).
+    pub fn trip(&self) -> Option<Transition> {
+        if !self.config.enabled {
+            return None;
+        }
+        let from = self.state();
+        let now = self.clock.now();
+        let mut state = self.lock();
+        state.level = 0;
+        self.open(&mut state, now);
+        (from != CircuitState::Open).then_some(Transition {
+            from,
+            to: CircuitState::Open,
+        })
     }
 
     /// Asks to make one call.
@@ -421,6 +402,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn breaker(config: BreakerConfig) -> (Breaker, ManualClock) {
         let clock = ManualClock::default();
@@ -580,6 +562,35 @@ mod tests {
         call(&b, Outcome::Success).unwrap();
         clock.advance(Duration::from_secs(61));
         assert_eq!(trip(&b), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_trip_opens_at_once_for_the_base_time() {
+        let (b, clock) = breaker(BreakerConfig::default());
+        let t = b.trip().unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::Closed, CircuitState::Open));
+        assert_eq!(
+            b.try_acquire().err().unwrap().retry_in,
+            Duration::from_secs(5)
+        );
+        assert_eq!(b.trip(), None, "already open");
+        clock.advance(Duration::from_secs(5));
+        let (probe, _) = b.try_acquire().unwrap();
+        assert!(probe.is_probe());
+    }
+
+    #[test]
+    fn only_consecutive_failures_trip_with_the_rate_rule_off() {
+        let (b, _) = breaker(BreakerConfig {
+            minimum_calls: u32::MAX,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..100 {
+            call(&b, Outcome::Failure).unwrap();
+            call(&b, Outcome::Failure).unwrap();
+            call(&b, Outcome::Success).unwrap();
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
     }
 
     #[test]
