@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, HostChange, What, metric};
-use crate::cache::{Cache, CacheKey};
 use crate::cache::keys::EVENTS_CHANNEL;
+use crate::cache::{Cache, CacheKey};
 use crate::clock::{Clock, SystemClock};
 use crate::ids::PeerKey;
 use crate::proto::common::v2::Host;
@@ -500,7 +500,7 @@ async fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::common::v2::{Peer, Task};
+    use crate::proto::common::v2::Task;
 
     fn roundtrip(event: Event) {
         let bytes = encode("me", &event).expect("crosses replicas");
