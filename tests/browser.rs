@@ -43,7 +43,8 @@ fn artifacts_dir() -> PathBuf {
 /// is looked up on PATH).
 fn find_binary(var: &str, candidates: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -60,7 +61,7 @@ fn find_binary(var: &str, candidates: &[&str]) -> Option<PathBuf> {
 fn required_binary(var: &str, candidates: &[&str], package: &str) -> PathBuf {
     find_binary(var, candidates).unwrap_or_else(|| {
         panic!(
-            "{} not found (looked at ${var} and {}): the browser tests need it. \
+            "{} not found (looked at ${var}, else {}): the browser tests need it. \
              Run scripts/test.sh, which installs the Debian packages chromium and \
              chromium-driver, or `apt-get install {package}`.",
             candidates[0],
@@ -251,6 +252,16 @@ impl Page {
             .unwrap_or(1000)
             .clamp(600, 4000);
         let _ = self.client.set_window_size(1440, height as u32 + 140).await; // + browser chrome
+        let png = self.client.screenshot().await.expect("screenshot");
+        let path = self.dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("write screenshot");
+        path
+    }
+
+    /// Saves a `width` x `height` window as `<name>.png` (the top of the
+    /// page, e.g. for the README).
+    async fn screenshot_sized(&self, name: &str, width: u32, height: u32) -> PathBuf {
+        let _ = self.client.set_window_size(width, height).await;
         let png = self.client.screenshot().await.expect("screenshot");
         let path = self.dir.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write screenshot");
@@ -542,6 +553,7 @@ async fn host_change_reaches_the_table(env: &TestEnv, page: &Page) {
         .await;
     assert_eq!(marked, true, "the changed cell is highlighted");
     page.screenshot("02-host-changed").await;
+    page.screenshot_sized("console-top", 1440, 1100).await;
 }
 
 /// Step 3: Looking up a task and one of its peers shows them, then follows
