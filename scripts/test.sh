@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Runs every dfgraph test. Tests that need Redis start their own
-# redis-server on a free port, so this only makes sure one is installed.
+# redis-server on a free port, and tests/browser.rs its own chromedriver
+# and headless Chromium, so this only makes sure they are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "redis-server not found; installing it (Debian/Ubuntu)" >&2
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian/Ubuntu)" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 log=$(mktemp)

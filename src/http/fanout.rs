@@ -12,7 +12,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::Positioned;
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+};
 use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
@@ -43,13 +46,7 @@ pub enum Frame {
 /// The key under which `request` may share an execution, if it may.
 pub fn share_key(request: &async_graphql::Request, role: crate::auth::Role) -> Option<String> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let operation = match &document.operations {
-        DocumentOperations::Single(op) => op,
-        DocumentOperations::Multiple(ops) => {
-            let name = request.operation_name.as_deref()?;
-            ops.get(name)?
-        }
-    };
+    let operation = selected_operation(&document, request.operation_name.as_deref())?;
     if operation.node.ty != OperationType::Subscription {
         return None;
     }
@@ -78,13 +75,22 @@ pub fn is_subscription(request: &async_graphql::Request) -> bool {
     let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
         return false;
     };
-    match &document.operations {
-        DocumentOperations::Single(op) => op.node.ty == OperationType::Subscription,
-        DocumentOperations::Multiple(ops) => request
-            .operation_name
-            .as_deref()
-            .and_then(|name| ops.get(name))
-            .is_some_and(|op| op.node.ty == OperationType::Subscription),
+    selected_operation(&document, request.operation_name.as_deref())
+        .is_some_and(|op| op.node.ty == OperationType::Subscription)
+}
+
+/// The operation a request runs: the one named, else the document's only
+/// one. The parser files a named operation under `Multiple` even when it
+/// is alone, and a lone operation needs no `operationName`.
+fn selected_operation<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
     }
 }
 
@@ -219,6 +225,12 @@ mod tests {
             Role::Viewer,
         );
         assert!(a.is_some() && a == b);
+        // A lone named operation is shared too, under its own key.
+        let named = share_key(
+            &request("subscription Events { hostEvents { kind } }"),
+            Role::Viewer,
+        );
+        assert!(named.is_some() && named != a);
         // Never shared across roles.
         assert_ne!(
             a,
@@ -260,6 +272,14 @@ mod tests {
         assert!(is_subscription(&request(
             "subscription { hostEvents { kind } }"
         )));
+        // Named, alone, without operationName: as the console sends them.
+        assert!(is_subscription(&request(
+            "subscription Events { hostEvents { ...F } } fragment F on HostEvent { kind }"
+        )));
+        let two = "subscription A { hostEvents { kind } } query B { hostStats { total } }";
+        assert!(!is_subscription(&request(two)));
+        assert!(is_subscription(&request(two).operation_name("A")));
+        assert!(!is_subscription(&request(two).operation_name("B")));
         assert!(!is_subscription(&request("{ hostStats { total } }")));
         assert!(!is_subscription(&request(
             "mutation { deleteHost(id: \"x\") }"
