@@ -571,12 +571,17 @@ async fn task_and_peer_lookup_follow_changes(env: &TestEnv, page: &Page) {
     page.type_into("#task-id", &task.id).await;
     page.click("#task-id-form button[type=submit]").await;
     page.wait_for(
+        // Watched means the subscription has reported the current state:
+        // a change made before that would arrive as the current state, not
+        // as a transition.
         &format!("task {} shown and watched", task.id),
         LOAD,
         "const el = document.querySelector('#task-result'); \
          return el.dataset.taskId === arguments[0] \
            && el.querySelector('dd[data-field=rawState]')?.textContent === arguments[1] \
-           && document.querySelector('#task-live').dataset.state === 'live';",
+           && document.querySelector('#task-live').dataset.state === 'live' \
+           && [...document.querySelectorAll('#task-events li')] \
+                .some((li) => li.textContent.includes('current:'));",
         vec![json!(task.id), json!(task.state)],
     )
     .await;
@@ -590,7 +595,9 @@ async fn task_and_peer_lookup_follow_changes(env: &TestEnv, page: &Page) {
         "const el = document.querySelector('#peer-result'); \
          return el.querySelector('dd[data-field=id]')?.textContent === arguments[0] \
            && el.querySelector('dd[data-field=rawState]')?.textContent === arguments[1] \
-           && document.querySelector('#peer-live').dataset.state === 'live';",
+           && document.querySelector('#peer-live').dataset.state === 'live' \
+           && [...document.querySelectorAll('#peer-events li')] \
+                .some((li) => li.textContent.includes('current:'));",
         vec![json!(peer.id), json!(peer.state)],
     )
     .await;
