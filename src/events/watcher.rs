@@ -34,6 +34,30 @@ struct ClusterState {
     gone: HashSet<Watched>,
 }
 
+impl ClusterState {
+    /// Forgets the peers and tasks no longer watched, so a watch taken
+    /// again starts with a fresh baseline.
+    fn forget_unwatched(&mut self, peers: &[PeerKey], tasks: &[String]) {
+        let wanted_peers: HashSet<&PeerKey> = peers.iter().collect();
+        self.peers.retain(|k, _| wanted_peers.contains(k));
+        let wanted_tasks: HashSet<&String> = tasks.iter().collect();
+        self.tasks.retain(|t, _| wanted_tasks.contains(t));
+        self.gone.retain(|w| match w {
+            Watched::Peer { key, .. } => wanted_peers.contains(key),
+            Watched::Task { task_id, .. } => wanted_tasks.contains(task_id),
+        });
+    }
+}
+
+/// An event on `cluster_id`, observed now.
+fn event(cluster_id: u64, what: What) -> Event {
+    Event {
+        cluster_id,
+        observed_at_ms: SystemClock.now_ms_signed(),
+        what,
+    }
+}
+
 /// Polls, diffs and publishes; see the module doc.
 pub struct Watcher {
     pub config: WatchConfig,
@@ -367,6 +391,8 @@ impl Watcher {
         }
     }
 
+    /// Polls what is wanted on one cluster and returns its new observations
+    /// with the events that differ from the last ones.
     async fn poll_cluster(
         &self,
         cluster_id: u64,
@@ -376,48 +402,61 @@ impl Watcher {
         tasks: Vec<String>,
     ) -> (ClusterState, Vec<Event>) {
         let mut events = Vec::new();
-        let event = |what| Event {
-            cluster_id,
-            observed_at_ms: SystemClock.now_ms_signed(),
-            what,
-        };
         if hosts {
-            metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
-            match self.cluster.list_hosts(cluster_id, Deadline::NONE).await {
-                Ok(list) => {
-                    let new = snapshot_hosts(list);
-                    if let Some(old) = &state.hosts {
-                        for diff in diff_hosts(old, &new) {
-                            events.push(event(What::Host {
-                                change: diff.change,
-                                host: diff.host,
-                                changed_fields: diff.changed_fields,
-                            }));
-                        }
-                    }
-                    state.hosts = Some(new);
-                }
-                Err(error) => {
-                    tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot")
-                }
-            }
+            self.poll_hosts(cluster_id, &mut state, &mut events).await;
         } else {
             state.hosts = None;
         }
-
-        let wanted_peers: HashSet<&PeerKey> = peers.iter().collect();
-        state.peers.retain(|k, _| wanted_peers.contains(k));
-        let wanted_tasks: HashSet<&String> = tasks.iter().collect();
-        state.tasks.retain(|t, _| wanted_tasks.contains(t));
-        state.gone.retain(|w| match w {
-            Watched::Peer { key, .. } => wanted_peers.contains(key),
-            Watched::Task { task_id, .. } => wanted_tasks.contains(task_id),
-        });
-
-        let concurrency = self.config.poll_concurrency;
+        state.forget_unwatched(&peers, &tasks);
         if !peers.is_empty() {
             metrics::counter!(metric::POLLS, "what" => "peers").increment(peers.len() as u64);
         }
+        self.poll_peers(cluster_id, &mut state, peers, &mut events)
+            .await;
+        if !tasks.is_empty() {
+            metrics::counter!(metric::POLLS, "what" => "tasks").increment(tasks.len() as u64);
+        }
+        self.poll_tasks(cluster_id, &mut state, tasks, &mut events)
+            .await;
+        (state, events)
+    }
+
+    /// Lists the cluster's hosts and reports each host that joined, left or
+    /// changed; a failed poll keeps the last snapshot.
+    async fn poll_hosts(&self, cluster_id: u64, state: &mut ClusterState, events: &mut Vec<Event>) {
+        let event = |what| event(cluster_id, what);
+        metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
+        match self.cluster.list_hosts(cluster_id, Deadline::NONE).await {
+            Ok(list) => {
+                let new = snapshot_hosts(list);
+                if let Some(old) = &state.hosts {
+                    for diff in diff_hosts(old, &new) {
+                        events.push(event(What::Host {
+                            change: diff.change,
+                            host: diff.host,
+                            changed_fields: diff.changed_fields,
+                        }));
+                    }
+                }
+                state.hosts = Some(new);
+            }
+            Err(error) => {
+                tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot")
+            }
+        }
+    }
+
+    /// Asks for each watched peer and reports its first sight, each state
+    /// change, and (once) its disappearance.
+    async fn poll_peers(
+        &self,
+        cluster_id: u64,
+        state: &mut ClusterState,
+        peers: Vec<PeerKey>,
+        events: &mut Vec<Event>,
+    ) {
+        let event = |what| event(cluster_id, what);
+        let concurrency = self.config.poll_concurrency;
         let mut answers = futures::stream::iter(peers)
             .map(|key| async move {
                 let answer = self
@@ -468,11 +507,19 @@ impl Watcher {
                 Err(error) => tracing::debug!(cluster_id, %error, "peer poll failed"),
             }
         }
-        drop(answers);
+    }
 
-        if !tasks.is_empty() {
-            metrics::counter!(metric::POLLS, "what" => "tasks").increment(tasks.len() as u64);
-        }
+    /// Asks for each watched task and reports its first sight, each change
+    /// of its fields, and (once) its disappearance.
+    async fn poll_tasks(
+        &self,
+        cluster_id: u64,
+        state: &mut ClusterState,
+        tasks: Vec<String>,
+        events: &mut Vec<Event>,
+    ) {
+        let event = |what| event(cluster_id, what);
+        let concurrency = self.config.poll_concurrency;
         let mut answers = futures::stream::iter(tasks)
             .map(|task_id| async move {
                 let answer = self
@@ -525,8 +572,6 @@ impl Watcher {
                 Err(error) => tracing::debug!(cluster_id, %error, "task poll failed"),
             }
         }
-        drop(answers);
-        (state, events)
     }
 
     /// Probes every scheduler and reports those whose reachability or

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -120,49 +121,9 @@ pub async fn serve(
     client: Option<std::net::IpAddr>,
 ) {
     let limits = app.subscriptions.clone();
-    let (mut sink, mut incoming) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
-    let writer = tokio::spawn(async move {
-        let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
-        let mut stamps = Vec::new();
-        'write: while let Some(first) = out_rx.recv().await {
-            // Whatever else is queued goes out in the same flush: one
-            // syscall for a burst of events, not one per message.
-            let mut next = Some(first);
-            while let Some(out) = next.take() {
-                let message = match out {
-                    Out::Text(text, stamp) => {
-                        stamps.extend(stamp);
-                        Message::Text(Utf8Bytes::from(text))
-                    }
-                    Out::Ping => Message::Ping(Default::default()),
-                    Out::Close(code, reason) => {
-                        let frame = CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from(close_reason(reason)),
-                        };
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                        break 'write;
-                    }
-                };
-                if sink.feed(message).await.is_err() {
-                    break 'write;
-                }
-                if stamps.len() < 64 {
-                    next = out_rx.try_recv().ok();
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-            let now = SystemClock.now_ms_signed();
-            for observed in stamps.drain(..) {
-                delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
-            }
-        }
-        let _ = sink.close().await;
-    });
-
+    let (sink, mut incoming) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
+    let writer = tokio::spawn(write_queued(sink, out_rx));
     let mut conn = Connection {
         protocol,
         app,
@@ -175,91 +136,51 @@ pub async fn serve(
         client,
         slow: CancellationToken::new(),
     };
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let init_deadline = tokio::time::sleep(conn.limits.config.init_timeout);
-    tokio::pin!(init_deadline);
-    let keep_alive = conn.limits.config.keep_alive;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
-    let mut last_heard = Instant::now();
-    let mut next_op = 0u64;
+    let end = conn.run(&mut incoming, &stop).await;
+    conn.close(end, writer).await;
+}
 
-    let end = loop {
-        tokio::select! {
-            // Finished operations first, so a client that reuses an id
-            // right after `complete` is not told it already exists.
-            biased;
-            Some(Done { id, serial, ended }) = done_rx.recv() => {
-                if let Some(op) = conn.ops.get_mut(&id).filter(|op| op.serial == serial) {
-                    if ended {
-                        conn.ops.remove(&id);
-                    } else {
-                        op.finishing = true;
-                    }
+/// Writes what the connection queues to the socket until it queues a close
+/// or the socket fails, and records each event's delivery lag.
+async fn write_queued(mut sink: SplitSink<WebSocket, Message>, mut out_rx: mpsc::Receiver<Out>) {
+    let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
+    let mut stamps = Vec::new();
+    'write: while let Some(first) = out_rx.recv().await {
+        // Whatever else is queued goes out in the same flush: one
+        // syscall for a burst of events, not one per message.
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            let message = match out {
+                Out::Text(text, stamp) => {
+                    stamps.extend(stamp);
+                    Message::Text(Utf8Bytes::from(text))
                 }
+                Out::Ping => Message::Ping(Default::default()),
+                Out::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from(close_reason(reason)),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break 'write;
+                }
+            };
+            if sink.feed(message).await.is_err() {
+                break 'write;
             }
-            _ = &mut init_deadline, if conn.init.is_none() => {
-                break End::Close(4408, "Connection initialisation timeout".into());
-            }
-            _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
-            _ = until(conn.expires_at()) => break End::Close(4403, "Forbidden: the token has expired".into()),
-            _ = conn.slow.cancelled() => break End::Gone,
-            _ = ping.tick() => {
-                if last_heard.elapsed() > conn.limits.config.idle_timeout {
-                    break End::Close(1000, "idle timeout: nothing received".into());
-                }
-                let keepalive = match conn.protocol {
-                    Protocol::Transport => json!({"type": "ping"}),
-                    Protocol::Legacy => json!({"type": "ka"}),
-                };
-                // Both: the protocol ping for clients that expect one, a
-                // websocket ping for liveness (browsers answer it).
-                if conn.init.is_some() || conn.protocol == Protocol::Transport {
-                    conn.send_now(keepalive);
-                }
-                let _ = conn.out.try_send(Out::Ping);
-            }
-            frame = incoming.next() => {
-                let Some(Ok(frame)) = frame else {
-                    // A frame over the size limit also ends up here.
-                    break End::Gone;
-                };
-                last_heard = Instant::now();
-                let text = match frame {
-                    Message::Text(text) => text,
-                    Message::Binary(_) => break End::Close(4400, "binary messages are not part of the protocol".into()),
-                    Message::Close(_) => break End::Gone,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                };
-                if let Some(end) = conn.handle(text.as_str(), &done_tx, &mut next_op).await {
-                    break end;
-                }
+            if stamps.len() < 64 {
+                next = out_rx.try_recv().ok();
             }
         }
-    };
-
-    for (_, op) in conn.ops.drain() {
-        op.task.abort();
+        if sink.flush().await.is_err() {
+            break;
+        }
+        let now = SystemClock.now_ms_signed();
+        for observed in stamps.drain(..) {
+            delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
+        }
     }
-    if let End::Close(code, reason) = end {
-        tracing::debug!(code, %reason, "closing websocket");
-        // Behind whatever is queued: a client that is reading gets it.
-        let _ = conn
-            .out
-            .send_timeout(Out::Close(code, reason), Duration::from_secs(1))
-            .await;
-    }
-    let slow_after = conn.limits.config.slow_consumer_timeout;
-    drop(conn);
-    // A writer stuck on a client that does not read would hold the socket
-    // and its buffers forever: give it a moment to say goodbye, then end it.
-    let writer_abort = writer.abort_handle();
-    if tokio::time::timeout(slow_after.min(Duration::from_secs(2)), writer)
-        .await
-        .is_err()
-    {
-        writer_abort.abort();
-        tracing::debug!("websocket writer did not finish in time; aborted");
-    }
+    let _ = sink.close().await;
 }
 
 /// An operation of a connection.
@@ -299,6 +220,105 @@ struct Connection {
 }
 
 impl Connection {
+    /// Answers the client, pings it and watches its deadlines until
+    /// something ends the connection.
+    async fn run(
+        &mut self,
+        incoming: &mut SplitStream<WebSocket>,
+        stop: &CancellationToken,
+    ) -> End {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let init_deadline = tokio::time::sleep(self.limits.config.init_timeout);
+        tokio::pin!(init_deadline);
+        let keep_alive = self.limits.config.keep_alive;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        let mut last_heard = Instant::now();
+        let mut next_op = 0u64;
+
+        loop {
+            tokio::select! {
+                // Finished operations first, so a client that reuses an id
+                // right after `complete` is not told it already exists.
+                biased;
+                Some(Done { id, serial, ended }) = done_rx.recv() => {
+                    if let Some(op) = self.ops.get_mut(&id).filter(|op| op.serial == serial) {
+                        if ended {
+                            self.ops.remove(&id);
+                        } else {
+                            op.finishing = true;
+                        }
+                    }
+                }
+                _ = &mut init_deadline, if self.init.is_none() => {
+                    break End::Close(4408, "Connection initialisation timeout".into());
+                }
+                _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
+                _ = until(self.expires_at()) => break End::Close(4403, "Forbidden: the token has expired".into()),
+                _ = self.slow.cancelled() => break End::Gone,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.limits.config.idle_timeout {
+                        break End::Close(1000, "idle timeout: nothing received".into());
+                    }
+                    let keepalive = match self.protocol {
+                        Protocol::Transport => json!({"type": "ping"}),
+                        Protocol::Legacy => json!({"type": "ka"}),
+                    };
+                    // Both: the protocol ping for clients that expect one, a
+                    // websocket ping for liveness (browsers answer it).
+                    if self.init.is_some() || self.protocol == Protocol::Transport {
+                        self.send_now(keepalive);
+                    }
+                    let _ = self.out.try_send(Out::Ping);
+                }
+                frame = incoming.next() => {
+                    let Some(Ok(frame)) = frame else {
+                        // A frame over the size limit also ends up here.
+                        break End::Gone;
+                    };
+                    last_heard = Instant::now();
+                    let text = match frame {
+                        Message::Text(text) => text,
+                        Message::Binary(_) => break End::Close(4400, "binary messages are not part of the protocol".into()),
+                        Message::Close(_) => break End::Gone,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                    };
+                    if let Some(end) = self.handle(text.as_str(), &done_tx, &mut next_op).await {
+                        break end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the operations, says goodbye when there is something to say,
+    /// and gives the writer a moment to flush it.
+    async fn close(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
+        for (_, op) in self.ops.drain() {
+            op.task.abort();
+        }
+        if let End::Close(code, reason) = end {
+            tracing::debug!(code, %reason, "closing websocket");
+            // Behind whatever is queued: a client that is reading gets it.
+            let _ = self
+                .out
+                .send_timeout(Out::Close(code, reason), Duration::from_secs(1))
+                .await;
+        }
+        let slow_after = self.limits.config.slow_consumer_timeout;
+        drop(self);
+        // A writer stuck on a client that does not read would hold the socket
+        // and its buffers forever: give it a moment to say goodbye, then end it.
+        let writer_abort = writer.abort_handle();
+        if tokio::time::timeout(slow_after.min(Duration::from_secs(2)), writer)
+            .await
+            .is_err()
+        {
+            writer_abort.abort();
+            tracing::debug!("websocket writer did not finish in time; aborted");
+        }
+    }
+
     /// Queues a control message; a full queue means a client that does
     /// not read, which the forwarders notice and disconnect.
     fn send_now(&self, message: Value) {
