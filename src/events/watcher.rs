@@ -34,6 +34,35 @@ struct ClusterState {
     gone: HashSet<Watched>,
 }
 
+/// The peers and tasks `wanted` watches on `cluster_id`.
+fn watched_on(wanted: &Wanted, cluster_id: u64) -> (Vec<PeerKey>, Vec<String>) {
+    let (mut peers, mut tasks) = (Vec::new(), Vec::new());
+    for what in wanted
+        .watched
+        .iter()
+        .filter(|w| w.cluster_id() == cluster_id)
+    {
+        match what {
+            Watched::Peer { key, .. } => peers.push(key.clone()),
+            Watched::Task { task_id, .. } => tasks.push(task_id.clone()),
+        }
+    }
+    (peers, tasks)
+}
+
+/// Logs the clusters this replica stopped and started leading.
+fn note_lease_changes(before: &BTreeSet<u64>, now: &BTreeSet<u64>) {
+    for lost in before.difference(now) {
+        tracing::info!(
+            cluster = lost,
+            "no longer polling this cluster (another replica leads)"
+        );
+    }
+    for won in now.difference(before) {
+        tracing::info!(cluster = won, "polling this cluster for every replica");
+    }
+}
+
 impl ClusterState {
     /// Forgets the peers and tasks no longer watched, so a watch taken
     /// again starts with a fresh baseline.
@@ -138,16 +167,7 @@ impl Watcher {
         let local = self.interest.local();
         if local.is_empty() {
             if !state.clusters.is_empty() || !state.held.is_empty() {
-                tracing::debug!("nothing watched: watcher idles");
-                self.release(state, None).await;
-                state.clusters.clear();
-                // Nobody here listens: nothing to catch up on later.
-                state.resync_due = false;
-                state.seen_subscriptions = 0;
-                state.last_shared = None;
-                for cluster_id in self.cluster.cluster_ids() {
-                    metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(0.0);
-                }
+                self.idle(state).await;
             }
             return;
         }
@@ -169,17 +189,7 @@ impl Watcher {
                 Reach::Local => (&local, local.hosts),
                 Reach::OwnWatches => (&local, false),
             };
-            let (mut peers, mut tasks) = (Vec::new(), Vec::new());
-            for what in wanted
-                .watched
-                .iter()
-                .filter(|w| w.cluster_id() == cluster_id)
-            {
-                match what {
-                    Watched::Peer { key, .. } => peers.push(key.clone()),
-                    Watched::Task { task_id, .. } => tasks.push(task_id.clone()),
-                }
-            }
+            let (peers, tasks) = watched_on(wanted, cluster_id);
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
             jobs.push(async move {
                 let (cluster_state, events) = self
@@ -213,16 +223,36 @@ impl Watcher {
         };
         for (cluster_id, reach, cluster_state, events) in polled {
             state.clusters.insert(cluster_id, cluster_state);
-            for (n, event) in events.into_iter().enumerate() {
-                match reach {
-                    Reach::Everywhere => self.bus.publish(event),
-                    Reach::Local | Reach::OwnWatches => self.bus.publish_local(event),
-                }
-                // Let subscribers drain a large burst (a new leader's
-                // baselines) instead of overrunning the broadcast buffer.
-                if n % 256 == 255 {
-                    tokio::task::yield_now().await;
-                }
+            self.publish(reach, events).await;
+        }
+    }
+
+    /// Nothing is watched any more: gives up the leases and forgets every
+    /// observation.
+    async fn idle(&self, state: &mut State) {
+        tracing::debug!("nothing watched: watcher idles");
+        self.release(state, None).await;
+        state.clusters.clear();
+        // Nobody here listens: nothing to catch up on later.
+        state.resync_due = false;
+        state.seen_subscriptions = 0;
+        state.last_shared = None;
+        for cluster_id in self.cluster.cluster_ids() {
+            metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(0.0);
+        }
+    }
+
+    /// Publishes one cluster's events to every replica or this one alone.
+    async fn publish(&self, reach: Reach, events: Vec<Event>) {
+        for (n, event) in events.into_iter().enumerate() {
+            match reach {
+                Reach::Everywhere => self.bus.publish(event),
+                Reach::Local | Reach::OwnWatches => self.bus.publish_local(event),
+            }
+            // Let subscribers drain a large burst (a new leader's
+            // baselines) instead of overrunning the broadcast buffer.
+            if n % 256 == 255 {
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -256,23 +286,8 @@ impl Watcher {
     /// events do not reach it, it polls itself what it wants on the
     /// clusters it does not lead.
     async fn coordinate(&self, state: &mut State, local: &Wanted) -> Plan {
-        let clusters_of = |wanted: &Wanted| -> BTreeSet<u64> {
-            let mut clusters: BTreeSet<u64> =
-                wanted.watched.iter().map(Watched::cluster_id).collect();
-            if wanted.hosts {
-                clusters.extend(self.cluster.cluster_ids());
-            }
-            clusters
-        };
-        let on_its_own = |wanted: &Wanted| Plan {
-            polls: clusters_of(wanted)
-                .into_iter()
-                .map(|c| (c, Reach::Local))
-                .collect(),
-            wanted: wanted.clone(),
-        };
         if !self.bus.has_redis() {
-            return on_its_own(local);
+            return self.on_its_own(local);
         }
         let started = std::time::Instant::now();
         let timeout = self.bus.redis_timeout();
@@ -283,7 +298,7 @@ impl Watcher {
                 .await
                 .ok_or_else(|| "no Redis".to_string())??;
             let wanted = share(&mut conn, local, self.config.lease_ttl, timeout).await?;
-            let clusters: Vec<u64> = clusters_of(&wanted).into_iter().collect();
+            let clusters: Vec<u64> = self.clusters_of(&wanted).into_iter().collect();
             let held = lease::acquire(
                 &mut conn,
                 &clusters,
@@ -296,30 +311,7 @@ impl Watcher {
         };
         let (wanted, held) = match shared.await {
             Ok(shared) => shared,
-            Err(error) => {
-                if !state.redis_warned {
-                    tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
-                    state.redis_warned = true;
-                }
-                state.resync_due = true;
-                // Leases taken at the last coordination are still ours
-                // until they lapse: keep polling those clusters for every
-                // replica (one Redis hiccup is not a hand-over), the rest
-                // for this replica alone.
-                if let Some((wanted, until)) = &state.last_shared
-                    && std::time::Instant::now() < *until
-                {
-                    let mut plan = on_its_own(local);
-                    for &cluster_id in &state.held {
-                        plan.polls.insert(cluster_id, Reach::Everywhere);
-                    }
-                    plan.wanted = wanted.clone();
-                    return plan;
-                }
-                state.held.clear();
-                state.last_shared = None;
-                return on_its_own(local);
-            }
+            Err(error) => return self.uncoordinated(state, local, &error),
         };
         // The leases' lifetime counts from before the calls that took them.
         state.last_shared = Some((wanted.clone(), started + self.config.lease_ttl));
@@ -328,15 +320,7 @@ impl Watcher {
             state.redis_warned = false;
         }
         let held: BTreeSet<u64> = held.into_iter().collect();
-        for lost in state.held.difference(&held) {
-            tracing::info!(
-                cluster = lost,
-                "no longer polling this cluster (another replica leads)"
-            );
-        }
-        for won in held.difference(&state.held) {
-            tracing::info!(cluster = won, "polling this cluster for every replica");
-        }
+        note_lease_changes(&state.held, &held);
         state.held = held.clone();
 
         let (listening, subscriptions) = self.bus.listening();
@@ -362,6 +346,53 @@ impl Watcher {
             }
         }
         Plan { wanted, polls }
+    }
+
+    /// The clusters `wanted` needs polled.
+    fn clusters_of(&self, wanted: &Wanted) -> BTreeSet<u64> {
+        let mut clusters: BTreeSet<u64> = wanted.watched.iter().map(Watched::cluster_id).collect();
+        if wanted.hosts {
+            clusters.extend(self.cluster.cluster_ids());
+        }
+        clusters
+    }
+
+    /// This replica polls what it wants itself, for itself.
+    fn on_its_own(&self, wanted: &Wanted) -> Plan {
+        Plan {
+            polls: self
+                .clusters_of(wanted)
+                .into_iter()
+                .map(|c| (c, Reach::Local))
+                .collect(),
+            wanted: wanted.clone(),
+        }
+    }
+
+    /// The plan while coordination through Redis fails.
+    fn uncoordinated(&self, state: &mut State, local: &Wanted, error: &str) -> Plan {
+        if !state.redis_warned {
+            tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
+            state.redis_warned = true;
+        }
+        state.resync_due = true;
+        // Leases taken at the last coordination are still ours
+        // until they lapse: keep polling those clusters for every
+        // replica (one Redis hiccup is not a hand-over), the rest
+        // for this replica alone.
+        if let Some((wanted, until)) = &state.last_shared
+            && std::time::Instant::now() < *until
+        {
+            let mut plan = self.on_its_own(local);
+            for &cluster_id in &state.held {
+                plan.polls.insert(cluster_id, Reach::Everywhere);
+            }
+            plan.wanted = wanted.clone();
+            return plan;
+        }
+        state.held.clear();
+        state.last_shared = None;
+        self.on_its_own(local)
     }
 
     /// Gives up held leases (all, or those outside `keep`).

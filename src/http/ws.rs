@@ -183,6 +183,11 @@ async fn write_queued(mut sink: SplitSink<WebSocket, Message>, mut out_rx: mpsc:
     let _ = sink.close().await;
 }
 
+/// Ends a connection over a message that breaks the protocol.
+fn invalid(why: &str) -> Option<End> {
+    Some(End::Close(4400, why.to_string()))
+}
+
 /// An operation of a connection.
 struct Operation {
     /// Tells a finished operation from a later one under the same id.
@@ -346,37 +351,16 @@ impl Connection {
         done: &mpsc::UnboundedSender<Done>,
         next_op: &mut u64,
     ) -> Option<End> {
-        let bad = |why: &str| Some(End::Close(4400, why.to_string()));
         let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-            return bad("Invalid message received: not a JSON object");
+            return invalid("Invalid message received: not a JSON object");
         };
         let Some(kind) = message.get("type").and_then(Value::as_str) else {
-            return bad("Invalid message received: no type");
+            return invalid("Invalid message received: no type");
         };
         let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
         let payload = message.get("payload").cloned().unwrap_or(Value::Null);
         match (self.protocol, kind) {
-            (_, "connection_init") => {
-                if self.init.is_some() {
-                    return Some(End::Close(4429, "Too many initialisation requests".into()));
-                }
-                if !matches!(payload, Value::Object(_) | Value::Null) {
-                    return bad(
-                        "Invalid message received: connection_init payload must be an object",
-                    );
-                }
-                let token = init_token(&payload).or_else(|| self.upgrade_token.clone());
-                match self.app.auth.authenticate(token.as_deref()).await {
-                    Ok(principal) => self.principal = Some(principal),
-                    Err(e) => return Some(End::Close(4403, format!("Forbidden: {e}"))),
-                }
-                self.init = Some(ConnectionInitPayload(payload));
-                self.send_now(json!({"type": "connection_ack"}));
-                if self.protocol == Protocol::Legacy {
-                    self.send_now(json!({"type": "ka"}));
-                }
-                None
-            }
+            (_, "connection_init") => self.connection_init(payload).await,
             (Protocol::Transport, "ping") => {
                 let mut pong = json!({"type": "pong"});
                 if !payload.is_null() {
@@ -387,53 +371,7 @@ impl Connection {
             }
             (Protocol::Transport, "pong") => None,
             (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
-                if self.init.is_none() {
-                    return Some(End::Close(4401, "Unauthorized".into()));
-                }
-                let Some(id) = id.filter(|id| !id.is_empty()) else {
-                    return bad("Invalid message received: subscribe without an id");
-                };
-                let mut request = match serde_json::from_value::<async_graphql::Request>(payload) {
-                    Ok(request) => request,
-                    Err(e) => {
-                        return Some(End::Close(
-                            4400,
-                            format!("Invalid message received: payload: {e}"),
-                        ));
-                    }
-                };
-                if let Some(running) = self.ops.get(&id) {
-                    // One that is only telling its client it ended has
-                    // told it already (or the client moved on): the id is
-                    // free again.
-                    if self.protocol == Protocol::Transport && !running.finishing {
-                        return Some(End::Close(
-                            4409,
-                            format!("Subscriber for {id} already exists"),
-                        ));
-                    }
-                    // subscriptions-transport-ws replaced the old operation.
-                    running.task.abort();
-                    self.ops.remove(&id);
-                }
-                // Each operation draws from the client's bucket, as an
-                // HTTP request does: one socket is no way around the limit.
-                if let Some(client) = self.client {
-                    let key = super::rate_limit::ClientKey::new(self.principal.as_ref(), client);
-                    if let Err(wait) = self.app.rate_limit.check(&key) {
-                        super::rate_limit::count_refusal("subscribe");
-                        self.refuse_operation(&id, super::rate_limit::error(wait));
-                        return None;
-                    }
-                }
-                // The safelist holds here as over HTTP.
-                if let Err(e) = self.app.persisted.resolve(&mut request).await {
-                    let error = json!({"message": e.to_string(), "extensions": {"code": e.code()}});
-                    self.refuse_operation(&id, error);
-                    return None;
-                }
-                self.start(id, request, done, next_op);
-                None
+                self.subscribe(id, payload, done, next_op).await
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
                 let Some(id) = id else {
@@ -457,6 +395,106 @@ impl Connection {
         }
     }
 
+    /// `connection_init`: authenticates the caller and acknowledges.
+    async fn connection_init(&mut self, payload: Value) -> Option<End> {
+        if self.init.is_some() {
+            return Some(End::Close(4429, "Too many initialisation requests".into()));
+        }
+        if !matches!(payload, Value::Object(_) | Value::Null) {
+            return invalid("Invalid message received: connection_init payload must be an object");
+        }
+        let token = init_token(&payload).or_else(|| self.upgrade_token.clone());
+        match self.app.auth.authenticate(token.as_deref()).await {
+            Ok(principal) => self.principal = Some(principal),
+            Err(e) => return Some(End::Close(4403, format!("Forbidden: {e}"))),
+        }
+        self.init = Some(ConnectionInitPayload(payload));
+        self.send_now(json!({"type": "connection_ack"}));
+        if self.protocol == Protocol::Legacy {
+            self.send_now(json!({"type": "ka"}));
+        }
+        None
+    }
+
+    /// `subscribe` (`start`): checks the id, the rate limit and the
+    /// safelist, then starts the operation.
+    async fn subscribe(
+        &mut self,
+        id: Option<String>,
+        payload: Value,
+        done: &mpsc::UnboundedSender<Done>,
+        next_op: &mut u64,
+    ) -> Option<End> {
+        if self.init.is_none() {
+            return Some(End::Close(4401, "Unauthorized".into()));
+        }
+        let Some(id) = id.filter(|id| !id.is_empty()) else {
+            return invalid("Invalid message received: subscribe without an id");
+        };
+        let mut request = match serde_json::from_value::<async_graphql::Request>(payload) {
+            Ok(request) => request,
+            Err(e) => {
+                return Some(End::Close(
+                    4400,
+                    format!("Invalid message received: payload: {e}"),
+                ));
+            }
+        };
+        if let Some(running) = self.ops.get(&id) {
+            // One that is only telling its client it ended has
+            // told it already (or the client moved on): the id is
+            // free again.
+            if self.protocol == Protocol::Transport && !running.finishing {
+                return Some(End::Close(
+                    4409,
+                    format!("Subscriber for {id} already exists"),
+                ));
+            }
+            // subscriptions-transport-ws replaced the old operation.
+            running.task.abort();
+            self.ops.remove(&id);
+        }
+        // Each operation draws from the client's bucket, as an
+        // HTTP request does: one socket is no way around the limit.
+        if let Some(client) = self.client {
+            let key = super::rate_limit::ClientKey::new(self.principal.as_ref(), client);
+            if let Err(wait) = self.app.rate_limit.check(&key) {
+                super::rate_limit::count_refusal("subscribe");
+                self.refuse_operation(&id, super::rate_limit::error(wait));
+                return None;
+            }
+        }
+        // The safelist holds here as over HTTP.
+        if let Err(e) = self.app.persisted.resolve(&mut request).await {
+            let error = json!({"message": e.to_string(), "extensions": {"code": e.code()}});
+            self.refuse_operation(&id, error);
+            return None;
+        }
+        self.start(id, request, done, next_op);
+        None
+    }
+
+    /// A subscription slot for operation `id`, within the connection's and
+    /// the server's limits; refuses the operation when there is none.
+    fn take_slot(&self, id: &str) -> Option<Slot> {
+        let limit = self.limits.config.per_connection;
+        let slot = if self.ops.len() >= limit {
+            None
+        } else {
+            self.limits.try_take()
+        };
+        if slot.is_none() {
+            let why = if self.ops.len() >= limit {
+                format!("at most {limit} operations per connection")
+            } else {
+                "the server runs as many subscriptions as it may; try again later".to_string()
+            };
+            let error = json!({"message": why, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
+            self.refuse_operation(id, error);
+        }
+        slot
+    }
+
     fn start(
         &mut self,
         id: String,
@@ -464,20 +502,7 @@ impl Connection {
         done: &mpsc::UnboundedSender<Done>,
         next_op: &mut u64,
     ) {
-        let limit = self.limits.config.per_connection;
-        let slot = if self.ops.len() >= limit {
-            None
-        } else {
-            self.limits.try_take()
-        };
-        let Some(slot) = slot else {
-            let why = if self.ops.len() >= limit {
-                format!("at most {limit} operations per connection")
-            } else {
-                "the server runs as many subscriptions as it may; try again later".to_string()
-            };
-            let error = json!({"message": why, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
-            self.refuse_operation(&id, error);
+        let Some(slot) = self.take_slot(&id) else {
             return;
         };
         *next_op += 1;
@@ -516,39 +541,7 @@ impl Connection {
         let op_id = id.clone();
         let task = tokio::spawn(async move {
             let (_slot, _live) = (slot, live);
-            let ended = match source {
-                Source::Own(schema, request) => sender.own(&schema, *request).await,
-                Source::Shared((shared, frames)) => sender.shared(shared, frames).await,
-            };
-            // Finishing before the last message is queued, so a client
-            // that reuses the id as soon as it reads it is not told it
-            // exists; still abortable until the very end.
-            let _ = done.send(Done {
-                id: op_id.clone(),
-                serial,
-                ended: false,
-            });
-            match ended {
-                Ended::Completed { last } => {
-                    let delivered = match last {
-                        Some(last) => sender.queue(last, None).await,
-                        None => true,
-                    };
-                    if delivered {
-                        let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
-                        sender.queue(complete, None).await;
-                    }
-                }
-                Ended::Refused(error) => {
-                    sender.queue(error, None).await;
-                }
-                Ended::Quietly => {}
-            }
-            let _ = done.send(Done {
-                id: op_id,
-                serial,
-                ended: true,
-            });
+            sender.deliver(source, done, op_id, serial).await;
         });
         self.ops.insert(
             id,
@@ -595,6 +588,50 @@ struct Sender {
 }
 
 impl Sender {
+    /// Runs one operation to its end and tells the connection when it is
+    /// finishing and when it is gone.
+    async fn deliver(
+        self,
+        source: Source,
+        done: mpsc::UnboundedSender<Done>,
+        op_id: String,
+        serial: u64,
+    ) {
+        let ended = match source {
+            Source::Own(schema, request) => self.own(&schema, *request).await,
+            Source::Shared((shared, frames)) => self.shared(shared, frames).await,
+        };
+        // Finishing before the last message is queued, so a client
+        // that reuses the id as soon as it reads it is not told it
+        // exists; still abortable until the very end.
+        let _ = done.send(Done {
+            id: op_id.clone(),
+            serial,
+            ended: false,
+        });
+        match ended {
+            Ended::Completed { last } => {
+                let delivered = match last {
+                    Some(last) => self.queue(last, None).await,
+                    None => true,
+                };
+                if delivered {
+                    let complete = format!(r#"{{"type":"complete","id":{}}}"#, self.id_json);
+                    self.queue(complete, None).await;
+                }
+            }
+            Ended::Refused(error) => {
+                self.queue(error, None).await;
+            }
+            Ended::Quietly => {}
+        }
+        let _ = done.send(Done {
+            id: op_id,
+            serial,
+            ended: true,
+        });
+    }
+
     /// Queues a message; false (and the connection marked slow) when the
     /// client has not made room within the slow-consumer timeout.
     async fn queue(&self, text: String, stamp: Option<i64>) -> bool {
