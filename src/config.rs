@@ -314,6 +314,14 @@ pub enum SchedulerSource {
     Unconfigured,
 }
 
+/// A setting whose value breaks a rule serde cannot check.
+fn invalid(setting: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        message,
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file`, then `DFGRAPH_*` variables (nested keys
     /// with `__`, e.g. `DFGRAPH_CACHE__TASK__FRESH=10s`), then `overrides`.
@@ -348,11 +356,16 @@ impl Config {
 
     /// Checks what serde cannot: cross-field rules and parseable addresses.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |setting: &str, message: String| ConfigError::Invalid {
-            setting: setting.into(),
-            message,
-        };
         self.static_schedulers()?;
+        self.validate_access()?;
+        self.validate_listeners_and_sources()?;
+        self.validate_timeouts_and_guards()?;
+        self.validate_subscriptions_and_limits()
+    }
+
+    /// Who may do what: mutations, auth, the safelist, CORS, rate limits,
+    /// the metrics token.
+    fn validate_access(&self) -> Result<(), ConfigError> {
         if self.enable_mutations && !self.auth.has_method() {
             return Err(invalid(
                 "enable_mutations",
@@ -391,6 +404,11 @@ impl Config {
         self.metrics
             .token()
             .map_err(|(setting, message)| invalid(setting, message))?;
+        Ok(())
+    }
+
+    /// Where the gateway listens and where its schedulers come from.
+    fn validate_listeners_and_sources(&self) -> Result<(), ConfigError> {
         if let Some(metrics) = self.metrics.listen
             && metrics.port() != 0
             && metrics.port() == self.listen.port()
@@ -421,6 +439,11 @@ impl Config {
                 "mutual TLS needs both `cert` and `key`".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Timeouts, the circuit breaker, retries and the watcher.
+    fn validate_timeouts_and_guards(&self) -> Result<(), ConfigError> {
         for (name, value) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.stat", self.timeouts.stat),
@@ -448,6 +471,11 @@ impl Config {
         self.watch
             .validate()
             .map_err(|message| invalid("watch", message))?;
+        Ok(())
+    }
+
+    /// Subscription and query limits.
+    fn validate_subscriptions_and_limits(&self) -> Result<(), ConfigError> {
         let subs = &self.subscriptions;
         if subs.per_connection == 0 || subs.total == 0 || subs.send_queue == 0 {
             return Err(invalid(

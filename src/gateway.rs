@@ -99,6 +99,198 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
     }))
 }
 
+/// Gives the client its schedulers: the configured list, or the manager's
+/// answer plus a loop that follows the manager.
+async fn find_schedulers(
+    config: &Config,
+    client: &ClusterClient,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    match config.scheduler_source()? {
+        SchedulerSource::Static(schedulers) => {
+            client.expect_clusters(schedulers.iter().map(|s| s.cluster_id));
+            let pairs: Vec<_> = schedulers.iter().map(|s| (s.cluster_id, s.addr)).collect();
+            client.set_schedulers(&pairs)?;
+        }
+        SchedulerSource::Manager {
+            addr,
+            cluster_ids,
+            refresh,
+        } => {
+            client.expect_clusters(cluster_ids.iter().copied());
+            // The first answer is awaited so the gateway starts with
+            // schedulers when the manager is up; the loop keeps trying
+            // when it is not.
+            match discovery::fetch_from_manager(
+                &addr,
+                &cluster_ids,
+                &client.settings().dial,
+                config.timeouts.list_hosts,
+            )
+            .await
+            {
+                Ok(found) => client.set_schedulers(&found)?,
+                Err(e) => {
+                    tracing::warn!(manager = %addr, error = %e, "manager not reachable at start; will retry")
+                }
+            }
+            tokio::spawn(discovery::follow_manager(
+                client.clone(),
+                addr,
+                cluster_ids,
+                refresh,
+                shutdown.child_token(),
+            ));
+        }
+        SchedulerSource::Unconfigured => return Err(StartError::NoSchedulers),
+    }
+    Ok(())
+}
+
+/// Connects the cache, starts the event watchers and assembles what every
+/// resolver shares.
+async fn gateway_state(
+    config: &Config,
+    client: ClusterClient,
+    clock: Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<GatewayState>, StartError> {
+    let mut cache_config = config.cache.clone();
+    if cache_config.redis_url.is_none() {
+        cache_config.redis_url = config.redis.clone();
+    }
+    let redis_url = cache_config.redis_url.clone();
+    let redis_timeout = cache_config
+        .command_timeout
+        .max(std::time::Duration::from_millis(500));
+    let cache = Cache::connect(cache_config, clock).await?;
+    let events = Events::new(
+        config.watch.clone(),
+        cache.clone(),
+        redis_url.as_deref(),
+        redis_timeout,
+    )
+    .map_err(StartError::Events)?;
+    events.start(client.clone(), cache.clone(), shutdown.child_token());
+    Ok(Arc::new(GatewayState::new(
+        client,
+        cache,
+        config.limits,
+        config.timeouts.request,
+        config.enable_mutations,
+        events,
+    )))
+}
+
+/// Warms the host lists in the background so the console's first
+/// overview is a hit.
+fn warm_host_lists(state: Arc<GatewayState>) {
+    tokio::spawn(async move {
+        let keys: Vec<_> = state
+            .cluster
+            .cluster_ids()
+            .into_iter()
+            .map(crate::cache::CacheKey::hosts)
+            .collect();
+        state.origins.hosts.prefetch(&keys).await;
+    });
+}
+
+/// What the HTTP handlers share: schema, access control, limits, metrics.
+async fn app_state(
+    config: &Config,
+    state: &Arc<GatewayState>,
+    fanout: crate::http::fanout::Fanout,
+    shutdown: &CancellationToken,
+) -> Result<AppState, StartError> {
+    let auth = crate::auth::Authenticator::new(&config.auth).await?;
+    if config.auth.anonymous == crate::auth::Anonymous::Viewer {
+        tracing::info!("anonymous callers may query and subscribe (auth.anonymous = \"viewer\")");
+    }
+    let rate_limit = crate::http::rate_limit::RateLimiter::new(&config.rate_limit)?;
+    Ok(AppState {
+        rate_limit,
+        metrics_access: crate::http::metrics::MetricsAccess::new(&config.metrics)?,
+        schema: build_schema(state.clone(), &config.graphql),
+        persisted: crate::http::persisted::PersistedQueries::new(
+            config.graphql.persisted_queries,
+            config.graphql.safelist_file.as_deref(),
+            state.events.bus.clone(),
+        )?,
+        auth,
+        browser: Arc::new(config.browser.clone()),
+        gateway: state.clone(),
+        metrics: MetricsHandle::install(),
+        subscriptions: crate::http::ws::Limits::new(config.subscriptions),
+        fanout,
+        shutdown: shutdown.clone(),
+    })
+}
+
+/// A listener on `addr` and the address it got (`addr` may ask for port 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Serves `/metrics` on its own listener until shutdown.
+fn serve_metrics(
+    listener: TcpListener,
+    bound: SocketAddr,
+    app: &AppState,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    let router = crate::http::metrics::router(app.clone());
+    let stop = shutdown.clone();
+    tracing::info!("metrics on http://{bound}/metrics");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    })
+}
+
+/// Serves the gateway's routes until shutdown, then waits for the metrics
+/// server.
+fn serve_http(
+    listener: TcpListener,
+    app: AppState,
+    shutdown: &CancellationToken,
+    metrics_server: Option<JoinHandle<()>>,
+) -> JoinHandle<()> {
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        // Without TCP_NODELAY a response written in two parts waits
+        // for the client's delayed ACK: ~40 ms on every request.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        // The peer address keys the rate limits of anonymous callers.
+        let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, service)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+        if let Some(metrics) = metrics_server
+            && let Err(e) = metrics.await
+        {
+            tracing::warn!(error = %e, "metrics server task ended abnormally");
+        }
+    })
+}
+
 impl Gateway {
     /// Starts everything and returns once the server accepts connections.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
@@ -114,171 +306,23 @@ impl Gateway {
         config.validate()?;
         let shutdown = CancellationToken::new();
         let client = cluster_client(&config)?;
-        match config.scheduler_source()? {
-            SchedulerSource::Static(schedulers) => {
-                client.expect_clusters(schedulers.iter().map(|s| s.cluster_id));
-                let pairs: Vec<_> = schedulers.iter().map(|s| (s.cluster_id, s.addr)).collect();
-                client.set_schedulers(&pairs)?;
-            }
-            SchedulerSource::Manager {
-                addr,
-                cluster_ids,
-                refresh,
-            } => {
-                client.expect_clusters(cluster_ids.iter().copied());
-                // The first answer is awaited so the gateway starts with
-                // schedulers when the manager is up; the loop keeps trying
-                // when it is not.
-                match discovery::fetch_from_manager(
-                    &addr,
-                    &cluster_ids,
-                    &client.settings().dial,
-                    config.timeouts.list_hosts,
-                )
-                .await
-                {
-                    Ok(found) => client.set_schedulers(&found)?,
-                    Err(e) => {
-                        tracing::warn!(manager = %addr, error = %e, "manager not reachable at start; will retry")
-                    }
-                }
-                tokio::spawn(discovery::follow_manager(
-                    client.clone(),
-                    addr,
-                    cluster_ids,
-                    refresh,
-                    shutdown.child_token(),
-                ));
-            }
-            SchedulerSource::Unconfigured => return Err(StartError::NoSchedulers),
+        find_schedulers(&config, &client, &shutdown).await?;
+        let state = gateway_state(&config, client, clock, &shutdown).await?;
+        if config.cache.enabled {
+            warm_host_lists(state.clone());
         }
-
-        let mut cache_config = config.cache.clone();
-        if cache_config.redis_url.is_none() {
-            cache_config.redis_url = config.redis.clone();
-        }
-        let redis_url = cache_config.redis_url.clone();
-        let redis_timeout = cache_config
-            .command_timeout
-            .max(std::time::Duration::from_millis(500));
-        let cache = Cache::connect(cache_config, clock).await?;
-        let events = Events::new(
-            config.watch.clone(),
-            cache.clone(),
-            redis_url.as_deref(),
-            redis_timeout,
-        )
-        .map_err(StartError::Events)?;
-        events.start(client.clone(), cache.clone(), shutdown.child_token());
-        let state = Arc::new(GatewayState::new(
-            client,
-            cache,
-            config.limits,
-            config.timeouts.request,
-            config.enable_mutations,
-            events,
-        ));
-        // Warm the host lists so the console's first overview is a hit.
-        let warm = state.clone();
-        let caching = config.cache.enabled;
-        tokio::spawn(async move {
-            if !caching {
-                return;
-            }
-            let keys: Vec<_> = warm
-                .cluster
-                .cluster_ids()
-                .into_iter()
-                .map(crate::cache::CacheKey::hosts)
-                .collect();
-            warm.origins.hosts.prefetch(&keys).await;
-        });
         let fanout = crate::http::fanout::Fanout::default();
-        let auth = crate::auth::Authenticator::new(&config.auth).await?;
-        if config.auth.anonymous == crate::auth::Anonymous::Viewer {
-            tracing::info!(
-                "anonymous callers may query and subscribe (auth.anonymous = \"viewer\")"
-            );
-        }
-        let rate_limit = crate::http::rate_limit::RateLimiter::new(&config.rate_limit)?;
-        let app = AppState {
-            rate_limit,
-            metrics_access: crate::http::metrics::MetricsAccess::new(&config.metrics)?,
-            schema: build_schema(state.clone(), &config.graphql),
-            persisted: crate::http::persisted::PersistedQueries::new(
-                config.graphql.persisted_queries,
-                config.graphql.safelist_file.as_deref(),
-                state.events.bus.clone(),
-            )?,
-            auth,
-            browser: Arc::new(config.browser.clone()),
-            gateway: state.clone(),
-            metrics: MetricsHandle::install(),
-            subscriptions: crate::http::ws::Limits::new(config.subscriptions),
-            fanout: fanout.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let metrics_listener = match config.metrics.listen {
-            Some(at) => {
-                let listener = TcpListener::bind(at)
-                    .await
-                    .map_err(|source| StartError::Listen { addr: at, source })?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|source| StartError::Listen { addr: at, source })?;
-                Some((listener, bound))
-            }
+        let app = app_state(&config, &state, fanout.clone(), &shutdown).await?;
+        let (listener, addr) = bind(config.listen).await?;
+        let metrics_server = match config.metrics.listen {
+            Some(at) => Some(bind(at).await?),
             None => None,
         };
-        let metrics_addr = metrics_listener.as_ref().map(|(_, bound)| *bound);
-        let metrics_server = metrics_listener.map(|(listener, bound)| {
-            let router = crate::http::metrics::router(app.clone());
-            let stop = shutdown.clone();
-            tracing::info!("metrics on http://{bound}/metrics");
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "metrics server stopped");
-                }
-            })
-        });
+        let metrics_addr = metrics_server.as_ref().map(|(_, bound)| *bound);
+        let metrics_server =
+            metrics_server.map(|(listener, bound)| serve_metrics(listener, bound, &app, &shutdown));
         app.rate_limit.spawn_sweeper(shutdown.child_token());
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            // Without TCP_NODELAY a response written in two parts waits
-            // for the client's delayed ACK: ~40 ms on every request.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            // The peer address keys the rate limits of anonymous callers.
-            let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-            let served = axum::serve(listener, service)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-            if let Some(metrics) = metrics_server
-                && let Err(e) = metrics.await
-            {
-                tracing::warn!(error = %e, "metrics server task ended abnormally");
-            }
-        });
+        let server = serve_http(listener, app, &shutdown, metrics_server);
         tracing::info!("listening on http://{addr}");
         tracing::info!("GraphiQL at http://{addr}/graphiql");
         Ok(Gateway {

@@ -453,6 +453,78 @@ struct Inner {
     _shutdown: watch::Sender<()>,
 }
 
+/// The L2 cache on Redis at `url`: checked once (see [`Cache::connect`]),
+/// with its invalidation subscriber started and, when Redis answers,
+/// listening before this returns.
+async fn connect_l2(
+    url: &str,
+    config: &CacheConfig,
+    stats: &Arc<Stats>,
+    local: &Arc<Local>,
+    serving: &Arc<AtomicBool>,
+    shutdown_rx: watch::Receiver<()>,
+) -> Result<Arc<L2>, CacheError> {
+    let l2 = L2::new(url, config, stats.clone())
+        .map_err(|e| CacheError::Config(format!("redis_url {}: {e}", l2::redact_url(url))))?;
+    check_redis(&l2, config, stats).await?;
+    let l2 = Arc::new(l2);
+    let (ready, ready_rx) = oneshot::channel();
+    let subscriber = Subscriber {
+        client: l2.client().clone(),
+        local: local.clone(),
+        connect_timeout: config.connect_timeout,
+        backoff_min: config.circuit_backoff_min.min(Duration::from_millis(100)),
+        backoff_max: config.circuit_backoff_max,
+        ping_every: Duration::from_secs(5),
+        serving: serving.clone(),
+        shown_url: l2.shown_url().to_string(),
+    };
+    tokio::spawn(subscriber.run(ready, shutdown_rx));
+    if !l2.circuit().is_open() {
+        // Invalidations must flow before we serve.
+        let _ = tokio::time::timeout(config.connect_timeout, ready_rx).await;
+    }
+    Ok(l2)
+}
+
+/// Pings Redis once: an error if it is required and unusable, else a loud
+/// warning and an open circuit; warns about an unsuited eviction policy.
+async fn check_redis(l2: &L2, config: &CacheConfig, stats: &Stats) -> Result<(), CacheError> {
+    match l2.ping(config.connect_timeout).await {
+        Ok(()) => {
+            tracing::info!(url = %l2.shown_url(), "L2 cache on Redis");
+            l2.check_eviction_policy().await;
+        }
+        Err(error) if config.redis_required => {
+            let reason = error.to_string();
+            let reason = if reason.to_ascii_lowercase().contains("auth")
+                || reason.contains("WRONGPASS")
+                || reason.contains("NOAUTH")
+            {
+                format!("credentials refused (check user and password): {reason}")
+            } else {
+                reason
+            };
+            return Err(CacheError::Redis {
+                url: l2.shown_url().to_string(),
+                reason,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(
+                url = %l2.shown_url(),
+                %error,
+                "REDIS UNUSABLE AT START-UP: serving from L1 and origin only \
+                 (no sharing between replicas) until it answers; set \
+                 redis_required to refuse to start instead"
+            );
+            stats.redis_error();
+            l2.circuit().trip();
+        }
+    }
+    Ok(())
+}
+
 impl Cache {
     /// Builds the cache. With a `redis_url` it checks Redis once (a clear
     /// [`CacheError::Redis`] if `redis_required` and Redis is unusable,
@@ -480,59 +552,7 @@ impl Cache {
 
         let l2 = match (&config.redis_url, config.enabled) {
             (Some(url), true) => {
-                let l2 = L2::new(url, &config, stats.clone()).map_err(|e| {
-                    CacheError::Config(format!("redis_url {}: {e}", l2::redact_url(url)))
-                })?;
-                match l2.ping(config.connect_timeout).await {
-                    Ok(()) => {
-                        tracing::info!(url = %l2.shown_url(), "L2 cache on Redis");
-                        l2.check_eviction_policy().await;
-                    }
-                    Err(error) if config.redis_required => {
-                        let reason = error.to_string();
-                        let reason = if reason.to_ascii_lowercase().contains("auth")
-                            || reason.contains("WRONGPASS")
-                            || reason.contains("NOAUTH")
-                        {
-                            format!("credentials refused (check user and password): {reason}")
-                        } else {
-                            reason
-                        };
-                        return Err(CacheError::Redis {
-                            url: l2.shown_url().to_string(),
-                            reason,
-                        });
-                    }
-                    Err(error) => {
-                        tracing::warn!(
-                            url = %l2.shown_url(),
-                            %error,
-                            "REDIS UNUSABLE AT START-UP: serving from L1 and origin only \
-                             (no sharing between replicas) until it answers; set \
-                             redis_required to refuse to start instead"
-                        );
-                        stats.redis_error();
-                        l2.circuit().trip();
-                    }
-                }
-                let l2 = Arc::new(l2);
-                let (ready, ready_rx) = oneshot::channel();
-                let subscriber = Subscriber {
-                    client: l2.client().clone(),
-                    local: local.clone(),
-                    connect_timeout: config.connect_timeout,
-                    backoff_min: config.circuit_backoff_min.min(Duration::from_millis(100)),
-                    backoff_max: config.circuit_backoff_max,
-                    ping_every: Duration::from_secs(5),
-                    serving: serving.clone(),
-                    shown_url: l2.shown_url().to_string(),
-                };
-                tokio::spawn(subscriber.run(ready, shutdown_rx));
-                if !l2.circuit().is_open() {
-                    // Invalidations must flow before we serve.
-                    let _ = tokio::time::timeout(config.connect_timeout, ready_rx).await;
-                }
-                Some(l2)
+                Some(connect_l2(url, &config, &stats, &local, &serving, shutdown_rx).await?)
             }
             _ => None,
         };

@@ -13,7 +13,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::ClusterError;
 use super::health::{Health, HealthSnapshot};
 use super::retry::{Backoff, RetryConfig};
-use crate::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Transition};
+use crate::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Ticket, Transition};
 use crate::clock::Clock;
 use crate::deadline::Deadline;
 use crate::proto::scheduler::v2::StatTaskRequest;
@@ -199,6 +199,22 @@ impl SchedulerHandle {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
+        let (timeout, cut, ticket) = self.admit(timeout, deadline)?;
+        let outcome = self.send(timeout, rpc).await;
+        let verdict = self.record(method, started.elapsed(), &outcome, cut);
+        self.on_transition(ticket.finish(verdict));
+        outcome
+    }
+
+    /// Lets a call through, or fails it fast: while backing off, when the
+    /// request's budget is spent, or while the circuit is open. Returns the
+    /// call's timeout, whether the budget cut it short, and the breaker's
+    /// ticket for the call.
+    fn admit(
+        &self,
+        timeout: Duration,
+        deadline: Deadline,
+    ) -> Result<(Duration, bool, Ticket<'_>), ClusterError> {
         if let Some(wait) = self.backoff.wait(self.clock.now()) {
             metrics::counter!("dfgraph_scheduler_fast_failures_total", "scheduler" => self.label.clone(), "reason" => "backoff")
                 .increment(1);
@@ -228,7 +244,16 @@ impl SchedulerHandle {
             }
         };
         self.on_transition(transition);
-        let outcome = tokio::time::timeout(timeout, async {
+        Ok((timeout, cut, ticket))
+    }
+
+    /// Waits for a concurrency permit and the answer, both within `timeout`.
+    async fn send<T, F, Fut>(&self, timeout: Duration, rpc: F) -> Result<T, ClusterError>
+    where
+        F: FnOnce(SchedulerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        tokio::time::timeout(timeout, async {
             let _permit = self
                 .permits
                 .acquire()
@@ -246,16 +271,26 @@ impl SchedulerHandle {
         .unwrap_or(Err(ClusterError::DeadlineExceeded {
             scheduler: self.addr,
             timeout_ms: millis(timeout),
-        }));
-        let elapsed = started.elapsed();
-        let verdict = match &outcome {
+        }))
+    }
+
+    /// Judges how a call went for the breaker, and records it in metrics,
+    /// health and (when rate limited) the backoff.
+    fn record<T>(
+        &self,
+        method: &'static str,
+        elapsed: Duration,
+        outcome: &Result<T, ClusterError>,
+        cut: bool,
+    ) -> Outcome {
+        let verdict = match outcome {
             Ok(_) => Outcome::Success,
             Err(ClusterError::DeadlineExceeded { .. }) if cut => Outcome::Ignored,
             Err(e) if e.is_scheduler_failure() => Outcome::Failure,
             // The scheduler answered; it is healthy even if the answer is no.
             Err(_) => Outcome::Success,
         };
-        let result = match (&outcome, verdict) {
+        let result = match (outcome, verdict) {
             (Ok(_), _) => "ok",
             (_, Outcome::Failure) => "error",
             (_, Outcome::Ignored) => "cut",
@@ -263,7 +298,7 @@ impl SchedulerHandle {
         };
         metrics::histogram!("dfgraph_scheduler_call_seconds", "method" => method, "result" => result)
             .record(elapsed.as_secs_f64());
-        match (&outcome, verdict) {
+        match (outcome, verdict) {
             (Err(e @ ClusterError::ResourceExhausted { .. }), _) => {
                 let pause = self.backoff.rate_limited(self.clock.now());
                 tracing::debug!(scheduler = %self.addr, method, pause_ms = millis(pause), error = %e, "rate limited: backing off");
@@ -279,8 +314,7 @@ impl SchedulerHandle {
             }
             _ => {}
         }
-        self.on_transition(ticket.finish(verdict));
-        outcome
+        verdict
     }
 }
 

@@ -34,6 +34,59 @@ struct ClusterState {
     gone: HashSet<Watched>,
 }
 
+/// The peers and tasks `wanted` watches on `cluster_id`.
+fn watched_on(wanted: &Wanted, cluster_id: u64) -> (Vec<PeerKey>, Vec<String>) {
+    let (mut peers, mut tasks) = (Vec::new(), Vec::new());
+    for what in wanted
+        .watched
+        .iter()
+        .filter(|w| w.cluster_id() == cluster_id)
+    {
+        match what {
+            Watched::Peer { key, .. } => peers.push(key.clone()),
+            Watched::Task { task_id, .. } => tasks.push(task_id.clone()),
+        }
+    }
+    (peers, tasks)
+}
+
+/// Logs the clusters this replica stopped and started leading.
+fn note_lease_changes(before: &BTreeSet<u64>, now: &BTreeSet<u64>) {
+    for lost in before.difference(now) {
+        tracing::info!(
+            cluster = lost,
+            "no longer polling this cluster (another replica leads)"
+        );
+    }
+    for won in now.difference(before) {
+        tracing::info!(cluster = won, "polling this cluster for every replica");
+    }
+}
+
+impl ClusterState {
+    /// Forgets the peers and tasks no longer watched, so a watch taken
+    /// again starts with a fresh baseline.
+    fn forget_unwatched(&mut self, peers: &[PeerKey], tasks: &[String]) {
+        let wanted_peers: HashSet<&PeerKey> = peers.iter().collect();
+        self.peers.retain(|k, _| wanted_peers.contains(k));
+        let wanted_tasks: HashSet<&String> = tasks.iter().collect();
+        self.tasks.retain(|t, _| wanted_tasks.contains(t));
+        self.gone.retain(|w| match w {
+            Watched::Peer { key, .. } => wanted_peers.contains(key),
+            Watched::Task { task_id, .. } => wanted_tasks.contains(task_id),
+        });
+    }
+}
+
+/// An event on `cluster_id`, observed now.
+fn event(cluster_id: u64, what: What) -> Event {
+    Event {
+        cluster_id,
+        observed_at_ms: SystemClock.now_ms_signed(),
+        what,
+    }
+}
+
 /// Polls, diffs and publishes; see the module doc.
 pub struct Watcher {
     pub config: WatchConfig,
@@ -114,16 +167,7 @@ impl Watcher {
         let local = self.interest.local();
         if local.is_empty() {
             if !state.clusters.is_empty() || !state.held.is_empty() {
-                tracing::debug!("nothing watched: watcher idles");
-                self.release(state, None).await;
-                state.clusters.clear();
-                // Nobody here listens: nothing to catch up on later.
-                state.resync_due = false;
-                state.seen_subscriptions = 0;
-                state.last_shared = None;
-                for cluster_id in self.cluster.cluster_ids() {
-                    metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(0.0);
-                }
+                self.idle(state).await;
             }
             return;
         }
@@ -145,17 +189,7 @@ impl Watcher {
                 Reach::Local => (&local, local.hosts),
                 Reach::OwnWatches => (&local, false),
             };
-            let (mut peers, mut tasks) = (Vec::new(), Vec::new());
-            for what in wanted
-                .watched
-                .iter()
-                .filter(|w| w.cluster_id() == cluster_id)
-            {
-                match what {
-                    Watched::Peer { key, .. } => peers.push(key.clone()),
-                    Watched::Task { task_id, .. } => tasks.push(task_id.clone()),
-                }
-            }
+            let (peers, tasks) = watched_on(wanted, cluster_id);
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
             jobs.push(async move {
                 let (cluster_state, events) = self
@@ -189,16 +223,36 @@ impl Watcher {
         };
         for (cluster_id, reach, cluster_state, events) in polled {
             state.clusters.insert(cluster_id, cluster_state);
-            for (n, event) in events.into_iter().enumerate() {
-                match reach {
-                    Reach::Everywhere => self.bus.publish(event),
-                    Reach::Local | Reach::OwnWatches => self.bus.publish_local(event),
-                }
-                // Let subscribers drain a large burst (a new leader's
-                // baselines) instead of overrunning the broadcast buffer.
-                if n % 256 == 255 {
-                    tokio::task::yield_now().await;
-                }
+            self.publish(reach, events).await;
+        }
+    }
+
+    /// Nothing is watched any more: gives up the leases and forgets every
+    /// observation.
+    async fn idle(&self, state: &mut State) {
+        tracing::debug!("nothing watched: watcher idles");
+        self.release(state, None).await;
+        state.clusters.clear();
+        // Nobody here listens: nothing to catch up on later.
+        state.resync_due = false;
+        state.seen_subscriptions = 0;
+        state.last_shared = None;
+        for cluster_id in self.cluster.cluster_ids() {
+            metrics::gauge!(metric::LEADER, "cluster" => cluster_id.to_string()).set(0.0);
+        }
+    }
+
+    /// Publishes one cluster's events to every replica or this one alone.
+    async fn publish(&self, reach: Reach, events: Vec<Event>) {
+        for (n, event) in events.into_iter().enumerate() {
+            match reach {
+                Reach::Everywhere => self.bus.publish(event),
+                Reach::Local | Reach::OwnWatches => self.bus.publish_local(event),
+            }
+            // Let subscribers drain a large burst (a new leader's
+            // baselines) instead of overrunning the broadcast buffer.
+            if n % 256 == 255 {
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -232,23 +286,8 @@ impl Watcher {
     /// events do not reach it, it polls itself what it wants on the
     /// clusters it does not lead.
     async fn coordinate(&self, state: &mut State, local: &Wanted) -> Plan {
-        let clusters_of = |wanted: &Wanted| -> BTreeSet<u64> {
-            let mut clusters: BTreeSet<u64> =
-                wanted.watched.iter().map(Watched::cluster_id).collect();
-            if wanted.hosts {
-                clusters.extend(self.cluster.cluster_ids());
-            }
-            clusters
-        };
-        let on_its_own = |wanted: &Wanted| Plan {
-            polls: clusters_of(wanted)
-                .into_iter()
-                .map(|c| (c, Reach::Local))
-                .collect(),
-            wanted: wanted.clone(),
-        };
         if !self.bus.has_redis() {
-            return on_its_own(local);
+            return self.on_its_own(local);
         }
         let started = std::time::Instant::now();
         let timeout = self.bus.redis_timeout();
@@ -259,7 +298,7 @@ impl Watcher {
                 .await
                 .ok_or_else(|| "no Redis".to_string())??;
             let wanted = share(&mut conn, local, self.config.lease_ttl, timeout).await?;
-            let clusters: Vec<u64> = clusters_of(&wanted).into_iter().collect();
+            let clusters: Vec<u64> = self.clusters_of(&wanted).into_iter().collect();
             let held = lease::acquire(
                 &mut conn,
                 &clusters,
@@ -272,30 +311,7 @@ impl Watcher {
         };
         let (wanted, held) = match shared.await {
             Ok(shared) => shared,
-            Err(error) => {
-                if !state.redis_warned {
-                    tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
-                    state.redis_warned = true;
-                }
-                state.resync_due = true;
-                // Leases taken at the last coordination are still ours
-                // until they lapse: keep polling those clusters for every
-                // replica (one Redis hiccup is not a hand-over), the rest
-                // for this replica alone.
-                if let Some((wanted, until)) = &state.last_shared
-                    && std::time::Instant::now() < *until
-                {
-                    let mut plan = on_its_own(local);
-                    for &cluster_id in &state.held {
-                        plan.polls.insert(cluster_id, Reach::Everywhere);
-                    }
-                    plan.wanted = wanted.clone();
-                    return plan;
-                }
-                state.held.clear();
-                state.last_shared = None;
-                return on_its_own(local);
-            }
+            Err(error) => return self.uncoordinated(state, local, &error),
         };
         // The leases' lifetime counts from before the calls that took them.
         state.last_shared = Some((wanted.clone(), started + self.config.lease_ttl));
@@ -304,15 +320,7 @@ impl Watcher {
             state.redis_warned = false;
         }
         let held: BTreeSet<u64> = held.into_iter().collect();
-        for lost in state.held.difference(&held) {
-            tracing::info!(
-                cluster = lost,
-                "no longer polling this cluster (another replica leads)"
-            );
-        }
-        for won in held.difference(&state.held) {
-            tracing::info!(cluster = won, "polling this cluster for every replica");
-        }
+        note_lease_changes(&state.held, &held);
         state.held = held.clone();
 
         let (listening, subscriptions) = self.bus.listening();
@@ -338,6 +346,53 @@ impl Watcher {
             }
         }
         Plan { wanted, polls }
+    }
+
+    /// The clusters `wanted` needs polled.
+    fn clusters_of(&self, wanted: &Wanted) -> BTreeSet<u64> {
+        let mut clusters: BTreeSet<u64> = wanted.watched.iter().map(Watched::cluster_id).collect();
+        if wanted.hosts {
+            clusters.extend(self.cluster.cluster_ids());
+        }
+        clusters
+    }
+
+    /// This replica polls what it wants itself, for itself.
+    fn on_its_own(&self, wanted: &Wanted) -> Plan {
+        Plan {
+            polls: self
+                .clusters_of(wanted)
+                .into_iter()
+                .map(|c| (c, Reach::Local))
+                .collect(),
+            wanted: wanted.clone(),
+        }
+    }
+
+    /// The plan while coordination through Redis fails.
+    fn uncoordinated(&self, state: &mut State, local: &Wanted, error: &str) -> Plan {
+        if !state.redis_warned {
+            tracing::warn!(%error, "watcher cannot coordinate through Redis; this replica polls for itself until it can");
+            state.redis_warned = true;
+        }
+        state.resync_due = true;
+        // Leases taken at the last coordination are still ours
+        // until they lapse: keep polling those clusters for every
+        // replica (one Redis hiccup is not a hand-over), the rest
+        // for this replica alone.
+        if let Some((wanted, until)) = &state.last_shared
+            && std::time::Instant::now() < *until
+        {
+            let mut plan = self.on_its_own(local);
+            for &cluster_id in &state.held {
+                plan.polls.insert(cluster_id, Reach::Everywhere);
+            }
+            plan.wanted = wanted.clone();
+            return plan;
+        }
+        state.held.clear();
+        state.last_shared = None;
+        self.on_its_own(local)
     }
 
     /// Gives up held leases (all, or those outside `keep`).
@@ -367,6 +422,8 @@ impl Watcher {
         }
     }
 
+    /// Polls what is wanted on one cluster and returns its new observations
+    /// with the events that differ from the last ones.
     async fn poll_cluster(
         &self,
         cluster_id: u64,
@@ -376,48 +433,61 @@ impl Watcher {
         tasks: Vec<String>,
     ) -> (ClusterState, Vec<Event>) {
         let mut events = Vec::new();
-        let event = |what| Event {
-            cluster_id,
-            observed_at_ms: SystemClock.now_ms_signed(),
-            what,
-        };
         if hosts {
-            metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
-            match self.cluster.list_hosts(cluster_id, Deadline::NONE).await {
-                Ok(list) => {
-                    let new = snapshot_hosts(list);
-                    if let Some(old) = &state.hosts {
-                        for diff in diff_hosts(old, &new) {
-                            events.push(event(What::Host {
-                                change: diff.change,
-                                host: diff.host,
-                                changed_fields: diff.changed_fields,
-                            }));
-                        }
-                    }
-                    state.hosts = Some(new);
-                }
-                Err(error) => {
-                    tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot")
-                }
-            }
+            self.poll_hosts(cluster_id, &mut state, &mut events).await;
         } else {
             state.hosts = None;
         }
-
-        let wanted_peers: HashSet<&PeerKey> = peers.iter().collect();
-        state.peers.retain(|k, _| wanted_peers.contains(k));
-        let wanted_tasks: HashSet<&String> = tasks.iter().collect();
-        state.tasks.retain(|t, _| wanted_tasks.contains(t));
-        state.gone.retain(|w| match w {
-            Watched::Peer { key, .. } => wanted_peers.contains(key),
-            Watched::Task { task_id, .. } => wanted_tasks.contains(task_id),
-        });
-
-        let concurrency = self.config.poll_concurrency;
+        state.forget_unwatched(&peers, &tasks);
         if !peers.is_empty() {
             metrics::counter!(metric::POLLS, "what" => "peers").increment(peers.len() as u64);
         }
+        self.poll_peers(cluster_id, &mut state, peers, &mut events)
+            .await;
+        if !tasks.is_empty() {
+            metrics::counter!(metric::POLLS, "what" => "tasks").increment(tasks.len() as u64);
+        }
+        self.poll_tasks(cluster_id, &mut state, tasks, &mut events)
+            .await;
+        (state, events)
+    }
+
+    /// Lists the cluster's hosts and reports each host that joined, left or
+    /// changed; a failed poll keeps the last snapshot.
+    async fn poll_hosts(&self, cluster_id: u64, state: &mut ClusterState, events: &mut Vec<Event>) {
+        let event = |what| event(cluster_id, what);
+        metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
+        match self.cluster.list_hosts(cluster_id, Deadline::NONE).await {
+            Ok(list) => {
+                let new = snapshot_hosts(list);
+                if let Some(old) = &state.hosts {
+                    for diff in diff_hosts(old, &new) {
+                        events.push(event(What::Host {
+                            change: diff.change,
+                            host: diff.host,
+                            changed_fields: diff.changed_fields,
+                        }));
+                    }
+                }
+                state.hosts = Some(new);
+            }
+            Err(error) => {
+                tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot")
+            }
+        }
+    }
+
+    /// Asks for each watched peer and reports its first sight, each state
+    /// change, and (once) its disappearance.
+    async fn poll_peers(
+        &self,
+        cluster_id: u64,
+        state: &mut ClusterState,
+        peers: Vec<PeerKey>,
+        events: &mut Vec<Event>,
+    ) {
+        let event = |what| event(cluster_id, what);
+        let concurrency = self.config.poll_concurrency;
         let mut answers = futures::stream::iter(peers)
             .map(|key| async move {
                 let answer = self
@@ -468,11 +538,19 @@ impl Watcher {
                 Err(error) => tracing::debug!(cluster_id, %error, "peer poll failed"),
             }
         }
-        drop(answers);
+    }
 
-        if !tasks.is_empty() {
-            metrics::counter!(metric::POLLS, "what" => "tasks").increment(tasks.len() as u64);
-        }
+    /// Asks for each watched task and reports its first sight, each change
+    /// of its fields, and (once) its disappearance.
+    async fn poll_tasks(
+        &self,
+        cluster_id: u64,
+        state: &mut ClusterState,
+        tasks: Vec<String>,
+        events: &mut Vec<Event>,
+    ) {
+        let event = |what| event(cluster_id, what);
+        let concurrency = self.config.poll_concurrency;
         let mut answers = futures::stream::iter(tasks)
             .map(|task_id| async move {
                 let answer = self
@@ -525,8 +603,6 @@ impl Watcher {
                 Err(error) => tracing::debug!(cluster_id, %error, "task poll failed"),
             }
         }
-        drop(answers);
-        (state, events)
     }
 
     /// Probes every scheduler and reports those whose reachability or

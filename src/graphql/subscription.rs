@@ -23,6 +23,7 @@ use crate::deadline::Deadline;
 use crate::events::diff::{only_resources, task_fields};
 use crate::events::{Event, HostChange, Watched, What};
 use crate::ids::PeerKey;
+use crate::proto::common::v2::{Peer as WirePeer, Task as WireTask};
 
 pub struct Subscription;
 
@@ -122,6 +123,73 @@ fn too_many(e: impl std::fmt::Display) -> async_graphql::Error {
     coded("TOO_MANY_WATCHED", e.to_string())
 }
 
+/// The cluster of a watched peer and its current state: asked of its
+/// scheduler, not a cached copy up to a fresh TTL old (the cached one only
+/// when the scheduler cannot answer).
+async fn current_peer(
+    ctx: &Context<'_>,
+    state: &GatewayState,
+    key: &PeerKey,
+    clusters: &[u64],
+) -> Result<(u64, Arc<WirePeer>)> {
+    let found = ctx
+        .data::<Loaders>()?
+        .find_peers(std::slice::from_ref(key), clusters)
+        .await?
+        .pop()
+        .unwrap_or(Ok(None))?;
+    let Some(cached) = found else {
+        return Err(coded("NOT_FOUND", "no such peer"));
+    };
+    let cluster_id = cached.cluster_id;
+    let current = match state
+        .cluster
+        .stat_peer(cluster_id, key, Deadline::NONE)
+        .await
+    {
+        Ok(peer) => Arc::new(peer),
+        Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such peer")),
+        Err(e) => {
+            tracing::debug!(error = %e, "current peer state unavailable; using the cached one");
+            cached.peer.clone()
+        }
+    };
+    Ok((cluster_id, current))
+}
+
+/// The cluster of a watched task and the task as its scheduler has it now
+/// (the cached copy only when the scheduler cannot answer).
+async fn current_task(
+    ctx: &Context<'_>,
+    state: &GatewayState,
+    id: &ID,
+    clusters: &[u64],
+) -> Result<(u64, Arc<WireTask>)> {
+    let found = ctx
+        .data::<Loaders>()?
+        .find_tasks(std::slice::from_ref(&id.0), clusters)
+        .await?
+        .pop()
+        .unwrap_or(Ok(None))?;
+    let Some(cached) = found else {
+        return Err(coded("NOT_FOUND", "no such task"));
+    };
+    let cluster_id = cached.cluster_id;
+    let current = match state
+        .cluster
+        .stat_task(cluster_id, id, Deadline::NONE)
+        .await
+    {
+        Ok(task) => Arc::new(task),
+        Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such task")),
+        Err(e) => {
+            tracing::debug!(error = %e, "current task unavailable; using the cached one");
+            cached.task.clone()
+        }
+    };
+    Ok((cluster_id, current))
+}
+
 #[GqlSubscription]
 impl Subscription {
     /// Hosts joining, leaving or changing, in the clusters and with the
@@ -202,29 +270,7 @@ impl Subscription {
         // Listening starts before the lookup, so no change between the two
         // goes unheard.
         let mut rx = state.events.bus.subscribe();
-        let found = ctx
-            .data::<Loaders>()?
-            .find_peers(std::slice::from_ref(&key), &clusters)
-            .await?
-            .pop()
-            .unwrap_or(Ok(None))?;
-        let Some(cached) = found else {
-            return Err(coded("NOT_FOUND", "no such peer"));
-        };
-        let cluster_id = cached.cluster_id;
-        // The current state, not a cached copy up to a fresh TTL old.
-        let current = match state
-            .cluster
-            .stat_peer(cluster_id, &key, Deadline::NONE)
-            .await
-        {
-            Ok(peer) => Arc::new(peer),
-            Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such peer")),
-            Err(e) => {
-                tracing::debug!(error = %e, "current peer state unavailable; using the cached one");
-                cached.peer.clone()
-            }
-        };
+        let (cluster_id, current) = current_peer(ctx, state, &key, &clusters).await?;
         let interest = state
             .events
             .interest
@@ -293,28 +339,7 @@ impl Subscription {
         let state = ctx.data::<GatewayState>()?;
         let clusters = Query::clusters(ctx, scheduler_cluster_id.as_ref())?;
         let mut rx = state.events.bus.subscribe();
-        let found = ctx
-            .data::<Loaders>()?
-            .find_tasks(std::slice::from_ref(&id.0), &clusters)
-            .await?
-            .pop()
-            .unwrap_or(Ok(None))?;
-        let Some(cached) = found else {
-            return Err(coded("NOT_FOUND", "no such task"));
-        };
-        let cluster_id = cached.cluster_id;
-        let current = match state
-            .cluster
-            .stat_task(cluster_id, &id, Deadline::NONE)
-            .await
-        {
-            Ok(task) => Arc::new(task),
-            Err(ClusterError::NotFound) => return Err(coded("NOT_FOUND", "no such task")),
-            Err(e) => {
-                tracing::debug!(error = %e, "current task unavailable; using the cached one");
-                cached.task.clone()
-            }
-        };
+        let (cluster_id, current) = current_task(ctx, state, &id, &clusters).await?;
         let interest = state
             .events
             .interest

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -120,49 +121,9 @@ pub async fn serve(
     client: Option<std::net::IpAddr>,
 ) {
     let limits = app.subscriptions.clone();
-    let (mut sink, mut incoming) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
-    let writer = tokio::spawn(async move {
-        let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
-        let mut stamps = Vec::new();
-        'write: while let Some(first) = out_rx.recv().await {
-            // Whatever else is queued goes out in the same flush: one
-            // syscall for a burst of events, not one per message.
-            let mut next = Some(first);
-            while let Some(out) = next.take() {
-                let message = match out {
-                    Out::Text(text, stamp) => {
-                        stamps.extend(stamp);
-                        Message::Text(Utf8Bytes::from(text))
-                    }
-                    Out::Ping => Message::Ping(Default::default()),
-                    Out::Close(code, reason) => {
-                        let frame = CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from(close_reason(reason)),
-                        };
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                        break 'write;
-                    }
-                };
-                if sink.feed(message).await.is_err() {
-                    break 'write;
-                }
-                if stamps.len() < 64 {
-                    next = out_rx.try_recv().ok();
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-            let now = SystemClock.now_ms_signed();
-            for observed in stamps.drain(..) {
-                delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
-            }
-        }
-        let _ = sink.close().await;
-    });
-
+    let (sink, mut incoming) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
+    let writer = tokio::spawn(write_queued(sink, out_rx));
     let mut conn = Connection {
         protocol,
         app,
@@ -175,91 +136,56 @@ pub async fn serve(
         client,
         slow: CancellationToken::new(),
     };
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let init_deadline = tokio::time::sleep(conn.limits.config.init_timeout);
-    tokio::pin!(init_deadline);
-    let keep_alive = conn.limits.config.keep_alive;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
-    let mut last_heard = Instant::now();
-    let mut next_op = 0u64;
+    let end = conn.run(&mut incoming, &stop).await;
+    conn.close(end, writer).await;
+}
 
-    let end = loop {
-        tokio::select! {
-            // Finished operations first, so a client that reuses an id
-            // right after `complete` is not told it already exists.
-            biased;
-            Some(Done { id, serial, ended }) = done_rx.recv() => {
-                if let Some(op) = conn.ops.get_mut(&id).filter(|op| op.serial == serial) {
-                    if ended {
-                        conn.ops.remove(&id);
-                    } else {
-                        op.finishing = true;
-                    }
+/// Writes what the connection queues to the socket until it queues a close
+/// or the socket fails, and records each event's delivery lag.
+async fn write_queued(mut sink: SplitSink<WebSocket, Message>, mut out_rx: mpsc::Receiver<Out>) {
+    let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
+    let mut stamps = Vec::new();
+    'write: while let Some(first) = out_rx.recv().await {
+        // Whatever else is queued goes out in the same flush: one
+        // syscall for a burst of events, not one per message.
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            let message = match out {
+                Out::Text(text, stamp) => {
+                    stamps.extend(stamp);
+                    Message::Text(Utf8Bytes::from(text))
                 }
+                Out::Ping => Message::Ping(Default::default()),
+                Out::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from(close_reason(reason)),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break 'write;
+                }
+            };
+            if sink.feed(message).await.is_err() {
+                break 'write;
             }
-            _ = &mut init_deadline, if conn.init.is_none() => {
-                break End::Close(4408, "Connection initialisation timeout".into());
-            }
-            _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
-            _ = until(conn.expires_at()) => break End::Close(4403, "Forbidden: the token has expired".into()),
-            _ = conn.slow.cancelled() => break End::Gone,
-            _ = ping.tick() => {
-                if last_heard.elapsed() > conn.limits.config.idle_timeout {
-                    break End::Close(1000, "idle timeout: nothing received".into());
-                }
-                let keepalive = match conn.protocol {
-                    Protocol::Transport => json!({"type": "ping"}),
-                    Protocol::Legacy => json!({"type": "ka"}),
-                };
-                // Both: the protocol ping for clients that expect one, a
-                // websocket ping for liveness (browsers answer it).
-                if conn.init.is_some() || conn.protocol == Protocol::Transport {
-                    conn.send_now(keepalive);
-                }
-                let _ = conn.out.try_send(Out::Ping);
-            }
-            frame = incoming.next() => {
-                let Some(Ok(frame)) = frame else {
-                    // A frame over the size limit also ends up here.
-                    break End::Gone;
-                };
-                last_heard = Instant::now();
-                let text = match frame {
-                    Message::Text(text) => text,
-                    Message::Binary(_) => break End::Close(4400, "binary messages are not part of the protocol".into()),
-                    Message::Close(_) => break End::Gone,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                };
-                if let Some(end) = conn.handle(text.as_str(), &done_tx, &mut next_op).await {
-                    break end;
-                }
+            if stamps.len() < 64 {
+                next = out_rx.try_recv().ok();
             }
         }
-    };
+        if sink.flush().await.is_err() {
+            break;
+        }
+        let now = SystemClock.now_ms_signed();
+        for observed in stamps.drain(..) {
+            delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
+        }
+    }
+    let _ = sink.close().await;
+}
 
-    for (_, op) in conn.ops.drain() {
-        op.task.abort();
-    }
-    if let End::Close(code, reason) = end {
-        tracing::debug!(code, %reason, "closing websocket");
-        // Behind whatever is queued: a client that is reading gets it.
-        let _ = conn
-            .out
-            .send_timeout(Out::Close(code, reason), Duration::from_secs(1))
-            .await;
-    }
-    let slow_after = conn.limits.config.slow_consumer_timeout;
-    drop(conn);
-    // A writer stuck on a client that does not read would hold the socket
-    // and its buffers forever: give it a moment to say goodbye, then end it.
-    let writer_abort = writer.abort_handle();
-    if tokio::time::timeout(slow_after.min(Duration::from_secs(2)), writer)
-        .await
-        .is_err()
-    {
-        writer_abort.abort();
-        tracing::debug!("websocket writer did not finish in time; aborted");
-    }
+/// Ends a connection over a message that breaks the protocol.
+fn invalid(why: &str) -> Option<End> {
+    Some(End::Close(4400, why.to_string()))
 }
 
 /// An operation of a connection.
@@ -299,6 +225,105 @@ struct Connection {
 }
 
 impl Connection {
+    /// Answers the client, pings it and watches its deadlines until
+    /// something ends the connection.
+    async fn run(
+        &mut self,
+        incoming: &mut SplitStream<WebSocket>,
+        stop: &CancellationToken,
+    ) -> End {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let init_deadline = tokio::time::sleep(self.limits.config.init_timeout);
+        tokio::pin!(init_deadline);
+        let keep_alive = self.limits.config.keep_alive;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        let mut last_heard = Instant::now();
+        let mut next_op = 0u64;
+
+        loop {
+            tokio::select! {
+                // Finished operations first, so a client that reuses an id
+                // right after `complete` is not told it already exists.
+                biased;
+                Some(Done { id, serial, ended }) = done_rx.recv() => {
+                    if let Some(op) = self.ops.get_mut(&id).filter(|op| op.serial == serial) {
+                        if ended {
+                            self.ops.remove(&id);
+                        } else {
+                            op.finishing = true;
+                        }
+                    }
+                }
+                _ = &mut init_deadline, if self.init.is_none() => {
+                    break End::Close(4408, "Connection initialisation timeout".into());
+                }
+                _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
+                _ = until(self.expires_at()) => break End::Close(4403, "Forbidden: the token has expired".into()),
+                _ = self.slow.cancelled() => break End::Gone,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.limits.config.idle_timeout {
+                        break End::Close(1000, "idle timeout: nothing received".into());
+                    }
+                    let keepalive = match self.protocol {
+                        Protocol::Transport => json!({"type": "ping"}),
+                        Protocol::Legacy => json!({"type": "ka"}),
+                    };
+                    // Both: the protocol ping for clients that expect one, a
+                    // websocket ping for liveness (browsers answer it).
+                    if self.init.is_some() || self.protocol == Protocol::Transport {
+                        self.send_now(keepalive);
+                    }
+                    let _ = self.out.try_send(Out::Ping);
+                }
+                frame = incoming.next() => {
+                    let Some(Ok(frame)) = frame else {
+                        // A frame over the size limit also ends up here.
+                        break End::Gone;
+                    };
+                    last_heard = Instant::now();
+                    let text = match frame {
+                        Message::Text(text) => text,
+                        Message::Binary(_) => break End::Close(4400, "binary messages are not part of the protocol".into()),
+                        Message::Close(_) => break End::Gone,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                    };
+                    if let Some(end) = self.handle(text.as_str(), &done_tx, &mut next_op).await {
+                        break end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the operations, says goodbye when there is something to say,
+    /// and gives the writer a moment to flush it.
+    async fn close(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
+        for (_, op) in self.ops.drain() {
+            op.task.abort();
+        }
+        if let End::Close(code, reason) = end {
+            tracing::debug!(code, %reason, "closing websocket");
+            // Behind whatever is queued: a client that is reading gets it.
+            let _ = self
+                .out
+                .send_timeout(Out::Close(code, reason), Duration::from_secs(1))
+                .await;
+        }
+        let slow_after = self.limits.config.slow_consumer_timeout;
+        drop(self);
+        // A writer stuck on a client that does not read would hold the socket
+        // and its buffers forever: give it a moment to say goodbye, then end it.
+        let writer_abort = writer.abort_handle();
+        if tokio::time::timeout(slow_after.min(Duration::from_secs(2)), writer)
+            .await
+            .is_err()
+        {
+            writer_abort.abort();
+            tracing::debug!("websocket writer did not finish in time; aborted");
+        }
+    }
+
     /// Queues a control message; a full queue means a client that does
     /// not read, which the forwarders notice and disconnect.
     fn send_now(&self, message: Value) {
@@ -326,37 +351,16 @@ impl Connection {
         done: &mpsc::UnboundedSender<Done>,
         next_op: &mut u64,
     ) -> Option<End> {
-        let bad = |why: &str| Some(End::Close(4400, why.to_string()));
         let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-            return bad("Invalid message received: not a JSON object");
+            return invalid("Invalid message received: not a JSON object");
         };
         let Some(kind) = message.get("type").and_then(Value::as_str) else {
-            return bad("Invalid message received: no type");
+            return invalid("Invalid message received: no type");
         };
         let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
         let payload = message.get("payload").cloned().unwrap_or(Value::Null);
         match (self.protocol, kind) {
-            (_, "connection_init") => {
-                if self.init.is_some() {
-                    return Some(End::Close(4429, "Too many initialisation requests".into()));
-                }
-                if !matches!(payload, Value::Object(_) | Value::Null) {
-                    return bad(
-                        "Invalid message received: connection_init payload must be an object",
-                    );
-                }
-                let token = init_token(&payload).or_else(|| self.upgrade_token.clone());
-                match self.app.auth.authenticate(token.as_deref()).await {
-                    Ok(principal) => self.principal = Some(principal),
-                    Err(e) => return Some(End::Close(4403, format!("Forbidden: {e}"))),
-                }
-                self.init = Some(ConnectionInitPayload(payload));
-                self.send_now(json!({"type": "connection_ack"}));
-                if self.protocol == Protocol::Legacy {
-                    self.send_now(json!({"type": "ka"}));
-                }
-                None
-            }
+            (_, "connection_init") => self.connection_init(payload).await,
             (Protocol::Transport, "ping") => {
                 let mut pong = json!({"type": "pong"});
                 if !payload.is_null() {
@@ -367,53 +371,7 @@ impl Connection {
             }
             (Protocol::Transport, "pong") => None,
             (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
-                if self.init.is_none() {
-                    return Some(End::Close(4401, "Unauthorized".into()));
-                }
-                let Some(id) = id.filter(|id| !id.is_empty()) else {
-                    return bad("Invalid message received: subscribe without an id");
-                };
-                let mut request = match serde_json::from_value::<async_graphql::Request>(payload) {
-                    Ok(request) => request,
-                    Err(e) => {
-                        return Some(End::Close(
-                            4400,
-                            format!("Invalid message received: payload: {e}"),
-                        ));
-                    }
-                };
-                if let Some(running) = self.ops.get(&id) {
-                    // One that is only telling its client it ended has
-                    // told it already (or the client moved on): the id is
-                    // free again.
-                    if self.protocol == Protocol::Transport && !running.finishing {
-                        return Some(End::Close(
-                            4409,
-                            format!("Subscriber for {id} already exists"),
-                        ));
-                    }
-                    // subscriptions-transport-ws replaced the old operation.
-                    running.task.abort();
-                    self.ops.remove(&id);
-                }
-                // Each operation draws from the client's bucket, as an
-                // HTTP request does: one socket is no way around the limit.
-                if let Some(client) = self.client {
-                    let key = super::rate_limit::ClientKey::new(self.principal.as_ref(), client);
-                    if let Err(wait) = self.app.rate_limit.check(&key) {
-                        super::rate_limit::count_refusal("subscribe");
-                        self.refuse_operation(&id, super::rate_limit::error(wait));
-                        return None;
-                    }
-                }
-                // The safelist holds here as over HTTP.
-                if let Err(e) = self.app.persisted.resolve(&mut request).await {
-                    let error = json!({"message": e.to_string(), "extensions": {"code": e.code()}});
-                    self.refuse_operation(&id, error);
-                    return None;
-                }
-                self.start(id, request, done, next_op);
-                None
+                self.subscribe(id, payload, done, next_op).await
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
                 let Some(id) = id else {
@@ -437,6 +395,106 @@ impl Connection {
         }
     }
 
+    /// `connection_init`: authenticates the caller and acknowledges.
+    async fn connection_init(&mut self, payload: Value) -> Option<End> {
+        if self.init.is_some() {
+            return Some(End::Close(4429, "Too many initialisation requests".into()));
+        }
+        if !matches!(payload, Value::Object(_) | Value::Null) {
+            return invalid("Invalid message received: connection_init payload must be an object");
+        }
+        let token = init_token(&payload).or_else(|| self.upgrade_token.clone());
+        match self.app.auth.authenticate(token.as_deref()).await {
+            Ok(principal) => self.principal = Some(principal),
+            Err(e) => return Some(End::Close(4403, format!("Forbidden: {e}"))),
+        }
+        self.init = Some(ConnectionInitPayload(payload));
+        self.send_now(json!({"type": "connection_ack"}));
+        if self.protocol == Protocol::Legacy {
+            self.send_now(json!({"type": "ka"}));
+        }
+        None
+    }
+
+    /// `subscribe` (`start`): checks the id, the rate limit and the
+    /// safelist, then starts the operation.
+    async fn subscribe(
+        &mut self,
+        id: Option<String>,
+        payload: Value,
+        done: &mpsc::UnboundedSender<Done>,
+        next_op: &mut u64,
+    ) -> Option<End> {
+        if self.init.is_none() {
+            return Some(End::Close(4401, "Unauthorized".into()));
+        }
+        let Some(id) = id.filter(|id| !id.is_empty()) else {
+            return invalid("Invalid message received: subscribe without an id");
+        };
+        let mut request = match serde_json::from_value::<async_graphql::Request>(payload) {
+            Ok(request) => request,
+            Err(e) => {
+                return Some(End::Close(
+                    4400,
+                    format!("Invalid message received: payload: {e}"),
+                ));
+            }
+        };
+        if let Some(running) = self.ops.get(&id) {
+            // One that is only telling its client it ended has
+            // told it already (or the client moved on): the id is
+            // free again.
+            if self.protocol == Protocol::Transport && !running.finishing {
+                return Some(End::Close(
+                    4409,
+                    format!("Subscriber for {id} already exists"),
+                ));
+            }
+            // subscriptions-transport-ws replaced the old operation.
+            running.task.abort();
+            self.ops.remove(&id);
+        }
+        // Each operation draws from the client's bucket, as an
+        // HTTP request does: one socket is no way around the limit.
+        if let Some(client) = self.client {
+            let key = super::rate_limit::ClientKey::new(self.principal.as_ref(), client);
+            if let Err(wait) = self.app.rate_limit.check(&key) {
+                super::rate_limit::count_refusal("subscribe");
+                self.refuse_operation(&id, super::rate_limit::error(wait));
+                return None;
+            }
+        }
+        // The safelist holds here as over HTTP.
+        if let Err(e) = self.app.persisted.resolve(&mut request).await {
+            let error = json!({"message": e.to_string(), "extensions": {"code": e.code()}});
+            self.refuse_operation(&id, error);
+            return None;
+        }
+        self.start(id, request, done, next_op);
+        None
+    }
+
+    /// A subscription slot for operation `id`, within the connection's and
+    /// the server's limits; refuses the operation when there is none.
+    fn take_slot(&self, id: &str) -> Option<Slot> {
+        let limit = self.limits.config.per_connection;
+        let slot = if self.ops.len() >= limit {
+            None
+        } else {
+            self.limits.try_take()
+        };
+        if slot.is_none() {
+            let why = if self.ops.len() >= limit {
+                format!("at most {limit} operations per connection")
+            } else {
+                "the server runs as many subscriptions as it may; try again later".to_string()
+            };
+            let error = json!({"message": why, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
+            self.refuse_operation(id, error);
+        }
+        slot
+    }
+
     fn start(
         &mut self,
         id: String,
@@ -444,20 +502,7 @@ impl Connection {
         done: &mpsc::UnboundedSender<Done>,
         next_op: &mut u64,
     ) {
-        let limit = self.limits.config.per_connection;
-        let slot = if self.ops.len() >= limit {
-            None
-        } else {
-            self.limits.try_take()
-        };
-        let Some(slot) = slot else {
-            let why = if self.ops.len() >= limit {
-                format!("at most {limit} operations per connection")
-            } else {
-                "the server runs as many subscriptions as it may; try again later".to_string()
-            };
-            let error = json!({"message": why, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
-            self.refuse_operation(&id, error);
+        let Some(slot) = self.take_slot(&id) else {
             return;
         };
         *next_op += 1;
@@ -496,39 +541,7 @@ impl Connection {
         let op_id = id.clone();
         let task = tokio::spawn(async move {
             let (_slot, _live) = (slot, live);
-            let ended = match source {
-                Source::Own(schema, request) => sender.own(&schema, *request).await,
-                Source::Shared((shared, frames)) => sender.shared(shared, frames).await,
-            };
-            // Finishing before the last message is queued, so a client
-            // that reuses the id as soon as it reads it is not told it
-            // exists; still abortable until the very end.
-            let _ = done.send(Done {
-                id: op_id.clone(),
-                serial,
-                ended: false,
-            });
-            match ended {
-                Ended::Completed { last } => {
-                    let delivered = match last {
-                        Some(last) => sender.queue(last, None).await,
-                        None => true,
-                    };
-                    if delivered {
-                        let complete = format!(r#"{{"type":"complete","id":{}}}"#, sender.id_json);
-                        sender.queue(complete, None).await;
-                    }
-                }
-                Ended::Refused(error) => {
-                    sender.queue(error, None).await;
-                }
-                Ended::Quietly => {}
-            }
-            let _ = done.send(Done {
-                id: op_id,
-                serial,
-                ended: true,
-            });
+            sender.deliver(source, done, op_id, serial).await;
         });
         self.ops.insert(
             id,
@@ -575,6 +588,50 @@ struct Sender {
 }
 
 impl Sender {
+    /// Runs one operation to its end and tells the connection when it is
+    /// finishing and when it is gone.
+    async fn deliver(
+        self,
+        source: Source,
+        done: mpsc::UnboundedSender<Done>,
+        op_id: String,
+        serial: u64,
+    ) {
+        let ended = match source {
+            Source::Own(schema, request) => self.own(&schema, *request).await,
+            Source::Shared((shared, frames)) => self.shared(shared, frames).await,
+        };
+        // Finishing before the last message is queued, so a client
+        // that reuses the id as soon as it reads it is not told it
+        // exists; still abortable until the very end.
+        let _ = done.send(Done {
+            id: op_id.clone(),
+            serial,
+            ended: false,
+        });
+        match ended {
+            Ended::Completed { last } => {
+                let delivered = match last {
+                    Some(last) => self.queue(last, None).await,
+                    None => true,
+                };
+                if delivered {
+                    let complete = format!(r#"{{"type":"complete","id":{}}}"#, self.id_json);
+                    self.queue(complete, None).await;
+                }
+            }
+            Ended::Refused(error) => {
+                self.queue(error, None).await;
+            }
+            Ended::Quietly => {}
+        }
+        let _ = done.send(Done {
+            id: op_id,
+            serial,
+            ended: true,
+        });
+    }
+
     /// Queues a message; false (and the connection marked slow) when the
     /// client has not made room within the slow-consumer timeout.
     async fn queue(&self, text: String, stamp: Option<i64>) -> bool {

@@ -302,53 +302,52 @@ async fn send(
     Ok(())
 }
 
-/// Runs a benchmark as `args` describe.
-pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
-    let (sim, gateway) = match &args.target {
-        Some(_) => (None, None),
-        None => {
-            let sim = SimCluster::start(SimConfig {
-                clusters: args.clusters,
-                schedulers_per_cluster: args.schedulers_per_cluster,
-                hosts: args.hosts,
-                tasks: args.tasks,
-                peers_per_task: args.peers_per_task,
-                tick_interval: None,
-                ..SimConfig::default()
-            })
-            .await
-            .map_err(|e| BenchError::Simulator(e.to_string()))?;
-            if let Some(latency) = args.scheduler_latency {
-                for s in sim.schedulers() {
-                    sim.set_latency(s.addr, latency);
-                }
-            }
-            let mut config = Config {
-                listen: "127.0.0.1:0"
-                    .parse()
-                    .map_err(|e| BenchError::Scenario(format!("{e}")))?,
-                schedulers: sim
-                    .schedulers()
-                    .iter()
-                    .map(|s| format!("{}={}", s.cluster_id, s.addr))
-                    .collect(),
-                redis: args.redis.clone(),
-                ..Config::default()
-            };
-            config.cache.enabled = !args.no_cache;
-            config.watch.enabled = !args.no_watch;
-            config.limits.max_complexity = 1_000_000;
-            let gateway = Gateway::start(config).await?;
-            (Some(sim), Some(gateway))
+/// The simulated cluster `args` describe and a gateway in front of it.
+async fn start_in_process(args: &BenchArgs) -> Result<(SimCluster, Gateway), BenchError> {
+    let sim = SimCluster::start(SimConfig {
+        clusters: args.clusters,
+        schedulers_per_cluster: args.schedulers_per_cluster,
+        hosts: args.hosts,
+        tasks: args.tasks,
+        peers_per_task: args.peers_per_task,
+        tick_interval: None,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Simulator(e.to_string()))?;
+    if let Some(latency) = args.scheduler_latency {
+        for s in sim.schedulers() {
+            sim.set_latency(s.addr, latency);
         }
+    }
+    let mut config = Config {
+        listen: "127.0.0.1:0"
+            .parse()
+            .map_err(|e| BenchError::Scenario(format!("{e}")))?,
+        schedulers: sim
+            .schedulers()
+            .iter()
+            .map(|s| format!("{}={}", s.cluster_id, s.addr))
+            .collect(),
+        redis: args.redis.clone(),
+        ..Config::default()
     };
-    let base = match (&args.target, &gateway) {
-        (Some(target), _) => target.trim_end_matches('/').to_owned(),
-        (None, Some(g)) => g.url(),
-        (None, None) => return Err(BenchError::Scenario("no gateway".into())),
-    };
-    let operation = if args.scenario == Scenario::RawListHosts {
-        let sim = sim.as_ref().ok_or_else(|| {
+    config.cache.enabled = !args.no_cache;
+    config.watch.enabled = !args.no_watch;
+    config.limits.max_complexity = 1_000_000;
+    let gateway = Gateway::start(config).await?;
+    Ok((sim, gateway))
+}
+
+/// What one request of the scenario is: a GraphQL request to the gateway
+/// at `base`, or (raw-list-hosts) a `ListHosts` straight to the schedulers.
+async fn operation(
+    args: &BenchArgs,
+    sim: Option<&SimCluster>,
+    base: &str,
+) -> Result<Operation, BenchError> {
+    Ok(if args.scenario == Scenario::RawListHosts {
+        let sim = sim.ok_or_else(|| {
             BenchError::Scenario("the raw-list-hosts scenario needs the in-process cluster".into())
         })?;
         raw_list_hosts_operation(sim).await?
@@ -358,9 +357,38 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| BenchError::Scenario(format!("HTTP client: {e}")))?;
-        let requests = Arc::new(args.scenario.requests(sim.as_ref())?);
+        let requests = Arc::new(args.scenario.requests(sim)?);
         graphql_operation(http, format!("{base}/graphql"), requests)
+    })
+}
+
+/// The scheduler RPCs the run caused, by method (those made at all).
+fn scheduler_rpcs(sim: &SimCluster) -> BTreeMap<String, u64> {
+    let mut rpcs = BTreeMap::new();
+    for method in Method::ALL {
+        let n = sim.total_rpc_count(method);
+        if n > 0 {
+            rpcs.insert(format!("{method:?}"), n);
+        }
+    }
+    rpcs
+}
+
+/// Runs a benchmark as `args` describe.
+pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+    let (sim, gateway) = match &args.target {
+        Some(_) => (None, None),
+        None => {
+            let (sim, gateway) = start_in_process(args).await?;
+            (Some(sim), Some(gateway))
+        }
     };
+    let base = match (&args.target, &gateway) {
+        (Some(target), _) => target.trim_end_matches('/').to_owned(),
+        (None, Some(g)) => g.url(),
+        (None, None) => return Err(BenchError::Scenario("no gateway".into())),
+    };
+    let operation = operation(args, sim.as_ref(), &base).await?;
 
     // Warm-up: untimed, fills caches and connection pools.
     if !args.warmup.is_zero() {
@@ -373,15 +401,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let (histogram, tally, elapsed, timeline) =
         drive(&operation, args.clients, args.duration, args.rate).await;
     let rss_after = rss_mib();
-    let mut scheduler_rpcs = BTreeMap::new();
-    if let Some(sim) = &sim {
-        for method in Method::ALL {
-            let n = sim.total_rpc_count(method);
-            if n > 0 {
-                scheduler_rpcs.insert(format!("{method:?}"), n);
-            }
-        }
-    }
+    let scheduler_rpcs = sim.as_ref().map(scheduler_rpcs).unwrap_or_default();
     let n = tally.requests.load(Ordering::Relaxed);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let hits = tally.cache_hits.load(Ordering::Relaxed);
@@ -437,87 +457,134 @@ async fn drive(
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let deadline = started + duration;
-    // 1 µs to 120 s at 3 significant digits.
-    let new_histogram = || {
-        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
-            .expect("constant histogram bounds are valid")
-    };
     let mut total = new_histogram();
     let mut timeline = Vec::new();
+    let run = Run {
+        operation,
+        tally: &tally,
+        started,
+        deadline,
+    };
     match rate {
-        None => {
-            let mut workers = Vec::new();
-            for client in 0..clients.max(1) {
-                let (operation, tally) = (operation.clone(), tally.clone());
-                let mut histogram = new_histogram();
-                workers.push(tokio::spawn(async move {
-                    let mut samples = Vec::new();
-                    let mut i = client;
-                    while Instant::now() < deadline {
-                        let sent = Instant::now();
-                        let outcome = operation(i, tally.clone()).await;
-                        i += 1;
-                        let latency = sent.elapsed().as_micros() as u64;
-                        let _ = histogram.record(latency);
-                        samples.push(Sample {
-                            at: sent.duration_since(started),
-                            latency_us: latency,
-                            ok: outcome.is_ok(),
-                        });
-                        tally.requests.fetch_add(1, Ordering::Relaxed);
-                        if let Err(cause) = outcome {
-                            *tally.errors.lock().await.entry(cause).or_default() += 1;
-                        }
-                    }
-                    (histogram, samples)
-                }));
-            }
-            for worker in workers {
-                if let Ok((h, mut s)) = worker.await {
-                    let _ = total.add(h);
-                    timeline.append(&mut s);
-                }
-            }
-        }
-        Some(rate) => {
-            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let limit = Arc::new(tokio::sync::Semaphore::new(clients.max(1)));
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let mut i = 0usize;
-            let mut intended = Instant::now();
-            while intended < deadline {
-                tokio::time::sleep_until(intended.into()).await;
-                let (operation, tally, tx, limit) =
-                    (operation.clone(), tally.clone(), tx.clone(), limit.clone());
-                let start = intended;
-                let index = i;
-                tokio::spawn(async move {
-                    let Ok(_permit) = limit.acquire_owned().await else {
-                        return;
-                    };
-                    let outcome = operation(index, tally.clone()).await;
-                    // Measured from when the request should have started.
-                    let _ = tx.send(Sample {
-                        at: start.duration_since(started),
-                        latency_us: start.elapsed().as_micros() as u64,
-                        ok: outcome.is_ok(),
-                    });
-                    tally.requests.fetch_add(1, Ordering::Relaxed);
-                    if let Err(cause) = outcome {
-                        *tally.errors.lock().await.entry(cause).or_default() += 1;
-                    }
-                });
-                i += 1;
-                intended += period;
-            }
-            drop(tx);
-            while let Some(sample) = rx.recv().await {
-                let _ = total.record(sample.latency_us);
-                timeline.push(sample);
-            }
-        }
+        None => closed_loop(run, clients, &mut total, &mut timeline).await,
+        Some(rate) => fixed_rate(run, clients, rate, &mut total, &mut timeline).await,
     }
     (total, tally, started.elapsed(), timeline)
+}
+
+/// 1 µs to 120 s at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)
+        .expect("constant histogram bounds are valid")
+}
+
+/// What every way of driving requests shares.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    operation: &'a Operation,
+    tally: &'a Arc<Tally>,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// `clients` workers, each sending its next request when the last one is
+/// answered, until the deadline.
+async fn closed_loop(
+    run: Run<'_>,
+    clients: usize,
+    total: &mut Histogram<u64>,
+    timeline: &mut Vec<Sample>,
+) {
+    let Run {
+        operation,
+        tally,
+        started,
+        deadline,
+    } = run;
+    let mut workers = Vec::new();
+    for client in 0..clients.max(1) {
+        let (operation, tally) = (operation.clone(), tally.clone());
+        let mut histogram = new_histogram();
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut i = client;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let outcome = operation(i, tally.clone()).await;
+                i += 1;
+                let latency = sent.elapsed().as_micros() as u64;
+                let _ = histogram.record(latency);
+                samples.push(Sample {
+                    at: sent.duration_since(started),
+                    latency_us: latency,
+                    ok: outcome.is_ok(),
+                });
+                tally.requests.fetch_add(1, Ordering::Relaxed);
+                if let Err(cause) = outcome {
+                    *tally.errors.lock().await.entry(cause).or_default() += 1;
+                }
+            }
+            (histogram, samples)
+        }));
+    }
+    for worker in workers {
+        if let Ok((h, mut s)) = worker.await {
+            let _ = total.add(h);
+            timeline.append(&mut s);
+        }
+    }
+}
+
+/// Requests started at `rate` per second until the deadline, at most
+/// `clients` in flight; latency counts from when each should have started.
+async fn fixed_rate(
+    run: Run<'_>,
+    clients: usize,
+    rate: u64,
+    total: &mut Histogram<u64>,
+    timeline: &mut Vec<Sample>,
+) {
+    let Run {
+        operation,
+        tally,
+        started,
+        deadline,
+    } = run;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let limit = Arc::new(tokio::sync::Semaphore::new(clients.max(1)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut i = 0usize;
+    let mut intended = Instant::now();
+    while intended < deadline {
+        tokio::time::sleep_until(intended.into()).await;
+        let (operation, tally, tx, limit) =
+            (operation.clone(), tally.clone(), tx.clone(), limit.clone());
+        let start = intended;
+        let index = i;
+        tokio::spawn(async move {
+            let Ok(_permit) = limit.acquire_owned().await else {
+                return;
+            };
+            let outcome = operation(index, tally.clone()).await;
+            // Measured from when the request should have started.
+            let _ = tx.send(Sample {
+                at: start.duration_since(started),
+                latency_us: start.elapsed().as_micros() as u64,
+                ok: outcome.is_ok(),
+            });
+            tally.requests.fetch_add(1, Ordering::Relaxed);
+            if let Err(cause) = outcome {
+                *tally.errors.lock().await.entry(cause).or_default() += 1;
+            }
+        });
+        i += 1;
+        intended += period;
+    }
+    drop(tx);
+    while let Some(sample) = rx.recv().await {
+        let _ = total.record(sample.latency_us);
+        timeline.push(sample);
+    }
 }
 
 /// One request, for the per-interval report.

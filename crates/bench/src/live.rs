@@ -178,38 +178,42 @@ pub async fn subscribe_all(
     }
 }
 
+/// One subscriber's websocket.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A websocket to the gateway at `url`, initialised and subscribed to
+/// [`SUBSCRIPTION`].
+async fn connect_and_subscribe(url: &str) -> Result<Socket, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let protocol = "graphql-transport-ws".parse().map_err(|_| "header")?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocol);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let init = serde_json::json!({"type": "connection_init", "payload": {}});
+    socket
+        .send(Message::text(init.to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let subscribe =
+        serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": SUBSCRIPTION}});
+    socket
+        .send(Message::text(subscribe.to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(socket)
+}
+
 async fn subscriber(
     url: String,
     tally: Arc<Tally>,
     stop: tokio_util::sync::CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
-    let connected = async {
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
-        let protocol = "graphql-transport-ws".parse().map_err(|_| "header")?;
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", protocol);
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let init = serde_json::json!({"type": "connection_init", "payload": {}});
-        socket
-            .send(Message::text(init.to_string()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let subscribe =
-            serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": SUBSCRIPTION}});
-        socket
-            .send(Message::text(subscribe.to_string()))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(socket)
-    };
-    let mut socket = match connected.await {
+    let mut socket = match connect_and_subscribe(&url).await {
         Ok(socket) => socket,
         Err(error) => {
             tracing::debug!(%error, "subscriber could not connect");
@@ -292,6 +296,62 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
                 .into(),
         ));
     }
+    let (sim, gateway) = start_cluster_and_gateway(args).await?;
+    let url = gateway.url();
+    // The watcher polls host lists once anyone looks at hosts: start that
+    // now, so its (fixed) memory is in the baseline, not charged to the
+    // subscribers.
+    gateway.state.events.interest.touch_hosts();
+    tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
+    let rss_before = rss_mib();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let subscribers = args.subscribers;
+    let side = Subscribers::start(args, &url, &stop)?;
+    let events = &gateway.state.events;
+    wait_for_subscribers(events, subscribers).await?;
+    // A few polls: the watcher's baseline, and memory settles.
+    tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
+    let rss_idle = rss_mib();
+
+    let (published, counting) = count_host_events(events);
+    let rate = args.event_rate.max(1);
+    let (made, elapsed) = change_hosts(&sim, args, rate).await;
+    // Let the last changes be polled and delivered.
+    tokio::time::sleep(args.watch_interval * 2 + Duration::from_secs(2)).await;
+    let rss_after = rss_mib();
+    let events_published = published.load(Ordering::Relaxed);
+    counting.abort();
+
+    let subscribers_report = side.report(&stop).await?;
+    gateway.shutdown().await;
+    sim.shutdown().await;
+    let idle_kib_per_subscriber = match (rss_before, rss_idle) {
+        (Some(before), Some(idle)) if subscribers > 0 => {
+            Some((idle - before) * 1024.0 / subscribers as f64)
+        }
+        _ => None,
+    };
+    Ok(LiveReport {
+        subscribers,
+        event_rate: rate,
+        watch_interval_ms: args.watch_interval.as_millis() as u64,
+        duration_s: elapsed.as_secs_f64(),
+        changes_made: made,
+        events_published,
+        deliveries_expected: events_published * subscribers as u64,
+        subscribers_report,
+        rss_mib_before: rss_before,
+        rss_mib_idle: rss_idle,
+        rss_mib_after: rss_after,
+        idle_kib_per_subscriber,
+        subscribers_in_process: args.in_process_subscribers,
+    })
+}
+
+/// The simulated cluster `args` describe (not ticking: only the bench
+/// changes it) and a gateway in front of it.
+async fn start_cluster_and_gateway(args: &BenchArgs) -> Result<(SimCluster, Gateway), BenchError> {
     let sim = SimCluster::start(SimConfig {
         clusters: args.clusters,
         schedulers_per_cluster: args.schedulers_per_cluster,
@@ -319,28 +379,35 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     config.watch.lease_ttl = args.watch_interval * 3;
     config.subscriptions.total = args.subscribers.max(1) + 100;
     let gateway = Gateway::start(config).await?;
-    let url = gateway.url();
-    // The watcher polls host lists once anyone looks at hosts: start that
-    // now, so its (fixed) memory is in the baseline, not charged to the
-    // subscribers.
-    gateway.state.events.interest.touch_hosts();
-    tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
-    let rss_before = rss_mib();
+    Ok((sim, gateway))
+}
 
-    let stop = tokio_util::sync::CancellationToken::new();
-    let subscribers = args.subscribers;
-    let (report_rx, child) = if args.in_process_subscribers {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (url, stop) = (url.clone(), stop.clone());
-        tokio::spawn(async move {
-            let _ = tx.send(subscribe_all(&url, subscribers, stop).await);
-        });
-        (Some(rx), None)
-    } else {
+/// Where the subscribers run: a task of this process, or a child process.
+enum Subscribers {
+    InProcess(tokio::sync::oneshot::Receiver<SubscriberReport>),
+    Process(tokio::process::Child),
+}
+
+impl Subscribers {
+    /// Starts `args.subscribers` subscribers on the gateway at `url`.
+    fn start(
+        args: &BenchArgs,
+        url: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self, BenchError> {
+        let subscribers = args.subscribers;
+        if args.in_process_subscribers {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (url, stop) = (url.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(subscribe_all(&url, subscribers, stop).await);
+            });
+            return Ok(Self::InProcess(rx));
+        }
         let exe = std::env::current_exe()
             .map_err(|e| BenchError::Scenario(format!("cannot find this executable: {e}")))?;
         let child = tokio::process::Command::new(exe)
-            .args(["subscribers", "--target", &url, "--subscribers"])
+            .args(["subscribers", "--target", url, "--subscribers"])
             .arg(subscribers.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -349,10 +416,41 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
             .map_err(|e| {
                 BenchError::Scenario(format!("cannot start the subscriber process: {e}"))
             })?;
-        (None, Some(child))
-    };
+        Ok(Self::Process(child))
+    }
 
-    let events = &gateway.state.events;
+    /// Stops the subscribers and returns what they saw.
+    async fn report(
+        self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<SubscriberReport, BenchError> {
+        match self {
+            Self::InProcess(rx) => {
+                stop.cancel();
+                Ok(rx.await.unwrap_or_default())
+            }
+            Self::Process(mut child) => {
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(b"stop\n").await;
+                }
+                let mut line = String::new();
+                if let Some(stdout) = child.stdout.take() {
+                    let _ = BufReader::new(stdout).read_line(&mut line).await;
+                }
+                let _ = child.wait().await;
+                serde_json::from_str(&line).map_err(|e| {
+                    BenchError::Scenario(format!("subscriber process report {line:?}: {e}"))
+                })
+            }
+        }
+    }
+}
+
+/// Waits (up to five minutes) until every subscriber has subscribed.
+async fn wait_for_subscribers(
+    events: &dfgraph::events::Events,
+    subscribers: usize,
+) -> Result<(), BenchError> {
     let connect_deadline = Instant::now() + Duration::from_secs(300);
     while events.live_subscriptions() < subscribers {
         if Instant::now() > connect_deadline {
@@ -363,10 +461,13 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A few polls: the watcher's baseline, and memory settles.
-    tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
-    let rss_idle = rss_mib();
+    Ok(())
+}
 
+/// Counts the host events the gateway publishes, until aborted.
+fn count_host_events(
+    events: &dfgraph::events::Events,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let mut bus = events.bus.subscribe();
     let published = Arc::new(AtomicU64::new(0));
     let counter = published.clone();
@@ -381,13 +482,17 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
             }
         }
     });
+    (published, counting)
+}
 
+/// Renames simulated hosts, `rate` per second, for `args.duration`:
+/// returns how many changes were made and how long that took.
+async fn change_hosts(sim: &SimCluster, args: &BenchArgs, rate: u64) -> (u64, Duration) {
     let hosts: Vec<_> = sim
         .cluster_ids()
         .into_iter()
         .flat_map(|c| sim.hosts(c))
         .collect();
-    let rate = args.event_rate.max(1);
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let started = Instant::now();
     let mut next = started;
@@ -400,56 +505,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
         made += 1;
         next += period;
     }
-    let elapsed = started.elapsed();
-    // Let the last changes be polled and delivered.
-    tokio::time::sleep(args.watch_interval * 2 + Duration::from_secs(2)).await;
-    let rss_after = rss_mib();
-    let events_published = published.load(Ordering::Relaxed);
-    counting.abort();
-
-    let subscribers_report = match (report_rx, child) {
-        (Some(rx), _) => {
-            stop.cancel();
-            rx.await.unwrap_or_default()
-        }
-        (None, Some(mut child)) => {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(b"stop\n").await;
-            }
-            let mut line = String::new();
-            if let Some(stdout) = child.stdout.take() {
-                let _ = BufReader::new(stdout).read_line(&mut line).await;
-            }
-            let _ = child.wait().await;
-            serde_json::from_str(&line).map_err(|e| {
-                BenchError::Scenario(format!("subscriber process report {line:?}: {e}"))
-            })?
-        }
-        (None, None) => SubscriberReport::default(),
-    };
-    gateway.shutdown().await;
-    sim.shutdown().await;
-    let idle_kib_per_subscriber = match (rss_before, rss_idle) {
-        (Some(before), Some(idle)) if subscribers > 0 => {
-            Some((idle - before) * 1024.0 / subscribers as f64)
-        }
-        _ => None,
-    };
-    Ok(LiveReport {
-        subscribers,
-        event_rate: rate,
-        watch_interval_ms: args.watch_interval.as_millis() as u64,
-        duration_s: elapsed.as_secs_f64(),
-        changes_made: made,
-        events_published,
-        deliveries_expected: events_published * subscribers as u64,
-        subscribers_report,
-        rss_mib_before: rss_before,
-        rss_mib_idle: rss_idle,
-        rss_mib_after: rss_after,
-        idle_kib_per_subscriber,
-        subscribers_in_process: args.in_process_subscribers,
-    })
+    (made, started.elapsed())
 }
 
 /// `dfgraph-bench subscribers`: the subscriber side in its own process;

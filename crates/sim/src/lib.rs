@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
 
 use dfgraph_proto::common::v2::{Host, Peer, Task};
 use dfgraph_proto::manager::v2::manager_server::ManagerServer;
@@ -198,6 +199,85 @@ async fn bind(
         .map_err(|source| SimError::Bind { addr, source })
 }
 
+/// A listener for every server (schedulers first, the manager last), with
+/// the address each got.
+async fn bind_all(
+    config: &SimConfig,
+    server_count: usize,
+) -> Result<Vec<(SocketAddr, TcpListener)>, SimError> {
+    let mut listeners = Vec::with_capacity(server_count);
+    for i in 0..server_count {
+        let listener = bind(config.listen_ip, config.base_port, i, server_count).await?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: SocketAddr::new(config.listen_ip, 0),
+            source,
+        })?;
+        listeners.push((addr, listener));
+    }
+    Ok(listeners)
+}
+
+/// The schedulers of every cluster, on the first listeners in order, and
+/// each cluster's scheduler addresses.
+fn place_schedulers(
+    config: &SimConfig,
+    listeners: &[(SocketAddr, TcpListener)],
+) -> (Vec<SimScheduler>, Vec<(u64, Vec<SocketAddr>)>) {
+    let mut schedulers = Vec::with_capacity(config.clusters * config.schedulers_per_cluster);
+    let mut clusters = Vec::with_capacity(config.clusters);
+    for c in 0..config.clusters {
+        let cluster_id = c as u64 + 1;
+        let addrs: Vec<SocketAddr> = (0..config.schedulers_per_cluster)
+            .map(|j| listeners[c * config.schedulers_per_cluster + j].0)
+            .collect();
+        schedulers.extend(addrs.iter().map(|&addr| SimScheduler { cluster_id, addr }));
+        clusters.push((cluster_id, addrs));
+    }
+    (schedulers, clusters)
+}
+
+/// Serves one simulated server (`role`: scheduler or manager) on its
+/// listener until shutdown.
+fn spawn_server(
+    router: Router,
+    listener: TcpListener,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    role: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let incoming = nodelay(listener);
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::warn!(%addr, error = %e, "simulated {role} stopped with an error");
+        }
+    })
+}
+
+/// Ticks the workload every `period` until shutdown.
+fn spawn_ticker(
+    state: SharedWorkload,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        interval.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            // A big tick must not stall a runtime worker.
+            let state = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || workload::tick(&state)).await;
+        }
+    })
+}
+
 impl SimCluster {
     /// Binds every server, generates the workload and starts serving. The
     /// servers accept connections when this returns.
@@ -205,28 +285,9 @@ impl SimCluster {
         validate(&config)?;
         let sched_count = config.clusters * config.schedulers_per_cluster;
         let server_count = sched_count + 1;
-
-        let mut listeners = Vec::with_capacity(server_count);
-        for i in 0..server_count {
-            let listener = bind(config.listen_ip, config.base_port, i, server_count).await?;
-            let addr = listener.local_addr().map_err(|source| SimError::Bind {
-                addr: SocketAddr::new(config.listen_ip, 0),
-                source,
-            })?;
-            listeners.push((addr, listener));
-        }
+        let listeners = bind_all(&config, server_count).await?;
         let manager_addr = listeners[sched_count].0;
-
-        let mut schedulers = Vec::with_capacity(sched_count);
-        let mut clusters = Vec::with_capacity(config.clusters);
-        for c in 0..config.clusters {
-            let cluster_id = c as u64 + 1;
-            let addrs: Vec<SocketAddr> = (0..config.schedulers_per_cluster)
-                .map(|j| listeners[c * config.schedulers_per_cluster + j].0)
-                .collect();
-            schedulers.extend(addrs.iter().map(|&addr| SimScheduler { cluster_id, addr }));
-            clusters.push((cluster_id, addrs));
-        }
+        let (schedulers, clusters) = place_schedulers(&config, &listeners);
 
         let params = WorkloadParams {
             clusters,
@@ -257,16 +318,13 @@ impl SimCluster {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
             let router = Server::builder().add_service(service);
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let signal = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                let incoming = nodelay(listener);
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                    tracing::warn!(%addr, error = %e, "simulated scheduler stopped with an error");
-                }
-            }));
+            tasks.push(spawn_server(
+                router,
+                listener,
+                addr,
+                shutdown_rx.clone(),
+                "scheduler",
+            ));
         }
 
         if let Some((addr, listener)) = listeners.next() {
@@ -278,35 +336,21 @@ impl SimCluster {
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
             let router = Server::builder().add_service(service);
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let signal = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                let incoming = nodelay(listener);
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                    tracing::warn!(%addr, error = %e, "simulated manager stopped with an error");
-                }
-            }));
+            tasks.push(spawn_server(
+                router,
+                listener,
+                addr,
+                shutdown_rx.clone(),
+                "manager",
+            ));
         }
 
         if let Some(period) = config.tick_interval {
-            let state = Arc::clone(&state);
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut interval = tokio::time::interval(period);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                interval.tick().await; // the first tick is immediate
-                loop {
-                    tokio::select! {
-                        _ = interval.tick() => {}
-                        _ = stop.wait_for(|s| *s) => break,
-                    }
-                    // A big tick must not stall a runtime worker.
-                    let state = Arc::clone(&state);
-                    let _ = tokio::task::spawn_blocking(move || workload::tick(&state)).await;
-                }
-            }));
+            tasks.push(spawn_ticker(
+                Arc::clone(&state),
+                period,
+                shutdown_rx.clone(),
+            ));
         }
 
         tracing::info!(
