@@ -1,148 +1,24 @@
 //! The DataLoaders: every Host, Task and Peer lookup of a request goes
 //! through them, so a request makes one batch per entity kind, each key at
 //! most once. Batches go to the cache, and the cache's misses to the
-//! schedulers (the origins below), bounded in concurrency.
+//! schedulers through [`crate::origins`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_graphql::Result;
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 
 use super::errors::cluster_error;
 use super::freshness::Freshness;
 use super::types::{Host, Peer, Task};
-use crate::cache::{Cache, CacheKey, Entity, Fetched, Origin, OriginResult, TypedCache};
-use crate::cluster::{ClusterClient, ClusterError};
+use crate::cache::{CacheKey, Entity, Fetched};
+use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
+use crate::origins::Origins;
 use crate::proto::common::v2 as pb;
 use crate::proto::scheduler::v2::ListHostsResponse;
-
-/// Calls in flight from one batch; the per-scheduler bound still applies.
-const BATCH_CONCURRENCY: usize = 64;
-
-/// Loads host lists (`ListHosts`) for the cache.
-pub struct HostsOrigin(pub ClusterClient);
-
-impl Origin<ListHostsResponse> for HostsOrigin {
-    type Error = ClusterError;
-
-    fn load(
-        &self,
-        keys: Vec<CacheKey>,
-        deadline: Deadline,
-    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<ListHostsResponse, ClusterError>>> {
-        let client = self.0.clone();
-        let load = async move {
-            let results = futures::future::join_all(keys.iter().map(|key| {
-                let client = client.clone();
-                async move { client.list_hosts(key.cluster, deadline).await }
-            }))
-            .await;
-            keys.into_iter()
-                .zip(results)
-                .map(|(key, result)| (key, result.map(|hosts| Some(ListHostsResponse { hosts }))))
-                .collect()
-        };
-        load.boxed()
-    }
-}
-
-/// Loads tasks (`StatTask`, routed by the hash ring) for the cache.
-pub struct TaskOrigin(pub ClusterClient);
-
-impl Origin<pb::Task> for TaskOrigin {
-    type Error = ClusterError;
-
-    fn load(
-        &self,
-        keys: Vec<CacheKey>,
-        deadline: Deadline,
-    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Task, ClusterError>>> {
-        let client = self.0.clone();
-        let load = futures::stream::iter(keys)
-            .map(move |key| {
-                let client = client.clone();
-                async move {
-                    let result = match &key.entity {
-                        Entity::Task(task_id) => {
-                            client.stat_task(key.cluster, task_id, deadline).await
-                        }
-                        _ => Err(not_a(&key, "task")),
-                    };
-                    (key, not_found_as_none(result))
-                }
-            })
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .collect();
-        load.boxed()
-    }
-}
-
-/// Loads peers (`StatPeer`, routed by their task) for the cache.
-pub struct PeerOrigin(pub ClusterClient);
-
-impl Origin<pb::Peer> for PeerOrigin {
-    type Error = ClusterError;
-
-    fn load(
-        &self,
-        keys: Vec<CacheKey>,
-        deadline: Deadline,
-    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<pb::Peer, ClusterError>>> {
-        let client = self.0.clone();
-        let load = futures::stream::iter(keys)
-            .map(move |key| {
-                let client = client.clone();
-                async move {
-                    let result = match &key.entity {
-                        Entity::Peer(peer) => client.stat_peer(key.cluster, peer, deadline).await,
-                        _ => Err(not_a(&key, "peer")),
-                    };
-                    (key, not_found_as_none(result))
-                }
-            })
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .collect();
-        load.boxed()
-    }
-}
-
-fn not_found_as_none<T>(result: Result<T, ClusterError>) -> OriginResult<T, ClusterError> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(ClusterError::NotFound) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// A key of another kind handed to an origin: a bug in the caller, told
-/// as an error rather than a panic.
-fn not_a(key: &CacheKey, kind: &str) -> ClusterError {
-    ClusterError::InvalidArgument {
-        message: format!("{key} is not a {kind} key"),
-    }
-}
-
-/// The cache views of the three entity kinds, built once per process.
-pub struct Origins {
-    pub hosts: TypedCache<ListHostsResponse, HostsOrigin>,
-    pub tasks: TypedCache<pb::Task, TaskOrigin>,
-    pub peers: TypedCache<pb::Peer, PeerOrigin>,
-}
-
-impl Origins {
-    pub fn new(cache: &Cache, client: &ClusterClient) -> Self {
-        Self {
-            hosts: cache.typed(HostsOrigin(client.clone())),
-            tasks: cache.typed(TaskOrigin(client.clone())),
-            peers: cache.typed(PeerOrigin(client.clone())),
-        }
-    }
-}
 
 /// A task on one scheduler cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -21,7 +21,9 @@ use crate::cache::Cache;
 use crate::cluster::ClusterClient;
 use crate::config::Limits;
 use crate::events::Events;
-pub use loaders::{Loaders, Origins};
+pub use loaders::Loaders;
+
+use crate::origins::Origins;
 
 pub type DfSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
