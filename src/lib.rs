@@ -6,7 +6,8 @@
 //! limits, the websocket protocol, the manager's REST API), [`graphql`]
 //! resolves it through DataLoaders, [`cache`] answers what it can (L1 in
 //! process, L2 in Redis), and [`cluster`] asks the schedulers, speaking
-//! [`proto`], for the rest, within the request's [`deadline`].
+//! [`proto`], for the rest, within the request's [`deadline`]; [`origins`]
+//! is the glue that hands the cache its scheduler loaders.
 //!
 //! The way of one change: [`events`] polls what someone watches, diffs it,
 //! publishes events between replicas and invalidates the cache.
@@ -15,7 +16,8 @@
 //! module's settings), [`auth`] (credentials to principals and roles),
 //! [`gateway`] (wires a configuration into a running server), [`status`]
 //! (`dfgraph status`). [`clock`], [`breaker`] and [`ids`] are shared by
-//! `cluster`, `cache` and `events` and depend on nothing but each other.
+//! `cluster`, `cache` and `events` and depend on nothing but each other;
+//! [`host_type`] names Dragonfly's host types for every view of a host.
 //!
 //! The simulated cluster (`dfgraph-sim`), the `dfgraph` binary and the load
 //! tool (`dfgraph-bench`) are crates of their own: this library knows none
@@ -31,8 +33,10 @@ pub mod deadline;
 pub mod events;
 pub mod gateway;
 pub mod graphql;
+pub mod host_type;
 pub mod http;
 pub mod ids;
+pub mod origins;
 pub mod status;
 
 pub use dfgraph_proto as proto;

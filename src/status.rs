@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::ClusterClient;
 use crate::deadline::Deadline;
-use crate::graphql::types::HostType;
+use crate::host_type::HostType;
 
 #[derive(Serialize, Debug)]
 pub struct ClusterStatus {

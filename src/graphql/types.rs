@@ -21,8 +21,9 @@ fn duration_ms(d: Option<&prost_types::Duration>) -> Option<f64> {
     Some(d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0)
 }
 
-/// Dragonfly's host types (`Host.type` on the wire).
+/// Dragonfly's host types (`Host.type` on the wire); see [`crate::host_type`].
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[graphql(remote = "crate::host_type::HostType")]
 pub enum HostType {
     Normal,
     SuperSeed,
@@ -34,23 +35,7 @@ pub enum HostType {
 
 impl HostType {
     pub fn from_wire(t: u32) -> Self {
-        match t {
-            0 => Self::Normal,
-            1 => Self::SuperSeed,
-            2 => Self::StrongSeed,
-            3 => Self::WeakSeed,
-            _ => Self::Unknown,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "NORMAL",
-            Self::SuperSeed => "SUPER_SEED",
-            Self::StrongSeed => "STRONG_SEED",
-            Self::WeakSeed => "WEAK_SEED",
-            Self::Unknown => "UNKNOWN",
-        }
+        crate::host_type::HostType::from_wire(t).into()
     }
 }
 

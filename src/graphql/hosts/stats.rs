@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_graphql::SimpleObject;
 
 use super::filter::HostFilter;
-use crate::graphql::types::HostType;
+use crate::host_type::HostType;
 use crate::proto::common::v2::Host;
 
 /// One count in a breakdown.

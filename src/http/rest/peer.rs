@@ -7,6 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::query::PeerFilter;
+use crate::host_type::HostType;
 use crate::proto::common::v2::Host;
 
 /// Go's zero `time.Time` as `encoding/json` writes it: the creation time
@@ -44,11 +45,11 @@ pub fn go_time(at: DateTime<Utc>) -> String {
 /// The manager's name of a host type (`types.HostType.Name`, which also
 /// calls an unknown type normal).
 pub fn type_name(wire: u32) -> &'static str {
-    match wire {
-        1 => "super",
-        2 => "strong",
-        3 => "weak",
-        _ => "normal",
+    match HostType::from_wire(wire) {
+        HostType::SuperSeed => "super",
+        HostType::StrongSeed => "strong",
+        HostType::WeakSeed => "weak",
+        HostType::Normal | HostType::Unknown => "normal",
     }
 }
 
