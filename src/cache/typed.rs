@@ -716,26 +716,9 @@ where
         encoded_len: usize,
         ticket: &Ticket,
     ) -> bool {
-        let inner = &self.cache.inner;
-        let local = &inner.local;
-        if !local.gens.is_current(key, ticket) {
-            local.stats.stale_write_dropped(1);
-            return false;
-        }
-        let now = inner.clock.now_ms();
-        if now >= header.stale_until {
-            return true;
-        }
-        let keep = Duration::from_millis(header.stale_until - now);
-        let entry = Entry::new(key, header, value, encoded_len, keep);
-        local.l1.insert(key.clone(), Arc::new(entry)).await;
-        if !local.gens.is_current(key, ticket) {
-            // Invalidated between the check and the insert.
-            local.l1.remove(key).await;
-            local.stats.stale_write_dropped(1);
-            return false;
-        }
-        true
+        self.cache
+            .store_l1(key, header, value, encoded_len, ticket)
+            .await
     }
 
     /// Asks the origin directly, storing nothing (cache disabled, or a
