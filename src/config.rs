@@ -62,6 +62,8 @@ pub struct Config {
     pub rate_limit: crate::http::rate_limit::RateLimitConfig,
     /// Where `/metrics` is served, and its bearer token.
     pub metrics: crate::http::metrics::MetricsConfig,
+    /// OpenTelemetry trace export (off unless `otlp_endpoint` is set).
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 /// Browser safety: which other origins may call dfgraph from a page, and
@@ -136,6 +138,7 @@ impl Default for Config {
             graphql: GraphqlConfig::default(),
             rate_limit: Default::default(),
             metrics: Default::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -360,7 +363,10 @@ impl Config {
         self.validate_access()?;
         self.validate_listeners_and_sources()?;
         self.validate_timeouts_and_guards()?;
-        self.validate_subscriptions_and_limits()
+        self.validate_subscriptions_and_limits()?;
+        self.tracing
+            .check()
+            .map_err(|(setting, message)| invalid(setting, message))
     }
 
     /// Who may do what: mutations, auth, the safelist, CORS, rate limits,

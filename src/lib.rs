@@ -15,7 +15,9 @@
 //! module's settings), [`auth`] (credentials to principals and roles),
 //! [`gateway`] (wires a configuration into a running server), [`status`]
 //! (`dfgraph status`). [`clock`], [`breaker`] and [`ids`] are shared by
-//! `cluster`, `cache` and `events` and depend on nothing but each other.
+//! `cluster`, `cache` and `events` and depend on nothing but each other;
+//! [`telemetry`] (OpenTelemetry export and W3C trace context) is used by
+//! `http` and `cluster` and depends on no other module.
 //!
 //! The simulated cluster (`dfgraph-sim`), the `dfgraph` binary and the load
 //! tool (`dfgraph-bench`) are crates of their own: this library knows none
@@ -34,5 +36,6 @@ pub mod graphql;
 pub mod http;
 pub mod ids;
 pub mod status;
+pub mod telemetry;
 
 pub use dfgraph_proto as proto;
