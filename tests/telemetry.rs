@@ -7,6 +7,8 @@
 //! Each test installs its subscriber with `set_default` on its own
 //! (current-thread) runtime, so no process-wide subscriber is involved.
 
+#[path = "support/otlp.rs"]
+mod otlp;
 mod support;
 
 use std::net::SocketAddr;
@@ -16,20 +18,13 @@ use std::time::{Duration, Instant};
 use dfgraph::gateway::Gateway;
 use dfgraph::telemetry::{Telemetry, TracingConfig};
 use dfgraph_sim::{Method, SimCluster};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use otlp::{Collector, attribute};
 use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::{gateway_config, small_sim};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// The W3C Trace Context specification's example trace.
@@ -38,91 +33,6 @@ const CONSOLE_SPAN_ID: &str = "00f067aa0ba902b7";
 
 const TASK: &str =
     "query TaskPage($id: ID!) { task(id: $id, schedulerClusterId: \"1\") { id state } }";
-
-/// What the collector received: every span, with its resource's
-/// `service.name`.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, Span)>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| text(kv.value.as_ref()?.value.as_ref()?))
-                .unwrap_or_default();
-            for scope_spans in resource_spans.scope_spans {
-                spans.extend(scope_spans.spans.into_iter().map(|s| (service.clone(), s)));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Collector {
-    /// Serves the OTLP trace service on a free loopback port.
-    async fn start() -> (Collector, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let collector = Collector::default();
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    /// The spans of one trace received so far.
-    fn trace(&self, trace_id: &str) -> Vec<(String, Span)> {
-        self.spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(_, s)| hex::encode(&s.trace_id) == trace_id)
-            .cloned()
-            .collect()
-    }
-
-    fn all(&self) -> Vec<Span> {
-        self.spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(_, s)| s.clone())
-            .collect()
-    }
-}
-
-/// A string or integer attribute value as text.
-fn text(value: &AnyValue) -> Option<String> {
-    match value {
-        AnyValue::StringValue(s) => Some(s.clone()),
-        AnyValue::IntValue(i) => Some(i.to_string()),
-        AnyValue::BoolValue(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn attribute(span: &Span, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| text(kv.value.as_ref()?.value.as_ref()?))
-}
 
 /// The one span named `name` in `spans`.
 fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
