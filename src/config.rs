@@ -655,6 +655,32 @@ mod tests {
     }
 
     #[test]
+    fn tracing_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        assert!(
+            Config::default().tracing.otlp_endpoint.is_none(),
+            "off by default"
+        );
+        std::fs::write(
+            &path,
+            "[tracing]\notlp_endpoint = \"http://collector:4317\"\nsample_ratio = 0.25\nexport_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(
+            config.tracing.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(config.tracing.sample_ratio, 0.25);
+        assert_eq!(config.tracing.export_timeout, Duration::from_secs(2));
+        assert_eq!(config.tracing.service_name, "dfgraph");
+        std::fs::write(&path, "[tracing]\nsample_ratio = 2.0\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("tracing.sample_ratio"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_in_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dfgraph.toml");
