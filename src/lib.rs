@@ -33,6 +33,7 @@ pub mod gateway;
 pub mod graphql;
 pub mod http;
 pub mod ids;
+pub mod redis;
 pub mod status;
 
 pub use dfgraph_proto as proto;

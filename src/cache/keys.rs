@@ -1,11 +1,12 @@
 //! Every Redis key and pub/sub channel name dfgraph uses, in one place:
-//! cache entries and their consistency keys, the invalidation and event
-//! channels, the watcher's interest set and leases, persisted queries.
+//! cache entries and their consistency keys, the one channel between
+//! replicas, the watcher's interest set and leases, persisted queries.
 //! All begin with [`PREFIX`]; a change of layout (hash tags for Redis
 //! Cluster, a new version) is made here alone.
 //!
-//! Lives in `cache` because cache keys are built from [`CacheKey`]; `events`
-//! and `http` may depend on `cache`, so they take their names from here.
+//! Lives in `cache` because cache keys are built from [`CacheKey`]; `events`,
+//! `http` and [`crate::redis`] take their names from here (this file
+//! depends on nothing but the key types).
 
 use super::{CacheKey, Kind};
 use crate::ids::PeerKey;
@@ -13,11 +14,9 @@ use crate::ids::PeerKey;
 /// What every key and channel begins with.
 pub const PREFIX: &str = "dfgraph:v1:";
 
-/// The pub/sub channel of cache invalidations between replicas.
-pub const INVALIDATION_CHANNEL: &str = "dfgraph:v1:invalidate";
-
-/// The pub/sub channel of change events between replicas.
-pub const EVENTS_CHANNEL: &str = "dfgraph:v1:events";
+/// The one pub/sub channel between replicas: cache invalidations and
+/// change events, each tagged with its topic (see [`crate::redis::listener`]).
+pub const BUS_CHANNEL: &str = "dfgraph:v1:bus";
 
 /// The sorted set of every replica's interest: member -> expiry (unix ms).
 pub const WATCH_INTEREST: &str = "dfgraph:v1:watch:interest";
@@ -120,8 +119,7 @@ mod tests {
         assert_eq!(scope_pattern(Kind::Peer, Some(2)), "dfgraph:v1:peer:2:*");
         assert_eq!(watch_lease(7), "dfgraph:v1:lease:watch:7");
         assert_eq!(persisted_query("ab12"), "dfgraph:v1:apq:ab12");
-        assert_eq!(INVALIDATION_CHANNEL, "dfgraph:v1:invalidate");
-        assert_eq!(EVENTS_CHANNEL, "dfgraph:v1:events");
+        assert_eq!(BUS_CHANNEL, "dfgraph:v1:bus");
         assert_eq!(WATCH_INTEREST, "dfgraph:v1:watch:interest");
     }
 

@@ -1,8 +1,6 @@
-//! L2: the Redis tier shared by every replica (deadpool-redis pool).
-//!
-//! Every command goes through [`L2::query`]: skipped while the circuit is
-//! open, bounded by the per-command timeout, and its failure is counted,
-//! never returned to a lookup. Besides plain reads (one `MGET` per batch)
+//! L2: the Redis tier shared by every replica, on the process's one Redis
+//! stack ([`crate::redis::Redis`]: circuit, timeout and error counting);
+//! a failure is never returned to a lookup. Besides plain reads (one `MGET` per batch)
 //! it keeps the cross-process parts of consistency:
 //!
 //! - the load lock `dfgraph:v1:lock:{kind}:{cluster}:{id}` (`SET NX PX`),
@@ -13,17 +11,13 @@
 //!   value back only if none moved meanwhile.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Value};
-use deadpool_redis::{Manager, Pool, Runtime};
+use redis::Value;
 
-use super::circuit::Circuit;
-use super::keys::{self, INVALIDATION_CHANNEL};
-use super::stats::Stats;
+use super::keys;
 use super::{CacheConfig, CacheKey, Kind};
-use crate::clock::SystemClock;
+use crate::redis::{Redis, RedisError, Topic, value_string};
 
 /// Sets the value only if no generation moved since the load read them;
 /// releases the load lock if this load holds it. Returns 1 if written.
@@ -51,19 +45,7 @@ end
 return 0
 ";
 
-/// Why a Redis command did not answer. Logged and counted, never shown to
-/// a caller of the cache.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum L2Error {
-    #[error("circuit open")]
-    CircuitOpen,
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("no connection: {0}")]
-    Pool(String),
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-}
+pub(crate) type L2Error = RedisError;
 
 /// What a load saw in Redis before calling its origin: the generations it
 /// must still find when writing back, and its lock token if it won the
@@ -95,145 +77,22 @@ pub(crate) struct Polled {
 }
 
 pub(crate) struct L2 {
-    pool: Pool,
-    client: redis::Client,
-    circuit: Circuit,
-    timeout: Duration,
+    redis: Redis,
     lock_ttl_ms: u64,
     gen_ttl_ms: u64,
-    stats: Arc<Stats>,
-    /// The URL with its password hidden, for logs and errors.
-    shown_url: String,
-}
-
-enum Req<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
 }
 
 impl L2 {
-    pub(crate) fn new(url: &str, config: &CacheConfig, stats: Arc<Stats>) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout));
-        let manager = Manager::new_with_config(url, conn_config).map_err(|e| e.to_string())?;
-        let pool = Pool::builder(manager)
-            .max_size(config.redis_pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.command_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.command_timeout))
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            pool,
-            client,
-            circuit: Circuit::new(
-                config.circuit_failure_threshold,
-                config.circuit_backoff_min,
-                config.circuit_backoff_max,
-                stats.clone(),
-                Arc::new(SystemClock),
-            ),
-            timeout: config.command_timeout,
+    pub(crate) fn new(redis: Redis, config: &CacheConfig) -> Self {
+        Self {
+            redis,
             lock_ttl_ms: millis(config.lock_ttl),
             gen_ttl_ms: millis(config.generation_ttl),
-            stats,
-            shown_url: redact_url(url),
-        })
-    }
-
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    pub(crate) fn shown_url(&self) -> &str {
-        &self.shown_url
-    }
-
-    pub(crate) fn circuit(&self) -> &Circuit {
-        &self.circuit
-    }
-
-    async fn query<T: FromRedisValue>(&self, op: &'static str, req: Req<'_>) -> Result<T, L2Error> {
-        let Ok(ticket) = self.circuit.admit() else {
-            return Err(L2Error::CircuitOpen);
-        };
-        let run = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| L2Error::Pool(e.to_string()))?;
-            let value = match req {
-                Req::Cmd(cmd) => cmd.query_async::<T>(&mut conn).await?,
-                Req::Pipe(pipe) => pipe.query_async::<T>(&mut conn).await?,
-            };
-            Ok::<T, L2Error>(value)
-        };
-        let result = match tokio::time::timeout(self.timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(L2Error::Timeout(self.timeout)),
-        };
-        self.circuit.finish(ticket, result.is_ok());
-        if let Err(error) = &result {
-            self.stats.redis_error();
-            tracing::debug!(op, %error, "Redis command failed");
-        }
-        result
-    }
-
-    /// Checks at start-up that Redis answers (and accepts our credentials),
-    /// bypassing the circuit, within `within`.
-    pub(crate) async fn ping(&self, within: Duration) -> Result<(), L2Error> {
-        let run = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| L2Error::Pool(e.to_string()))?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok::<(), L2Error>(())
-        };
-        match tokio::time::timeout(within, run).await {
-            Ok(result) => result,
-            Err(_) => Err(L2Error::Timeout(within)),
         }
     }
 
-    /// Warns when Redis may refuse writes or evict only keys with a TTL
-    /// (every cache key has one, but so may more precious data).
-    pub(crate) async fn check_eviction_policy(&self) {
-        let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("GET").arg("maxmemory-policy");
-        let run = async {
-            let mut conn = self.pool.get().await.ok()?;
-            cmd.query_async::<Value>(&mut conn).await.ok()
-        };
-        let Ok(Some(value)) = tokio::time::timeout(self.timeout, run).await else {
-            tracing::debug!("cannot read Redis maxmemory-policy (denied or unsupported)");
-            return;
-        };
-        let policy = match value {
-            Value::Array(items) => items.get(1).and_then(value_string),
-            Value::Map(pairs) => pairs.first().and_then(|(_, v)| value_string(v)),
-            _ => None,
-        };
-        match policy.as_deref() {
-            Some("noeviction") => tracing::warn!(
-                url = %self.shown_url,
-                "Redis maxmemory-policy is noeviction: when full, cache writes fail; \
-                 use allkeys-lru or allkeys-lfu for a cache"
-            ),
-            Some(p) if p.starts_with("volatile-") => tracing::warn!(
-                url = %self.shown_url,
-                policy = p,
-                "Redis evicts only keys with a TTL; cache keys compete with other \
-                 expiring data; allkeys-lru or allkeys-lfu suits a cache better"
-            ),
-            _ => {}
-        }
+    pub(crate) fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     /// One `MGET` of the keys' values.
@@ -245,9 +104,9 @@ impl L2 {
         for key in keys {
             cmd.arg(keys::entry(key));
         }
-        let values: Vec<Option<Vec<u8>>> = self.query("mget", Req::Cmd(&cmd)).await?;
+        let values: Vec<Option<Vec<u8>>> = self.redis.cmd("mget", &cmd).await?;
         if values.len() != keys.len() {
-            return Err(L2Error::Pool(format!(
+            return Err(L2Error::Answer(format!(
                 "MGET answered {} values for {} keys",
                 values.len(),
                 keys.len()
@@ -290,9 +149,9 @@ impl L2 {
         for scope in &scopes {
             pipe.cmd("GET").arg(scope);
         }
-        let values: Vec<Value> = self.query("acquire", Req::Pipe(&pipe)).await?;
+        let values: Vec<Value> = self.redis.pipe("acquire", &pipe).await?;
         if values.len() != keys.len() * 3 + scopes.len() {
-            return Err(L2Error::Pool("short answer to the lock pipeline".into()));
+            return Err(L2Error::Answer("short answer to the lock pipeline".into()));
         }
         let scope_gen = |name: String| -> String {
             scope_index
@@ -334,9 +193,9 @@ impl L2 {
         for key in keys {
             cmd.arg(keys::load_lock(key));
         }
-        let values: Vec<Option<Vec<u8>>> = self.query("poll", Req::Cmd(&cmd)).await?;
+        let values: Vec<Option<Vec<u8>>> = self.redis.cmd("poll", &cmd).await?;
         if values.len() != keys.len() * 2 {
-            return Err(L2Error::Pool("short answer to the poll".into()));
+            return Err(L2Error::Answer("short answer to the poll".into()));
         }
         let (vals, locks) = values.split_at(keys.len());
         Ok(vals
@@ -393,7 +252,7 @@ impl L2 {
                     .ignore();
             }
         }
-        let written: Vec<i64> = self.query("write_back", Req::Pipe(&pipe)).await?;
+        let written: Vec<i64> = self.redis.pipe("write_back", &pipe).await?;
         Ok(written.iter().filter(|w| **w == 0).count() as u64)
     }
 
@@ -407,11 +266,9 @@ impl L2 {
             .arg(&generation)
             .arg(self.gen_ttl_ms)
             .ignore();
-        pipe.cmd("PUBLISH")
-            .arg(INVALIDATION_CHANNEL)
-            .arg(message)
-            .ignore();
-        self.query::<()>("invalidate", Req::Pipe(&pipe)).await
+        self.redis
+            .add_publish(&mut pipe, Topic::Invalidation, message.as_bytes());
+        self.redis.pipe::<()>("invalidate", &pipe).await
     }
 
     /// Bumps a scope's generation, deletes its keys (SCAN MATCH), then tells
@@ -429,8 +286,7 @@ impl L2 {
             .arg(&generation)
             .arg(self.gen_ttl_ms)
             .ignore();
-        self.query::<()>("invalidate_scope", Req::Pipe(&pipe))
-            .await?;
+        self.redis.pipe::<()>("invalidate_scope", &pipe).await?;
 
         let pattern = keys::scope_pattern(kind, cluster);
         let mut cursor: u64 = 0;
@@ -442,67 +298,25 @@ impl L2 {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000);
-            let (next, keys): (u64, Vec<String>) = self.query("scan", Req::Cmd(&scan)).await?;
+            let (next, keys): (u64, Vec<String>) = self.redis.cmd("scan", &scan).await?;
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
                 unlink.arg(&keys);
-                deleted += self.query::<u64>("unlink", Req::Cmd(&unlink)).await?;
+                deleted += self.redis.cmd::<u64>("unlink", &unlink).await?;
             }
             cursor = next;
             if cursor == 0 {
                 break;
             }
         }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(INVALIDATION_CHANNEL).arg(message);
-        self.query::<()>("publish", Req::Cmd(&publish)).await?;
+        let mut publish = redis::pipe();
+        self.redis
+            .add_publish(&mut publish, Topic::Invalidation, message.as_bytes());
+        self.redis.pipe::<()>("publish", &publish).await?;
         Ok(deleted)
-    }
-}
-
-fn value_string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
     }
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
-    };
-    format!("{}{}{}", &url[..scheme_end + 3], shown, &rest[at..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("redis://dfg:s3cr@t@10.0.0.1:6379/0"),
-            "redis://dfg:***@10.0.0.1:6379/0"
-        );
-        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:***@h:1");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
-    }
 }

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use crate::cache::keys;
+use crate::redis::{Redis, RedisError};
 
 /// Takes a free lease or renews one's own; 1 when held afterwards.
 const ACQUIRE: &str = r"
@@ -33,12 +32,11 @@ return 0
 
 /// Takes or renews the lease of each cluster; returns the clusters held.
 pub async fn acquire(
-    conn: &mut ConnectionManager,
+    redis: &Redis,
     clusters: &[u64],
     instance: &str,
     ttl: Duration,
-    timeout: Duration,
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, RedisError> {
     if clusters.is_empty() {
         return Ok(Vec::new());
     }
@@ -53,10 +51,7 @@ pub async fn acquire(
             .arg(instance)
             .arg(ttl.as_millis() as u64);
     }
-    let held: Vec<i64> = tokio::time::timeout(timeout, pipe.query_async(conn))
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+    let held: Vec<i64> = redis.pipe("lease_acquire", &pipe).await?;
     Ok(clusters
         .iter()
         .zip(held)
@@ -66,12 +61,7 @@ pub async fn acquire(
 }
 
 /// Gives up the leases `instance` holds among `clusters`.
-pub async fn release(
-    conn: &mut ConnectionManager,
-    clusters: &[u64],
-    instance: &str,
-    timeout: Duration,
-) -> Result<(), String> {
+pub async fn release(redis: &Redis, clusters: &[u64], instance: &str) -> Result<(), RedisError> {
     if clusters.is_empty() {
         return Ok(());
     }
@@ -84,8 +74,5 @@ pub async fn release(
             .arg(instance)
             .ignore();
     }
-    tokio::time::timeout(timeout, pipe.query_async::<()>(conn))
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))?
-        .map_err(|e| e.to_string())
+    redis.pipe("lease_release", &pipe).await
 }
