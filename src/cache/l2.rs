@@ -21,18 +21,25 @@ use crate::redis::{Redis, RedisError, Topic, value_string};
 
 /// Sets the value only if no generation moved since the load read them;
 /// releases the load lock if this load holds it. Returns 1 if written.
+/// KEYS: entry, its generation, its cluster's scope generation, its lock
+/// (one slot: the cluster's hash tag) and, on a single Redis, the
+/// all-clusters scope generation (another slot: on Redis Cluster it is
+/// checked after the write, see [`L2::write_back`]).
 const WRITE_SCRIPT: &str = r"
 local function gen(k)
   local v = redis.call('GET', k)
   if v then return v end
   return '0'
 end
-local ok = gen(KEYS[2]) == ARGV[3] and gen(KEYS[3]) == ARGV[4] and gen(KEYS[4]) == ARGV[5]
+local ok = gen(KEYS[2]) == ARGV[3] and gen(KEYS[3]) == ARGV[4]
+if KEYS[5] then
+  ok = ok and gen(KEYS[5]) == ARGV[6]
+end
 if ok then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) == ARGV[6] then
-  redis.call('DEL', KEYS[5])
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then
+  redis.call('DEL', KEYS[4])
 end
 if ok then return 1 end
 return 0
@@ -226,21 +233,25 @@ impl L2 {
         for key in deletes {
             pipe.cmd("DEL").arg(keys::entry(key)).ignore();
         }
+        let cluster = self.redis.is_cluster();
         for w in writes {
-            pipe.cmd("EVAL")
+            let eval = pipe
+                .cmd("EVAL")
                 .arg(WRITE_SCRIPT)
-                .arg(5)
-                .arg(keys::entry(&w.key))
+                .arg(if cluster { 4 } else { 5 });
+            eval.arg(keys::entry(&w.key))
                 .arg(keys::generation(&w.key))
-                .arg(keys::scope_generation(w.key.kind(), None))
                 .arg(keys::scope_generation(w.key.kind(), Some(w.key.cluster)))
-                .arg(keys::load_lock(&w.key))
-                .arg(&w.bytes)
+                .arg(keys::load_lock(&w.key));
+            if !cluster {
+                eval.arg(keys::scope_generation(w.key.kind(), None));
+            }
+            eval.arg(&w.bytes)
                 .arg(w.ttl_ms.max(1))
                 .arg(&w.guard.gens[0])
-                .arg(&w.guard.gens[1])
                 .arg(&w.guard.gens[2])
-                .arg(w.guard.token.as_deref().unwrap_or(""));
+                .arg(w.guard.token.as_deref().unwrap_or(""))
+                .arg(&w.guard.gens[1]);
         }
         for (key, guard) in releases {
             if let Some(token) = &guard.token {
@@ -253,7 +264,48 @@ impl L2 {
             }
         }
         let written: Vec<i64> = self.redis.pipe("write_back", &pipe).await?;
-        Ok(written.iter().filter(|w| **w == 0).count() as u64)
+        let mut refused = written.iter().filter(|w| **w == 0).count() as u64;
+        if cluster {
+            refused += self.undo_across_scope(writes, &written).await?;
+        }
+        Ok(refused)
+    }
+
+    /// On Redis Cluster the all-clusters scope generation lives in another
+    /// slot than what a write touches: read it after the writes, and delete
+    /// what was written if it moved since the load began. A scope
+    /// invalidation bumps it before it deletes the scope's keys, so a write
+    /// it races is removed either here (bump seen) or by its delete (bump
+    /// after this read, delete after the write). Returns how many were
+    /// undone.
+    async fn undo_across_scope(&self, writes: &[Write], written: &[i64]) -> Result<u64, L2Error> {
+        let done: Vec<&Write> = writes
+            .iter()
+            .zip(written)
+            .filter(|(_, w)| **w == 1)
+            .map(|(w, _)| w)
+            .collect();
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let mut get = redis::pipe();
+        for w in &done {
+            get.cmd("GET")
+                .arg(keys::scope_generation(w.key.kind(), None));
+        }
+        let now: Vec<Option<String>> = self.redis.pipe("scope_check", &get).await?;
+        let stale: Vec<String> = done
+            .iter()
+            .zip(&now)
+            .filter(|(w, now)| now.as_deref().unwrap_or("0") != w.guard.gens[1])
+            .map(|(w, _)| keys::entry(&w.key))
+            .collect();
+        if !stale.is_empty() {
+            let mut del = redis::cmd("DEL");
+            del.arg(&stale);
+            self.redis.cmd::<u64>("scope_undo", &del).await?;
+        }
+        Ok(stale.len() as u64)
     }
 
     /// Deletes a key, bumps its generation and tells every replica.
@@ -289,26 +341,8 @@ impl L2 {
         self.redis.pipe::<()>("invalidate_scope", &pipe).await?;
 
         let pattern = keys::scope_pattern(kind, cluster);
-        let mut cursor: u64 = 0;
-        let mut deleted = 0u64;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = self.redis.cmd("scan", &scan).await?;
-            if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                unlink.arg(&keys);
-                deleted += self.redis.cmd::<u64>("unlink", &unlink).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        let tag = cluster.map(keys::cluster_tag);
+        let deleted = self.redis.unlink_matching(&pattern, tag.as_deref()).await?;
         let mut publish = redis::pipe();
         self.redis
             .add_publish(&mut publish, Topic::Invalidation, message.as_bytes());

@@ -261,6 +261,10 @@ pub struct CacheConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
     /// None: L1 only.
     pub redis_url: Option<String>,
+    /// `redis_url` names seed nodes of a Redis Cluster (one URL, or several
+    /// separated by commas): commands are routed by slot, replicas talk
+    /// over sharded pub/sub (Redis 7). Default false.
+    pub redis_cluster: bool,
     /// Refuse to start when Redis cannot be reached or refuses our
     /// credentials (default: start degraded, on L1 and origin only).
     pub redis_required: bool,
@@ -323,6 +327,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(5),
             l1_max_bytes: 256 << 20,
             redis_url: None,
+            redis_cluster: false,
             redis_required: false,
             redis_pool_size: 16,
             command_timeout: Duration::from_millis(200),
@@ -357,6 +362,7 @@ impl fmt::Debug for CacheConfig {
                 "redis_url",
                 &self.redis_url.as_deref().map(crate::redis::redact_url),
             )
+            .field("redis_cluster", &self.redis_cluster)
             .field("redis_required", &self.redis_required)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("command_timeout", &self.command_timeout)
@@ -382,6 +388,7 @@ impl CacheConfig {
     pub fn redis_settings(&self) -> Option<RedisSettings> {
         Some(RedisSettings {
             url: self.redis_url.clone()?,
+            cluster: self.redis_cluster,
             pool_size: self.redis_pool_size,
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,

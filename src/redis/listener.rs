@@ -6,6 +6,11 @@
 //! invalidation and an event in the order another replica published them
 //! (two channels on two connections could swap them).
 //!
+//! On Redis Cluster the channel is sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis
+//! 7): it lives on the shard of its slot, and the listener follows that
+//! shard through fail-overs (a lost node connection counts as a lost
+//! subscription: the listener subscribes again and handlers make up).
+//!
 //! A message is one tag byte (its topic) and the topic's own bytes.
 //! Messages published while the listener is disconnected are lost: each
 //! handler is told of every (re)subscription ([`Handler::subscribed`]) so
@@ -72,13 +77,19 @@ pub trait Handler: Send + Sync + 'static {
 /// How the listener connects and subscribes.
 pub(crate) enum Subscriber {
     /// `SUBSCRIBE` on a dedicated connection to one Redis.
-    Single(redis::Client),
+    Single(Box<redis::Client>),
+    /// `SSUBSCRIBE` on a dedicated RESP3 cluster connection, from these
+    /// seed nodes.
+    Cluster(Vec<String>),
 }
 
-impl Subscriber {
-    pub(crate) fn single(client: redis::Client) -> Self {
-        Subscriber::Single(client)
-    }
+/// A live subscription.
+enum Subscription {
+    Single(redis::aio::PubSub),
+    Cluster {
+        conn: redis::cluster_async::ClusterConnection,
+        pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    },
 }
 
 /// The listener's waits.
@@ -221,15 +232,32 @@ impl Hub {
         }
     }
 
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
-        let Subscriber::Single(client) = &self.subscriber;
+    async fn subscribe(&self) -> Result<Subscription, String> {
+        let channel = crate::cache::keys::BUS_CHANNEL;
         let connect = async {
-            let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-            pubsub
-                .subscribe(crate::cache::keys::BUS_CHANNEL)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(pubsub)
+            match &self.subscriber {
+                Subscriber::Single(client) => {
+                    let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+                    pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
+                    Ok(Subscription::Single(pubsub))
+                }
+                Subscriber::Cluster(nodes) => {
+                    let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+                    let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .connection_timeout(self.timing.connect_timeout)
+                        .response_timeout(self.timing.connect_timeout)
+                        .push_sender(tx)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    let mut conn = client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    conn.ssubscribe(channel).await.map_err(|e| e.to_string())?;
+                    Ok(Subscription::Cluster { conn, pushes })
+                }
+            }
         };
         let within = self.timing.connect_timeout;
         match tokio::time::timeout(within, connect).await {
@@ -240,11 +268,16 @@ impl Hub {
 
     /// Hands out messages until the connection fails (false) or `stop`
     /// (true).
-    async fn pump(&self, pubsub: redis::aio::PubSub) -> bool {
+    async fn pump(&self, subscription: Subscription) -> bool {
+        match subscription {
+            Subscription::Single(pubsub) => self.pump_single(pubsub).await,
+            Subscription::Cluster { conn, pushes } => self.pump_cluster(conn, pushes).await,
+        }
+    }
+
+    async fn pump_single(&self, pubsub: redis::aio::PubSub) -> bool {
         let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(self.timing.ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
+        let mut ping = self.ping_interval().await;
         loop {
             tokio::select! {
                 message = stream.next() => {
@@ -264,6 +297,52 @@ impl Hub {
                 _ = self.stop.cancelled() => return true,
             }
         }
+    }
+
+    async fn pump_cluster(
+        &self,
+        mut conn: redis::cluster_async::ClusterConnection,
+        mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    ) -> bool {
+        let mut ping = self.ping_interval().await;
+        loop {
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return false };
+                    match push.kind {
+                        redis::PushKind::SMessage | redis::PushKind::Message => {
+                            if let Some(redis::Value::BulkString(bytes)) = push.data.get(1) {
+                                self.hand_out(bytes).await;
+                            }
+                        }
+                        // A node connection dropped, or the slot moved
+                        // (fail-over): messages may be lost; start over.
+                        redis::PushKind::Disconnection | redis::PushKind::SUnsubscribe => {
+                            return false;
+                        }
+                        _ => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(
+                        self.timing.connect_timeout,
+                        redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+                    )
+                    .await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        return false;
+                    }
+                }
+                _ = self.stop.cancelled() => return true,
+            }
+        }
+    }
+
+    async fn ping_interval(&self) -> tokio::time::Interval {
+        let mut ping = tokio::time::interval(self.timing.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        ping
     }
 
     async fn hand_out(&self, bytes: &[u8]) {

@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +37,11 @@ use stats::RedisStats;
 /// How to reach Redis and how long to wait for it.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS); with
+    /// `cluster`, one or more seed nodes separated by commas.
     pub url: String,
+    /// Speak Redis Cluster: commands routed by slot, sharded pub/sub.
+    pub cluster: bool,
     /// Pooled connections.
     pub pool_size: usize,
     /// Bound on one command (or pipeline), connection checkout included.
@@ -102,6 +108,23 @@ impl RedisError {
 pub enum Req<'a> {
     Cmd(&'a redis::Cmd),
     Pipe(&'a redis::Pipeline),
+    /// A command for one node of a Redis Cluster (on a single Redis, a
+    /// plain command).
+    Routed(&'a redis::Cmd, &'a RoutingInfo),
+}
+
+/// The connections commands go through.
+enum Conns {
+    /// A pool of connections to one Redis.
+    Single(Pool),
+    /// One multiplexed connection to every node of a Redis Cluster, made
+    /// on first use (and again after it could not be made).
+    Cluster(Box<ClusterConns>),
+}
+
+struct ClusterConns {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
 }
 
 /// The process's Redis; cheap to clone.
@@ -111,7 +134,7 @@ pub struct Redis {
 }
 
 struct Shared {
-    pool: Pool,
+    conns: Conns,
     circuit: Circuit,
     timeout: Duration,
     stats: Arc<RedisStats>,
@@ -135,24 +158,54 @@ impl Redis {
         let url = settings.url.as_str();
         let shown_url = redact_url(url);
         let bad = |e: String| RedisError::Pool(format!("{shown_url}: {e}"));
-        let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
-        let conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.command_timeout));
-        let manager = Manager::new_with_config(url, conn_config).map_err(|e| bad(e.to_string()))?;
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(settings.command_timeout))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.command_timeout))
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+        let (conns, subscriber) = if settings.cluster {
+            let nodes: Vec<String> = url
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let builder = || {
+                ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.command_timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+            };
+            let client = builder().build().map_err(|e| bad(e.to_string()))?;
+            (
+                Conns::Cluster(Box::new(ClusterConns {
+                    client,
+                    conn: tokio::sync::Mutex::new(None),
+                })),
+                listener::Subscriber::Cluster(nodes.clone()),
+            )
+        } else {
+            let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
+            let conn_config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.command_timeout));
+            let manager =
+                Manager::new_with_config(url, conn_config).map_err(|e| bad(e.to_string()))?;
+            let pool = Pool::builder(manager)
+                .max_size(settings.pool_size.max(1))
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(settings.command_timeout))
+                .create_timeout(Some(settings.connect_timeout))
+                .recycle_timeout(Some(settings.command_timeout))
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            (
+                Conns::Single(pool),
+                listener::Subscriber::Single(Box::new(client)),
+            )
+        };
         let stats = Arc::new(RedisStats::default());
         stats.set_circuit_open(false);
         let stop = CancellationToken::new();
         let hub = Hub::new(
-            listener::Subscriber::single(client),
+            subscriber,
             listener::Timing {
                 connect_timeout: settings.connect_timeout,
                 backoff_min: settings.circuit_backoff_min.min(Duration::from_millis(100)),
@@ -164,7 +217,7 @@ impl Redis {
         );
         Ok(Redis {
             shared: Arc::new(Shared {
-                pool,
+                conns,
                 circuit: Circuit::new(
                     settings.circuit_failure_threshold,
                     settings.circuit_backoff_min,
@@ -179,6 +232,11 @@ impl Redis {
                 stop,
             }),
         })
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.shared.conns, Conns::Cluster(_))
     }
 
     /// The URL with its password hidden.
@@ -259,22 +317,113 @@ impl Redis {
         within: Duration,
     ) -> Result<T, RedisError> {
         let run = async {
-            let mut conn = self
-                .shared
-                .pool
-                .get()
-                .await
-                .map_err(|e| RedisError::Pool(e.to_string()))?;
-            let value = match req {
-                Req::Cmd(cmd) => cmd.query_async::<T>(&mut conn).await?,
-                Req::Pipe(pipe) => pipe.query_async::<T>(&mut conn).await?,
-            };
-            Ok::<T, RedisError>(value)
+            match &self.shared.conns {
+                Conns::Single(pool) => {
+                    let mut conn = pool
+                        .get()
+                        .await
+                        .map_err(|e| RedisError::Pool(e.to_string()))?;
+                    send(&mut *conn, req).await
+                }
+                Conns::Cluster(cluster) => {
+                    let mut conn = {
+                        let mut slot = cluster.conn.lock().await;
+                        match slot.as_ref() {
+                            Some(conn) => conn.clone(),
+                            None => {
+                                let made = cluster.client.get_async_connection().await?;
+                                *slot = Some(made.clone());
+                                made
+                            }
+                        }
+                    };
+                    match req {
+                        Req::Routed(cmd, routing) => {
+                            let value = conn.route_command(cmd.clone(), routing.clone()).await?;
+                            T::from_redis_value(value)
+                                .map_err(|e| RedisError::Answer(e.to_string()))
+                        }
+                        req => send(&mut conn, req).await,
+                    }
+                }
+            }
         };
         match tokio::time::timeout(within, run).await {
             Ok(result) => result,
             Err(_) => Err(RedisError::Timeout(within)),
         }
+    }
+
+    /// Deletes every key matching `pattern` (`SCAN MATCH`, `UNLINK`); on
+    /// Redis Cluster on the node of hash tag `tag`, or on every primary.
+    /// Returns how many were deleted.
+    pub async fn unlink_matching(
+        &self,
+        pattern: &str,
+        tag: Option<&str>,
+    ) -> Result<u64, RedisError> {
+        let routes = match (&self.shared.conns, tag) {
+            (Conns::Single(_), _) => vec![RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random)],
+            (Conns::Cluster(_), Some(tag)) => vec![RoutingInfo::SingleNode(
+                SingleNodeRoutingInfo::SpecificNode(redis::cluster_routing::Route::with_key(
+                    tag,
+                    redis::cluster_routing::SlotAddr::Master,
+                )),
+            )],
+            (Conns::Cluster(_), None) => self.primaries().await?,
+        };
+        let mut deleted = 0u64;
+        for route in &routes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, keys): (u64, Vec<String>) =
+                    self.query("scan", Req::Routed(&scan, route)).await?;
+                if !keys.is_empty() {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(&keys);
+                    deleted += self.cmd::<u64>("unlink", &unlink).await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// A route to each primary of the cluster (from `CLUSTER NODES`).
+    async fn primaries(&self) -> Result<Vec<RoutingInfo>, RedisError> {
+        let nodes: String = self
+            .cmd("cluster_nodes", redis::cmd("CLUSTER").arg("NODES"))
+            .await?;
+        let routes: Vec<RoutingInfo> = nodes
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let address = fields.nth(1)?;
+                let flags = fields.next()?;
+                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    return None;
+                }
+                let address = address.split('@').next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                Some(RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port: port.parse().ok()?,
+                }))
+            })
+            .collect();
+        if routes.is_empty() {
+            return Err(RedisError::Answer("CLUSTER NODES lists no primary".into()));
+        }
+        Ok(routes)
     }
 
     /// Checks that Redis answers (and accepts our credentials), bypassing
@@ -317,7 +466,13 @@ impl Redis {
     /// Appends to `pipe` the publication of `body` as a `topic` message to
     /// every replica's listener.
     pub fn add_publish(&self, pipe: &mut redis::Pipeline, topic: Topic, body: &[u8]) {
-        pipe.cmd("PUBLISH")
+        // Sharded on a cluster: the channel lives on its slot's shard.
+        let publish = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        pipe.cmd(publish)
             .arg(crate::cache::keys::BUS_CHANNEL)
             .arg(listener::frame(topic, body))
             .ignore();
@@ -339,6 +494,17 @@ impl Redis {
     pub async fn wait_listening(&self, within: Duration) -> bool {
         self.shared.hub.wait_subscribed(within).await
     }
+}
+
+async fn send<C, T>(conn: &mut C, req: Req<'_>) -> Result<T, RedisError>
+where
+    C: redis::aio::ConnectionLike + Send,
+    T: FromRedisValue,
+{
+    Ok(match req {
+        Req::Cmd(cmd) | Req::Routed(cmd, _) => cmd.query_async::<T>(conn).await?,
+        Req::Pipe(pipe) => pipe.query_async::<T>(conn).await?,
+    })
 }
 
 /// A reply as text, for the small values dfgraph reads (generations,
