@@ -133,16 +133,17 @@ impl L2 {
         let token = format!("{:016x}", rand::random::<u64>());
         let mut scopes: Vec<String> = Vec::new();
         let mut scope_index: HashMap<String, usize> = HashMap::new();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(keys.len() * 3 + 4);
         for key in keys {
-            pipe.cmd("SET")
-                .arg(keys::load_lock(key))
+            let mut lock = redis::cmd("SET");
+            lock.arg(keys::load_lock(key))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(self.lock_ttl_ms);
-            pipe.cmd("GET").arg(keys::generation(key));
-            pipe.cmd("GET").arg(keys::entry(key));
+            cmds.push(lock);
+            cmds.push(get(keys::generation(key)));
+            cmds.push(get(keys::entry(key)));
             for scope in [
                 keys::scope_generation(key.kind(), None),
                 keys::scope_generation(key.kind(), Some(key.cluster)),
@@ -154,9 +155,9 @@ impl L2 {
             }
         }
         for scope in &scopes {
-            pipe.cmd("GET").arg(scope);
+            cmds.push(get(scope.clone()));
         }
-        let values: Vec<Value> = self.redis.pipe("acquire", &pipe).await?;
+        let values = self.redis.batch("acquire", cmds).await?;
         if values.len() != keys.len() * 3 + scopes.len() {
             return Err(L2Error::Answer("short answer to the lock pipeline".into()));
         }
@@ -229,16 +230,14 @@ impl L2 {
         {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
-        for key in deletes {
-            pipe.cmd("DEL").arg(keys::entry(key)).ignore();
-        }
         let cluster = self.redis.is_cluster();
+        let mut cmds = Vec::with_capacity(deletes.len() + writes.len() + releases.len());
+        for key in deletes {
+            cmds.push(redis::cmd("DEL").arg(keys::entry(key)).clone());
+        }
         for w in writes {
-            let eval = pipe
-                .cmd("EVAL")
-                .arg(WRITE_SCRIPT)
-                .arg(if cluster { 4 } else { 5 });
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(WRITE_SCRIPT).arg(if cluster { 4 } else { 5 });
             eval.arg(keys::entry(&w.key))
                 .arg(keys::generation(&w.key))
                 .arg(keys::scope_generation(w.key.kind(), Some(w.key.cluster)))
@@ -252,18 +251,28 @@ impl L2 {
                 .arg(&w.guard.gens[2])
                 .arg(w.guard.token.as_deref().unwrap_or(""))
                 .arg(&w.guard.gens[1]);
+            cmds.push(eval);
         }
         for (key, guard) in releases {
             if let Some(token) = &guard.token {
-                pipe.cmd("EVAL")
-                    .arg(RELEASE_SCRIPT)
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(RELEASE_SCRIPT)
                     .arg(1)
                     .arg(keys::load_lock(key))
-                    .arg(token)
-                    .ignore();
+                    .arg(token);
+                cmds.push(eval);
             }
         }
-        let written: Vec<i64> = self.redis.pipe("write_back", &pipe).await?;
+        let replies = self.redis.batch("write_back", cmds).await?;
+        let written: Vec<i64> = replies
+            .iter()
+            .skip(deletes.len())
+            .take(writes.len())
+            .map(|v| match v {
+                Value::Int(n) => *n,
+                _ => 0,
+            })
+            .collect();
         let mut refused = written.iter().filter(|w| **w == 0).count() as u64;
         if cluster {
             refused += self.undo_across_scope(writes, &written).await?;
@@ -288,12 +297,17 @@ impl L2 {
         if done.is_empty() {
             return Ok(0);
         }
-        let mut get = redis::pipe();
-        for w in &done {
-            get.cmd("GET")
-                .arg(keys::scope_generation(w.key.kind(), None));
-        }
-        let now: Vec<Option<String>> = self.redis.pipe("scope_check", &get).await?;
+        let gets = done
+            .iter()
+            .map(|w| get(keys::scope_generation(w.key.kind(), None)))
+            .collect();
+        let now: Vec<Option<String>> = self
+            .redis
+            .batch("scope_check", gets)
+            .await?
+            .iter()
+            .map(value_string)
+            .collect();
         let stale: Vec<String> = done
             .iter()
             .zip(&now)
@@ -311,16 +325,18 @@ impl L2 {
     /// Deletes a key, bumps its generation and tells every replica.
     pub(crate) async fn invalidate(&self, key: &CacheKey, message: &str) -> Result<(), L2Error> {
         let generation = keys::generation(key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(keys::entry(key)).ignore();
-        pipe.cmd("INCR").arg(&generation).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&generation)
-            .arg(self.gen_ttl_ms)
-            .ignore();
-        self.redis
-            .add_publish(&mut pipe, Topic::Invalidation, message.as_bytes());
-        self.redis.pipe::<()>("invalidate", &pipe).await
+        let mut bump = redis::cmd("INCR");
+        bump.arg(&generation);
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&generation).arg(self.gen_ttl_ms);
+        let cmds = vec![
+            redis::cmd("DEL").arg(keys::entry(key)).clone(),
+            bump,
+            expire,
+            self.redis
+                .publish_cmd(Topic::Invalidation, message.as_bytes()),
+        ];
+        self.redis.batch("invalidate", cmds).await.map(|_| ())
     }
 
     /// Bumps a scope's generation, deletes its keys (SCAN MATCH), then tells
@@ -343,12 +359,18 @@ impl L2 {
         let pattern = keys::scope_pattern(kind, cluster);
         let tag = cluster.map(keys::cluster_tag);
         let deleted = self.redis.unlink_matching(&pattern, tag.as_deref()).await?;
-        let mut publish = redis::pipe();
-        self.redis
-            .add_publish(&mut publish, Topic::Invalidation, message.as_bytes());
-        self.redis.pipe::<()>("publish", &publish).await?;
+        let publish = self
+            .redis
+            .publish_cmd(Topic::Invalidation, message.as_bytes());
+        self.redis.cmd::<Value>("publish", &publish).await?;
         Ok(deleted)
     }
+}
+
+fn get(key: String) -> redis::Cmd {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(key);
+    cmd
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {

@@ -42,16 +42,19 @@ pub async fn acquire(
     }
     // Plain EVAL: the script is tiny, and EVALSHA would need a fallback
     // round trip whenever Redis restarted with an empty script cache.
-    let mut pipe = redis::pipe();
-    for &cluster in clusters {
-        pipe.cmd("EVAL")
-            .arg(ACQUIRE)
-            .arg(1)
-            .arg(keys::watch_lease(cluster))
-            .arg(instance)
-            .arg(ttl.as_millis() as u64);
+    let mut evals = per_lease(ACQUIRE, clusters, instance);
+    for eval in &mut evals {
+        eval.arg(ttl.as_millis() as u64);
     }
-    let held: Vec<i64> = redis.pipe("lease_acquire", &pipe).await?;
+    let held: Vec<i64> = redis
+        .batch("lease_acquire", evals)
+        .await?
+        .iter()
+        .map(|v| match v {
+            redis::Value::Int(n) => *n,
+            _ => 0,
+        })
+        .collect();
     Ok(clusters
         .iter()
         .zip(held)
@@ -65,14 +68,22 @@ pub async fn release(redis: &Redis, clusters: &[u64], instance: &str) -> Result<
     if clusters.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
-    for &cluster in clusters {
-        pipe.cmd("EVAL")
-            .arg(RELEASE)
-            .arg(1)
-            .arg(keys::watch_lease(cluster))
-            .arg(instance)
-            .ignore();
-    }
-    redis.pipe("lease_release", &pipe).await
+    let evals = per_lease(RELEASE, clusters, instance);
+    redis.batch("lease_release", evals).await.map(|_| ())
+}
+
+/// `script` on each cluster's lease, for `instance` (one slot each: the
+/// batch splits them per slot on Redis Cluster).
+fn per_lease(script: &str, clusters: &[u64], instance: &str) -> Vec<redis::Cmd> {
+    clusters
+        .iter()
+        .map(|&cluster| {
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(script)
+                .arg(1)
+                .arg(keys::watch_lease(cluster))
+                .arg(instance);
+            eval
+        })
+        .collect()
 }

@@ -10,7 +10,8 @@
 //! where every Redis name lives.
 //!
 //! The circuit judges whether Redis is *available*: a timeout, a refused
-//! or dropped connection, a loading or failing-over server opens it; an
+//! or dropped connection, a loading or failing-over server (or cluster
+//! slots on the move) opens it; an
 //! answer that is an error (a command the ACL forbids, a script error)
 //! counts as an error but shows Redis is there.
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +88,8 @@ impl RedisError {
                         | ServerErrorKind::ClusterDown
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                 ),
                 ErrorKind::Extension | ErrorKind::UnexpectedReturnType | ErrorKind::Parse => false,
                 _ => true,
@@ -354,6 +357,62 @@ impl Redis {
         }
     }
 
+    /// Runs `cmds` in one round trip and returns every reply, in order.
+    /// On Redis Cluster a pipeline may not cross slots: the commands are
+    /// grouped by the slot of their key (a script's first key), one
+    /// pipeline per slot, sent at once.
+    pub async fn batch(
+        &self,
+        op: &'static str,
+        cmds: Vec<redis::Cmd>,
+    ) -> Result<Vec<Value>, RedisError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            return self.pipe(op, &pipe).await;
+        }
+        let count = cmds.len();
+        let mut groups: Vec<(Option<Route>, redis::Pipeline, Vec<usize>)> = Vec::new();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let route = first_key(&cmd).map(|key| Route::with_key(key, SlotAddr::Master));
+            let at = match groups.iter().position(|(r, _, _)| *r == route) {
+                Some(at) => at,
+                None => {
+                    groups.push((route, redis::pipe(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[at].1.add_command(cmd);
+            groups[at].2.push(i);
+        }
+        let answers = futures::future::join_all(
+            groups
+                .iter()
+                .map(|(_, pipe, _)| self.pipe::<Vec<Value>>(op, pipe)),
+        )
+        .await;
+        let mut replies = vec![Value::Nil; count];
+        for ((_, _, indices), answer) in groups.iter().zip(answers) {
+            let values = answer?;
+            if values.len() != indices.len() {
+                return Err(RedisError::Answer(format!(
+                    "{} replies to {} commands",
+                    values.len(),
+                    indices.len()
+                )));
+            }
+            for (&i, value) in indices.iter().zip(values) {
+                replies[i] = value;
+            }
+        }
+        Ok(replies)
+    }
+
     /// Deletes every key matching `pattern` (`SCAN MATCH`, `UNLINK`); on
     /// Redis Cluster on the node of hash tag `tag`, or on every primary.
     /// Returns how many were deleted.
@@ -365,10 +424,7 @@ impl Redis {
         let routes = match (&self.shared.conns, tag) {
             (Conns::Single(_), _) => vec![RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random)],
             (Conns::Cluster(_), Some(tag)) => vec![RoutingInfo::SingleNode(
-                SingleNodeRoutingInfo::SpecificNode(redis::cluster_routing::Route::with_key(
-                    tag,
-                    redis::cluster_routing::SlotAddr::Master,
-                )),
+                SingleNodeRoutingInfo::SpecificNode(Route::with_key(tag, SlotAddr::Master)),
             )],
             (Conns::Cluster(_), None) => self.primaries().await?,
         };
@@ -466,16 +522,21 @@ impl Redis {
     /// Appends to `pipe` the publication of `body` as a `topic` message to
     /// every replica's listener.
     pub fn add_publish(&self, pipe: &mut redis::Pipeline, topic: Topic, body: &[u8]) {
+        pipe.add_command(self.publish_cmd(topic, body)).ignore();
+    }
+
+    /// The publication of `body` as a `topic` message to every replica's
+    /// listener.
+    pub fn publish_cmd(&self, topic: Topic, body: &[u8]) -> redis::Cmd {
         // Sharded on a cluster: the channel lives on its slot's shard.
-        let publish = if self.is_cluster() {
+        let mut cmd = redis::cmd(if self.is_cluster() {
             "SPUBLISH"
         } else {
             "PUBLISH"
-        };
-        pipe.cmd(publish)
-            .arg(crate::cache::keys::BUS_CHANNEL)
-            .arg(listener::frame(topic, body))
-            .ignore();
+        });
+        cmd.arg(crate::cache::keys::BUS_CHANNEL)
+            .arg(listener::frame(topic, body));
+        cmd
     }
 
     /// The listener: hands every `topic` message from other replicas to
@@ -494,6 +555,25 @@ impl Redis {
     pub async fn wait_listening(&self, within: Duration) -> bool {
         self.shared.hub.wait_subscribed(within).await
     }
+}
+
+/// The key a command is routed by: a script's first key, else its first
+/// argument.
+fn first_key(cmd: &redis::Cmd) -> Option<Vec<u8>> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?;
+    let at = if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
+        3
+    } else {
+        1
+    };
+    args.get(at).map(|key| key.to_vec())
 }
 
 async fn send<C, T>(conn: &mut C, req: Req<'_>) -> Result<T, RedisError>
