@@ -135,13 +135,15 @@ async fn a_primary_killed_under_load_fails_no_request() {
     kill_a_primary_under_load(false).await;
 }
 
-/// KNOWN GAP: after the fail-over the gateways' cluster connections (redis
-/// 1.8.1 cluster-async) neither resubscribe nor answer probes within 15 s,
-/// although every live node reports `cluster_state:ok`; requests keep
-/// being answered from L1 and the schedulers meanwhile. Run with
-/// `--ignored` while this is investigated.
+/// KNOWN GAP: in this harness the killed primary's replica is not
+/// promoted within 30 s (`wait_failover` times out; every live node keeps
+/// answering MOVED to the dead primary), so events cannot resume on the
+/// promoted replica yet. Whether the harness (6 nodes on one host, node
+/// timeout 1 s) or the cluster set-up is at fault is not settled; the
+/// gateway side (listener and commands reconnect from the next seed, MOVED
+/// opens the circuit) is in place. Run with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "events do not resume after a fail-over yet (see the comment)"]
+#[ignore = "the test cluster does not promote the replica yet (see the comment)"]
 async fn events_resume_after_a_primary_fails_over() {
     kill_a_primary_under_load(true).await;
 }
@@ -196,10 +198,14 @@ async fn kill_a_primary_under_load(then_events: bool) {
     let subscribed = |g: &Gateway| g.state.events.bus.listening().1;
     let (subs_a, subs_b) = (subscribed(&a), subscribed(&b));
     // The shard of the channel between replicas, where events travel.
-    redis.kill_primary_of(keys::BUS_CHANNEL);
+    let killed = redis.kill_primary_of(keys::BUS_CHANNEL);
     let before_failover = done.load(Ordering::Acquire);
     let redis = tokio::task::spawn_blocking(move || {
-        redis.wait_ok();
+        if then_events {
+            redis.wait_failover(keys::BUS_CHANNEL, killed);
+        } else {
+            redis.wait_ok();
+        }
         redis
     })
     .await

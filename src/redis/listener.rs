@@ -79,8 +79,11 @@ pub(crate) enum Subscriber {
     /// `SUBSCRIBE` on a dedicated connection to one Redis.
     Single(Box<redis::Client>),
     /// `SSUBSCRIBE` on a dedicated RESP3 cluster connection, from these
-    /// seed nodes.
-    Cluster(Vec<String>),
+    /// seed nodes (each attempt led by the next one).
+    Cluster {
+        nodes: Vec<String>,
+        next_seed: std::sync::atomic::AtomicUsize,
+    },
 }
 
 /// A live subscription.
@@ -241,15 +244,18 @@ impl Hub {
                     pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
                     Ok(Subscription::Single(pubsub))
                 }
-                Subscriber::Cluster(nodes) => {
+                Subscriber::Cluster { nodes, next_seed } => {
                     let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
-                    let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                        .use_protocol(redis::ProtocolVersion::RESP3)
-                        .connection_timeout(self.timing.connect_timeout)
-                        .response_timeout(self.timing.connect_timeout)
-                        .push_sender(tx)
-                        .build()
-                        .map_err(|e| e.to_string())?;
+                    let first = next_seed.fetch_add(1, Ordering::Relaxed);
+                    let client = super::cluster_builder(
+                        super::rotated(nodes, first),
+                        self.timing.connect_timeout,
+                        self.timing.connect_timeout,
+                    )
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .build()
+                    .map_err(|e| e.to_string())?;
                     let mut conn = client
                         .get_async_connection()
                         .await

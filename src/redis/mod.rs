@@ -126,8 +126,55 @@ enum Conns {
 }
 
 struct ClusterConns {
-    client: ClusterClient,
+    /// Seed nodes.
+    nodes: Vec<String>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// Which seed leads the next connection: each new connection starts
+    /// from the next one, so a dead seed is not the only one ever asked
+    /// (redis 1.8.1 reconnects through the first seed alone).
+    next_seed: std::sync::atomic::AtomicUsize,
     conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+}
+
+impl ClusterConns {
+    fn client(&self) -> redis::RedisResult<ClusterClient> {
+        let first = self
+            .next_seed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cluster_builder(
+            rotated(&self.nodes, first),
+            self.connect_timeout,
+            self.command_timeout,
+        )
+        .build()
+    }
+}
+
+/// `nodes` starting at the `first`-th (modulo their number).
+pub(crate) fn rotated(nodes: &[String], first: usize) -> Vec<String> {
+    let mut nodes = nodes.to_vec();
+    if !nodes.is_empty() {
+        let len = nodes.len();
+        nodes.rotate_left(first % len);
+    }
+    nodes
+}
+
+pub(crate) fn cluster_builder(
+    nodes: Vec<String>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(nodes)
+        .connection_timeout(connect_timeout)
+        .response_timeout(response_timeout)
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        // A dead node (a failed-over primary, a dead seed) is refused at
+        // once; retrying it would outlast every timeout of ours.
+        .max_connection_attempts(std::num::NonZeroUsize::MIN)
 }
 
 /// The process's Redis; cheap to clone.
@@ -168,21 +215,26 @@ impl Redis {
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned)
                 .collect();
-            let builder = || {
-                ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.command_timeout)
-                    .retries(2)
-                    .min_retry_wait(10)
-                    .max_retry_wait(100)
-            };
-            let client = builder().build().map_err(|e| bad(e.to_string()))?;
+            // Checks the seeds parse.
+            cluster_builder(
+                nodes.clone(),
+                settings.connect_timeout,
+                settings.command_timeout,
+            )
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
             (
                 Conns::Cluster(Box::new(ClusterConns {
-                    client,
+                    nodes: nodes.clone(),
+                    connect_timeout: settings.connect_timeout,
+                    command_timeout: settings.command_timeout,
+                    next_seed: std::sync::atomic::AtomicUsize::new(0),
                     conn: tokio::sync::Mutex::new(None),
                 })),
-                listener::Subscriber::Cluster(nodes.clone()),
+                listener::Subscriber::Cluster {
+                    nodes,
+                    next_seed: std::sync::atomic::AtomicUsize::new(0),
+                },
             )
         } else {
             let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
@@ -334,20 +386,28 @@ impl Redis {
                         match slot.as_ref() {
                             Some(conn) => conn.clone(),
                             None => {
-                                let made = cluster.client.get_async_connection().await?;
+                                let made = cluster.client()?.get_async_connection().await?;
                                 *slot = Some(made.clone());
                                 made
                             }
                         }
                     };
-                    match req {
-                        Req::Routed(cmd, routing) => {
-                            let value = conn.route_command(cmd.clone(), routing.clone()).await?;
-                            T::from_redis_value(value)
-                                .map_err(|e| RedisError::Answer(e.to_string()))
-                        }
+                    let result = match req {
+                        Req::Routed(cmd, routing) => conn
+                            .route_command(cmd.clone(), routing.clone())
+                            .await
+                            .map_err(RedisError::from)
+                            .and_then(|value| {
+                                T::from_redis_value(value)
+                                    .map_err(|e| RedisError::Answer(e.to_string()))
+                            }),
                         req => send(&mut conn, req).await,
+                    };
+                    if result.as_ref().is_err_and(RedisError::is_outage) {
+                        // Start over (from another seed) next time.
+                        *cluster.conn.lock().await = None;
                     }
+                    result
                 }
             }
         };

@@ -120,29 +120,34 @@ impl RedisCluster {
         });
     }
 
+    /// The port of the primary serving `key`'s slot, as a live node sees
+    /// it.
+    pub fn primary_of(&self, key: &str) -> Option<u16> {
+        let any = *self.live_ports().first()?;
+        let slot: u16 = node_command(any, &["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .ok()?;
+        let nodes = node_command(any, &["CLUSTER", "NODES"])?;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let is_primary = flags.split(',').any(|f| f == "master") && !flags.contains("fail");
+            let serves = fields.iter().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+            });
+            if !(is_primary && serves) {
+                return None;
+            }
+            let address = fields.get(1)?.split('@').next()?;
+            address.rsplit_once(':')?.1.parse::<u16>().ok()
+        })
+    }
+
     /// SIGKILLs the primary serving `key`'s slot; returns its port.
     pub fn kill_primary_of(&mut self, key: &str) -> u16 {
-        let any = self.live_ports()[0];
-        let slot: u16 = node_command(any, &["CLUSTER", "KEYSLOT", key])
-            .and_then(|s| s.trim().parse().ok())
-            .expect("CLUSTER KEYSLOT");
-        let nodes = node_command(any, &["CLUSTER", "NODES"]).expect("CLUSTER NODES");
-        let port = nodes
-            .lines()
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let is_primary = fields.get(2)?.split(',').any(|f| f == "master");
-                let serves = fields.iter().skip(8).any(|range| {
-                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
-                });
-                if !(is_primary && serves) {
-                    return None;
-                }
-                let address = fields.get(1)?.split('@').next()?;
-                address.rsplit_once(':')?.1.parse::<u16>().ok()
-            })
-            .expect("a primary serves the slot");
+        let port = self.primary_of(key).expect("a primary serves the slot");
         let node = self
             .nodes
             .iter_mut()
@@ -153,6 +158,15 @@ impl RedisCluster {
             let _ = child.wait();
         }
         port
+    }
+
+    /// Waits until another node (the promoted replica) serves `key`'s slot
+    /// and the cluster is ok again.
+    pub fn wait_failover(&self, key: &str, killed: u16) {
+        wait_for("a replica takes over the slot", || {
+            self.primary_of(key).is_some_and(|port| port != killed)
+        });
+        self.wait_ok();
     }
 }
 
