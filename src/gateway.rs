@@ -35,8 +35,6 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
-    #[error("event bus: {0}")]
-    Events(String),
     #[error("no scheduler or manager configured (set --scheduler or --manager)")]
     NoSchedulers,
     #[error("persisted queries: {0}")]
@@ -159,18 +157,11 @@ async fn gateway_state(
     if cache_config.redis_url.is_none() {
         cache_config.redis_url = config.redis.clone();
     }
-    let redis_url = cache_config.redis_url.clone();
-    let redis_timeout = cache_config
-        .command_timeout
-        .max(std::time::Duration::from_millis(500));
-    let cache = Cache::connect(cache_config, clock).await?;
-    let events = Events::new(
-        config.watch.clone(),
-        cache.clone(),
-        redis_url.as_deref(),
-        redis_timeout,
-    )
-    .map_err(StartError::Events)?;
+    // One Redis stack for the cache, the event bus, the watcher and
+    // persisted queries.
+    let redis = crate::cache::connect_redis(&cache_config).await?;
+    let cache = Cache::connect_with(cache_config, clock, redis.clone()).await?;
+    let events = Events::new(config.watch.clone(), cache.clone(), redis);
     events.start(client.clone(), cache.clone(), shutdown.child_token());
     Ok(Arc::new(GatewayState::new(
         client,
@@ -215,7 +206,7 @@ async fn app_state(
         persisted: crate::http::persisted::PersistedQueries::new(
             config.graphql.persisted_queries,
             config.graphql.safelist_file.as_deref(),
-            state.events.bus.clone(),
+            state.events.bus.redis().cloned(),
         )?,
         auth,
         browser: Arc::new(config.browser.clone()),

@@ -39,6 +39,7 @@ pub mod host_type;
 pub mod http;
 pub mod ids;
 pub mod origins;
+pub mod redis;
 pub mod status;
 pub mod telemetry;
 

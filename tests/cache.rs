@@ -423,7 +423,7 @@ async fn a_dead_lock_holder_does_not_block_past_lock_ttl() {
     let _: () = redis
         .conn()
         .set_options(
-            "dfgraph:v1:lock:task:1:k",
+            dfgraph::cache::keys::load_lock(&task("k")),
             "dead",
             redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(10_000)),
         )

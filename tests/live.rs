@@ -298,19 +298,21 @@ const PEER_STATE: &str = "subscription($h: ID!, $t: ID!, $p: ID!) { peerStateCha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_cannot_hear_the_leader_polls_its_own_subscriptions() {
     let redis = RedisServer::start();
-    // The follower's commands work (interest, leases, cache), but its
-    // event listener may not subscribe: the leader's events cannot reach
-    // it, as when its pub/sub connection is down and the rest is not.
+    // The follower's commands work (interest, leases, cache, publishing),
+    // but its listener may not subscribe: the leader's events cannot
+    // reach it, as when its pub/sub connection is down and the rest is
+    // not.
     redis.acl_setuser(
         "deaf",
         &[
             "on",
             ">pw",
             "resetchannels",
-            "&dfgraph:v1:invalidate",
+            "&dfgraph:*",
             "~dfgraph:*",
             "+@all",
             "-@dangerous",
+            "-subscribe",
         ],
     );
     let sim = SimCluster::start(small_sim()).await.unwrap();
@@ -345,7 +347,7 @@ async fn a_replica_that_cannot_hear_the_leader_polls_its_own_subscriptions() {
     );
 
     // Once it hears the channel again, the leader's events carry on.
-    redis.acl_setuser("deaf", &["&dfgraph:v1:events"]);
+    redis.acl_setuser("deaf", &["+subscribe"]);
     wait_until("the listener subscribes", Duration::from_secs(10), || {
         follower.state.events.bus.listening().0
     })

@@ -1,21 +1,20 @@
-//! Invalidation between replicas: the message format on the
-//! `dfgraph:v1:invalidate` channel, dropping what a message names from this
-//! process (L1 entry, in-flight load, generation bump), and the subscriber
-//! task that listens on its own Redis pub/sub connection.
+//! Invalidation between replicas: the message format of the
+//! [`Topic::Invalidation`](crate::redis::Topic) messages on the process's
+//! one listener, dropping what a message names from this process (L1
+//! entry, in-flight load, generation bump), and the [`Listener`] that
+//! applies them.
 //!
 //! Messages are text: `v1 <instance> key <redis key>` or
 //! `v1 <instance> scope <kind> <cluster|*>`. A replica ignores its own.
-//! Messages published while a subscriber is disconnected are lost, so on
-//! every reconnect the whole L1 is dropped.
+//! Messages published while the listener is disconnected are lost, so on
+//! every resubscription the whole L1 is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::sync::{oneshot, watch};
+use futures::future::BoxFuture;
 
-use super::keys::{self, INVALIDATION_CHANNEL};
+use super::keys;
 use super::{CacheKey, Kind, Local};
 
 /// What an invalidation drops.
@@ -84,137 +83,38 @@ impl Local {
     }
 }
 
-/// How the subscriber task runs.
-pub(crate) struct Subscriber {
-    pub(crate) client: deadpool_redis::redis::Client,
+/// Applies other replicas' invalidations to this process.
+pub(crate) struct Listener {
     pub(crate) local: Arc<Local>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) backoff_min: Duration,
-    pub(crate) backoff_max: Duration,
-    /// Liveness check of an idle subscription.
-    pub(crate) ping_every: Duration,
     /// Set once the cache serves; a subscription made after that drops L1.
     pub(crate) serving: Arc<AtomicBool>,
-    pub(crate) shown_url: String,
 }
 
-impl Subscriber {
-    /// Runs until `shutdown`'s sender is dropped. `ready` fires on the first
-    /// subscription.
-    pub(crate) async fn run(self, ready: oneshot::Sender<()>, mut shutdown: watch::Receiver<()>) {
-        let mut ready = Some(ready);
-        let mut backoff = self.backoff_min;
-        // Warn once per failure streak, not on every retry.
-        let mut warned = false;
-        loop {
-            let subscribed = tokio::select! {
-                result = self.subscribe() => result,
-                _ = shutdown.changed() => return,
+impl crate::redis::Handler for Listener {
+    fn message<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Ok(text) = std::str::from_utf8(body) else {
+                tracing::warn!("undecodable invalidation message ignored");
+                return;
             };
-            match subscribed {
-                Ok(pubsub) => {
-                    if self.serving.load(Ordering::Acquire) {
-                        tracing::info!(
-                            url = %self.shown_url,
-                            "invalidation subscriber (re)connected; dropping all of L1 \
-                             (messages sent meanwhile are lost)"
-                        );
-                        self.local.drop_all();
-                    }
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                    backoff = self.backoff_min;
-                    warned = false;
-                    if self.listen(pubsub, &mut shutdown).await {
-                        return;
-                    }
-                    tracing::warn!(
-                        url = %self.shown_url,
-                        "invalidation subscriber lost Redis; reconnecting"
-                    );
+            match decode(text) {
+                Some((from, _)) if from == self.local.instance => {}
+                Some((_, target)) => {
+                    self.local.stats.invalidation_received();
+                    self.local.drop_target(&target).await;
                 }
-                Err(error) if !warned => {
-                    warned = true;
-                    tracing::warn!(
-                        %error,
-                        url = %self.shown_url,
-                        channel = INVALIDATION_CHANNEL,
-                        "invalidation subscriber cannot subscribe; other replicas' \
-                         invalidations do not reach this one until it can (retrying)"
-                    );
-                }
-                Err(error) => {
-                    tracing::debug!(%error, url = %self.shown_url, "invalidation subscriber still cannot subscribe");
-                }
+                None => tracing::warn!(message = %text, "malformed invalidation message ignored"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return,
-            }
-            backoff = (backoff * 2).min(self.backoff_max);
-        }
+        })
     }
 
-    async fn subscribe(&self) -> Result<deadpool_redis::redis::aio::PubSub, String> {
-        let connect = async {
-            let mut pubsub = self
-                .client
-                .get_async_pubsub()
-                .await
-                .map_err(|e| e.to_string())?;
-            pubsub
-                .subscribe(INVALIDATION_CHANNEL)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(pubsub)
-        };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("timed out after {:?}", self.connect_timeout)),
-        }
-    }
-
-    /// Applies messages until the connection fails (false) or shutdown
-    /// (true).
-    async fn listen(
-        &self,
-        pubsub: deadpool_redis::redis::aio::PubSub,
-        shutdown: &mut watch::Receiver<()>,
-    ) -> bool {
-        let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(self.ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                message = stream.next() => {
-                    let Some(message) = message else { return false };
-                    let Ok(text) = message.get_payload::<String>() else {
-                        tracing::warn!("undecodable invalidation message ignored");
-                        continue;
-                    };
-                    match decode(&text) {
-                        Some((from, _)) if from == self.local.instance => {}
-                        Some((_, target)) => {
-                            self.local.stats.invalidation_received();
-                            self.local.drop_target(&target).await;
-                        }
-                        None => tracing::warn!(message = %text, "malformed invalidation message ignored"),
-                    }
-                }
-                _ = ping.tick() => {
-                    let alive = tokio::time::timeout(
-                        self.connect_timeout,
-                        sink.ping::<deadpool_redis::redis::Value>(),
-                    )
-                    .await;
-                    if !matches!(alive, Ok(Ok(_))) {
-                        return false;
-                    }
-                }
-                _ = shutdown.changed() => return true,
-            }
+    fn subscribed(&self) {
+        if self.serving.load(Ordering::Acquire) {
+            tracing::info!(
+                "invalidation listener (re)subscribed; dropping all of L1 \
+                 (messages sent meanwhile are lost)"
+            );
+            self.local.drop_all();
         }
     }
 }

@@ -1,8 +1,6 @@
-//! L2: the Redis tier shared by every replica (deadpool-redis pool).
-//!
-//! Every command goes through [`L2::query`]: skipped while the circuit is
-//! open, bounded by the per-command timeout, and its failure is counted,
-//! never returned to a lookup. Besides plain reads (one `MGET` per batch)
+//! L2: the Redis tier shared by every replica, on the process's one Redis
+//! stack ([`crate::redis::Redis`]: circuit, timeout and error counting);
+//! a failure is never returned to a lookup. Besides plain reads (one `MGET` per batch)
 //! it keeps the cross-process parts of consistency:
 //!
 //! - the load lock `dfgraph:v1:lock:{kind}:{cluster}:{id}` (`SET NX PX`),
@@ -13,32 +11,35 @@
 //!   value back only if none moved meanwhile.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Value};
-use deadpool_redis::{Manager, Pool, Runtime};
+use redis::Value;
 
-use super::circuit::Circuit;
-use super::keys::{self, INVALIDATION_CHANNEL};
-use super::stats::Stats;
+use super::keys;
 use super::{CacheConfig, CacheKey, Kind};
-use crate::clock::SystemClock;
+use crate::redis::{Redis, RedisError, Topic, value_string};
 
 /// Sets the value only if no generation moved since the load read them;
 /// releases the load lock if this load holds it. Returns 1 if written.
+/// KEYS: entry, its generation, its cluster's scope generation, its lock
+/// (one slot: the cluster's hash tag) and, on a single Redis, the
+/// all-clusters scope generation (another slot: on Redis Cluster it is
+/// checked after the write, see [`L2::write_back`]).
 const WRITE_SCRIPT: &str = r"
 local function gen(k)
   local v = redis.call('GET', k)
   if v then return v end
   return '0'
 end
-local ok = gen(KEYS[2]) == ARGV[3] and gen(KEYS[3]) == ARGV[4] and gen(KEYS[4]) == ARGV[5]
+local ok = gen(KEYS[2]) == ARGV[3] and gen(KEYS[3]) == ARGV[4]
+if KEYS[5] then
+  ok = ok and gen(KEYS[5]) == ARGV[6]
+end
 if ok then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) == ARGV[6] then
-  redis.call('DEL', KEYS[5])
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then
+  redis.call('DEL', KEYS[4])
 end
 if ok then return 1 end
 return 0
@@ -51,19 +52,7 @@ end
 return 0
 ";
 
-/// Why a Redis command did not answer. Logged and counted, never shown to
-/// a caller of the cache.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum L2Error {
-    #[error("circuit open")]
-    CircuitOpen,
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("no connection: {0}")]
-    Pool(String),
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-}
+pub(crate) type L2Error = RedisError;
 
 /// What a load saw in Redis before calling its origin: the generations it
 /// must still find when writing back, and its lock token if it won the
@@ -95,145 +84,22 @@ pub(crate) struct Polled {
 }
 
 pub(crate) struct L2 {
-    pool: Pool,
-    client: redis::Client,
-    circuit: Circuit,
-    timeout: Duration,
+    redis: Redis,
     lock_ttl_ms: u64,
     gen_ttl_ms: u64,
-    stats: Arc<Stats>,
-    /// The URL with its password hidden, for logs and errors.
-    shown_url: String,
-}
-
-enum Req<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
 }
 
 impl L2 {
-    pub(crate) fn new(url: &str, config: &CacheConfig, stats: Arc<Stats>) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout));
-        let manager = Manager::new_with_config(url, conn_config).map_err(|e| e.to_string())?;
-        let pool = Pool::builder(manager)
-            .max_size(config.redis_pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.command_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.command_timeout))
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            pool,
-            client,
-            circuit: Circuit::new(
-                config.circuit_failure_threshold,
-                config.circuit_backoff_min,
-                config.circuit_backoff_max,
-                stats.clone(),
-                Arc::new(SystemClock),
-            ),
-            timeout: config.command_timeout,
+    pub(crate) fn new(redis: Redis, config: &CacheConfig) -> Self {
+        Self {
+            redis,
             lock_ttl_ms: millis(config.lock_ttl),
             gen_ttl_ms: millis(config.generation_ttl),
-            stats,
-            shown_url: redact_url(url),
-        })
-    }
-
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    pub(crate) fn shown_url(&self) -> &str {
-        &self.shown_url
-    }
-
-    pub(crate) fn circuit(&self) -> &Circuit {
-        &self.circuit
-    }
-
-    async fn query<T: FromRedisValue>(&self, op: &'static str, req: Req<'_>) -> Result<T, L2Error> {
-        let Ok(ticket) = self.circuit.admit() else {
-            return Err(L2Error::CircuitOpen);
-        };
-        let run = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| L2Error::Pool(e.to_string()))?;
-            let value = match req {
-                Req::Cmd(cmd) => cmd.query_async::<T>(&mut conn).await?,
-                Req::Pipe(pipe) => pipe.query_async::<T>(&mut conn).await?,
-            };
-            Ok::<T, L2Error>(value)
-        };
-        let result = match tokio::time::timeout(self.timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(L2Error::Timeout(self.timeout)),
-        };
-        self.circuit.finish(ticket, result.is_ok());
-        if let Err(error) = &result {
-            self.stats.redis_error();
-            tracing::debug!(op, %error, "Redis command failed");
-        }
-        result
-    }
-
-    /// Checks at start-up that Redis answers (and accepts our credentials),
-    /// bypassing the circuit, within `within`.
-    pub(crate) async fn ping(&self, within: Duration) -> Result<(), L2Error> {
-        let run = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| L2Error::Pool(e.to_string()))?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok::<(), L2Error>(())
-        };
-        match tokio::time::timeout(within, run).await {
-            Ok(result) => result,
-            Err(_) => Err(L2Error::Timeout(within)),
         }
     }
 
-    /// Warns when Redis may refuse writes or evict only keys with a TTL
-    /// (every cache key has one, but so may more precious data).
-    pub(crate) async fn check_eviction_policy(&self) {
-        let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("GET").arg("maxmemory-policy");
-        let run = async {
-            let mut conn = self.pool.get().await.ok()?;
-            cmd.query_async::<Value>(&mut conn).await.ok()
-        };
-        let Ok(Some(value)) = tokio::time::timeout(self.timeout, run).await else {
-            tracing::debug!("cannot read Redis maxmemory-policy (denied or unsupported)");
-            return;
-        };
-        let policy = match value {
-            Value::Array(items) => items.get(1).and_then(value_string),
-            Value::Map(pairs) => pairs.first().and_then(|(_, v)| value_string(v)),
-            _ => None,
-        };
-        match policy.as_deref() {
-            Some("noeviction") => tracing::warn!(
-                url = %self.shown_url,
-                "Redis maxmemory-policy is noeviction: when full, cache writes fail; \
-                 use allkeys-lru or allkeys-lfu for a cache"
-            ),
-            Some(p) if p.starts_with("volatile-") => tracing::warn!(
-                url = %self.shown_url,
-                policy = p,
-                "Redis evicts only keys with a TTL; cache keys compete with other \
-                 expiring data; allkeys-lru or allkeys-lfu suits a cache better"
-            ),
-            _ => {}
-        }
+    pub(crate) fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     /// One `MGET` of the keys' values.
@@ -245,9 +111,9 @@ impl L2 {
         for key in keys {
             cmd.arg(keys::entry(key));
         }
-        let values: Vec<Option<Vec<u8>>> = self.query("mget", Req::Cmd(&cmd)).await?;
+        let values: Vec<Option<Vec<u8>>> = self.redis.cmd("mget", &cmd).await?;
         if values.len() != keys.len() {
-            return Err(L2Error::Pool(format!(
+            return Err(L2Error::Answer(format!(
                 "MGET answered {} values for {} keys",
                 values.len(),
                 keys.len()
@@ -267,16 +133,17 @@ impl L2 {
         let token = format!("{:016x}", rand::random::<u64>());
         let mut scopes: Vec<String> = Vec::new();
         let mut scope_index: HashMap<String, usize> = HashMap::new();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(keys.len() * 3 + 4);
         for key in keys {
-            pipe.cmd("SET")
-                .arg(keys::load_lock(key))
+            let mut lock = redis::cmd("SET");
+            lock.arg(keys::load_lock(key))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(self.lock_ttl_ms);
-            pipe.cmd("GET").arg(keys::generation(key));
-            pipe.cmd("GET").arg(keys::entry(key));
+            cmds.push(lock);
+            cmds.push(get(keys::generation(key)));
+            cmds.push(get(keys::entry(key)));
             for scope in [
                 keys::scope_generation(key.kind(), None),
                 keys::scope_generation(key.kind(), Some(key.cluster)),
@@ -288,11 +155,11 @@ impl L2 {
             }
         }
         for scope in &scopes {
-            pipe.cmd("GET").arg(scope);
+            cmds.push(get(scope.clone()));
         }
-        let values: Vec<Value> = self.query("acquire", Req::Pipe(&pipe)).await?;
+        let values = self.redis.batch("acquire", cmds).await?;
         if values.len() != keys.len() * 3 + scopes.len() {
-            return Err(L2Error::Pool("short answer to the lock pipeline".into()));
+            return Err(L2Error::Answer("short answer to the lock pipeline".into()));
         }
         let scope_gen = |name: String| -> String {
             scope_index
@@ -334,9 +201,9 @@ impl L2 {
         for key in keys {
             cmd.arg(keys::load_lock(key));
         }
-        let values: Vec<Option<Vec<u8>>> = self.query("poll", Req::Cmd(&cmd)).await?;
+        let values: Vec<Option<Vec<u8>>> = self.redis.cmd("poll", &cmd).await?;
         if values.len() != keys.len() * 2 {
-            return Err(L2Error::Pool("short answer to the poll".into()));
+            return Err(L2Error::Answer("short answer to the poll".into()));
         }
         let (vals, locks) = values.split_at(keys.len());
         Ok(vals
@@ -363,38 +230,96 @@ impl L2 {
         {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
+        let cluster = self.redis.is_cluster();
+        let mut cmds = Vec::with_capacity(deletes.len() + writes.len() + releases.len());
         for key in deletes {
-            pipe.cmd("DEL").arg(keys::entry(key)).ignore();
+            cmds.push(redis::cmd("DEL").arg(keys::entry(key)).clone());
         }
         for w in writes {
-            pipe.cmd("EVAL")
-                .arg(WRITE_SCRIPT)
-                .arg(5)
-                .arg(keys::entry(&w.key))
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(WRITE_SCRIPT).arg(if cluster { 4 } else { 5 });
+            eval.arg(keys::entry(&w.key))
                 .arg(keys::generation(&w.key))
-                .arg(keys::scope_generation(w.key.kind(), None))
                 .arg(keys::scope_generation(w.key.kind(), Some(w.key.cluster)))
-                .arg(keys::load_lock(&w.key))
-                .arg(&w.bytes)
+                .arg(keys::load_lock(&w.key));
+            if !cluster {
+                eval.arg(keys::scope_generation(w.key.kind(), None));
+            }
+            eval.arg(&w.bytes)
                 .arg(w.ttl_ms.max(1))
                 .arg(&w.guard.gens[0])
-                .arg(&w.guard.gens[1])
                 .arg(&w.guard.gens[2])
-                .arg(w.guard.token.as_deref().unwrap_or(""));
+                .arg(w.guard.token.as_deref().unwrap_or(""))
+                .arg(&w.guard.gens[1]);
+            cmds.push(eval);
         }
         for (key, guard) in releases {
             if let Some(token) = &guard.token {
-                pipe.cmd("EVAL")
-                    .arg(RELEASE_SCRIPT)
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(RELEASE_SCRIPT)
                     .arg(1)
                     .arg(keys::load_lock(key))
-                    .arg(token)
-                    .ignore();
+                    .arg(token);
+                cmds.push(eval);
             }
         }
-        let written: Vec<i64> = self.query("write_back", Req::Pipe(&pipe)).await?;
-        Ok(written.iter().filter(|w| **w == 0).count() as u64)
+        let replies = self.redis.batch("write_back", cmds).await?;
+        let written: Vec<i64> = replies
+            .iter()
+            .skip(deletes.len())
+            .take(writes.len())
+            .map(|v| match v {
+                Value::Int(n) => *n,
+                _ => 0,
+            })
+            .collect();
+        let mut refused = written.iter().filter(|w| **w == 0).count() as u64;
+        if cluster {
+            refused += self.undo_across_scope(writes, &written).await?;
+        }
+        Ok(refused)
+    }
+
+    /// On Redis Cluster the all-clusters scope generation lives in another
+    /// slot than what a write touches: read it after the writes, and delete
+    /// what was written if it moved since the load began. A scope
+    /// invalidation bumps it before it deletes the scope's keys, so a write
+    /// it races is removed either here (bump seen) or by its delete (bump
+    /// after this read, delete after the write). Returns how many were
+    /// undone.
+    async fn undo_across_scope(&self, writes: &[Write], written: &[i64]) -> Result<u64, L2Error> {
+        let done: Vec<&Write> = writes
+            .iter()
+            .zip(written)
+            .filter(|(_, w)| **w == 1)
+            .map(|(w, _)| w)
+            .collect();
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let gets = done
+            .iter()
+            .map(|w| get(keys::scope_generation(w.key.kind(), None)))
+            .collect();
+        let now: Vec<Option<String>> = self
+            .redis
+            .batch("scope_check", gets)
+            .await?
+            .iter()
+            .map(value_string)
+            .collect();
+        let stale: Vec<String> = done
+            .iter()
+            .zip(&now)
+            .filter(|(w, now)| now.as_deref().unwrap_or("0") != w.guard.gens[1])
+            .map(|(w, _)| keys::entry(&w.key))
+            .collect();
+        if !stale.is_empty() {
+            let mut del = redis::cmd("DEL");
+            del.arg(&stale);
+            self.redis.cmd::<u64>("scope_undo", &del).await?;
+        }
+        Ok(stale.len() as u64)
     }
 
     /// Deletes a key, bumps its generation and tells every replica.
@@ -426,28 +351,39 @@ impl L2 {
         message: &str,
     ) -> Result<(), L2Error> {
         let generation = keys::generation(key);
-        let mut pipe = redis::pipe();
+        let mut writes = Vec::with_capacity(3);
         if value.is_none() {
-            pipe.cmd("DEL").arg(keys::entry(key)).ignore();
+            writes.push(redis::cmd("DEL").arg(keys::entry(key)).clone());
         }
-        pipe.cmd("INCR").arg(&generation).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&generation)
-            .arg(self.gen_ttl_ms)
-            .ignore();
+        writes.push(redis::cmd("INCR").arg(&generation).clone());
+        writes.push(
+            redis::cmd("PEXPIRE")
+                .arg(&generation)
+                .arg(self.gen_ttl_ms)
+                .clone(),
+        );
         if let Some((bytes, ttl_ms)) = value {
-            pipe.cmd("SET")
-                .arg(keys::entry(key))
-                .arg(bytes)
-                .arg("PX")
-                .arg(ttl_ms.max(1))
-                .ignore();
+            writes.push(
+                redis::cmd("SET")
+                    .arg(keys::entry(key))
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            );
         }
-        pipe.cmd("PUBLISH")
-            .arg(INVALIDATION_CHANNEL)
-            .arg(message)
-            .ignore();
-        self.query::<()>(op, Req::Pipe(&pipe)).await
+        let publish = self
+            .redis
+            .publish_cmd(Topic::Invalidation, message.as_bytes());
+        if self.redis.is_cluster() {
+            // The channel's slot may be another node's: replicas must not
+            // hear of the change before it is in place.
+            self.redis.batch(op, writes).await?;
+            self.redis.batch(op, vec![publish]).await.map(|_| ())
+        } else {
+            writes.push(publish);
+            self.redis.batch(op, writes).await.map(|_| ())
+        }
     }
 
     /// Bumps a scope's generation, deletes its keys (SCAN MATCH), then tells
@@ -465,80 +401,25 @@ impl L2 {
             .arg(&generation)
             .arg(self.gen_ttl_ms)
             .ignore();
-        self.query::<()>("invalidate_scope", Req::Pipe(&pipe))
-            .await?;
+        self.redis.pipe::<()>("invalidate_scope", &pipe).await?;
 
         let pattern = keys::scope_pattern(kind, cluster);
-        let mut cursor: u64 = 0;
-        let mut deleted = 0u64;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = self.query("scan", Req::Cmd(&scan)).await?;
-            if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                unlink.arg(&keys);
-                deleted += self.query::<u64>("unlink", Req::Cmd(&unlink)).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(INVALIDATION_CHANNEL).arg(message);
-        self.query::<()>("publish", Req::Cmd(&publish)).await?;
+        let tag = cluster.map(keys::cluster_tag);
+        let deleted = self.redis.unlink_matching(&pattern, tag.as_deref()).await?;
+        let publish = self
+            .redis
+            .publish_cmd(Topic::Invalidation, message.as_bytes());
+        self.redis.cmd::<Value>("publish", &publish).await?;
         Ok(deleted)
     }
 }
 
-fn value_string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
+fn get(key: String) -> redis::Cmd {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(key);
+    cmd
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
-    };
-    format!("{}{}{}", &url[..scheme_end + 3], shown, &rest[at..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("redis://dfg:s3cr@t@10.0.0.1:6379/0"),
-            "redis://dfg:***@10.0.0.1:6379/0"
-        );
-        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:***@h:1");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
-    }
 }

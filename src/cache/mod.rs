@@ -15,13 +15,12 @@
 //!
 //! Time comes from [`crate::clock`]. Files, one job each: `codec` (value
 //! bytes), `keyring` (encryption keys), `l1` (in-process tier), `l2`
-//! (Redis tier), `keys` (every Redis key and channel name), `circuit`
-//! (Redis breaker), `flight` (single-flight),
+//! (Redis tier, on the process's one [`crate::redis`] stack), `keys`
+//! (every Redis key and channel name), `flight` (single-flight),
 //! `generation` (in-process generation guard), `refresh` (refresh-ahead),
 //! `invalidation` (messages and subscriber), `stats` (metrics), `typed`
 //! (the way of one lookup).
 
-mod circuit;
 pub mod codec;
 mod flight;
 mod generation;
@@ -46,7 +45,7 @@ use futures::future::BoxFuture;
 
 use crate::clock::Clock;
 use crate::ids::PeerKey;
-use tokio::sync::{oneshot, watch};
+use crate::redis::{Redis, RedisSettings, Topic};
 
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
@@ -56,7 +55,7 @@ pub use typed::Prefetched;
 
 use flight::Flights;
 use generation::Generations;
-use invalidation::{Subscriber, Target};
+use invalidation::{Listener, Target};
 use l1::L1;
 use l2::L2;
 use refresh::{RefreshAhead, TokenBucket};
@@ -264,6 +263,10 @@ pub struct CacheConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
     /// None: L1 only.
     pub redis_url: Option<String>,
+    /// `redis_url` names seed nodes of a Redis Cluster (one URL, or several
+    /// separated by commas): commands are routed by slot, replicas talk
+    /// over sharded pub/sub (Redis 7). Default false.
+    pub redis_cluster: bool,
     /// Refuse to start when Redis cannot be reached or refuses our
     /// credentials (default: start degraded, on L1 and origin only).
     pub redis_required: bool,
@@ -326,6 +329,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(5),
             l1_max_bytes: 256 << 20,
             redis_url: None,
+            redis_cluster: false,
             redis_required: false,
             redis_pool_size: 16,
             command_timeout: Duration::from_millis(200),
@@ -356,7 +360,11 @@ impl fmt::Debug for CacheConfig {
             .field("peer", &self.peer)
             .field("negative_ttl", &self.negative_ttl)
             .field("l1_max_bytes", &self.l1_max_bytes)
-            .field("redis_url", &self.redis_url.as_deref().map(l2::redact_url))
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(crate::redis::redact_url),
+            )
+            .field("redis_cluster", &self.redis_cluster)
             .field("redis_required", &self.redis_required)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("command_timeout", &self.command_timeout)
@@ -378,6 +386,20 @@ impl fmt::Debug for CacheConfig {
 }
 
 impl CacheConfig {
+    /// The Redis stack these settings describe, if a URL is set.
+    pub fn redis_settings(&self) -> Option<RedisSettings> {
+        Some(RedisSettings {
+            url: self.redis_url.clone()?,
+            cluster: self.redis_cluster,
+            pool_size: self.redis_pool_size,
+            command_timeout: self.command_timeout,
+            connect_timeout: self.connect_timeout,
+            circuit_failure_threshold: self.circuit_failure_threshold,
+            circuit_backoff_min: self.circuit_backoff_min,
+            circuit_backoff_max: self.circuit_backoff_max,
+        })
+    }
+
     pub fn ttl(&self, kind: Kind) -> KindTtl {
         match kind {
             Kind::Hosts => self.hosts,
@@ -451,88 +473,71 @@ struct Inner {
     l2: Option<Arc<L2>>,
     codec: Codec,
     refresh: RefreshAhead,
-    /// Dropped with the cache: stops the subscriber task.
-    _shutdown: watch::Sender<()>,
 }
 
-/// The L2 cache on Redis at `url`: checked once (see [`Cache::connect`]),
-/// with its invalidation subscriber started and, when Redis answers,
-/// listening before this returns.
-async fn connect_l2(
-    url: &str,
-    config: &CacheConfig,
-    stats: &Arc<Stats>,
-    local: &Arc<Local>,
-    serving: &Arc<AtomicBool>,
-    shutdown_rx: watch::Receiver<()>,
-) -> Result<Arc<L2>, CacheError> {
-    let l2 = L2::new(url, config, stats.clone())
-        .map_err(|e| CacheError::Config(format!("redis_url {}: {e}", l2::redact_url(url))))?;
-    check_redis(&l2, config, stats).await?;
-    let l2 = Arc::new(l2);
-    let (ready, ready_rx) = oneshot::channel();
-    let subscriber = Subscriber {
-        client: l2.client().clone(),
-        local: local.clone(),
-        connect_timeout: config.connect_timeout,
-        backoff_min: config.circuit_backoff_min.min(Duration::from_millis(100)),
-        backoff_max: config.circuit_backoff_max,
-        ping_every: Duration::from_secs(5),
-        serving: serving.clone(),
-        shown_url: l2.shown_url().to_string(),
+/// The Redis stack `config` describes, checked once: an error if it is
+/// `redis_required` and unusable (down, wrong address, credentials
+/// refused), else a loud warning and an open circuit (degraded service);
+/// warns about an unsuited eviction policy. `None` without a URL.
+pub async fn connect_redis(config: &CacheConfig) -> Result<Option<Redis>, CacheError> {
+    config.validate()?;
+    let Some(settings) = config.redis_settings() else {
+        return Ok(None);
     };
-    tokio::spawn(subscriber.run(ready, shutdown_rx));
-    if !l2.circuit().is_open() {
-        // Invalidations must flow before we serve.
-        let _ = tokio::time::timeout(config.connect_timeout, ready_rx).await;
-    }
-    Ok(l2)
-}
-
-/// Pings Redis once: an error if it is required and unusable, else a loud
-/// warning and an open circuit; warns about an unsuited eviction policy.
-async fn check_redis(l2: &L2, config: &CacheConfig, stats: &Stats) -> Result<(), CacheError> {
-    match l2.ping(config.connect_timeout).await {
+    let redis = Redis::new(&settings).map_err(|e| CacheError::Config(format!("redis_url {e}")))?;
+    match redis.ping(config.connect_timeout).await {
         Ok(()) => {
-            tracing::info!(url = %l2.shown_url(), "L2 cache on Redis");
-            l2.check_eviction_policy().await;
+            tracing::info!(url = %redis.shown_url(), "Redis in use");
+            redis.check_eviction_policy().await;
         }
         Err(error) if config.redis_required => {
-            let reason = error.to_string();
-            let reason = if reason.to_ascii_lowercase().contains("auth")
-                || reason.contains("WRONGPASS")
-                || reason.contains("NOAUTH")
-            {
-                format!("credentials refused (check user and password): {reason}")
+            let reason = if error.is_auth() {
+                format!("credentials refused (check user and password): {error}")
             } else {
-                reason
+                error.to_string()
             };
             return Err(CacheError::Redis {
-                url: l2.shown_url().to_string(),
+                url: redis.shown_url().to_string(),
                 reason,
             });
         }
         Err(error) => {
             tracing::warn!(
-                url = %l2.shown_url(),
+                url = %redis.shown_url(),
                 %error,
                 "REDIS UNUSABLE AT START-UP: serving from L1 and origin only \
                  (no sharing between replicas) until it answers; set \
                  redis_required to refuse to start instead"
             );
-            stats.redis_error();
-            l2.circuit().trip();
+            redis.count_error();
+            redis.trip();
         }
     }
-    Ok(())
+    Ok(Some(redis))
 }
 
 impl Cache {
-    /// Builds the cache. With a `redis_url` it checks Redis once (a clear
-    /// [`CacheError::Redis`] if `redis_required` and Redis is unusable,
-    /// else a loud warning and degraded service), warns about an unsuited
-    /// eviction policy, and starts the invalidation subscriber.
+    /// Builds the cache. With a `redis_url` (and the cache enabled) it
+    /// connects Redis as [`connect_redis`] does and listens for other
+    /// replicas' invalidations.
     pub async fn connect(config: CacheConfig, clock: Arc<dyn Clock>) -> Result<Cache, CacheError> {
+        let redis = if config.enabled {
+            connect_redis(&config).await?
+        } else {
+            None
+        };
+        Self::connect_with(config, clock, redis).await
+    }
+
+    /// Builds the cache on a Redis stack shared with the rest of the
+    /// process (see [`connect_redis`]); Redis is used only if the cache is
+    /// enabled. Returns once invalidations from other replicas flow (or
+    /// `connect_timeout` passed, or Redis is known down).
+    pub async fn connect_with(
+        config: CacheConfig,
+        clock: Arc<dyn Clock>,
+        redis: Option<Redis>,
+    ) -> Result<Cache, CacheError> {
         config.validate()?;
         let keyring = match &config.encryption {
             Some(encryption) => Some(Arc::new(
@@ -541,7 +546,6 @@ impl Cache {
             None => None,
         };
         let stats = Arc::new(Stats::default());
-        stats.set_circuit_open(false);
         let local = Arc::new(Local {
             l1: L1::new(config.l1_max_bytes),
             gens: Generations::new(config.generation_ttl),
@@ -549,12 +553,21 @@ impl Cache {
             stats: stats.clone(),
             instance: format!("{:016x}", rand::random::<u64>()),
         });
-        let (shutdown, shutdown_rx) = watch::channel(());
         let serving = Arc::new(AtomicBool::new(false));
-
-        let l2 = match (&config.redis_url, config.enabled) {
-            (Some(url), true) => {
-                Some(connect_l2(url, &config, &stats, &local, &serving, shutdown_rx).await?)
+        let l2 = match redis {
+            Some(redis) if config.enabled => {
+                redis.listen(
+                    Topic::Invalidation,
+                    Arc::new(Listener {
+                        local: local.clone(),
+                        serving: serving.clone(),
+                    }),
+                );
+                if redis.available() {
+                    // Invalidations must flow before we serve.
+                    redis.wait_listening(config.connect_timeout).await;
+                }
+                Some(Arc::new(L2::new(redis, &config)))
             }
             _ => None,
         };
@@ -574,7 +587,6 @@ impl Cache {
                 l2,
                 codec,
                 refresh,
-                _shutdown: shutdown,
             }),
         })
     }
@@ -607,7 +619,12 @@ impl Cache {
 
     /// Counters since start.
     pub fn stats(&self) -> CacheStats {
-        self.inner.local.stats.snapshot()
+        let mut stats = self.inner.local.stats.snapshot();
+        if let Some(l2) = &self.inner.l2 {
+            stats.redis_errors = l2.redis().errors();
+            stats.circuit_open = !l2.redis().available();
+        }
+        stats
     }
 
     /// True when `key` has an L1 entry (fresh or not); for tests and
@@ -626,7 +643,7 @@ impl Cache {
         self.inner
             .l2
             .as_ref()
-            .is_some_and(|l2| !l2.circuit().is_open())
+            .is_some_and(|l2| l2.redis().available())
     }
 
     /// Drops one entry on every replica: this L1, L2, and (through Redis

@@ -11,11 +11,9 @@
 //! | `dfgraph_cache_refresh_ahead_total` | background reloads of hot keys |
 //! | `dfgraph_cache_invalidations_total{direction="sent\|received"}` | invalidations made here / applied from other replicas |
 //! | `dfgraph_cache_stale_writes_dropped_total` | write-backs refused because the key was invalidated during the load |
-//! | `dfgraph_redis_errors_total` | failed or timed-out Redis commands |
-//! | `dfgraph_redis_circuit_open` | 1 while Redis is being skipped |
 //! | `dfgraph_cache_decode_failures_total` | undecodable values found in Redis (deleted, reloaded) |
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Tier;
@@ -94,9 +92,7 @@ pub(crate) struct Stats {
     sent: AtomicU64,
     received: AtomicU64,
     dropped_writes: AtomicU64,
-    redis_errors: AtomicU64,
     decode_failures: AtomicU64,
-    circuit_open: AtomicBool,
 }
 
 fn slot(outcome: Outcome) -> usize {
@@ -163,19 +159,9 @@ impl Stats {
         metrics::counter!("dfgraph_cache_stale_writes_dropped_total").increment(n);
     }
 
-    pub(crate) fn redis_error(&self) {
-        self.redis_errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("dfgraph_redis_errors_total").increment(1);
-    }
-
     pub(crate) fn decode_failure(&self) {
         self.decode_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("dfgraph_cache_decode_failures_total").increment(1);
-    }
-
-    pub(crate) fn set_circuit_open(&self, open: bool) {
-        self.circuit_open.store(open, Ordering::Relaxed);
-        metrics::gauge!("dfgraph_redis_circuit_open").set(if open { 1.0 } else { 0.0 });
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {
@@ -198,9 +184,10 @@ impl Stats {
             invalidations_sent: get(&self.sent),
             invalidations_received: get(&self.received),
             stale_writes_dropped: get(&self.dropped_writes),
-            redis_errors: get(&self.redis_errors),
+            // Filled in from the Redis stack by `Cache::stats`.
+            redis_errors: 0,
             decode_failures: get(&self.decode_failures),
-            circuit_open: self.circuit_open.load(Ordering::Relaxed),
+            circuit_open: false,
         }
     }
 }

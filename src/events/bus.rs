@@ -1,26 +1,24 @@
 //! The event bus: an in-process broadcast every subscription listens on,
-//! and, with Redis, the `dfgraph:v1:events` pub/sub channel that carries a
-//! replica's events to every other replica. The publisher delivers to its
-//! own subscribers directly (so a Redis outage does not silence them) and
-//! ignores its own messages when they come back from Redis.
+//! and, with Redis, [`Topic::Event`] messages on the process's one
+//! listener ([`crate::redis::listener`]) that carry a replica's events to
+//! every other replica, in order with its cache invalidations. The
+//! publisher delivers to its own subscribers directly (so a Redis outage
+//! does not silence them) and ignores its own messages when they come back
+//! from Redis.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use prost::Message;
-use redis::aio::ConnectionManager;
-use tokio::sync::{Mutex, broadcast};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::broadcast;
 
 use super::{Event, HostChange, What, metric};
-use crate::cache::keys::EVENTS_CHANNEL;
 use crate::cache::{Cache, CacheKey};
 use crate::clock::{Clock, SystemClock};
 use crate::ids::PeerKey;
 use crate::proto::common::v2::Host;
 use crate::proto::events::v1::{Event as WireEvent, EventKind};
+use crate::redis::{Redis, Topic};
 
 /// Events a subscriber may fall behind by before it is told it lost some
 /// (at least twice the watch set, so a new leader's baselines fit).
@@ -163,29 +161,11 @@ pub struct Bus {
 struct BusInner {
     local: broadcast::Sender<Arc<Event>>,
     instance: String,
-    redis: Option<RedisBus>,
-    cache: Cache,
-}
-
-struct RedisBus {
-    client: redis::Client,
-    /// Made on first use; a multiplexed connection that reconnects by
-    /// itself.
-    conn: Mutex<Option<ConnectionManager>>,
-    /// Until when connecting is not tried again after a failure, so a dead
-    /// Redis costs the watcher one timeout per few seconds, not per call.
-    retry_after: std::sync::Mutex<Option<Instant>>,
-    /// Events waiting to be published, in order; the watcher never waits
-    /// on Redis.
+    redis: Option<Redis>,
+    /// Events waiting to be published to Redis, in order; the watcher
+    /// never waits on Redis.
     outbox: tokio::sync::mpsc::Sender<Vec<u8>>,
-    timeout: Duration,
-    /// Whether the listener is subscribed to the channel now: while it is
-    /// not, other replicas' events do not reach this one, so the watcher
-    /// must not rely on them.
-    listening: AtomicBool,
-    /// Successful subscriptions so far; a change means messages may have
-    /// been missed in between.
-    subscriptions: AtomicU64,
+    cache: Cache,
 }
 
 /// Events queued toward Redis before new ones are dropped (with a
@@ -194,70 +174,21 @@ struct RedisBus {
 const MIN_OUTBOX_CAPACITY: usize = 4096;
 /// Most events sent to Redis in one pipelined round trip.
 const PUBLISH_BATCH: usize = 512;
-/// Pause before connecting again after a failed attempt.
-const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
-
-impl RedisBus {
-    pub(crate) async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let paused = self
-            .retry_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| Instant::now() < until);
-        if paused {
-            return Err("Redis unreachable (waiting before the next attempt)".into());
-        }
-        let made = self.connect().await;
-        *self.retry_after.lock().unwrap_or_else(|p| p.into_inner()) =
-            made.is_err().then(|| Instant::now() + RECONNECT_PAUSE);
-        let made = made?;
-        *slot = Some(made.clone());
-        Ok(made)
-    }
-
-    async fn connect(&self) -> Result<ConnectionManager, String> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| format!("connecting timed out after {:?}", self.timeout * 2))?
-        .map_err(|e| e.to_string())
-    }
-}
 
 /// Publishes queued events in order, as many as are waiting in one
 /// pipelined round trip; ends with the bus (whose drop closes the outbox).
 /// Holds the bus weakly, so it does not keep it alive.
-async fn publish_loop(
-    inner: std::sync::Weak<BusInner>,
-    mut outbox: tokio::sync::mpsc::Receiver<Vec<u8>>,
-) {
+async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Receiver<Vec<u8>>) {
     let mut failing = false;
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while outbox.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let Some(inner) = inner.upgrade() else { return };
-        let Some(bus) = &inner.redis else { return };
+        let Some(redis) = &inner.redis else { return };
         let mut pipe = redis::pipe();
         for bytes in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(EVENTS_CHANNEL).arg(bytes).ignore();
+            redis.add_publish(&mut pipe, Topic::Event, &bytes);
         }
-        let sent = async {
-            let mut conn = bus.connection().await?;
-            tokio::time::timeout(bus.timeout, pipe.query_async::<()>(&mut conn))
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.to_string())
-        };
-        match sent.await {
+        match redis.pipe::<()>("publish_events", &pipe).await {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("events reach Redis again");
@@ -272,29 +203,41 @@ async fn publish_loop(
     }
 }
 
+/// Hands other replicas' events to this one's subscribers.
+struct Listener {
+    bus: Weak<BusInner>,
+}
+
+impl crate::redis::Handler for Listener {
+    fn message<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(inner) = self.bus.upgrade() else {
+                return;
+            };
+            match decode(body) {
+                Ok((from, _)) if from == inner.instance => {}
+                Ok((_, event)) => deliver_remote(&inner, event).await,
+                Err(error) => tracing::warn!(%error, "event message ignored"),
+            }
+        })
+    }
+}
+
+/// Another replica's event: this replica's L1 copies go first (its
+/// invalidation may be further down the channel), so a query made on
+/// receipt of the event sees the new data.
+async fn deliver_remote(inner: &BusInner, event: Event) {
+    for key in affected_keys(&event) {
+        inner.cache.forget_local(&key).await;
+    }
+    let _ = inner.local.send(Arc::new(event));
+}
+
 impl Bus {
-    /// A bus for this process. With `redis_url`, events also cross
-    /// replicas; `timeout` bounds each Redis call.
-    pub fn new(
-        cache: Cache,
-        redis_url: Option<&str>,
-        timeout: Duration,
-        max_watched: usize,
-    ) -> Result<Bus, String> {
+    /// A bus for this process. With `redis`, events also cross replicas.
+    pub fn new(cache: Cache, redis: Option<Redis>, max_watched: usize) -> Bus {
         let (outbox, pending) =
             tokio::sync::mpsc::channel(MIN_OUTBOX_CAPACITY.max(max_watched.saturating_mul(2)));
-        let redis = match redis_url {
-            Some(url) => Some(RedisBus {
-                client: redis::Client::open(url).map_err(|e| e.to_string())?,
-                conn: Mutex::new(None),
-                retry_after: std::sync::Mutex::new(None),
-                outbox,
-                timeout,
-                listening: AtomicBool::new(false),
-                subscriptions: AtomicU64::new(0),
-            }),
-            None => None,
-        };
         let (local, _) = broadcast::channel(
             MIN_LOCAL_CAPACITY
                 .max(max_watched.saturating_mul(2))
@@ -304,12 +247,19 @@ impl Bus {
             local,
             instance: format!("{:016x}", rand::random::<u64>()),
             redis,
+            outbox,
             cache,
         });
-        if inner.redis.is_some() {
+        if let Some(redis) = &inner.redis {
             tokio::spawn(publish_loop(Arc::downgrade(&inner), pending));
+            redis.listen(
+                Topic::Event,
+                Arc::new(Listener {
+                    bus: Arc::downgrade(&inner),
+                }),
+            );
         }
-        Ok(Bus { inner })
+        Bus { inner }
     }
 
     /// This process's id on the bus (also its lease value).
@@ -321,18 +271,9 @@ impl Bus {
         self.inner.redis.is_some()
     }
 
-    /// A Redis connection for the watcher's lease and interest calls.
-    pub(crate) async fn redis(&self) -> Option<Result<ConnectionManager, String>> {
-        let redis = self.inner.redis.as_ref()?;
-        Some(redis.connection().await)
-    }
-
-    /// Timeout of one Redis call.
-    pub fn redis_timeout(&self) -> Duration {
-        self.inner
-            .redis
-            .as_ref()
-            .map_or(Duration::from_secs(1), |r| r.timeout)
+    /// The Redis stack, for the watcher's lease and interest calls.
+    pub(crate) fn redis(&self) -> Option<&Redis> {
+        self.inner.redis.as_ref()
     }
 
     /// Whether other replicas' events reach this one now (always, without
@@ -341,10 +282,7 @@ impl Bus {
     pub fn listening(&self) -> (bool, u64) {
         match &self.inner.redis {
             None => (true, 0),
-            Some(redis) => (
-                redis.listening.load(Ordering::Acquire),
-                redis.subscriptions.load(Ordering::Acquire),
-            ),
+            Some(redis) => redis.listening(),
         }
     }
 
@@ -380,121 +318,14 @@ impl Bus {
             .then(|| encode(&self.inner.instance, &event))
             .flatten();
         let _ = self.inner.local.send(Arc::new(event));
-        let (Some(redis), Some(bytes)) = (&self.inner.redis, wire) else {
+        let (Some(_), Some(bytes)) = (&self.inner.redis, wire) else {
             return;
         };
-        if redis.outbox.try_send(bytes).is_err() {
+        if self.inner.outbox.try_send(bytes).is_err() {
             metrics::counter!(metric::DROPPED).increment(1);
             tracing::warn!("event outbox toward Redis full; event not sent to other replicas");
         }
     }
-
-    /// Runs the Redis listener until `stop` (nothing to do without Redis).
-    pub async fn listen(self, stop: CancellationToken) {
-        let Some(redis) = &self.inner.redis else {
-            return;
-        };
-        let mut backoff = Duration::from_millis(100);
-        let mut warned = false;
-        loop {
-            let subscribed = tokio::select! {
-                r = subscribe(&redis.client, redis.timeout) => r,
-                _ = stop.cancelled() => return,
-            };
-            match subscribed {
-                Ok(pubsub) => {
-                    backoff = Duration::from_millis(100);
-                    if warned {
-                        tracing::info!("event listener subscribed again");
-                    }
-                    warned = false;
-                    redis.subscriptions.fetch_add(1, Ordering::AcqRel);
-                    redis.listening.store(true, Ordering::Release);
-                    let stopped = self.pump(pubsub, &stop).await;
-                    redis.listening.store(false, Ordering::Release);
-                    if stopped {
-                        return;
-                    }
-                    tracing::warn!("event listener lost Redis; resubscribing");
-                }
-                Err(error) if !warned => {
-                    warned = true;
-                    tracing::warn!(%error, channel = EVENTS_CHANNEL, "event listener cannot subscribe; other replicas' events do not reach this one until it can (retrying)");
-                }
-                Err(error) => tracing::debug!(%error, "event listener still cannot subscribe"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    /// Applies messages until the connection fails (false) or `stop`
-    /// (true).
-    async fn pump(&self, pubsub: redis::aio::PubSub, stop: &CancellationToken) -> bool {
-        let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(Duration::from_secs(5));
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                message = stream.next() => {
-                    let Some(message) = message else { return false };
-                    let bytes: Vec<u8> = match message.get_payload() {
-                        Ok(bytes) => bytes,
-                        Err(error) => {
-                            tracing::warn!(%error, "unreadable event message ignored");
-                            continue;
-                        }
-                    };
-                    match decode(&bytes) {
-                        Ok((from, _)) if from == self.inner.instance => {}
-                        Ok((_, event)) => self.deliver_remote(event).await,
-                        Err(error) => tracing::warn!(%error, "event message ignored"),
-                    }
-                }
-                _ = ping.tick() => {
-                    let alive = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        sink.ping::<redis::Value>(),
-                    ).await;
-                    if !matches!(alive, Ok(Ok(_))) {
-                        return false;
-                    }
-                }
-                _ = stop.cancelled() => return true,
-            }
-        }
-    }
-
-    /// Another replica's event: this replica's L1 copies go first (the
-    /// invalidation channel may not have arrived yet), so a query made on
-    /// receipt of the event sees the new data.
-    async fn deliver_remote(&self, event: Event) {
-        for key in affected_keys(&event) {
-            self.inner.cache.forget_local(&key).await;
-        }
-        let _ = self.inner.local.send(Arc::new(event));
-    }
-}
-
-async fn subscribe(
-    client: &redis::Client,
-    timeout: Duration,
-) -> Result<redis::aio::PubSub, String> {
-    let connect = async {
-        let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(EVENTS_CHANNEL)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(pubsub)
-    };
-    tokio::time::timeout(timeout * 2, connect)
-        .await
-        .map_err(|_| format!("timed out after {:?}", timeout * 2))?
 }
 
 #[cfg(test)]

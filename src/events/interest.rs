@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-
 use super::metric;
 use crate::cache::keys;
 use crate::ids::PeerKey;
+use crate::redis::{Redis, RedisError};
 
 /// A single entity someone watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -213,12 +212,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 
 /// Publishes `local` for `ttl` and returns what every replica wants
 /// (including `local`), in one round trip.
-pub async fn share(
-    conn: &mut ConnectionManager,
-    local: &Wanted,
-    ttl: Duration,
-    timeout: Duration,
-) -> Result<Wanted, String> {
+pub async fn share(redis: &Redis, local: &Wanted, ttl: Duration) -> Result<Wanted, RedisError> {
     let mut eval = redis::cmd("EVAL");
     eval.arg(SHARE)
         .arg(1)
@@ -232,10 +226,7 @@ pub async fn share(
     for what in &local.watched {
         eval.arg(what.member());
     }
-    let members: Vec<String> = tokio::time::timeout(timeout, eval.query_async(conn))
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+    let members: Vec<String> = redis.cmd("share_interest", &eval).await?;
     let mut wanted = local.clone();
     for member in members {
         if member == HOSTS_MEMBER {

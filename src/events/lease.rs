@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use crate::cache::keys;
+use crate::redis::{Redis, RedisError};
 
 /// Takes a free lease or renews one's own; 1 when held afterwards.
 const ACQUIRE: &str = r"
@@ -33,30 +32,29 @@ return 0
 
 /// Takes or renews the lease of each cluster; returns the clusters held.
 pub async fn acquire(
-    conn: &mut ConnectionManager,
+    redis: &Redis,
     clusters: &[u64],
     instance: &str,
     ttl: Duration,
-    timeout: Duration,
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, RedisError> {
     if clusters.is_empty() {
         return Ok(Vec::new());
     }
     // Plain EVAL: the script is tiny, and EVALSHA would need a fallback
     // round trip whenever Redis restarted with an empty script cache.
-    let mut pipe = redis::pipe();
-    for &cluster in clusters {
-        pipe.cmd("EVAL")
-            .arg(ACQUIRE)
-            .arg(1)
-            .arg(keys::watch_lease(cluster))
-            .arg(instance)
-            .arg(ttl.as_millis() as u64);
+    let mut evals = per_lease(ACQUIRE, clusters, instance);
+    for eval in &mut evals {
+        eval.arg(ttl.as_millis() as u64);
     }
-    let held: Vec<i64> = tokio::time::timeout(timeout, pipe.query_async(conn))
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+    let held: Vec<i64> = redis
+        .batch("lease_acquire", evals)
+        .await?
+        .iter()
+        .map(|v| match v {
+            redis::Value::Int(n) => *n,
+            _ => 0,
+        })
+        .collect();
     Ok(clusters
         .iter()
         .zip(held)
@@ -66,26 +64,26 @@ pub async fn acquire(
 }
 
 /// Gives up the leases `instance` holds among `clusters`.
-pub async fn release(
-    conn: &mut ConnectionManager,
-    clusters: &[u64],
-    instance: &str,
-    timeout: Duration,
-) -> Result<(), String> {
+pub async fn release(redis: &Redis, clusters: &[u64], instance: &str) -> Result<(), RedisError> {
     if clusters.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
-    for &cluster in clusters {
-        pipe.cmd("EVAL")
-            .arg(RELEASE)
-            .arg(1)
-            .arg(keys::watch_lease(cluster))
-            .arg(instance)
-            .ignore();
-    }
-    tokio::time::timeout(timeout, pipe.query_async::<()>(conn))
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))?
-        .map_err(|e| e.to_string())
+    let evals = per_lease(RELEASE, clusters, instance);
+    redis.batch("lease_release", evals).await.map(|_| ())
+}
+
+/// `script` on each cluster's lease, for `instance` (one slot each: the
+/// batch splits them per slot on Redis Cluster).
+fn per_lease(script: &str, clusters: &[u64], instance: &str) -> Vec<redis::Cmd> {
+    clusters
+        .iter()
+        .map(|&cluster| {
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(script)
+                .arg(1)
+                .arg(keys::watch_lease(cluster))
+                .arg(instance);
+            eval
+        })
+        .collect()
 }

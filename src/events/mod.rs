@@ -2,7 +2,7 @@
 //! someone is interested in, diffed against the last snapshot, turned into
 //! events that invalidate the cache and reach every replica's subscribers.
 //!
-//! Depends on `cache` and `cluster`; knows nothing of GraphQL.
+//! Depends on `cache`, `cluster` and `redis`; knows nothing of GraphQL.
 
 pub mod bus;
 pub mod diff;
@@ -204,20 +204,19 @@ impl Drop for LiveSubscription {
 }
 
 impl Events {
-    /// With `redis_url`, events cross replicas and the watcher coordinates
-    /// through Redis; `redis_timeout` bounds each Redis call.
+    /// With `redis`, events cross replicas and the watcher coordinates
+    /// through Redis.
     pub fn new(
         config: WatchConfig,
         cache: crate::cache::Cache,
-        redis_url: Option<&str>,
-        redis_timeout: Duration,
-    ) -> Result<Events, String> {
-        Ok(Events {
-            bus: Bus::new(cache, redis_url, redis_timeout, config.max_watched)?,
+        redis: Option<crate::redis::Redis>,
+    ) -> Events {
+        Events {
+            bus: Bus::new(cache, redis, config.max_watched),
             interest: Interest::new(config.max_watched, config.hosts_query_window),
             config,
             live: Arc::default(),
-        })
+        }
     }
 
     /// Registers a subscription as live until the returned value drops.
@@ -232,15 +231,14 @@ impl Events {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Starts the Redis listener and (unless disabled) the watcher; both
-    /// stop with `stop`.
+    /// Starts the watcher (unless disabled); it stops with `stop`. (The
+    /// bus listens to other replicas from its creation.)
     pub fn start(
         &self,
         cluster: crate::cluster::ClusterClient,
         cache: crate::cache::Cache,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        tokio::spawn(self.bus.clone().listen(stop.clone()));
         if self.config.enabled {
             let offload = offload::Offload::start(stop.clone())
                 .inspect_err(|error| {

@@ -300,15 +300,9 @@ impl Watcher {
             if held.is_empty() {
                 continue;
             }
-            if let Some(Ok(mut conn)) = self.bus.redis().await {
-                let renewed = lease::acquire(
-                    &mut conn,
-                    held,
-                    self.bus.instance(),
-                    self.config.lease_ttl,
-                    self.bus.redis_timeout(),
-                )
-                .await;
+            if let Some(redis) = self.bus.redis() {
+                let renewed =
+                    lease::acquire(redis, held, self.bus.instance(), self.config.lease_ttl).await;
                 if let Err(error) = renewed {
                     tracing::debug!(%error, "lease renewal during a long poll failed");
                 }
@@ -322,32 +316,20 @@ impl Watcher {
     /// events do not reach it, it polls itself what it wants on the
     /// clusters it does not lead.
     async fn coordinate(&self, state: &mut State, local: &Wanted) -> Plan {
-        if !self.bus.has_redis() {
+        let Some(redis) = self.bus.redis() else {
             return self.on_its_own(local);
-        }
+        };
         let started = std::time::Instant::now();
-        let timeout = self.bus.redis_timeout();
         let shared = async {
-            let mut conn = self
-                .bus
-                .redis()
-                .await
-                .ok_or_else(|| "no Redis".to_string())??;
-            let wanted = share(&mut conn, local, self.config.lease_ttl, timeout).await?;
+            let wanted = share(redis, local, self.config.lease_ttl).await?;
             let clusters: Vec<u64> = self.clusters_of(&wanted).into_iter().collect();
-            let held = lease::acquire(
-                &mut conn,
-                &clusters,
-                self.bus.instance(),
-                self.config.lease_ttl,
-                timeout,
-            )
-            .await?;
-            Ok::<_, String>((wanted, held))
+            let held = lease::acquire(redis, &clusters, self.bus.instance(), self.config.lease_ttl)
+                .await?;
+            Ok::<_, crate::redis::RedisError>((wanted, held))
         };
         let (wanted, held) = match shared.await {
             Ok(shared) => shared,
-            Err(error) => return self.uncoordinated(state, local, &error),
+            Err(error) => return self.uncoordinated(state, local, &error.to_string()),
         };
         // The leases' lifetime counts from before the calls that took them.
         state.last_shared = Some((wanted.clone(), started + self.config.lease_ttl));
@@ -442,14 +424,8 @@ impl Watcher {
         if drop.is_empty() {
             return;
         }
-        if let Some(Ok(mut conn)) = self.bus.redis().await
-            && let Err(error) = lease::release(
-                &mut conn,
-                &drop,
-                self.bus.instance(),
-                self.bus.redis_timeout(),
-            )
-            .await
+        if let Some(redis) = self.bus.redis()
+            && let Err(error) = lease::release(redis, &drop, self.bus.instance()).await
         {
             tracing::debug!(%error, "lease not released; it lapses by itself");
         }

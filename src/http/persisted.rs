@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cache::keys;
-use crate::events::Bus;
+use crate::redis::Redis;
 
 /// How long Redis keeps a persisted document after it was last sent.
 const APQ_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -93,7 +93,7 @@ pub struct PersistedQueries {
     safelist: std::sync::Arc<HashMap<String, String>>,
     /// APQ without Redis (or while it fails): this replica's own store.
     local: moka::future::Cache<String, String>,
-    bus: Bus,
+    redis: Option<Redis>,
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -101,7 +101,11 @@ pub fn sha256_hex(text: &str) -> String {
 }
 
 impl PersistedQueries {
-    pub fn new(mode: Mode, safelist_file: Option<&Path>, bus: Bus) -> Result<Self, ManifestError> {
+    pub fn new(
+        mode: Mode,
+        safelist_file: Option<&Path>,
+        redis: Option<Redis>,
+    ) -> Result<Self, ManifestError> {
         let safelist = match (mode, safelist_file) {
             (Mode::Safelist, Some(path)) => load_manifest(path)?,
             (Mode::Safelist, None) => {
@@ -119,7 +123,7 @@ impl PersistedQueries {
                 .max_capacity(10_000)
                 .time_to_idle(APQ_TTL)
                 .build(),
-            bus,
+            redis,
         })
     }
 
@@ -176,20 +180,16 @@ impl PersistedQueries {
         self.local
             .insert(hash.to_owned(), document.to_owned())
             .await;
-        let Some(Ok(mut conn)) = self.bus.redis().await else {
+        let Some(redis) = &self.redis else {
             return;
         };
-        let timeout = self.bus.redis_timeout();
         let mut cmd = redis::cmd("SET");
         cmd.arg(keys::persisted_query(hash))
             .arg(document)
             .arg("PX")
             .arg(APQ_TTL.as_millis() as u64);
-        let set = cmd.query_async::<()>(&mut conn);
-        match tokio::time::timeout(timeout, set).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "APQ: storing in Redis failed"),
-            Err(_) => tracing::debug!("APQ: storing in Redis timed out"),
+        if let Err(e) = redis.cmd::<()>("apq_store", &cmd).await {
+            tracing::debug!(error = %e, "APQ: storing in Redis failed");
         }
     }
 
@@ -197,14 +197,10 @@ impl PersistedQueries {
         if let Some(document) = self.local.get(hash).await {
             return Some(document);
         }
-        let Some(Ok(mut conn)) = self.bus.redis().await else {
-            return None;
-        };
-        let timeout = self.bus.redis_timeout();
+        let redis = self.redis.as_ref()?;
         let mut cmd = redis::cmd("GET");
         cmd.arg(keys::persisted_query(hash));
-        let get = cmd.query_async::<Option<String>>(&mut conn);
-        let document = tokio::time::timeout(timeout, get).await.ok()?.ok()??;
+        let document = redis.cmd::<Option<String>>("apq_load", &cmd).await.ok()??;
         // What another replica stored must still be what the hash names.
         if sha256_hex(&document) != hash {
             return None;

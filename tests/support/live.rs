@@ -70,7 +70,7 @@ pub fn lease_holders(redis: &RedisServer, clusters: &[u64]) -> Vec<Option<String
         .iter()
         .map(|c| {
             redis::cmd("GET")
-                .arg(format!("dfgraph:v1:lease:watch:{c}"))
+                .arg(dfgraph::cache::keys::watch_lease(*c))
                 .query(&mut conn)
                 .unwrap()
         })

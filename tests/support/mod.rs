@@ -5,6 +5,7 @@
 pub mod live;
 pub mod proxy;
 pub mod redis;
+pub mod redis_cluster;
 pub mod ws;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The circuit breaker around Redis: the crate's one [`Breaker`], set up
-//! from the cache's `circuit_*` settings. After that many consecutive
+//! from the `circuit_*` settings, shared by every command of the process
+//! (cache, event bus, watcher, persisted queries). After that many consecutive
 //! failures Redis is skipped entirely (no connection attempt, no timeout to
 //! wait out) until the backoff passes; then one probe goes through. A
 //! failed probe doubles the backoff (capped), a success closes the circuit.
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::stats::Stats;
+use super::stats::RedisStats as Stats;
 use crate::breaker::{Breaker, BreakerConfig, CircuitState, Outcome, Rejected, Ticket, Transition};
 use crate::clock::Clock;
 
@@ -81,14 +82,15 @@ impl Circuit {
                 self.stats.set_circuit_open(true);
                 if t.from == CircuitState::Closed {
                     tracing::warn!(
-                        "Redis keeps failing; circuit open, serving from L1 and origin only"
+                        "Redis keeps failing; circuit open, serving from L1 and origin only \
+                         and coordinating nothing between replicas"
                     );
                 }
             }
             CircuitState::HalfOpen => tracing::debug!("probing Redis"),
             CircuitState::Closed => {
                 self.stats.set_circuit_open(false);
-                tracing::info!("Redis answers again; L2 cache back in use");
+                tracing::info!("Redis answers again; L2 cache and coordination back in use");
             }
         }
     }
@@ -144,13 +146,13 @@ mod tests {
             Arc::new(clock.clone()),
         );
         c.trip();
-        assert!(stats.snapshot().circuit_open);
+        assert!(stats.circuit_open());
         clock.advance(Duration::from_millis(20));
         let probe = c.admit().unwrap();
-        assert!(stats.snapshot().circuit_open, "still open while probing");
+        assert!(stats.circuit_open(), "still open while probing");
         c.finish(probe, true);
-        assert!(!stats.snapshot().circuit_open);
+        assert!(!stats.circuit_open());
         c.finish(c.admit().unwrap(), false);
-        assert!(stats.snapshot().circuit_open);
+        assert!(stats.circuit_open());
     }
 }
