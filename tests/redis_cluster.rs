@@ -135,15 +135,12 @@ async fn a_primary_killed_under_load_fails_no_request() {
     kill_a_primary_under_load(false).await;
 }
 
-/// KNOWN GAP: in this harness the killed primary's replica is not
-/// promoted within 30 s (`wait_failover` times out; every live node keeps
-/// answering MOVED to the dead primary), so events cannot resume on the
-/// promoted replica yet. Whether the harness (6 nodes on one host, node
-/// timeout 1 s) or the cluster set-up is at fault is not settled; the
-/// gateway side (listener and commands reconnect from the next seed, MOVED
-/// opens the circuit) is in place. Run with `--ignored`.
+/// The replica of the bus channel's shard is promoted (the harness waits
+/// for every replica's first sync before a primary may be killed: a
+/// replica that never synced refuses to take over), then both listeners
+/// subscribe again on the new primary, events cross replicas and the
+/// leases are held again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the test cluster does not promote the replica yet (see the comment)"]
 async fn events_resume_after_a_primary_fails_over() {
     kill_a_primary_under_load(true).await;
 }

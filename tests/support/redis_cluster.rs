@@ -1,7 +1,10 @@
 //! A throw-away Redis Cluster per test: `redis-server --cluster-enabled yes`
 //! nodes on free ports (each port and its cluster-bus port +10000) in a
 //! temporary directory, joined by `redis-cli --cluster create`, killed on
-//! drop.
+//! drop. `start` returns only once every replica has finished its first
+//! sync: a replica that never synced refuses to take over its primary
+//! ("Disconnected from master for longer than allowed"), so a primary
+//! killed earlier would never be replaced.
 
 #![allow(dead_code)]
 
@@ -29,7 +32,8 @@ impl RedisCluster {
             nodes: Vec::new(),
         };
         for _ in 0..primaries * (1 + replicas) {
-            let port = free_port_pair();
+            let taken: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+            let port = free_port_pair(&taken);
             let child = cluster.spawn(port);
             cluster.nodes.push(Node {
                 port,
@@ -58,6 +62,7 @@ impl RedisCluster {
             .expect("redis-cli on PATH");
         assert!(status.success(), "redis-cli --cluster create failed");
         cluster.wait_ok();
+        cluster.wait_replicas_synced(primaries * replicas);
         cluster
     }
 
@@ -69,6 +74,9 @@ impl RedisCluster {
             .arg("--cluster-config-file")
             .arg(format!("nodes-{port}.conf"))
             .args(["--cluster-node-timeout", "1000"])
+            // The first sync starts at once instead of after the default
+            // 5 s wait for more replicas.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -117,6 +125,22 @@ impl RedisCluster {
                 let info = node_command(port, &["CLUSTER", "INFO"]).unwrap_or_default();
                 info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
             })
+        });
+    }
+
+    /// Waits until `replicas` nodes are replicas whose link to their
+    /// primary is up (first sync done).
+    fn wait_replicas_synced(&self, replicas: usize) {
+        let ports = self.live_ports();
+        wait_for("every replica in sync", || {
+            let synced = ports
+                .iter()
+                .filter(|&&port| {
+                    let info = node_command(port, &["INFO", "replication"]).unwrap_or_default();
+                    info.contains("role:slave") && info.contains("master_link_status:up")
+                })
+                .count();
+            synced == replicas
         });
     }
 
@@ -212,8 +236,10 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A port free now whose cluster-bus port (+10000) is free too.
-fn free_port_pair() -> u16 {
+/// A port free now whose cluster-bus port (+10000) is free too, and
+/// neither of them one of the `taken` nodes' pairs (which may not listen
+/// yet).
+fn free_port_pair(taken: &[u16]) -> u16 {
     for _ in 0..1000 {
         let Ok(listener) = TcpListener::bind(("127.0.0.1", 0)) else {
             continue;
@@ -221,7 +247,8 @@ fn free_port_pair() -> u16 {
         let Ok(port) = listener.local_addr().map(|a| a.port()) else {
             continue;
         };
-        if port > 55_000 {
+        let clashes = |p: u16| taken.iter().any(|&t| p == t || p == t + 10_000);
+        if port > 55_000 || clashes(port) || clashes(port + 10_000) {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
