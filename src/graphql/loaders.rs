@@ -37,7 +37,7 @@ pub struct PeerLookup {
 type Loaded<V> = Result<Fetched<V>, ClusterError>;
 
 /// Records what each lookup cost in the request's freshness report.
-fn account<K, V>(
+fn account<K, V: Send + Sync + 'static>(
     freshness: &Freshness,
     results: HashMap<CacheKey, Loaded<V>>,
     mut key_of: impl FnMut(&CacheKey) -> K,
@@ -49,7 +49,7 @@ where
         .into_iter()
         .map(|(cache_key, result)| {
             match &result {
-                Ok(fetched) => freshness.record(fetched),
+                Ok(fetched) => freshness.record(&cache_key, fetched),
                 Err(e) => freshness.record_failure(e.scheduler()),
             }
             (key_of(&cache_key), result)

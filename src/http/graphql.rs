@@ -203,7 +203,8 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&app, accept, request.data(principal)).await
+    let role = principal.role;
+    execute(&app, accept, request.data(principal), role).await
 }
 
 pub async fn post(
@@ -255,10 +256,16 @@ pub async fn post(
     if let Err(refused) = persisted(&app, accept, &mut request).await {
         return refused;
     }
-    execute(&app, accept, request.data(principal)).await
+    let role = principal.role;
+    execute(&app, accept, request.data(principal), role).await
 }
 
-async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request) -> Response {
+async fn execute(
+    app: &AppState,
+    accept: Accept,
+    request: async_graphql::Request,
+    role: crate::auth::Role,
+) -> Response {
     let started = Instant::now();
     let kind = match operation_type(&request) {
         Some(OperationType::Query) => "query",
@@ -266,38 +273,28 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
         Some(OperationType::Subscription) => "subscription",
         None => "invalid",
     };
-    // The request never outlives its budget. Scheduler calls end a little
-    // earlier, so what did resolve is still assembled and sent, with
-    // errors for the rest, instead of nothing at all.
-    let budget = app.gateway.request_timeout;
-    let reserve = (budget / 10).min(Duration::from_millis(250));
-    let calls_deadline = started + budget - reserve;
-    let loaders = app.gateway.loaders_until(calls_deadline);
-    let freshness = loaders.freshness.clone();
-    let execution = app.schema.execute(request.data(loaders));
-    let (mut response, ran_out) = match tokio::time::timeout(budget, execution).await {
-        Ok(response) => (response, false),
-        Err(_) => {
-            tracing::warn!(
-                budget_ms = budget.as_millis() as u64,
-                "GraphQL request ran out of its budget"
-            );
-            metrics::counter!("dfgraph_graphql_request_timeouts_total").increment(1);
-            (timed_out(budget), true)
+    let key = app.response_cache.key(&request, role);
+    let execution = run(app.schema.clone(), app.gateway.clone(), request);
+    let (body, never_ran) = match key {
+        Some(key) => {
+            let (rendered, freshness, served) =
+                app.response_cache.serve(key, &app.gateway, execution).await;
+            metrics::counter!("dfgraph_response_cache_total", "outcome" => served.as_str())
+                .increment(1);
+            (
+                rendered.body(freshness, served.as_str()),
+                rendered.never_ran,
+            )
+        }
+        None => {
+            let executed = execution.await;
+            let body = serde_json::to_string(&executed.response).unwrap_or_else(|e| {
+                serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
+                    .to_string()
+            });
+            (body, executed.never_ran)
         }
     };
-    // A request error (parse, validation) has no data and no error path:
-    // execution never started.
-    let never_ran = !ran_out
-        && response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty());
-    if !never_ran {
-        response.extensions.insert(
-            "freshness".into(),
-            async_graphql::Value::from_json(freshness.to_json()).unwrap_or_default(),
-        );
-    }
     metrics::histogram!("dfgraph_graphql_request_seconds", "operation" => kind)
         .record(started.elapsed().as_secs_f64());
     let status = if never_ran && accept == Accept::GraphqlResponse {
@@ -305,11 +302,56 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
     } else {
         StatusCode::OK
     };
-    let body = serde_json::to_string(&response).unwrap_or_else(|e| {
-        serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
-            .to_string()
-    });
     json_response(accept, status, body)
+}
+
+/// Runs one request within its budget, with its own loaders and the
+/// freshness report in `extensions`.
+fn run(
+    schema: crate::graphql::DfSchema,
+    gateway: std::sync::Arc<crate::graphql::GatewayState>,
+    request: async_graphql::Request,
+) -> impl std::future::Future<Output = super::response_cache::Executed> + Send + 'static {
+    let started = Instant::now();
+    async move {
+        // The request never outlives its budget. Scheduler calls end a little
+        // earlier, so what did resolve is still assembled and sent, with
+        // errors for the rest, instead of nothing at all.
+        let budget = gateway.request_timeout;
+        let reserve = (budget / 10).min(Duration::from_millis(250));
+        let calls_deadline = started + budget - reserve;
+        let loaders = gateway.loaders_until(calls_deadline);
+        let freshness = loaders.freshness.clone();
+        let execution = schema.execute(request.data(loaders));
+        let (mut response, ran_out) = match tokio::time::timeout(budget, execution).await {
+            Ok(response) => (response, false),
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "GraphQL request ran out of its budget"
+                );
+                metrics::counter!("dfgraph_graphql_request_timeouts_total").increment(1);
+                (timed_out(budget), true)
+            }
+        };
+        // A request error (parse, validation) has no data and no error path:
+        // execution never started.
+        let never_ran = !ran_out
+            && response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|e| e.path.is_empty());
+        if !never_ran {
+            response.extensions.insert(
+                "freshness".into(),
+                async_graphql::Value::from_json(freshness.to_json()).unwrap_or_default(),
+            );
+        }
+        super::response_cache::Executed {
+            response,
+            freshness,
+            never_ran,
+        }
+    }
 }
 
 #[cfg(test)]
