@@ -226,7 +226,7 @@ async fn app_state(
         shutdown: shutdown.clone(),
         response_cache: crate::http::response_cache::ResponseCache::new(
             &config.response_cache,
-            config.cache.ttl(crate::cache::Kind::Hosts).fresh,
+            &config.cache,
         ),
     })
 }

@@ -174,12 +174,15 @@ struct Inner {
 }
 
 impl ResponseCache {
-    /// Responses live at most `longest_fresh` (the hosts' fresh TTL): no
-    /// host list stays fresh longer, so no response stays valid longer.
-    pub fn new(config: &ResponseCacheConfig, longest_fresh: Duration) -> Self {
-        if !config.enabled {
+    /// Off with the entry cache off: nothing could be checked current, and
+    /// every lookup is meant to reach the schedulers. Responses live at
+    /// most the hosts' fresh TTL: no host list stays fresh longer, so no
+    /// response stays valid longer.
+    pub fn new(config: &ResponseCacheConfig, cache: &crate::cache::CacheConfig) -> Self {
+        if !config.enabled || !cache.enabled {
             return Self { inner: None };
         }
+        let longest_fresh = cache.ttl(crate::cache::Kind::Hosts).fresh;
         let kept = moka::future::Cache::builder()
             .name("dfgraph-responses")
             .max_capacity(config.max_bytes)
@@ -412,7 +415,7 @@ mod tests {
     use super::*;
 
     fn cache() -> ResponseCache {
-        ResponseCache::new(&ResponseCacheConfig::default(), Duration::from_secs(5))
+        ResponseCache::new(&ResponseCacheConfig::default(), &Default::default())
     }
 
     fn request(query: &str, variables: serde_json::Value) -> async_graphql::Request {
@@ -438,7 +441,7 @@ mod tests {
                 enabled: false,
                 ..Default::default()
             },
-            Duration::from_secs(5),
+            &Default::default(),
         );
         assert!(
             off.key(
