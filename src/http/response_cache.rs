@@ -42,6 +42,7 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection,
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::auth::Role;
 use crate::cache::CacheKey;
@@ -295,27 +296,31 @@ impl Inner {
             id,
         };
         let gateway = gateway.clone();
-        let task = tokio::spawn(async move {
-            let clusters = gateway.cluster.cluster_ids();
-            let executed = execution.await;
-            let lists = executed.freshness.fresh_host_lists();
-            let rendered = Arc::new(Rendered::of(executed.response, executed.never_ran));
-            let unchanged = gateway.cluster.cluster_ids() == clusters;
-            if let Some(lists) = lists
-                && unchanged
-                && !rendered.never_ran
-                && !rendered.has_errors
-            {
-                let kept = Arc::new(Kept {
-                    rendered: rendered.clone(),
-                    clusters,
-                    lists,
-                });
-                landing.inner.kept.insert(landing.key.clone(), kept).await;
+        let task = tokio::spawn(
+            async move {
+                let clusters = gateway.cluster.cluster_ids();
+                let executed = execution.await;
+                let lists = executed.freshness.fresh_host_lists();
+                let rendered = Arc::new(Rendered::of(executed.response, executed.never_ran));
+                let unchanged = gateway.cluster.cluster_ids() == clusters;
+                if let Some(lists) = lists
+                    && unchanged
+                    && !rendered.never_ran
+                    && !rendered.has_errors
+                {
+                    let kept = Arc::new(Kept {
+                        rendered: rendered.clone(),
+                        clusters,
+                        lists,
+                    });
+                    landing.inner.kept.insert(landing.key.clone(), kept).await;
+                }
+                drop(landing);
+                rendered
             }
-            drop(landing);
-            rendered
-        });
+            // The first caller's span is the execution's parent.
+            .in_current_span(),
+        );
         let flight = async move { task.await.ok() }.boxed().shared();
         flights.insert(key, (id, flight.clone()));
         (flight, Served::Miss)
