@@ -64,6 +64,8 @@ pub struct Config {
     pub metrics: crate::http::metrics::MetricsConfig,
     /// Kept responses of hot host-list queries (on by default).
     pub response_cache: crate::http::response_cache::ResponseCacheConfig,
+    /// OpenTelemetry trace export (off unless `otlp_endpoint` is set).
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 /// Browser safety: which other origins may call dfgraph from a page, and
@@ -139,6 +141,7 @@ impl Default for Config {
             rate_limit: Default::default(),
             metrics: Default::default(),
             response_cache: Default::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -363,7 +366,10 @@ impl Config {
         self.validate_access()?;
         self.validate_listeners_and_sources()?;
         self.validate_timeouts_and_guards()?;
-        self.validate_subscriptions_and_limits()
+        self.validate_subscriptions_and_limits()?;
+        self.tracing
+            .check()
+            .map_err(|(setting, message)| invalid(setting, message))
     }
 
     /// Who may do what: mutations, auth, the safelist, CORS, rate limits,
@@ -649,6 +655,32 @@ mod tests {
         std::fs::write(&path, "[breaker]\nfailure_rate = 2.0\n").unwrap();
         let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("breaker"), "{err}");
+    }
+
+    #[test]
+    fn tracing_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        assert!(
+            Config::default().tracing.otlp_endpoint.is_none(),
+            "off by default"
+        );
+        std::fs::write(
+            &path,
+            "[tracing]\notlp_endpoint = \"http://collector:4317\"\nsample_ratio = 0.25\nexport_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(
+            config.tracing.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(config.tracing.sample_ratio, 0.25);
+        assert_eq!(config.tracing.export_timeout, Duration::from_secs(2));
+        assert_eq!(config.tracing.service_name, "dfgraph");
+        std::fs::write(&path, "[tracing]\nsample_ratio = 2.0\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("tracing.sample_ratio"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! [`gateway`] (wires a configuration into a running server), [`status`]
 //! (`dfgraph status`). [`clock`], [`breaker`] and [`ids`] are shared by
 //! `cluster`, `cache` and `events` and depend on nothing but each other;
-//! [`host_type`] names Dragonfly's host types for every view of a host.
+//! [`host_type`] names Dragonfly's host types for every view of a host;
+//! [`telemetry`] (OpenTelemetry export and W3C trace context) is used by
+//! `http` and `cluster` and depends on no other module.
 //!
 //! The simulated cluster (`dfgraph-sim`), the `dfgraph` binary and the load
 //! tool (`dfgraph-bench`) are crates of their own: this library knows none
@@ -38,5 +40,6 @@ pub mod http;
 pub mod ids;
 pub mod origins;
 pub mod status;
+pub mod telemetry;
 
 pub use dfgraph_proto as proto;

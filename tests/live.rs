@@ -12,36 +12,43 @@ use dfgraph_sim::{Method, SimCluster};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use support::live::{
-    HOST, HOST_EVENTS, INTERVAL, lease_holders, live_config, next_event, query, wait_until,
+    HOST, HOST_EVENTS, INTERVAL, lease_holders, live_config, next_event, query, response,
+    wait_until,
 };
 use support::redis::RedisServer;
 use support::small_sim;
 use support::ws::{Received, WsClient};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_them() {
-    let redis = RedisServer::start();
-    let sim = SimCluster::start(small_sim()).await.unwrap();
-    let a = Gateway::start(live_config(&sim, Some(&redis)))
-        .await
-        .unwrap();
-    let b = Gateway::start(live_config(&sim, Some(&redis)))
-        .await
-        .unwrap();
-    let (url_a, url_b) = (a.url(), b.url());
-    // Both replicas cache the host list before the change.
-    for url in [&url_a, &url_b] {
-        let before = query(url, HOST, json!({"id": "joining-host"})).await;
-        assert_eq!(before["host"], Value::Null);
-    }
-    let mut on_a = WsClient::ready(&url_a).await;
-    let mut on_b = WsClient::ready(&url_b).await;
+/// Two replicas sharing `redis`, each with a live `hostEvents` subscriber
+/// (id "h").
+async fn two_replicas_on_host_events(
+    sim: &SimCluster,
+    redis: &RedisServer,
+) -> (Gateway, Gateway, WsClient, WsClient) {
+    let a = Gateway::start(live_config(sim, Some(redis))).await.unwrap();
+    let b = Gateway::start(live_config(sim, Some(redis))).await.unwrap();
+    let mut on_a = WsClient::ready(&a.url()).await;
+    let mut on_b = WsClient::ready(&b.url()).await;
     on_a.subscribe("h", HOST_EVENTS, json!({})).await;
     on_b.subscribe("h", HOST_EVENTS, json!({})).await;
     wait_until("both subscriptions live", Duration::from_secs(5), || {
         a.state.events.live_subscriptions() == 1 && b.state.events.live_subscriptions() == 1
     })
     .await;
+    (a, b, on_a, on_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_them() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let (a, b, mut on_a, mut on_b) = two_replicas_on_host_events(&sim, &redis).await;
+    let (url_a, url_b) = (a.url(), b.url());
+    // Both replicas cache the host list before the change.
+    for url in [&url_a, &url_b] {
+        let before = query(url, HOST, json!({"id": "joining-host"})).await;
+        assert_eq!(before["host"], Value::Null);
+    }
     // The first poll is the baseline; changes are what follows it.
     tokio::time::sleep(INTERVAL * 4).await;
 
@@ -81,6 +88,51 @@ async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_th
     // Each replica got each event once: nothing more arrives.
     for client in [&mut on_a, &mut on_b] {
         assert_eq!(client.receive(INTERVAL * 5).await, Received::Nothing);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The host and the freshness report of one `host` query.
+async fn host_freshness(url: &str, id: &str) -> (Value, Value) {
+    let body = response(url, HOST, json!({"id": id})).await;
+    (
+        body["data"]["host"].clone(),
+        body["extensions"]["freshness"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_host_list_is_replaced_by_the_watchers_poll_not_reloaded_by_queries() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let (a, b, mut on_a, mut on_b) = two_replicas_on_host_events(&sim, &redis).await;
+    let (url_a, url_b) = (a.url(), b.url());
+    tokio::time::sleep(INTERVAL * 4).await;
+    for url in [&url_a, &url_b] {
+        let (host, _) = host_freshness(url, "replaced-host").await;
+        assert_eq!(host, Value::Null);
+    }
+
+    for (round, hostname) in ["joined", "renamed"].into_iter().enumerate() {
+        let mut host = sim.hosts(1).remove(0);
+        host.id = "replaced-host".into();
+        host.hostname = hostname.into();
+        sim.upsert_host(host);
+        for (client, url) in [(&mut on_a, &url_a), (&mut on_b, &url_b)] {
+            let event = next_event(client, "h", Duration::from_secs(5)).await;
+            assert_eq!(event["hostEvents"]["host"]["hostname"], hostname);
+            // The leader's poll put the new list in its L1 and in Redis:
+            // the query after the event reads it, on either replica,
+            // without asking a scheduler again.
+            let (host, freshness) = host_freshness(url, "replaced-host").await;
+            assert_eq!(host["hostname"], hostname, "round {round} on {url}");
+            assert_eq!(
+                freshness["originLoads"], 0,
+                "round {round} on {url}: {freshness}"
+            );
+        }
     }
     a.shutdown().await;
     b.shutdown().await;

@@ -265,10 +265,11 @@ async fn a_blackholed_scheduler_costs_one_timeout_then_fails_fast_and_recovers()
         .text()
         .await
         .unwrap();
-    let gauge = format!("dfgraph_scheduler_circuit_state{{scheduler=\"{x_label}\"}} 1");
+    let labels = format!("cluster=\"1\",scheduler=\"{x_label}\"");
+    let gauge = format!("dfgraph_scheduler_circuit_state{{{labels}}} 1");
     assert!(metrics.contains(&gauge), "{gauge} not in /metrics");
     assert!(metrics.contains(&format!(
-        "dfgraph_scheduler_circuit_trips_total{{scheduler=\"{x_label}\"}}"
+        "dfgraph_scheduler_circuit_trips_total{{{labels}}}"
     )));
     let ready: Value = rig
         .env

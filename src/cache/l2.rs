@@ -399,19 +399,55 @@ impl L2 {
 
     /// Deletes a key, bumps its generation and tells every replica.
     pub(crate) async fn invalidate(&self, key: &CacheKey, message: &str) -> Result<(), L2Error> {
+        self.change("invalidate", key, None, message).await
+    }
+
+    /// Sets a key's new value (for `ttl_ms`), bumps its generation and
+    /// tells every replica.
+    pub(crate) async fn replace(
+        &self,
+        key: &CacheKey,
+        bytes: &[u8],
+        ttl_ms: u64,
+        message: &str,
+    ) -> Result<(), L2Error> {
+        self.change("replace", key, Some((bytes, ttl_ms)), message)
+            .await
+    }
+
+    /// One pipeline: the key deleted (or set to `value`), its generation
+    /// bumped so loads that began before write nothing back, and `message`
+    /// published to every replica.
+    async fn change(
+        &self,
+        op: &'static str,
+        key: &CacheKey,
+        value: Option<(&[u8], u64)>,
+        message: &str,
+    ) -> Result<(), L2Error> {
         let generation = keys::generation(key);
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(keys::entry(key)).ignore();
+        if value.is_none() {
+            pipe.cmd("DEL").arg(keys::entry(key)).ignore();
+        }
         pipe.cmd("INCR").arg(&generation).ignore();
         pipe.cmd("PEXPIRE")
             .arg(&generation)
             .arg(self.gen_ttl_ms)
             .ignore();
+        if let Some((bytes, ttl_ms)) = value {
+            pipe.cmd("SET")
+                .arg(keys::entry(key))
+                .arg(bytes)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .ignore();
+        }
         pipe.cmd("PUBLISH")
             .arg(INVALIDATION_CHANNEL)
             .arg(message)
             .ignore();
-        self.query::<()>("invalidate", Req::Pipe(&pipe)).await
+        self.query::<()>(op, Req::Pipe(&pipe)).await
     }
 
     /// Bumps a scope's generation, deletes its keys (SCAN MATCH), then tells

@@ -31,6 +31,7 @@ pub mod keys;
 mod l1;
 mod l2;
 mod refresh;
+mod replace;
 mod stats;
 mod typed;
 
@@ -49,6 +50,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
+pub use replace::Replacement;
 pub use stats::CacheStats;
 pub use typed::Prefetched;
 

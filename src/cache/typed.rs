@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::codec::Header;
 use super::flight::{self, Leader, Role, Shared};
 use super::generation::Ticket;
@@ -163,11 +165,12 @@ where
         let mut misses = Vec::new();
         let mut revalidate = Vec::new();
         let mut ahead = Vec::new();
+        let l1_span = tier_span("l1", keys);
         for key in keys {
             if !seen.insert(key) {
                 continue;
             }
-            let entry = inner.local.l1.get(key).await;
+            let entry = inner.local.l1.get(key).instrument(l1_span.clone()).await;
             let found = entry
                 .as_ref()
                 .and_then(|e| e.typed::<V>().map(|value| (e, value)));
@@ -195,6 +198,8 @@ where
                 }
             }
         }
+        l1_span.record("cache.found", out.len());
+        drop(l1_span);
         if !revalidate.is_empty() {
             self.reload_in_background(revalidate, Mode::Revalidate);
         }
@@ -323,7 +328,10 @@ where
         }
         if !jobs.is_empty() {
             let this = self.clone();
-            tokio::spawn(async move { this.lead(jobs, Mode::Read, deadline).await });
+            // Traced under the lookup that leads it.
+            tokio::spawn(
+                async move { this.lead(jobs, Mode::Read, deadline).await }.in_current_span(),
+            );
         }
         // A load joined from another lookup may run under a later deadline
         // (or none): each waiter stops at its own.
@@ -396,8 +404,15 @@ where
             local.stats.refresh_ahead(jobs.len() as u64);
         }
         let this = self.clone();
+        // A trace of its own, linked to the lookup that started it: the
+        // reload outlives that request.
+        let span = crate::telemetry::child_span(|| {
+            let span = tracing::debug_span!(parent: None, "cache reload", dfgraph.mode = ?mode, cache.keys = jobs.len());
+            span.follows_from(tracing::Span::current().id());
+            span
+        });
         // Background reloads serve no request: calls get their own timeouts.
-        tokio::spawn(async move { this.lead(jobs, mode, Deadline::NONE).await });
+        tokio::spawn(async move { this.lead(jobs, mode, Deadline::NONE).await }.instrument(span));
     }
 
     /// Loads a batch this process leads, through L2 and the origin.
@@ -412,7 +427,13 @@ where
         let from_l2 = match &inner.l2 {
             Some(l2) => {
                 let keys: Vec<CacheKey> = jobs.iter().map(|j| j.key().clone()).collect();
-                l2.mget(&keys).await.ok()
+                let span = tier_span("l2", &keys);
+                let values = l2.mget(&keys).instrument(span.clone()).await;
+                match &values {
+                    Ok(values) => span.record("cache.found", values.iter().flatten().count()),
+                    Err(e) => span.record("cache.error", tracing::field::display(e)),
+                };
+                values.ok()
             }
             None => None,
         };
@@ -582,8 +603,17 @@ where
         let inner = &self.cache.inner;
         let stats = &inner.local.stats;
         let keys: Vec<CacheKey> = items.iter().map(|(j, _)| j.key().clone()).collect();
+        let span = crate::telemetry::child_span(|| {
+            tracing::debug_span!(
+                "cache origin load",
+                otel.name = "cache origin",
+                cache.tier = "origin",
+                cache.kind = keys.first().map(|k| k.kind().as_str()),
+                cache.keys = keys.len(),
+            )
+        });
         let started = Instant::now();
-        let mut loaded = self.origin.load(keys, deadline).await;
+        let mut loaded = self.origin.load(keys, deadline).instrument(span).await;
         stats.origin_load(items.len(), started.elapsed());
         let now = inner.clock.now_ms();
         for (job, guard) in items {
@@ -768,26 +798,9 @@ where
         encoded_len: usize,
         ticket: &Ticket,
     ) -> bool {
-        let inner = &self.cache.inner;
-        let local = &inner.local;
-        if !local.gens.is_current(key, ticket) {
-            local.stats.stale_write_dropped(1);
-            return false;
-        }
-        let now = inner.clock.now_ms();
-        if now >= header.stale_until {
-            return true;
-        }
-        let keep = Duration::from_millis(header.stale_until - now);
-        let entry = Entry::new(key, header, value, encoded_len, keep);
-        local.l1.insert(key.clone(), Arc::new(entry)).await;
-        if !local.gens.is_current(key, ticket) {
-            // Invalidated between the check and the insert.
-            local.l1.remove(key).await;
-            local.stats.stale_write_dropped(1);
-            return false;
-        }
-        true
+        self.cache
+            .store_l1(key, header, value, encoded_len, ticket)
+            .await
     }
 
     /// Asks the origin directly, storing nothing (cache disabled, or a
@@ -822,6 +835,22 @@ where
             })
             .collect()
     }
+}
+
+/// The span of one lookup of `keys` in a cache tier (`l1`, `l2`), within
+/// a traced request; the caller records how many it found.
+fn tier_span(tier: &'static str, keys: &[CacheKey]) -> tracing::Span {
+    crate::telemetry::child_span(|| {
+        tracing::debug_span!(
+            "cache lookup",
+            otel.name = format!("cache {tier}"),
+            cache.tier = tier,
+            cache.kind = keys.first().map(|k| k.kind().as_str()),
+            cache.keys = keys.len(),
+            cache.found = tracing::field::Empty,
+            cache.error = tracing::field::Empty,
+        )
+    })
 }
 
 fn fallback_of<V>(entry: &Entry, value: Option<Arc<V>>) -> Fallback<V> {

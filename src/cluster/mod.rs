@@ -455,12 +455,7 @@ impl ClusterClient {
         rpc: F,
     ) -> Result<T, ClusterError>
     where
-        F: Fn(
-                crate::proto::scheduler::v2::scheduler_client::SchedulerClient<
-                    tonic::transport::Channel,
-                >,
-            ) -> Fut
-            + Clone,
+        F: Fn(scheduler::Client) -> Fut + Clone,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let cluster = self.cluster(cluster_id)?;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tracing::Instrument;
 
 use super::ClusterError;
 use super::health::{Health, HealthSnapshot};
@@ -18,6 +20,11 @@ use crate::clock::Clock;
 use crate::deadline::Deadline;
 use crate::proto::scheduler::v2::StatTaskRequest;
 use crate::proto::scheduler::v2::scheduler_client::SchedulerClient;
+use crate::telemetry::PropagateTrace;
+
+/// The gRPC client of one scheduler: every request carries the current
+/// trace context in its metadata.
+pub type Client = SchedulerClient<InterceptedService<Channel, PropagateTrace>>;
 
 /// The task id of readiness probes; no real task has it.
 pub const PROBE_TASK_ID: &str = "dfgraph-readiness-probe";
@@ -77,7 +84,9 @@ pub struct SchedulerHandle {
     pub addr: SocketAddr,
     /// `addr` as a metrics label.
     label: String,
-    client: SchedulerClient<Channel>,
+    /// `cluster_id` as a metrics label.
+    cluster_label: String,
+    client: Client,
     pub health: Health,
     pub breaker: Breaker,
     backoff: Backoff,
@@ -101,16 +110,18 @@ impl SchedulerHandle {
                     scheduler: addr,
                     message,
                 })?;
-        let client = SchedulerClient::new(channel)
+        let client = SchedulerClient::with_interceptor(channel, PropagateTrace)
             .max_decoding_message_size(MAX_DECODE_BYTES)
             .max_encoding_message_size(MAX_DECODE_BYTES);
         let label = addr.to_string();
-        metrics::gauge!("dfgraph_scheduler_circuit_state", "scheduler" => label.clone())
+        let cluster_label = cluster_id.to_string();
+        metrics::gauge!("dfgraph_scheduler_circuit_state", "cluster" => cluster_label.clone(), "scheduler" => label.clone())
             .set(CircuitState::Closed.gauge());
         Ok(Arc::new(Self {
             cluster_id,
             addr,
             label,
+            cluster_label,
             client,
             health: Health::default(),
             breaker: Breaker::new(guards.breaker, guards.clock.clone()),
@@ -136,7 +147,7 @@ impl SchedulerHandle {
     /// Publishes the circuit state as a gauge (also refreshed on scrape,
     /// since open turns half-open by time alone).
     pub fn publish_circuit(&self) {
-        metrics::gauge!("dfgraph_scheduler_circuit_state", "scheduler" => self.label.clone())
+        metrics::gauge!("dfgraph_scheduler_circuit_state", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone())
             .set(self.breaker.state().gauge());
     }
 
@@ -167,7 +178,7 @@ impl SchedulerHandle {
         let Some(t) = transition else { return };
         match t.to {
             CircuitState::Open => {
-                metrics::counter!("dfgraph_scheduler_circuit_trips_total", "scheduler" => self.label.clone())
+                metrics::counter!("dfgraph_scheduler_circuit_trips_total", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone())
                     .increment(1);
                 tracing::warn!(scheduler = %self.addr, from = ?t.from, "circuit opened");
             }
@@ -187,6 +198,9 @@ impl SchedulerHandle {
     /// without touching the network, while the circuit is open or while
     /// backing off after `ResourceExhausted`. NotFound and InvalidArgument
     /// are answers, not failures of the scheduler.
+    ///
+    /// Each call is a span (`scheduler call`) whose trace context the
+    /// request carries to the scheduler.
     pub async fn call<T, F, Fut>(
         &self,
         method: &'static str,
@@ -195,15 +209,48 @@ impl SchedulerHandle {
         rpc: F,
     ) -> Result<T, ClusterError>
     where
-        F: FnOnce(SchedulerClient<Channel>) -> Fut,
+        F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let started = Instant::now();
-        let (timeout, cut, ticket) = self.admit(timeout, deadline)?;
-        let outcome = self.send(timeout, rpc).await;
-        let verdict = self.record(method, started.elapsed(), &outcome, cut);
-        self.on_transition(ticket.finish(verdict));
+        let span = self.call_span(method);
+        let call = async {
+            let started = Instant::now();
+            let (timeout, cut, ticket) = self.admit(timeout, deadline)?;
+            let outcome = self.send(timeout, rpc).await;
+            let verdict = self.record(method, started.elapsed(), &outcome, cut);
+            self.on_transition(ticket.finish(verdict));
+            outcome
+        };
+        let outcome = call.instrument(span.clone()).await;
+        if let Err(e) = &outcome {
+            span.record("dfgraph.error", tracing::field::display(e));
+            if e.is_scheduler_failure() {
+                span.record("otel.status_code", "error");
+            }
+        }
         outcome
+    }
+
+    /// The span of one call, named and attributed as OpenTelemetry's RPC
+    /// conventions say, with the scheduler cluster besides; only within a
+    /// traced request.
+    fn call_span(&self, method: &'static str) -> tracing::Span {
+        crate::telemetry::child_span(|| {
+            tracing::debug_span!(
+                "scheduler call",
+                otel.name = format!("scheduler.v2.Scheduler/{method}"),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.service = "scheduler.v2.Scheduler",
+                rpc.method = method,
+                server.address = %self.addr.ip(),
+                server.port = self.addr.port(),
+                dfgraph.scheduler = %self.label,
+                dfgraph.scheduler_cluster = self.cluster_id,
+                dfgraph.error = tracing::field::Empty,
+            )
+        })
     }
 
     /// Lets a call through, or fails it fast: while backing off, when the
@@ -216,7 +263,7 @@ impl SchedulerHandle {
         deadline: Deadline,
     ) -> Result<(Duration, bool, Ticket<'_>), ClusterError> {
         if let Some(wait) = self.backoff.wait(self.clock.now()) {
-            metrics::counter!("dfgraph_scheduler_fast_failures_total", "scheduler" => self.label.clone(), "reason" => "backoff")
+            metrics::counter!("dfgraph_scheduler_fast_failures_total", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone(), "reason" => "backoff")
                 .increment(1);
             return Err(ClusterError::BackingOff {
                 scheduler: self.addr,
@@ -235,7 +282,7 @@ impl SchedulerHandle {
         let (ticket, transition) = match self.breaker.try_acquire() {
             Ok(admitted) => admitted,
             Err(rejected) => {
-                metrics::counter!("dfgraph_scheduler_fast_failures_total", "scheduler" => self.label.clone(), "reason" => "circuit_open")
+                metrics::counter!("dfgraph_scheduler_fast_failures_total", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone(), "reason" => "circuit_open")
                     .increment(1);
                 return Err(ClusterError::CircuitOpen {
                     scheduler: self.addr,
@@ -250,7 +297,7 @@ impl SchedulerHandle {
     /// Waits for a concurrency permit and the answer, both within `timeout`.
     async fn send<T, F, Fut>(&self, timeout: Duration, rpc: F) -> Result<T, ClusterError>
     where
-        F: FnOnce(SchedulerClient<Channel>) -> Fut,
+        F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         tokio::time::timeout(timeout, async {

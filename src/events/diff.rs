@@ -24,7 +24,7 @@ pub struct HostDiff {
 /// The last host list seen of one cluster, by host id.
 pub type HostSnapshot = HashMap<String, Arc<Host>>;
 
-pub fn snapshot_hosts(hosts: Vec<Host>) -> HostSnapshot {
+pub fn snapshot_hosts(hosts: impl IntoIterator<Item = Host>) -> HostSnapshot {
     hosts
         .into_iter()
         .map(|h| (h.id.clone(), Arc::new(h)))

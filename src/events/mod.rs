@@ -8,6 +8,7 @@ pub mod bus;
 pub mod diff;
 pub mod interest;
 pub mod lease;
+mod offload;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -241,7 +242,13 @@ impl Events {
     ) {
         tokio::spawn(self.bus.clone().listen(stop.clone()));
         if self.config.enabled {
+            let offload = offload::Offload::start(stop.clone())
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "host lists will be polled on the request runtime")
+                })
+                .ok();
             let watcher = watcher::Watcher {
+                offload,
                 config: self.config.clone(),
                 // Its fail-overs must not use up the retries queries need.
                 cluster: cluster.with_own_retry_budget(),

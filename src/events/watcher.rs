@@ -9,20 +9,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::future::join_all;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::diff::{HostSnapshot, diff_hosts, snapshot_hosts, task_fields};
 use super::interest::{Wanted, share};
+use super::offload::Offload;
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
 use crate::breaker::CircuitState;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheKey, Replacement};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClusterClient, ClusterError};
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
 use crate::proto::common::v2::{Peer, Task};
+use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// The last observations of one cluster.
 #[derive(Default)]
@@ -94,6 +97,9 @@ pub struct Watcher {
     pub cache: Cache,
     pub bus: Bus,
     pub interest: Arc<Interest>,
+    /// The thread host lists are polled and diffed on; `None` polls them
+    /// on the caller's runtime.
+    pub(crate) offload: Option<Offload>,
 }
 
 #[derive(Default)]
@@ -114,6 +120,15 @@ struct State {
     /// the listener resubscribed): poll this replica's own interest once
     /// when they reach it again, so its subscribers catch up.
     resync_due: bool,
+}
+
+/// What one poll of a cluster found.
+struct Polled {
+    cluster_id: u64,
+    state: ClusterState,
+    events: Vec<Event>,
+    /// The host list just fetched, when it differs from the last one.
+    host_list: Option<Replacement<ListHostsResponse>>,
 }
 
 /// Who hears about what one poll of a cluster finds.
@@ -192,24 +207,45 @@ impl Watcher {
             let (peers, tasks) = watched_on(wanted, cluster_id);
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
             jobs.push(async move {
-                let (cluster_state, events) = self
+                let polled = self
                     .poll_cluster(cluster_id, cluster_state, hosts, peers, tasks)
                     .await;
-                (cluster_id, reach, cluster_state, events)
+                (reach, polled)
             });
         }
         let polls = async {
-            let polled = join_all(jobs).await;
-            // Invalidated before anyone hears of the change, so a query
-            // made on receipt of an event sees the new data; each stale
-            // entry once, however many of its hosts changed.
+            let mut polled = join_all(jobs).await;
+            // Cache updated before anyone hears of the change, so a query
+            // made on receipt of an event sees the new data: a changed host
+            // list is replaced by the one just fetched (not reloaded by the
+            // next query); other stale entries are invalidated, each once
+            // however many of its parts changed.
+            let replacements: Vec<_> = polled
+                .iter_mut()
+                .filter_map(|(_, p)| p.host_list.take())
+                .collect();
+            let replaced: HashSet<CacheKey> =
+                replacements.iter().map(|r| r.key().clone()).collect();
             let stale: HashSet<_> = polled
                 .iter()
-                .flat_map(|(_, _, _, events)| events.iter().filter(|e| !is_baseline(e)))
+                .flat_map(|(_, p)| p.events.iter().filter(|e| !is_baseline(e)))
                 .flat_map(bus::affected_keys)
+                .filter(|key| !replaced.contains(key))
                 .collect();
-            futures::stream::iter(&stale)
-                .for_each_concurrent(INVALIDATE_CONCURRENCY, |key| self.cache.invalidate(key))
+            let updates = replacements
+                .into_iter()
+                .map(|r| {
+                    let cache = self.cache.clone();
+                    async move { cache.replace(r).await }.boxed()
+                })
+                .chain(stale.into_iter().map(|key| {
+                    let cache = self.cache.clone();
+                    async move { cache.invalidate(&key).await }.boxed()
+                }))
+                .collect::<Vec<BoxFuture<'static, ()>>>();
+            futures::stream::iter(updates)
+                .buffer_unordered(INVALIDATE_CONCURRENCY)
+                .collect::<()>()
                 .await;
             polled
         };
@@ -221,9 +257,9 @@ impl Watcher {
             polled = polls => polled,
             never = self.keep_leases(&held) => match never {},
         };
-        for (cluster_id, reach, cluster_state, events) in polled {
-            state.clusters.insert(cluster_id, cluster_state);
-            self.publish(reach, events).await;
+        for (reach, polled) in polled {
+            state.clusters.insert(polled.cluster_id, polled.state);
+            self.publish(reach, polled.events).await;
         }
     }
 
@@ -431,10 +467,11 @@ impl Watcher {
         hosts: bool,
         peers: Vec<PeerKey>,
         tasks: Vec<String>,
-    ) -> (ClusterState, Vec<Event>) {
+    ) -> Polled {
         let mut events = Vec::new();
+        let mut host_list = None;
         if hosts {
-            self.poll_hosts(cluster_id, &mut state, &mut events).await;
+            host_list = self.poll_hosts(cluster_id, &mut state, &mut events).await;
         } else {
             state.hosts = None;
         }
@@ -449,30 +486,73 @@ impl Watcher {
         }
         self.poll_tasks(cluster_id, &mut state, tasks, &mut events)
             .await;
-        (state, events)
+        Polled {
+            cluster_id,
+            state,
+            events,
+            host_list,
+        }
     }
 
     /// Lists the cluster's hosts and reports each host that joined, left or
-    /// changed; a failed poll keeps the last snapshot.
-    async fn poll_hosts(&self, cluster_id: u64, state: &mut ClusterState, events: &mut Vec<Event>) {
+    /// changed; a failed poll keeps the last snapshot. The call, its decoding,
+    /// the diff and the cache entry of a changed list are made on the
+    /// watcher's own thread (see [`Offload`]). Returns the new list, to
+    /// replace the cached one, when it differs from what was known.
+    async fn poll_hosts(
+        &self,
+        cluster_id: u64,
+        state: &mut ClusterState,
+        events: &mut Vec<Event>,
+    ) -> Option<Replacement<ListHostsResponse>> {
         let event = |what| event(cluster_id, what);
         metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
-        match self.cluster.list_hosts(cluster_id, Deadline::NONE).await {
-            Ok(list) => {
-                let new = snapshot_hosts(list);
-                if let Some(old) = &state.hosts {
-                    for diff in diff_hosts(old, &new) {
-                        events.push(event(What::Host {
-                            change: diff.change,
-                            host: diff.host,
-                            changed_fields: diff.changed_fields,
-                        }));
-                    }
+        let client = self.cluster.clone();
+        let cache = self.cache.clone();
+        let previous = state.hosts.take();
+        let poll = async move {
+            match client.list_hosts(cluster_id, Deadline::NONE).await {
+                Ok(list) => {
+                    let new = snapshot_hosts(list.iter().cloned());
+                    let diffs = previous.as_ref().map(|old| diff_hosts(old, &new));
+                    // Unchanged: the cached list (if any) is as good.
+                    let changed = diffs.as_ref().is_none_or(|d| !d.is_empty());
+                    let replacement = changed.then(|| {
+                        cache.replacement(
+                            CacheKey::hosts(cluster_id),
+                            ListHostsResponse { hosts: list },
+                        )
+                    });
+                    // The old snapshot is freed here too, off the request runtime.
+                    drop(previous);
+                    Ok((new, diffs.unwrap_or_default(), replacement))
+                }
+                Err(error) => Err((error.to_string(), previous)),
+            }
+        };
+        let polled = match &self.offload {
+            Some(offload) => offload
+                .run(poll)
+                .await
+                .unwrap_or_else(|stopped| Err((stopped.to_string(), None))),
+            None => poll.await,
+        };
+        match polled {
+            Ok((new, diffs, replacement)) => {
+                for diff in diffs {
+                    events.push(event(What::Host {
+                        change: diff.change,
+                        host: diff.host,
+                        changed_fields: diff.changed_fields,
+                    }));
                 }
                 state.hosts = Some(new);
+                replacement
             }
-            Err(error) => {
-                tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot")
+            Err((error, previous)) => {
+                tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot");
+                state.hosts = previous;
+                None
             }
         }
     }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use async_graphql::Result;
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use futures::future::BoxFuture;
+use tracing::Instrument;
 
 use super::errors::cluster_error;
 use super::freshness::Freshness;
@@ -35,6 +37,25 @@ pub struct PeerLookup {
 }
 
 type Loaded<V> = Result<Fetched<V>, ClusterError>;
+
+/// The span of one DataLoader batch of `entity`, parent of its cache
+/// lookups and scheduler calls (within a traced request).
+fn batch_span(entity: &'static str, keys: usize) -> tracing::Span {
+    crate::telemetry::child_span(|| {
+        tracing::debug_span!(
+            "DataLoader batch",
+            otel.name = format!("load {entity}"),
+            dfgraph.entity = entity,
+            dfgraph.keys = keys,
+        )
+    })
+}
+
+/// Runs a DataLoader batch in a task of its own, inside the span that
+/// asked for it, so the batch is traced under its GraphQL operation.
+fn spawn_in_span(batch: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(batch.in_current_span())
+}
 
 /// Records what each lookup cost in the request's freshness report.
 fn account<K, V: Send + Sync + 'static>(
@@ -76,6 +97,7 @@ impl Loader<u64> for HostListLoader {
             .origins
             .hosts
             .get_many(&cache_keys, self.deadline)
+            .instrument(batch_span("host lists", keys.len()))
             .await;
         Ok(account(&self.freshness, results, |k| k.cluster))
     }
@@ -100,6 +122,7 @@ impl Loader<TaskKey> for TaskLoader {
             .origins
             .tasks
             .get_many(&cache_keys, self.deadline)
+            .instrument(batch_span("tasks", keys.len()))
             .await;
         Ok(account(&self.freshness, results, |k| TaskKey {
             cluster_id: k.cluster,
@@ -130,6 +153,7 @@ impl Loader<PeerLookup> for PeerLoader {
             .origins
             .peers
             .get_many(&cache_keys, self.deadline)
+            .instrument(batch_span("peers", keys.len()))
             .await;
         Ok(account(&self.freshness, results, |k| PeerLookup {
             cluster_id: k.cluster,
@@ -177,7 +201,7 @@ impl Loaders {
                     freshness: freshness.clone(),
                     deadline,
                 },
-                tokio::spawn,
+                spawn_in_span,
                 HashMapCache::default(),
             ),
             tasks: DataLoader::with_cache(
@@ -186,7 +210,7 @@ impl Loaders {
                     freshness: freshness.clone(),
                     deadline,
                 },
-                tokio::spawn,
+                spawn_in_span,
                 HashMapCache::default(),
             ),
             peers: DataLoader::with_cache(
@@ -195,7 +219,7 @@ impl Loaders {
                     freshness: freshness.clone(),
                     deadline,
                 },
-                tokio::spawn,
+                spawn_in_span,
                 HashMapCache::default(),
             ),
             freshness,

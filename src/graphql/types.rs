@@ -21,7 +21,7 @@ fn duration_ms(d: Option<&prost_types::Duration>) -> Option<f64> {
     Some(d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0)
 }
 
-/// Dragonfly's host types (`Host.type` on the wire); see [`crate::host_type`].
+/// Dragonfly's host types (`Host.type` on the wire).
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[graphql(remote = "crate::host_type::HostType")]
 pub enum HostType {

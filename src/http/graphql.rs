@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::AppState;
 
@@ -100,17 +101,44 @@ fn not_acceptable() -> Response {
         .into_response()
 }
 
-/// The operation a request would run, if its document parses.
+/// The span of one GraphQL operation, named as OpenTelemetry's GraphQL
+/// conventions say (`query`, `query Overview`). Its DataLoader batches,
+/// cache lookups and scheduler calls are its children.
+fn operation_span(kind: &str, name: Option<&str>) -> tracing::Span {
+    // A client names its operations; a name that long is no name.
+    let name = name.filter(|name| name.len() <= 128);
+    tracing::debug_span!(
+        "GraphQL operation",
+        otel.name = match name {
+            Some(name) => format!("{kind} {name}"),
+            None => kind.to_owned(),
+        },
+        graphql.operation.type = kind,
+        graphql.operation.name = name,
+        graphql.errors = tracing::field::Empty,
+    )
+}
+
+/// The type of the operation a request would run, if its document parses.
 fn operation_type(request: &async_graphql::Request) -> Option<OperationType> {
+    operation(request).map(|(ty, _)| ty)
+}
+
+/// The type and name of the operation a request would run, if its
+/// document parses.
+fn operation(request: &async_graphql::Request) -> Option<(OperationType, Option<String>)> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
     let name = request.operation_name.as_deref();
     match &document.operations {
-        async_graphql::parser::types::DocumentOperations::Single(op) => Some(op.node.ty),
-        async_graphql::parser::types::DocumentOperations::Multiple(ops) => match name {
-            Some(name) => ops.get(name).map(|op| op.node.ty),
-            None if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
-            None => None,
-        },
+        async_graphql::parser::types::DocumentOperations::Single(op) => Some((op.node.ty, None)),
+        async_graphql::parser::types::DocumentOperations::Multiple(ops) => {
+            let (name, op) = match name {
+                Some(name) => ops.get_key_value(name)?,
+                None if ops.len() == 1 => ops.iter().next()?,
+                None => return None,
+            };
+            Some((op.node.ty, Some(name.to_string())))
+        }
     }
 }
 
@@ -267,15 +295,22 @@ async fn execute(
     role: crate::auth::Role,
 ) -> Response {
     let started = Instant::now();
-    let kind = match operation_type(&request) {
+    let (ty, name) = operation(&request).unzip();
+    let kind = match ty {
         Some(OperationType::Query) => "query",
         Some(OperationType::Mutation) => "mutation",
         Some(OperationType::Subscription) => "subscription",
         None => "invalid",
     };
+    let span = operation_span(kind, name.flatten().as_deref());
     let key = app.response_cache.key(&request, role);
-    let execution = run(app.schema.clone(), app.gateway.clone(), request);
-    let (body, never_ran) = match key {
+    let execution = run(
+        app.schema.clone(),
+        app.gateway.clone(),
+        request,
+        span.clone(),
+    );
+    let (body, never_ran, errors) = match key {
         Some(key) => {
             let (rendered, freshness, served) =
                 app.response_cache.serve(key, &app.gateway, execution).await;
@@ -284,6 +319,7 @@ async fn execute(
             (
                 rendered.body(freshness, served.as_str()),
                 rendered.never_ran,
+                rendered.errors,
             )
         }
         None => {
@@ -292,11 +328,14 @@ async fn execute(
                 serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
                     .to_string()
             });
-            (body, executed.never_ran)
+            (body, executed.never_ran, executed.response.errors.len())
         }
     };
     metrics::histogram!("dfgraph_graphql_request_seconds", "operation" => kind)
         .record(started.elapsed().as_secs_f64());
+    if errors > 0 {
+        span.record("graphql.errors", errors);
+    }
     let status = if never_ran && accept == Accept::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {
@@ -311,6 +350,7 @@ fn run(
     schema: crate::graphql::DfSchema,
     gateway: std::sync::Arc<crate::graphql::GatewayState>,
     request: async_graphql::Request,
+    span: tracing::Span,
 ) -> impl std::future::Future<Output = super::response_cache::Executed> + Send + 'static {
     let started = Instant::now();
     async move {
@@ -323,7 +363,8 @@ fn run(
         let loaders = gateway.loaders_until(calls_deadline);
         let freshness = loaders.freshness.clone();
         let execution = schema.execute(request.data(loaders));
-        let (mut response, ran_out) = match tokio::time::timeout(budget, execution).await {
+        let execution = tokio::time::timeout(budget, execution).instrument(span);
+        let (mut response, ran_out) = match execution.await {
             Ok(response) => (response, false),
             Err(_) => {
                 tracing::warn!(

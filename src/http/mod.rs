@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod persisted;
 pub mod rate_limit;
+pub mod request_span;
 pub mod response_cache;
 pub mod rest;
 pub mod ws;
@@ -96,7 +97,11 @@ pub fn router(state: AppState) -> Router {
                 .compress_when(DefaultPredicate::new().and(SizeAbove::new(1024))),
         )
         .layer(browser::cors(&state.browser))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span::make)
+                .on_response(request_span::RecordStatus),
+        )
         .with_state(state)
 }
 

@@ -92,7 +92,8 @@ pub struct Rendered {
     /// The response as JSON without `extensions` and the closing brace.
     head: String,
     extensions: serde_json::Map<String, serde_json::Value>,
-    has_errors: bool,
+    /// How many errors the response has.
+    pub errors: usize,
     pub never_ran: bool,
 }
 
@@ -110,7 +111,7 @@ impl Rendered {
         Self {
             head,
             extensions,
-            has_errors: !response.errors.is_empty(),
+            errors: response.errors.len(),
             never_ran,
         }
     }
@@ -306,7 +307,7 @@ impl Inner {
                 if let Some(lists) = lists
                     && unchanged
                     && !rendered.never_ran
-                    && !rendered.has_errors
+                    && rendered.errors == 0
                 {
                     let kept = Arc::new(Kept {
                         rendered: rendered.clone(),
@@ -508,11 +509,11 @@ mod tests {
         );
         let kept: serde_json::Value = serde_json::from_str(&rendered.body(None, "miss")).unwrap();
         assert_eq!(kept["extensions"]["freshness"], 1);
-        assert!(!rendered.has_errors);
+        assert_eq!(rendered.errors, 0);
         let failed = Rendered::of(
             async_graphql::Response::from_errors(vec![async_graphql::ServerError::new("no", None)]),
             true,
         );
-        assert!(failed.has_errors);
+        assert_eq!(failed.errors, 1);
     }
 }

@@ -27,7 +27,13 @@ pub fn live_config(sim: &SimCluster, redis: Option<&RedisServer>) -> Config {
     config
 }
 
+/// The data of a query that must not fail.
 pub async fn query(gateway_url: &str, query: &str, variables: Value) -> Value {
+    response(gateway_url, query, variables).await["data"].clone()
+}
+
+/// The whole response (data and extensions) of a query that must not fail.
+pub async fn response(gateway_url: &str, query: &str, variables: Value) -> Value {
     let body: Value = reqwest::Client::new()
         .post(format!("{gateway_url}/graphql"))
         .json(&json!({"query": query, "variables": variables}))
@@ -38,7 +44,7 @@ pub async fn query(gateway_url: &str, query: &str, variables: Value) -> Value {
         .await
         .expect("JSON body");
     assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
+    body
 }
 
 pub async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {

@@ -7,12 +7,15 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use cli::{CheckConfigArgs, Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
 use dfgraph::config::Config;
 use dfgraph::config::SchedulerSource;
 use dfgraph::gateway::{Gateway, cluster_client};
+use dfgraph::telemetry::Telemetry;
 use dfgraph_sim::{SimCluster, SimConfig};
 
 // jemalloc over glibc's malloc, measured on the console overview (1.37x
@@ -21,25 +24,33 @@ use dfgraph_sim::{SimCluster, SimConfig};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by `RUST_LOG`; with `telemetry`, spans also go
+/// to the OpenTelemetry collector, filtered by `tracing.filter` (each
+/// layer has its own filter, so one does not widen the other).
+fn init_logging(format: LogFormat, telemetry: Option<&Telemetry>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr: stdout is for what scripts read (addresses, JSON, SDL).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(telemetry.map(Telemetry::layer))
+        .init();
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `serve` sets logging up once it has read `[tracing]`.
+    if !matches!(cli.command, None | Some(Command::Serve(_))) {
+        init_logging(cli.log_format, None);
+    }
     match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve, cli.log_format).await,
+        Some(Command::Serve(args)) => serve(args, cli.log_format).await,
         Some(Command::Simulate(args)) => simulate(args).await,
         Some(Command::Schema) => {
             print!("{}", dfgraph::graphql::sdl());
@@ -72,8 +83,17 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let mut config = Config::load(args.source.config.as_deref(), args.overrides())?;
+    let telemetry = Telemetry::start(&config.tracing)?;
+    init_logging(log_format, telemetry.as_ref());
+    if let Some(endpoint) = config.tracing.otlp_endpoint.as_deref() {
+        tracing::info!(
+            endpoint,
+            ratio = config.tracing.sample_ratio,
+            "exporting traces over OTLP"
+        );
+    }
     let simulator = match config.scheduler_source()? {
         SchedulerSource::Unconfigured => Some(embed_simulator(&mut config).await?),
         _ => None,
@@ -85,6 +105,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     gateway.shutdown().await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
+    }
+    // The last requests' spans are still buffered.
+    if let Some(telemetry) = telemetry
+        && let Err(e) = telemetry.shutdown().await
+    {
+        tracing::warn!(error = %e, "could not export the last spans");
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! A simulated Dragonfly cluster: real tonic gRPC servers on loopback TCP,
 //! one per scheduler plus one manager, serving a seeded, moving workload
-//! with per-server fault injection and RPC counters.
+//! with per-server fault injection, RPC counters and the last request
+//! metadata each server saw.
 //!
 //! The simulator depends only on [`dfgraph_proto`], so it is an honest test
 //! double of real Dragonfly schedulers: the gateway talks to it over the
@@ -448,6 +449,16 @@ impl SimCluster {
     /// manager), including failed and hung ones.
     pub fn rpc_count(&self, addr: SocketAddr, method: Method) -> u64 {
         self.inner.faults.get(&addr).map_or(0, |f| f.count(method))
+    }
+
+    /// The metadata (gRPC headers such as `traceparent`) of the last
+    /// `method` RPC the server at `addr` received, if any.
+    pub fn last_metadata(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+    ) -> Option<tonic::metadata::MetadataMap> {
+        self.inner.faults.get(&addr)?.last_metadata(method)
     }
 
     /// RPCs of `method` received by all servers.

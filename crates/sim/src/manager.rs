@@ -61,7 +61,9 @@ impl Manager for ManagerService {
         &self,
         request: Request<ListSchedulersRequest>,
     ) -> Result<Response<ListSchedulersResponse>, Status> {
-        self.faults.enter(Method::ListSchedulers).await?;
+        self.faults
+            .enter(Method::ListSchedulers, request.metadata())
+            .await?;
         let cluster = request.into_inner().scheduler_cluster_id;
         let schedulers = self
             .schedulers

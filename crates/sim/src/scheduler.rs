@@ -1,7 +1,8 @@
 //! The simulated `scheduler.v2.Scheduler` gRPC service, one instance per
 //! scheduler address, answering from the shared workload; plus the
-//! per-endpoint fault hooks (latency, error, hang) and RPC counters that
-//! every simulated server (the manager too) goes through.
+//! per-endpoint fault hooks (latency, error, hang), RPC counters and the
+//! last request metadata seen, that every simulated server (the manager
+//! too) goes through.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
 use super::Method;
@@ -23,6 +25,9 @@ use dfgraph_proto::scheduler::v2::{
 /// Fault hooks and counters of one simulated endpoint.
 pub(crate) struct Faults {
     counts: [AtomicU64; Method::ALL.len()],
+    /// The metadata (gRPC headers) of the last request of each method, for
+    /// tests of what clients send besides the message (trace context).
+    last_metadata: Mutex<[Option<MetadataMap>; Method::ALL.len()]>,
     latency_nanos: AtomicU64,
     error: Mutex<Option<Code>>,
     hang: watch::Sender<bool>,
@@ -34,6 +39,7 @@ impl Faults {
     pub(crate) fn new(shutdown: watch::Receiver<bool>) -> Self {
         Self {
             counts: Default::default(),
+            last_metadata: Default::default(),
             latency_nanos: AtomicU64::new(0),
             error: Mutex::new(None),
             hang: watch::Sender::new(false),
@@ -43,6 +49,13 @@ impl Faults {
 
     pub(crate) fn count(&self, method: Method) -> u64 {
         self.counts[method as usize].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_metadata(&self, method: Method) -> Option<MetadataMap> {
+        self.last_metadata
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[method as usize]
+            .clone()
     }
 
     pub(crate) fn reset(&self) {
@@ -64,10 +77,14 @@ impl Faults {
         self.hang.send_replace(hang);
     }
 
-    /// What every RPC goes through first: count it, wait out the injected
-    /// latency, wait while hung, then fail with the injected error if any.
-    pub(crate) async fn enter(&self, method: Method) -> Result<(), Status> {
+    /// What every RPC goes through first: count it and keep its metadata,
+    /// wait out the injected latency, wait while hung, then fail with the
+    /// injected error if any.
+    pub(crate) async fn enter(&self, method: Method, metadata: &MetadataMap) -> Result<(), Status> {
         self.counts[method as usize].fetch_add(1, Ordering::Relaxed);
+        self.last_metadata
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)[method as usize] = Some(metadata.clone());
         let mut shutdown = self.shutdown.clone();
         let stopping = || Status::unavailable("simulated server is shutting down");
 
@@ -124,7 +141,9 @@ fn require(field: &str, value: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
     async fn stat_peer(&self, request: Request<StatPeerRequest>) -> Result<Response<Peer>, Status> {
-        self.faults.enter(Method::StatPeer).await?;
+        self.faults
+            .enter(Method::StatPeer, request.metadata())
+            .await?;
         let req = request.into_inner();
         require("StatPeerRequest.HostId", &req.host_id)?;
         require("StatPeerRequest.TaskId", &req.task_id)?;
@@ -138,7 +157,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<DeletePeerRequest>,
     ) -> Result<Response<()>, Status> {
-        self.faults.enter(Method::DeletePeer).await?;
+        self.faults
+            .enter(Method::DeletePeer, request.metadata())
+            .await?;
         let req = request.into_inner();
         require("DeletePeerRequest.HostId", &req.host_id)?;
         require("DeletePeerRequest.TaskId", &req.task_id)?;
@@ -151,7 +172,9 @@ impl Scheduler for SchedulerService {
     }
 
     async fn stat_task(&self, request: Request<StatTaskRequest>) -> Result<Response<Task>, Status> {
-        self.faults.enter(Method::StatTask).await?;
+        self.faults
+            .enter(Method::StatTask, request.metadata())
+            .await?;
         let req = request.into_inner();
         require("StatTaskRequest.HostId", &req.host_id)?;
         require("StatTaskRequest.TaskId", &req.task_id)?;
@@ -164,7 +187,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<DeleteTaskRequest>,
     ) -> Result<Response<()>, Status> {
-        self.faults.enter(Method::DeleteTask).await?;
+        self.faults
+            .enter(Method::DeleteTask, request.metadata())
+            .await?;
         let req = request.into_inner();
         require("DeleteTaskRequest.HostId", &req.host_id)?;
         require("DeleteTaskRequest.TaskId", &req.task_id)?;
@@ -179,7 +204,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        self.faults.enter(Method::ListHosts).await?;
+        self.faults
+            .enter(Method::ListHosts, request.metadata())
+            .await?;
         let req = request.into_inner();
         // Take the snapshot under the lock, copy it outside.
         let snapshot = read(&self.state).hosts(self.cluster_id);
@@ -194,7 +221,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<DeleteHostRequest>,
     ) -> Result<Response<()>, Status> {
-        self.faults.enter(Method::DeleteHost).await?;
+        self.faults
+            .enter(Method::DeleteHost, request.metadata())
+            .await?;
         let req = request.into_inner();
         require("DeleteHostRequest.HostId", &req.host_id)?;
         if write(&self.state).remove_host(self.cluster_id, &req.host_id) {
