@@ -62,6 +62,8 @@ pub struct Config {
     pub rate_limit: crate::http::rate_limit::RateLimitConfig,
     /// Where `/metrics` is served, and its bearer token.
     pub metrics: crate::http::metrics::MetricsConfig,
+    /// Kept responses of hot host-list queries (on by default).
+    pub response_cache: crate::http::response_cache::ResponseCacheConfig,
     /// OpenTelemetry trace export (off unless `otlp_endpoint` is set).
     pub tracing: crate::telemetry::TracingConfig,
 }
@@ -138,6 +140,7 @@ impl Default for Config {
             graphql: GraphqlConfig::default(),
             rate_limit: Default::default(),
             metrics: Default::default(),
+            response_cache: Default::default(),
             tracing: Default::default(),
         }
     }

@@ -215,6 +215,10 @@ async fn app_state(
         subscriptions: crate::http::ws::Limits::new(config.subscriptions),
         fanout,
         shutdown: shutdown.clone(),
+        response_cache: crate::http::response_cache::ResponseCache::new(
+            &config.response_cache,
+            &config.cache,
+        ),
     })
 }
 

@@ -1,12 +1,20 @@
 //! Per-request freshness bookkeeping: how many lookups the cache answered,
 //! how old the oldest value served was, whether any was stale, and which
 //! schedulers failed. The HTTP layer puts it in `extensions.freshness`.
+//! It also notes which cached values were read, so the response cache can
+//! tell when a response is still current.
 
+use std::any::Any;
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::cache::{Fetched, Tier};
+use crate::cache::{CacheKey, Fetched, Kind, Tier};
+
+/// One value a request read: its key and the identity of the value (a
+/// cached value is immutable until replaced, so the same allocation means
+/// the same value; the `Weak` keeps the address from being reused).
+pub type Read = (CacheKey, Option<Weak<dyn Any + Send + Sync>>);
 
 #[derive(Debug, Default)]
 pub struct Freshness {
@@ -20,11 +28,19 @@ struct State {
     oldest_age: Duration,
     stale: bool,
     failed_schedulers: BTreeSet<String>,
+    reads: Vec<Read>,
+    /// Some lookup failed (with or without a scheduler to name).
+    failed: bool,
 }
 
 impl Freshness {
-    pub fn record<V>(&self, fetched: &Fetched<V>) {
+    pub fn record<V: Send + Sync + 'static>(&self, key: &CacheKey, fetched: &Fetched<V>) {
         let mut state = self.lock();
+        let identity = fetched.value.as_ref().map(|value| {
+            let value: Arc<dyn Any + Send + Sync> = value.clone();
+            Arc::downgrade(&value)
+        });
+        state.reads.push((key.clone(), identity));
         match fetched.tier {
             Tier::L1 | Tier::L2 => state.cache_hits += 1,
             Tier::Origin => state.origin_loads += 1,
@@ -34,8 +50,10 @@ impl Freshness {
     }
 
     pub fn record_failure(&self, scheduler: Option<std::net::SocketAddr>) {
+        let mut state = self.lock();
+        state.failed = true;
         if let Some(addr) = scheduler {
-            self.lock().failed_schedulers.insert(addr.to_string());
+            state.failed_schedulers.insert(addr.to_string());
         }
     }
 
@@ -48,6 +66,25 @@ impl Freshness {
             "stale": state.stale,
             "failedSchedulers": state.failed_schedulers.iter().collect::<Vec<_>>(),
         })
+    }
+
+    /// The host lists the request read, by cluster, when they are all it
+    /// read and each was a fresh value (not stale, not a tombstone, no
+    /// failure); `None` otherwise, and when it read nothing.
+    pub fn fresh_host_lists(&self) -> Option<Vec<(u64, Weak<dyn Any + Send + Sync>)>> {
+        let state = self.lock();
+        if state.stale || state.failed || state.reads.is_empty() {
+            return None;
+        }
+        let mut lists = Vec::with_capacity(state.reads.len());
+        for (key, identity) in &state.reads {
+            match (key.kind(), identity) {
+                (Kind::Hosts, Some(identity)) => lists.push((key.cluster, identity.clone())),
+                _ => return None,
+            }
+        }
+        lists.sort_by_key(|(cluster, _)| *cluster);
+        Some(lists)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -58,7 +58,7 @@ fn spawn_in_span(batch: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
 }
 
 /// Records what each lookup cost in the request's freshness report.
-fn account<K, V>(
+fn account<K, V: Send + Sync + 'static>(
     freshness: &Freshness,
     results: HashMap<CacheKey, Loaded<V>>,
     mut key_of: impl FnMut(&CacheKey) -> K,
@@ -70,7 +70,7 @@ where
         .into_iter()
         .map(|(cache_key, result)| {
             match &result {
-                Ok(fetched) => freshness.record(fetched),
+                Ok(fetched) => freshness.record(&cache_key, fetched),
                 Err(e) => freshness.record_failure(e.scheduler()),
             }
             (key_of(&cache_key), result)

@@ -82,7 +82,7 @@ pub fn is_subscription(request: &async_graphql::Request) -> bool {
 /// The operation a request runs: the one named, else the document's only
 /// one. The parser files a named operation under `Multiple` even when it
 /// is alone, and a lone operation needs no `operationName`.
-fn selected_operation<'a>(
+pub(crate) fn selected_operation<'a>(
     document: &'a ExecutableDocument,
     name: Option<&str>,
 ) -> Option<&'a Positioned<OperationDefinition>> {

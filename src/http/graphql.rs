@@ -231,7 +231,8 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&app, accept, request.data(principal)).await
+    let role = principal.role;
+    execute(&app, accept, request.data(principal), role).await
 }
 
 pub async fn post(
@@ -283,10 +284,16 @@ pub async fn post(
     if let Err(refused) = persisted(&app, accept, &mut request).await {
         return refused;
     }
-    execute(&app, accept, request.data(principal)).await
+    let role = principal.role;
+    execute(&app, accept, request.data(principal), role).await
 }
 
-async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request) -> Response {
+async fn execute(
+    app: &AppState,
+    accept: Accept,
+    request: async_graphql::Request,
+    role: crate::auth::Role,
+) -> Response {
     let started = Instant::now();
     let (ty, name) = operation(&request).unzip();
     let kind = match ty {
@@ -295,55 +302,97 @@ async fn execute(app: &AppState, accept: Accept, request: async_graphql::Request
         Some(OperationType::Subscription) => "subscription",
         None => "invalid",
     };
-    // The request never outlives its budget. Scheduler calls end a little
-    // earlier, so what did resolve is still assembled and sent, with
-    // errors for the rest, instead of nothing at all.
-    let budget = app.gateway.request_timeout;
-    let reserve = (budget / 10).min(Duration::from_millis(250));
-    let calls_deadline = started + budget - reserve;
     let span = operation_span(kind, name.flatten().as_deref());
-    let loaders = app.gateway.loaders_until(calls_deadline);
-    let freshness = loaders.freshness.clone();
-    let execution = app.schema.execute(request.data(loaders));
-    let execution = tokio::time::timeout(budget, execution).instrument(span.clone());
-    let (mut response, ran_out) = match execution.await {
-        Ok(response) => (response, false),
-        Err(_) => {
-            tracing::warn!(
-                budget_ms = budget.as_millis() as u64,
-                "GraphQL request ran out of its budget"
-            );
-            metrics::counter!("dfgraph_graphql_request_timeouts_total").increment(1);
-            (timed_out(budget), true)
+    let key = app.response_cache.key(&request, role);
+    let execution = run(
+        app.schema.clone(),
+        app.gateway.clone(),
+        request,
+        span.clone(),
+    );
+    let (body, never_ran, errors) = match key {
+        Some(key) => {
+            let (rendered, freshness, served) =
+                app.response_cache.serve(key, &app.gateway, execution).await;
+            metrics::counter!("dfgraph_response_cache_total", "outcome" => served.as_str())
+                .increment(1);
+            (
+                rendered.body(freshness, served.as_str()),
+                rendered.never_ran,
+                rendered.errors,
+            )
+        }
+        None => {
+            let executed = execution.await;
+            let body = serde_json::to_string(&executed.response).unwrap_or_else(|e| {
+                serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
+                    .to_string()
+            });
+            (body, executed.never_ran, executed.response.errors.len())
         }
     };
-    // A request error (parse, validation) has no data and no error path:
-    // execution never started.
-    let never_ran = !ran_out
-        && response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty());
-    if !never_ran {
-        response.extensions.insert(
-            "freshness".into(),
-            async_graphql::Value::from_json(freshness.to_json()).unwrap_or_default(),
-        );
-    }
     metrics::histogram!("dfgraph_graphql_request_seconds", "operation" => kind)
         .record(started.elapsed().as_secs_f64());
-    if !response.errors.is_empty() {
-        span.record("graphql.errors", response.errors.len());
+    if errors > 0 {
+        span.record("graphql.errors", errors);
     }
     let status = if never_ran && accept == Accept::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
-    let body = serde_json::to_string(&response).unwrap_or_else(|e| {
-        serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
-            .to_string()
-    });
     json_response(accept, status, body)
+}
+
+/// Runs one request within its budget, with its own loaders and the
+/// freshness report in `extensions`.
+fn run(
+    schema: crate::graphql::DfSchema,
+    gateway: std::sync::Arc<crate::graphql::GatewayState>,
+    request: async_graphql::Request,
+    span: tracing::Span,
+) -> impl std::future::Future<Output = super::response_cache::Executed> + Send + 'static {
+    let started = Instant::now();
+    async move {
+        // The request never outlives its budget. Scheduler calls end a little
+        // earlier, so what did resolve is still assembled and sent, with
+        // errors for the rest, instead of nothing at all.
+        let budget = gateway.request_timeout;
+        let reserve = (budget / 10).min(Duration::from_millis(250));
+        let calls_deadline = started + budget - reserve;
+        let loaders = gateway.loaders_until(calls_deadline);
+        let freshness = loaders.freshness.clone();
+        let execution = schema.execute(request.data(loaders));
+        let execution = tokio::time::timeout(budget, execution).instrument(span);
+        let (mut response, ran_out) = match execution.await {
+            Ok(response) => (response, false),
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "GraphQL request ran out of its budget"
+                );
+                metrics::counter!("dfgraph_graphql_request_timeouts_total").increment(1);
+                (timed_out(budget), true)
+            }
+        };
+        // A request error (parse, validation) has no data and no error path:
+        // execution never started.
+        let never_ran = !ran_out
+            && response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|e| e.path.is_empty());
+        if !never_ran {
+            response.extensions.insert(
+                "freshness".into(),
+                async_graphql::Value::from_json(freshness.to_json()).unwrap_or_default(),
+            );
+        }
+        super::response_cache::Executed {
+            response,
+            freshness,
+            never_ran,
+        }
+    }
 }
 
 #[cfg(test)]

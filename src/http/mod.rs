@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod persisted;
 pub mod rate_limit;
 pub mod request_span;
+pub mod response_cache;
 pub mod rest;
 pub mod ws;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub rate_limit: rate_limit::RateLimiter,
     /// The `/metrics` token, and whether it has a listener of its own.
     pub metrics_access: metrics::MetricsAccess,
+    /// Kept responses of hot host-list queries, and their shared execution.
+    pub response_cache: response_cache::ResponseCache,
 }
 
 pub fn router(state: AppState) -> Router {

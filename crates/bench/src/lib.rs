@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// queries then cost no background host-list polls.
     #[arg(long)]
     pub no_watch: bool,
+    /// Turn the gateway's response cache off (in-process mode): every
+    /// query executes, for before/after comparisons with one binary.
+    #[arg(long)]
+    pub no_response_cache: bool,
     /// Redis URL for the gateway's shared cache (in-process mode).
     #[arg(long)]
     pub redis: Option<String>,
@@ -334,6 +338,7 @@ async fn start_in_process(args: &BenchArgs) -> Result<(SimCluster, Gateway), Ben
     };
     config.cache.enabled = !args.no_cache;
     config.watch.enabled = !args.no_watch;
+    config.response_cache.enabled = !args.no_response_cache;
     config.limits.max_complexity = 1_000_000;
     let gateway = Gateway::start(config).await?;
     Ok((sim, gateway))

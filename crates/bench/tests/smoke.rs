@@ -21,6 +21,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         scheduler_latency: None,
         no_cache: false,
         no_watch: false,
+        no_response_cache: false,
         redis: None,
         interval: Some(Duration::from_millis(500)),
         json: false,
