@@ -49,7 +49,7 @@ use crate::redis::{Redis, RedisSettings, Topic};
 
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
-pub use replace::Replacement;
+pub use replace::{Replacement, ReplacementTicket};
 pub use stats::CacheStats;
 pub use typed::Prefetched;
 

@@ -13,6 +13,10 @@ use super::l1::Entry;
 use super::l2::millis;
 use super::{Cache, CacheKey};
 
+/// When a replacement's value began to be fetched (see
+/// [`Cache::replacement_ticket`]).
+pub struct ReplacementTicket(super::generation::Ticket);
+
 /// A value ready to take a key's place: its header and L2 bytes.
 pub struct Replacement<V> {
     key: CacheKey,
@@ -63,12 +67,24 @@ impl Cache {
         }
     }
 
-    /// Puts a prepared value in place: in this L1 and in L2, and drops the
-    /// other replicas' copies so they read it from L2. Loads of the key
+    /// A mark of "now" for [`Cache::replace`]: take it before fetching
+    /// the value, so a change of the key made while it was fetched wins.
+    pub fn replacement_ticket(&self) -> ReplacementTicket {
+        ReplacementTicket(self.inner.local.gens.ticket())
+    }
+
+    /// Puts a prepared value in place: in L2, then in this L1, and drops
+    /// the other replicas' copies so they read it from L2. Loads of the key
     /// already running anywhere do not write their older result over it
     /// (the key's generation moves, as with an invalidation). Where the
-    /// value cannot be placed the key is invalidated instead.
-    pub async fn replace<V: Send + Sync + 'static>(&self, replacement: Replacement<V>) {
+    /// value cannot be placed, or the key was invalidated here since
+    /// `fetched` (a mutation, another replica's change: the value may
+    /// predate it), the key is invalidated instead.
+    pub async fn replace<V: Send + Sync + 'static>(
+        &self,
+        replacement: Replacement<V>,
+        fetched: &ReplacementTicket,
+    ) {
         let inner = &self.inner;
         if !inner.config.enabled {
             return;
@@ -81,33 +97,37 @@ impl Cache {
             encoded_len,
         } = replacement;
         let target = Target::Key(key.clone());
-        inner.local.drop_target(&target).await;
-        let ticket = inner.local.gens.ticket();
-        let placed = self
-            .store_l1(&key, header, Some(value), encoded_len, &ticket)
-            .await;
-        inner.local.stats.invalidation_sent();
-        let Some(l2) = &inner.l2 else {
+        if !inner.local.gens.is_current(&key, &fetched.0) {
+            self.invalidate(&key).await;
             return;
-        };
-        let message = invalidation::encode(&inner.local.instance, &target);
-        let now = inner.clock.now_ms();
-        let result = match bytes {
-            Some(bytes) if placed => {
-                let ttl = Duration::from_millis(header.stale_until.saturating_sub(now))
-                    + inner.config.l2_ttl_margin;
-                l2.replace(&key, &bytes, millis(ttl), &message).await
-            }
-            _ => l2.invalidate(&key, &message).await,
-        };
-        if let Err(error) = result {
-            tracing::warn!(
-                %key,
-                %error,
-                "replacement not propagated through Redis; other replicas keep \
-                 their copies until fresh expiry or their subscriber reconnects"
-            );
         }
+        inner.local.drop_target(&target).await;
+        if let Some(l2) = &inner.l2 {
+            let message = invalidation::encode(&inner.local.instance, &target);
+            let now = inner.clock.now_ms();
+            let result = match &bytes {
+                Some(bytes) => {
+                    let ttl = Duration::from_millis(header.stale_until.saturating_sub(now))
+                        + inner.config.l2_ttl_margin;
+                    l2.replace(&key, bytes, millis(ttl), &message).await
+                }
+                None => l2.invalidate(&key, &message).await,
+            };
+            if let Err(error) = result {
+                tracing::warn!(
+                    %key,
+                    %error,
+                    "replacement not propagated through Redis; other replicas keep \
+                     their copies until fresh expiry or their subscriber reconnects"
+                );
+            }
+            // A lookup that missed L1 since the drop may have read the old
+            // value from L2 before the SET: it must not store it over ours.
+            inner.local.gens.bump_key(&key);
+        }
+        let ticket = inner.local.gens.ticket();
+        self.store_l1(&key, header, Some(value), encoded_len, &ticket)
+            .await;
     }
 
     /// Puts a value in L1 unless the key was invalidated since `ticket`.

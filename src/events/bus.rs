@@ -13,7 +13,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::{Event, HostChange, What, metric};
-use crate::cache::{Cache, CacheKey};
+use crate::cache::{Cache, CacheKey, Kind};
 use crate::clock::{Clock, SystemClock};
 use crate::ids::PeerKey;
 use crate::proto::common::v2::Host;
@@ -223,12 +223,16 @@ impl crate::redis::Handler for Listener {
     }
 }
 
-/// Another replica's event: this replica's L1 copies go first (its
-/// invalidation may be further down the channel), so a query made on
-/// receipt of the event sees the new data.
+/// Another replica's event: this replica's L1 copies of peers and tasks
+/// go first, so a query made on receipt of the event sees the new data.
+/// Host lists are left alone: the leader replaced or invalidated them and
+/// said so on this same ordered channel before publishing the event, and
+/// dropping the list again would throw away the new one already read.
 async fn deliver_remote(inner: &BusInner, event: Event) {
     for key in affected_keys(&event) {
-        inner.cache.forget_local(&key).await;
+        if key.kind() != Kind::Hosts {
+            inner.cache.forget_local(&key).await;
+        }
     }
     let _ = inner.local.send(Arc::new(event));
 }

@@ -19,12 +19,12 @@ use super::interest::{Wanted, share};
 use super::offload::Offload;
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
 use crate::breaker::CircuitState;
-use crate::cache::{Cache, CacheKey, Replacement};
+use crate::cache::{Cache, CacheKey, Replacement, ReplacementTicket};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClusterClient, ClusterError};
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
-use crate::proto::common::v2::{Peer, Task};
+use crate::proto::common::v2::{Host, Peer, Task};
 use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// The last observations of one cluster.
@@ -128,7 +128,7 @@ struct Polled {
     state: ClusterState,
     events: Vec<Event>,
     /// The host list just fetched, when it differs from the last one.
-    host_list: Option<Replacement<ListHostsResponse>>,
+    host_list: Option<(Replacement<ListHostsResponse>, ReplacementTicket)>,
 }
 
 /// Who hears about what one poll of a cluster finds.
@@ -225,7 +225,7 @@ impl Watcher {
                 .filter_map(|(_, p)| p.host_list.take())
                 .collect();
             let replaced: HashSet<CacheKey> =
-                replacements.iter().map(|r| r.key().clone()).collect();
+                replacements.iter().map(|(r, _)| r.key().clone()).collect();
             let stale: HashSet<_> = polled
                 .iter()
                 .flat_map(|(_, p)| p.events.iter().filter(|e| !is_baseline(e)))
@@ -234,9 +234,9 @@ impl Watcher {
                 .collect();
             let updates = replacements
                 .into_iter()
-                .map(|r| {
+                .map(|(r, fetched)| {
                     let cache = self.cache.clone();
-                    async move { cache.replace(r).await }.boxed()
+                    async move { cache.replace(r, &fetched).await }.boxed()
                 })
                 .chain(stale.into_iter().map(|key| {
                     let cache = self.cache.clone();
@@ -480,28 +480,34 @@ impl Watcher {
         cluster_id: u64,
         state: &mut ClusterState,
         events: &mut Vec<Event>,
-    ) -> Option<Replacement<ListHostsResponse>> {
+    ) -> Option<(Replacement<ListHostsResponse>, ReplacementTicket)> {
         let event = |what| event(cluster_id, what);
         metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
         let client = self.cluster.clone();
         let cache = self.cache.clone();
         let previous = state.hosts.take();
+        let fetched = self.cache.replacement_ticket();
         let poll = async move {
             match client.list_hosts(cluster_id, Deadline::NONE).await {
                 Ok(list) => {
-                    let new = snapshot_hosts(list.iter().cloned());
-                    let diffs = previous.as_ref().map(|old| diff_hosts(old, &new));
-                    // Unchanged: the cached list (if any) is as good.
-                    let changed = diffs.as_ref().is_none_or(|d| !d.is_empty());
-                    let replacement = changed.then(|| {
-                        cache.replacement(
-                            CacheKey::hosts(cluster_id),
-                            ListHostsResponse { hosts: list },
-                        )
+                    let order: Vec<String> = list.iter().map(|h| h.id.clone()).collect();
+                    let new = snapshot_hosts(list);
+                    let diffs = previous
+                        .as_ref()
+                        .map(|old| diff_hosts(old, &new))
+                        .unwrap_or_default();
+                    // A first sight has nothing to compare with: the cached
+                    // list (if any) stays until something changes.
+                    let replacement = (!diffs.is_empty()).then(|| {
+                        let hosts = order
+                            .iter()
+                            .filter_map(|id| new.get(id).map(|h| Host::clone(h)))
+                            .collect();
+                        cache.replacement(CacheKey::hosts(cluster_id), ListHostsResponse { hosts })
                     });
                     // The old snapshot is freed here too, off the request runtime.
                     drop(previous);
-                    Ok((new, diffs.unwrap_or_default(), replacement))
+                    Ok((new, diffs, replacement))
                 }
                 Err(error) => Err((error.to_string(), previous)),
             }
@@ -523,7 +529,7 @@ impl Watcher {
                     }));
                 }
                 state.hosts = Some(new);
-                replacement
+                replacement.map(|r| (r, fetched))
             }
             Err((error, previous)) => {
                 tracing::debug!(cluster_id, %error, "host list poll failed; keeping the last snapshot");
