@@ -947,3 +947,47 @@ async fn disabled_cache_always_asks_the_origin() {
     }
     assert_eq!(origin.loads(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_reaches_every_replica_unless_the_key_changed_while_it_was_fetched() {
+    let redis = RedisServer::start();
+    let origin = TestOrigin::default();
+    let a = typed(config(Some(&redis)), Arc::new(SystemClock), &origin).await;
+    let b = typed(config(Some(&redis)), Arc::new(SystemClock), &origin).await;
+    let key = task("t");
+    origin.set("t", "v1");
+    assert_eq!(text(&get(&a, &key).await), "v1");
+    assert_eq!(text(&get(&b, &key).await), "v1");
+    assert_eq!(origin.loads(), 1, "b read a's write-back");
+
+    // The watcher's way: a mark before fetching, then the value in place.
+    let fetched = a.cache().replacement_ticket();
+    let replacement = a
+        .cache()
+        .replacement(key.clone(), Val { text: "v2".into() });
+    a.cache().replace(replacement, &fetched).await;
+    let here = get(&a, &key).await;
+    assert_eq!((text(&here), here.tier), ("v2", Tier::L1));
+    // b dropped its copy on the announcement and reads the new one from
+    // Redis, not from the origin.
+    assert!(eventually(Duration::from_secs(2), || !b.cache().l1_contains(&key)).await);
+    let there = get(&b, &key).await;
+    assert_eq!((text(&there), there.tier), ("v2", Tier::L2));
+    assert_eq!(origin.loads(), 1);
+
+    // A change of the key while the value was fetched (a mutation's
+    // invalidation) wins over the older value.
+    let fetched = a.cache().replacement_ticket();
+    origin.set("t", "v3");
+    a.cache().invalidate(&key).await;
+    let late = a.cache().replacement(
+        key.clone(),
+        Val {
+            text: "older".into(),
+        },
+    );
+    a.cache().replace(late, &fetched).await;
+    assert_eq!(text(&get(&a, &key).await), "v3");
+    assert!(eventually(Duration::from_secs(2), || !b.cache().l1_contains(&key)).await);
+    assert_eq!(text(&get(&b, &key).await), "v3");
+}
