@@ -28,7 +28,10 @@ struct State {
     oldest_age: Duration,
     stale: bool,
     failed_schedulers: BTreeSet<String>,
+    /// The host lists read (other reads are not kept).
     reads: Vec<Read>,
+    /// Something other than a host list was read (or a list was absent).
+    read_other: bool,
     /// Some lookup failed (with or without a scheduler to name).
     failed: bool,
 }
@@ -36,11 +39,17 @@ struct State {
 impl Freshness {
     pub fn record<V: Send + Sync + 'static>(&self, key: &CacheKey, fetched: &Fetched<V>) {
         let mut state = self.lock();
-        let identity = fetched.value.as_ref().map(|value| {
-            let value: Arc<dyn Any + Send + Sync> = value.clone();
-            Arc::downgrade(&value)
-        });
-        state.reads.push((key.clone(), identity));
+        // Only host-list reads can make a response cacheable: any other
+        // read just marks the request as not cacheable, at no cost.
+        match (key.kind(), &fetched.value) {
+            (Kind::Hosts, Some(value)) => {
+                let value: Arc<dyn Any + Send + Sync> = value.clone();
+                state
+                    .reads
+                    .push((key.clone(), Some(Arc::downgrade(&value))));
+            }
+            _ => state.read_other = true,
+        }
         match fetched.tier {
             Tier::L1 | Tier::L2 => state.cache_hits += 1,
             Tier::Origin => state.origin_loads += 1,
@@ -73,7 +82,7 @@ impl Freshness {
     /// failure); `None` otherwise, and when it read nothing.
     pub fn fresh_host_lists(&self) -> Option<Vec<(u64, Weak<dyn Any + Send + Sync>)>> {
         let state = self.lock();
-        if state.stale || state.failed || state.reads.is_empty() {
+        if state.stale || state.failed || state.read_other || state.reads.is_empty() {
             return None;
         }
         let mut lists = Vec::with_capacity(state.reads.len());
