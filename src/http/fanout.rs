@@ -10,12 +10,13 @@
 //! when authorization lands, the key must include the principal.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_graphql::Positioned;
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
+use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
@@ -34,13 +35,55 @@ const SHARED_CAPACITY: usize = 4096;
 pub enum Frame {
     /// A `next` payload (the whole GraphQL response).
     Next {
-        payload: Arc<str>,
+        payload: Arc<Payload>,
         stamp: Option<i64>,
     },
     /// The operation was refused before it ran: the errors array.
     Refused { errors: Arc<str> },
     /// The execution's stream ended.
     End,
+}
+
+/// A serialized response and the websocket message that carries it,
+/// framed once for every subscriber that frames it alike: same message
+/// kind, same operation id (clients number their operations, so most
+/// subscribers of one execution share an id). A burst of one event to 10k
+/// subscribers is then 10k reference counts, not 10k copies.
+#[derive(Debug)]
+pub struct Payload {
+    json: Box<str>,
+    framed: OnceLock<(&'static str, Box<str>, Utf8Bytes)>,
+}
+
+impl Payload {
+    pub fn new(json: String) -> Self {
+        Self {
+            json: json.into(),
+            framed: OnceLock::new(),
+        }
+    }
+
+    /// The message of kind `kind` for operation `id_json`, as `frame`
+    /// makes it from the JSON; made once for the first pair asked for,
+    /// then shared by every subscriber asking for the same one.
+    pub fn framed(
+        &self,
+        kind: &'static str,
+        id_json: &str,
+        frame: impl FnOnce(&str) -> String,
+    ) -> Utf8Bytes {
+        if let Some((k, id, text)) = self.framed.get() {
+            if *k == kind && **id == *id_json {
+                return text.clone();
+            }
+            return frame(&self.json).into();
+        }
+        let text: Utf8Bytes = frame(&self.json).into();
+        // Another subscriber may have framed it meanwhile; either copy is
+        // the same bytes when the pair matches.
+        let _ = self.framed.set((kind, id_json.into(), text.clone()));
+        text
+    }
 }
 
 /// The key under which `request` may share an execution, if it may.
@@ -156,13 +199,13 @@ impl Fanout {
             while let Some(response) = responses.next().await {
                 if first && response.data == async_graphql::Value::Null && response.is_err() {
                     refusal = Some(Frame::Refused {
-                        errors: serialize(&response.errors),
+                        errors: serialize(&response.errors).into(),
                     });
                     break;
                 }
                 first = false;
                 let _ = sender.send(Frame::Next {
-                    payload: serialize(&response),
+                    payload: Arc::new(Payload::new(serialize(&response))),
                     stamp: stamp.take(),
                 });
             }
@@ -194,15 +237,13 @@ impl Fanout {
     }
 }
 
-fn serialize<T: serde::Serialize>(value: &T) -> Arc<str> {
-    serde_json::to_string(value)
-        .unwrap_or_else(|e| {
-            format!(
-                "{{\"errors\":[{{\"message\":{}}}]}}",
-                serde_json::Value::String(format!("response not serializable: {e}"))
-            )
-        })
-        .into()
+fn serialize<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        format!(
+            "{{\"errors\":[{{\"message\":{}}}]}}",
+            serde_json::Value::String(format!("response not serializable: {e}"))
+        )
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +306,33 @@ mod tests {
                 "{unshared}"
             );
         }
+    }
+
+    #[test]
+    fn a_payload_is_framed_once_per_kind_and_id_and_each_frame_is_right() {
+        let payload = Payload::new(r#"{"data":{"n":1}}"#.into());
+        fn frame(kind: &'static str, id: &'static str) -> impl Fn(&str) -> String {
+            move |json| format!(r#"{{"type":"{kind}","id":{id},"payload":{json}}}"#)
+        }
+        let first = payload.framed("next", "\"1\"", frame("next", "\"1\""));
+        let again = payload.framed("next", "\"1\"", |_| unreachable!("framed twice"));
+        assert_eq!(
+            first.as_str(),
+            r#"{"type":"next","id":"1","payload":{"data":{"n":1}}}"#
+        );
+        // The same bytes, not a copy.
+        assert_eq!(first.as_str().as_ptr(), again.as_str().as_ptr());
+        let other_id = payload.framed("next", "\"2\"", frame("next", "\"2\""));
+        assert_eq!(
+            other_id.as_str(),
+            r#"{"type":"next","id":"2","payload":{"data":{"n":1}}}"#
+        );
+        let legacy = payload.framed("data", "\"1\"", frame("data", "\"1\""));
+        assert_eq!(
+            legacy.as_str(),
+            r#"{"type":"data","id":"1","payload":{"data":{"n":1}}}"#
+        );
+        assert_eq!(&*payload.json, r#"{"data":{"n":1}}"#);
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Drop for Slot {
 
 enum Out {
     /// A message, with the observation time of the event behind it.
-    Text(String, Option<i64>),
+    Text(Utf8Bytes, Option<i64>),
     Ping,
     Close(u16, String),
 }
@@ -137,7 +137,7 @@ pub async fn serve(
         slow: CancellationToken::new(),
     };
     let end = conn.run(&mut incoming, &stop).await;
-    conn.close(end, writer).await;
+    Box::pin(conn.close(end, writer)).await;
 }
 
 /// Writes what the connection queues to the socket until it queues a close
@@ -153,7 +153,7 @@ async fn write_queued(mut sink: SplitSink<WebSocket, Message>, mut out_rx: mpsc:
             let message = match out {
                 Out::Text(text, stamp) => {
                     stamps.extend(stamp);
-                    Message::Text(Utf8Bytes::from(text))
+                    Message::Text(text)
                 }
                 Out::Ping => Message::Ping(Default::default()),
                 Out::Close(code, reason) => {
@@ -288,7 +288,10 @@ impl Connection {
                         Message::Close(_) => break End::Gone,
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
-                    if let Some(end) = self.handle(text.as_str(), &done_tx, &mut next_op).await {
+                    // Boxed: authentication and persisted-query lookups are
+                    // large futures; inline, every idle connection would
+                    // carry their size for its whole life.
+                    if let Some(end) = Box::pin(self.handle(text.as_str(), &done_tx, &mut next_op)).await {
                         break end;
                     }
                 }
@@ -327,7 +330,9 @@ impl Connection {
     /// Queues a control message; a full queue means a client that does
     /// not read, which the forwarders notice and disconnect.
     fn send_now(&self, message: Value) {
-        let _ = self.out.try_send(Out::Text(message.to_string(), None));
+        let _ = self
+            .out
+            .try_send(Out::Text(message.to_string().into(), None));
     }
 
     /// Tells the client one operation will not run.
@@ -598,7 +603,9 @@ impl Sender {
         serial: u64,
     ) {
         let ended = match source {
-            Source::Own(schema, request) => self.own(&schema, *request).await,
+            // Boxed: an execution of its own is a large future, and most
+            // operations are shared ones that would carry its size idle.
+            Source::Own(schema, request) => Box::pin(self.own(&schema, *request)).await,
             Source::Shared((shared, frames)) => self.shared(shared, frames).await,
         };
         // Finishing before the last message is queued, so a client
@@ -612,16 +619,16 @@ impl Sender {
         match ended {
             Ended::Completed { last } => {
                 let delivered = match last {
-                    Some(last) => self.queue(last, None).await,
+                    Some(last) => self.queue(last.into(), None).await,
                     None => true,
                 };
                 if delivered {
                     let complete = format!(r#"{{"type":"complete","id":{}}}"#, self.id_json);
-                    self.queue(complete, None).await;
+                    self.queue(complete.into(), None).await;
                 }
             }
             Ended::Refused(error) => {
-                self.queue(error, None).await;
+                self.queue(error.into(), None).await;
             }
             Ended::Quietly => {}
         }
@@ -634,7 +641,7 @@ impl Sender {
 
     /// Queues a message; false (and the connection marked slow) when the
     /// client has not made room within the slow-consumer timeout.
-    async fn queue(&self, text: String, stamp: Option<i64>) -> bool {
+    async fn queue(&self, text: Utf8Bytes, stamp: Option<i64>) -> bool {
         // The common case, without arming a timer.
         let out = match self.out.try_send(Out::Text(text, stamp)) {
             Ok(()) => return true,
@@ -692,7 +699,7 @@ impl Sender {
             }
             first = false;
             let text = self.message(self.next_kind(), &to_json(&response));
-            if !self.queue(text, stamp.take()).await {
+            if !self.queue(text.into(), stamp.take()).await {
                 return Ended::Quietly;
             }
         }
@@ -708,7 +715,8 @@ impl Sender {
         loop {
             match frames.recv().await {
                 Ok(fanout::Frame::Next { payload, stamp }) => {
-                    let text = self.message(self.next_kind(), &payload);
+                    let kind = self.next_kind();
+                    let text = payload.framed(kind, &self.id_json, |json| self.message(kind, json));
                     if !self.queue(text, stamp).await {
                         return Ended::Quietly;
                     }
