@@ -219,6 +219,7 @@ async fn app_state(
             &config.response_cache,
             &config.cache,
         ),
+        outlines: Default::default(),
     })
 }
 

@@ -119,29 +119,6 @@ fn operation_span(kind: &str, name: Option<&str>) -> tracing::Span {
     )
 }
 
-/// The type of the operation a request would run, if its document parses.
-fn operation_type(request: &async_graphql::Request) -> Option<OperationType> {
-    operation(request).map(|(ty, _)| ty)
-}
-
-/// The type and name of the operation a request would run, if its
-/// document parses.
-fn operation(request: &async_graphql::Request) -> Option<(OperationType, Option<String>)> {
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let name = request.operation_name.as_deref();
-    match &document.operations {
-        async_graphql::parser::types::DocumentOperations::Single(op) => Some((op.node.ty, None)),
-        async_graphql::parser::types::DocumentOperations::Multiple(ops) => {
-            let (name, op) = match name {
-                Some(name) => ops.get_key_value(name)?,
-                None if ops.len() == 1 => ops.iter().next()?,
-                None => return None,
-            };
-            Some((op.node.ty, Some(name.to_string())))
-        }
-    }
-}
-
 /// Resolves the request's persisted operation (APQ, safelist), or the
 /// response refusing it: 200 with the error, as Apollo clients expect.
 async fn persisted(
@@ -220,7 +197,11 @@ pub async fn get(
     if request.query.trim().is_empty() {
         return request_error(accept, StatusCode::BAD_REQUEST, "missing `query` parameter");
     }
-    if operation_type(&request) == Some(OperationType::Mutation) {
+    let outline = app.outlines.of(&request);
+    if outline
+        .as_ref()
+        .is_some_and(|o| o.ty == OperationType::Mutation)
+    {
         let mut response = request_error(
             accept,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -232,7 +213,8 @@ pub async fn get(
         return response;
     }
     let role = principal.role;
-    execute(&app, accept, request.data(principal), role).await
+    let gzip = accepts_gzip(&headers);
+    execute(&app, accept, gzip, request.data(principal), role).await
 }
 
 pub async fn post(
@@ -285,25 +267,27 @@ pub async fn post(
         return refused;
     }
     let role = principal.role;
-    execute(&app, accept, request.data(principal), role).await
+    let gzip = accepts_gzip(&headers);
+    execute(&app, accept, gzip, request.data(principal), role).await
 }
 
 async fn execute(
     app: &AppState,
     accept: Accept,
+    gzip: bool,
     request: async_graphql::Request,
     role: crate::auth::Role,
 ) -> Response {
     let started = Instant::now();
-    let (ty, name) = operation(&request).unzip();
-    let kind = match ty {
+    let outline = app.outlines.of(&request);
+    let kind = match outline.as_ref().map(|o| o.ty) {
         Some(OperationType::Query) => "query",
         Some(OperationType::Mutation) => "mutation",
         Some(OperationType::Subscription) => "subscription",
         None => "invalid",
     };
-    let span = operation_span(kind, name.flatten().as_deref());
-    let key = app.response_cache.key(&request, role);
+    let span = operation_span(kind, outline.as_ref().and_then(|o| o.name.as_deref()));
+    let key = app.response_cache.key(&request, role, outline.as_deref());
     let execution = run(
         app.schema.clone(),
         app.gateway.clone(),
@@ -316,11 +300,14 @@ async fn execute(
                 app.response_cache.serve(key, &app.gateway, execution).await;
             metrics::counter!("dfgraph_response_cache_total", "outcome" => served.as_str())
                 .increment(1);
-            (
-                rendered.body(freshness, served.as_str()),
-                rendered.never_ran,
-                rendered.errors,
-            )
+            let gzipped = gzip
+                .then(|| rendered.gzip_body(freshness.clone(), served.as_str()))
+                .flatten();
+            let body = match gzipped {
+                Some(gzipped) => Body::Gzip(gzipped),
+                None => Body::Plain(rendered.body(freshness, served.as_str())),
+            };
+            (body, rendered.never_ran, rendered.errors)
         }
         None => {
             let executed = execution.await;
@@ -328,7 +315,11 @@ async fn execute(
                 serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
                     .to_string()
             });
-            (body, executed.never_ran, executed.response.errors.len())
+            (
+                Body::Plain(body),
+                executed.never_ran,
+                executed.response.errors.len(),
+            )
         }
     };
     metrics::histogram!("dfgraph_graphql_request_seconds", "operation" => kind)
@@ -341,7 +332,51 @@ async fn execute(
     } else {
         StatusCode::OK
     };
-    json_response(accept, status, body)
+    match body {
+        Body::Plain(body) => json_response(accept, status, body),
+        Body::Gzip(gzipped) => {
+            let mut response = json_response(accept, status, String::new());
+            *response.body_mut() = axum::body::Body::from(gzipped);
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            response
+        }
+    }
+}
+
+/// A response body as rendered: plain JSON, or already gzipped (the
+/// compression layer leaves an encoded body alone).
+enum Body {
+    Plain(String),
+    Gzip(Vec<u8>),
+}
+
+/// True when the client takes gzip (RFC 9110 `Accept-Encoding`: `gzip`
+/// or `*` with a nonzero weight, and gzip not refused by name).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut named = None;
+    let mut any = None;
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for coding in value.split(',') {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let weight = parts
+                .find_map(|p| {
+                    let (key, value) = p.split_once('=')?;
+                    (key.trim().eq_ignore_ascii_case("q"))
+                        .then(|| value.trim().parse::<f32>().ok())?
+                })
+                .unwrap_or(1.0);
+            if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                named = Some(weight > 0.0);
+            } else if name == "*" {
+                any = Some(weight > 0.0);
+            }
+        }
+    }
+    named.or(any).unwrap_or(false)
 }
 
 /// Runs one request within its budget, with its own loaders and the
@@ -398,6 +433,26 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_is_taken_by_name_or_wildcard_unless_weighted_zero() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(value).unwrap(),
+            );
+            accepts_gzip(&headers)
+        };
+        assert!(accepts("gzip, deflate, br, zstd"));
+        assert!(accepts("br;q=1.0, GZIP;q=0.5"));
+        assert!(accepts("*"));
+        assert!(!accepts("gzip;q=0"));
+        assert!(!accepts("gzip; q=0.0, *"));
+        assert!(!accepts("*;q=0"));
+        assert!(!accepts("br, identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 
     #[test]
     fn a_timed_out_request_has_a_code_and_no_location() {

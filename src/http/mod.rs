@@ -6,6 +6,7 @@
 pub mod access;
 pub mod assets;
 pub mod browser;
+pub mod document;
 pub mod fanout;
 pub mod graphql;
 pub mod health;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub metrics_access: metrics::MetricsAccess,
     /// Kept responses of hot host-list queries, and their shared execution.
     pub response_cache: response_cache::ResponseCache,
+    /// What the documents seen lately ask for, parsed once each.
+    pub outlines: document::Outlines,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -34,16 +34,17 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_graphql::Positioned;
-use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use super::document::Outline;
 use crate::auth::Role;
 use crate::cache::CacheKey;
 use crate::graphql::GatewayState;
@@ -92,10 +93,26 @@ pub struct Rendered {
     /// The response as JSON without `extensions` and the closing brace.
     head: String,
     extensions: serde_json::Map<String, serde_json::Value>,
+    /// `head` deflated, made on the first gzip answer (see
+    /// [`Rendered::gzip_body`]); `None` inside when not worth it.
+    deflated_head: OnceLock<Option<DeflatedHead>>,
     /// How many errors the response has.
     pub errors: usize,
     pub never_ran: bool,
 }
+
+/// A response head compressed once for every gzip answer made of it.
+struct DeflatedHead {
+    /// Raw deflate blocks, none final, ending on a byte boundary (a sync
+    /// flush), so another deflate stream may follow them.
+    blocks: Vec<u8>,
+    /// The CRC-32 of the head, to be continued over the tail.
+    crc: crc32fast::Hasher,
+}
+
+/// Heads shorter than this are not worth a compressor (the HTTP layer's
+/// threshold too).
+const GZIP_MIN_BYTES: usize = 1024;
 
 impl Rendered {
     fn of(mut response: async_graphql::Response, never_ran: bool) -> Self {
@@ -111,6 +128,7 @@ impl Rendered {
         Self {
             head,
             extensions,
+            deflated_head: OnceLock::new(),
             errors: response.errors.len(),
             never_ran,
         }
@@ -119,6 +137,48 @@ impl Rendered {
     /// The body, with `freshness` (if given, instead of the execution's)
     /// and the label in `extensions`.
     pub fn body(&self, freshness: Option<serde_json::Value>, label: &str) -> String {
+        let mut body = String::with_capacity(self.head.len() + 256);
+        body.push_str(&self.head);
+        body.push_str(&self.tail(freshness, label));
+        body
+    }
+
+    /// The same body gzipped, when it is large enough to be worth it. The
+    /// head is compressed once per response; each answer compresses only
+    /// its own `extensions` as a deflate stream of its own after it (a
+    /// single gzip member: the head's blocks end on a byte boundary and are
+    /// not final, and the tail's stream needs nothing before it).
+    pub fn gzip_body(&self, freshness: Option<serde_json::Value>, label: &str) -> Option<Vec<u8>> {
+        let head = self
+            .deflated_head
+            .get_or_init(|| {
+                if self.head.len() < GZIP_MIN_BYTES {
+                    return None;
+                }
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(self.head.as_bytes());
+                let blocks = deflate(self.head.as_bytes(), flate2::FlushCompress::Sync)?;
+                Some(DeflatedHead { blocks, crc })
+            })
+            .as_ref()?;
+        let tail = self.tail(freshness, label);
+        let tail_blocks = deflate(tail.as_bytes(), flate2::FlushCompress::Finish)?;
+        let mut crc = head.crc.clone();
+        crc.update(tail.as_bytes());
+        let length = (self.head.len() + tail.len()) as u32;
+        // A gzip member: its header (deflate, no name, no mtime, unknown OS),
+        // the deflate stream, then CRC-32 and length, little endian.
+        let mut body = Vec::with_capacity(18 + head.blocks.len() + tail_blocks.len());
+        body.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+        body.extend_from_slice(&head.blocks);
+        body.extend_from_slice(&tail_blocks);
+        body.extend_from_slice(&crc.finalize().to_le_bytes());
+        body.extend_from_slice(&length.to_le_bytes());
+        Some(body)
+    }
+
+    /// What follows the head: `extensions` and the closing brace.
+    fn tail(&self, freshness: Option<serde_json::Value>, label: &str) -> String {
         let mut extensions = self.extensions.clone();
         if let Some(freshness) = freshness {
             extensions.insert("freshness".into(), freshness);
@@ -126,7 +186,33 @@ impl Rendered {
         extensions.insert("responseCache".into(), label.into());
         let extensions = serde_json::Value::Object(extensions);
         let separator = if self.head.len() > 1 { "," } else { "" };
-        format!("{}{separator}\"extensions\":{extensions}}}", self.head)
+        format!("{separator}\"extensions\":{extensions}}}")
+    }
+}
+
+/// `input` as raw deflate at the fastest level, ending with `flush`
+/// (`Sync`: open for more; `Finish`: a final block). `None` if the
+/// compressor fails.
+fn deflate(input: &[u8], flush: flate2::FlushCompress) -> Option<Vec<u8>> {
+    let mut compressor = flate2::Compress::new(flate2::Compression::fast(), false);
+    let mut out = Vec::with_capacity(input.len() / 3 + 64);
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(1024));
+        }
+        let consumed = compressor.total_in() as usize;
+        let status = compressor
+            .compress_vec(input.get(consumed..)?, &mut out, flush)
+            .ok()?;
+        let all_in = compressor.total_in() as usize == input.len();
+        let done = match flush {
+            flate2::FlushCompress::Finish => status == flate2::Status::StreamEnd,
+            // Flushed once a call with all input in leaves room unused.
+            _ => all_in && out.len() < out.capacity(),
+        };
+        if done {
+            return Some(out);
+        }
     }
 }
 
@@ -207,15 +293,16 @@ impl ResponseCache {
         }
     }
 
-    /// The key of `request` run as `role`, if its response may be kept.
-    pub fn key(&self, request: &async_graphql::Request, role: Role) -> Option<Key> {
+    /// The key of `request` run as `role`, if its response may be kept
+    /// (`outline` is its document's, see [`Outline`]).
+    pub fn key(
+        &self,
+        request: &async_graphql::Request,
+        role: Role,
+        outline: Option<&Outline>,
+    ) -> Option<Key> {
         self.inner.as_ref()?;
-        let document = async_graphql::parser::parse_query(&request.query).ok()?;
-        let operation =
-            super::fanout::selected_operation(&document, request.operation_name.as_deref())?;
-        if operation.node.ty != OperationType::Query
-            || !eligible(&document, &operation.node.selection_set, 0)
-        {
+        if !outline?.keepable {
             return None;
         }
         let variables = serde_json::to_value(&request.variables).ok()?;
@@ -372,7 +459,7 @@ async fn current(kept: &Kept, gateway: &GatewayState) -> Option<serde_json::Valu
 }
 
 /// True when every root field `selection_set` selects is eligible.
-fn eligible(
+pub(crate) fn eligible(
     document: &ExecutableDocument,
     selection_set: &Positioned<SelectionSet>,
     depth: usize,
@@ -428,10 +515,15 @@ mod tests {
         async_graphql::Request::new(query).variables(async_graphql::Variables::from_json(variables))
     }
 
+    fn key_of(cache: &ResponseCache, request: &async_graphql::Request, role: Role) -> Option<Key> {
+        let outline = Outline::of(&request.query, request.operation_name.as_deref());
+        cache.key(request, role, outline.as_ref())
+    }
+
     #[test]
     fn only_host_list_queries_are_eligible() {
         let cache = cache();
-        let key = |q: &str| cache.key(&request(q, serde_json::json!({})), Role::Viewer);
+        let key = |q: &str| key_of(&cache, &request(q, serde_json::json!({})), Role::Viewer);
         assert!(key("{ hostStats { total } hosts(first: 5) { totalCount } }").is_some());
         assert!(key("query O { ...F } fragment F on Query { host(id: \"a\") { id } }").is_some());
         assert!(key("{ ... on Query { hosts { totalCount } } }").is_some());
@@ -450,7 +542,8 @@ mod tests {
             &Default::default(),
         );
         assert!(
-            off.key(
+            key_of(
+                &off,
                 &request("{ hosts { totalCount } }", serde_json::json!({})),
                 Role::Viewer
             )
@@ -463,7 +556,8 @@ mod tests {
         let cache = cache();
         let query =
             "query($f: HostFilter, $n: Int) { hosts(filter: $f, first: $n) { totalCount } }";
-        let key = |variables: serde_json::Value, role| cache.key(&request(query, variables), role);
+        let key =
+            |variables: serde_json::Value, role| key_of(&cache, &request(query, variables), role);
         let a = key(
             serde_json::json!({"n": 1, "f": {"os": "linux", "idc": "x"}}),
             Role::Viewer,
@@ -487,6 +581,59 @@ mod tests {
                 serde_json::json!({"n": 1, "f": {"os": "linux", "idc": "x"}}),
                 Role::Admin
             )
+        );
+    }
+
+    #[test]
+    fn a_gzip_body_inflates_to_the_body_and_its_head_is_compressed_once() {
+        use std::io::Read;
+        let hosts: Vec<_> = (0..200)
+            .map(|n| serde_json::json!({"id": format!("host-{n}"), "ip": format!("10.0.{}.{}", n / 256, n % 256)}))
+            .collect();
+        let response = async_graphql::Response::new(
+            async_graphql::Value::from_json(serde_json::json!({"hosts": hosts})).unwrap(),
+        )
+        .extension("freshness", async_graphql::Value::from(1));
+        let rendered = Rendered::of(response, false);
+        for (freshness, label) in [(Some(serde_json::json!({"age": 2})), "hit"), (None, "miss")] {
+            let gzipped = rendered
+                .gzip_body(freshness.clone(), label)
+                .expect("large enough");
+            let plain = rendered.body(freshness, label);
+            assert!(
+                gzipped.len() < plain.len() / 2,
+                "{} of {}",
+                gzipped.len(),
+                plain.len()
+            );
+            // One member, as a browser's decoder reads it (not several).
+            let mut decoder = flate2::read::GzDecoder::new(&gzipped[..]);
+            let mut inflated = String::new();
+            decoder.read_to_string(&mut inflated).expect("valid gzip");
+            assert_eq!(inflated, plain);
+            let mut rest = Vec::new();
+            decoder.into_inner().read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "bytes after the member");
+        }
+        let head_blocks = |r: &Rendered| {
+            r.deflated_head
+                .get()
+                .and_then(Option::as_ref)
+                .map(|head| head.blocks.as_ptr())
+        };
+        let head = head_blocks(&rendered);
+        rendered.gzip_body(None, "hit").unwrap();
+        let again = head_blocks(&rendered);
+        assert!(head.is_some());
+        assert_eq!(head, again, "the head was compressed again");
+
+        let small = Rendered::of(
+            async_graphql::Response::new(async_graphql::Value::from(1)),
+            false,
+        );
+        assert!(
+            small.gzip_body(None, "hit").is_none(),
+            "a small body is sent as it is"
         );
     }
 
