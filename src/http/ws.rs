@@ -197,9 +197,10 @@ struct Operation {
     finishing: bool,
 }
 
-/// What an operation's task reports to its connection.
+/// What an operation's task reports to its connection. Small: every
+/// connection holds a block of these from its first operation on.
 struct Done {
-    id: String,
+    /// The operation's serial (unique within its connection).
     serial: u64,
     /// false: finishing (its last messages are being queued); true: gone.
     ended: bool,
@@ -246,13 +247,11 @@ impl Connection {
                 // Finished operations first, so a client that reuses an id
                 // right after `complete` is not told it already exists.
                 biased;
-                Some(Done { id, serial, ended }) = done_rx.recv() => {
-                    if let Some(op) = self.ops.get_mut(&id).filter(|op| op.serial == serial) {
-                        if ended {
-                            self.ops.remove(&id);
-                        } else {
-                            op.finishing = true;
-                        }
+                Some(Done { serial, ended }) = done_rx.recv() => {
+                    if ended {
+                        self.ops.retain(|_, op| op.serial != serial);
+                    } else if let Some(op) = self.ops.values_mut().find(|op| op.serial == serial) {
+                        op.finishing = true;
                     }
                 }
                 _ = &mut init_deadline, if self.init.is_none() => {
@@ -543,10 +542,9 @@ impl Connection {
             id_json: serde_json::Value::String(id.clone()).to_string(),
         };
         let done = done.clone();
-        let op_id = id.clone();
         let task = tokio::spawn(async move {
             let (_slot, _live) = (slot, live);
-            sender.deliver(source, done, op_id, serial).await;
+            sender.deliver(source, done, serial).await;
         });
         self.ops.insert(
             id,
@@ -595,13 +593,7 @@ struct Sender {
 impl Sender {
     /// Runs one operation to its end and tells the connection when it is
     /// finishing and when it is gone.
-    async fn deliver(
-        self,
-        source: Source,
-        done: mpsc::UnboundedSender<Done>,
-        op_id: String,
-        serial: u64,
-    ) {
+    async fn deliver(self, source: Source, done: mpsc::UnboundedSender<Done>, serial: u64) {
         let ended = match source {
             // Boxed: an execution of its own is a large future, and most
             // operations are shared ones that would carry its size idle.
@@ -612,7 +604,6 @@ impl Sender {
         // that reuses the id as soon as it reads it is not told it
         // exists; still abortable until the very end.
         let _ = done.send(Done {
-            id: op_id.clone(),
             serial,
             ended: false,
         });
@@ -633,7 +624,6 @@ impl Sender {
             Ended::Quietly => {}
         }
         let _ = done.send(Done {
-            id: op_id,
             serial,
             ended: true,
         });

@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// then counts as the gateway's) instead of a child process.
     #[arg(long)]
     pub in_process_subscribers: bool,
+    /// Live scenario: gateway replicas sharing `--redis`; subscribers are
+    /// spread over them round robin, and one replica polls for all.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
 }
 
 /// What one run measured.

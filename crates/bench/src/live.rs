@@ -48,6 +48,8 @@ pub struct SubscriberReport {
 #[derive(Serialize, Debug, Clone)]
 pub struct LiveReport {
     pub subscribers: usize,
+    /// Gateway replicas the subscribers were spread over.
+    pub replicas: usize,
     pub event_rate: u64,
     pub watch_interval_ms: u64,
     pub duration_s: f64,
@@ -68,12 +70,17 @@ impl LiveReport {
     pub fn render(&self) -> String {
         let s = &self.subscribers_report;
         let mut out = format!(
-            "scenario live ({} subscribers{}, {} host changes/s, watch interval {} ms, {:.1} s)\n",
+            "scenario live ({} subscribers{}{}, {} host changes/s, watch interval {} ms, {:.1} s)\n",
             self.subscribers,
             if self.subscribers_in_process {
                 " in process"
             } else {
                 ""
+            },
+            if self.replicas > 1 {
+                format!(" over {} replicas", self.replicas)
+            } else {
+                String::new()
             },
             self.event_rate,
             self.watch_interval_ms,
@@ -125,10 +132,11 @@ struct Tally {
     detection: Mutex<Histogram<u64>>,
 }
 
-/// Opens `n` connections to `base` (`http://host:port`), each with one
-/// `hostEvents` subscription, and records lags until `stop`.
+/// Opens `n` connections to `bases` (`http://host:port`, several
+/// separated by commas: spread round robin), each with one `hostEvents`
+/// subscription, and records lags until `stop`.
 pub async fn subscribe_all(
-    base: &str,
+    bases: &str,
     n: usize,
     stop: tokio_util::sync::CancellationToken,
 ) -> SubscriberReport {
@@ -140,16 +148,24 @@ pub async fn subscribe_all(
         delivery: Mutex::new(histogram()),
         detection: Mutex::new(histogram()),
     });
-    let url = format!(
-        "{}/graphql/ws",
-        base.trim_end_matches('/').replace("http://", "ws://")
-    );
+    let urls: Vec<String> = bases
+        .split(',')
+        .map(|base| {
+            format!(
+                "{}/graphql/ws",
+                base.trim()
+                    .trim_end_matches('/')
+                    .replace("http://", "ws://")
+            )
+        })
+        .collect();
     let mut tasks = Vec::with_capacity(n);
     // Connect in waves so the accept queue is not overrun.
     for wave in 0..n.div_ceil(200) {
         let mut waiting = Vec::new();
-        for _ in (wave * 200)..((wave + 1) * 200).min(n) {
-            let (url, tally, stop) = (url.clone(), tally.clone(), stop.clone());
+        for i in (wave * 200)..((wave + 1) * 200).min(n) {
+            let url = urls[i % urls.len()].clone();
+            let (tally, stop) = (tally.clone(), stop.clone());
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             tasks.push(tokio::spawn(subscriber(url, tally, stop, ready_tx)));
             waiting.push(ready_rx);
@@ -296,25 +312,28 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
                 .into(),
         ));
     }
-    let (sim, gateway) = start_cluster_and_gateway(args).await?;
-    let url = gateway.url();
+    let (sim, gateways) = start_cluster_and_gateways(args).await?;
+    let urls: Vec<String> = gateways.iter().map(|g| g.url()).collect();
     // The watcher polls host lists once anyone looks at hosts: start that
     // now, so its (fixed) memory is in the baseline, not charged to the
     // subscribers.
-    gateway.state.events.interest.touch_hosts();
+    for gateway in &gateways {
+        gateway.state.events.interest.touch_hosts();
+    }
     tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
     let rss_before = rss_mib();
 
     let stop = tokio_util::sync::CancellationToken::new();
     let subscribers = args.subscribers;
-    let side = Subscribers::start(args, &url, &stop)?;
-    let events = &gateway.state.events;
-    wait_for_subscribers(events, subscribers).await?;
+    let side = Subscribers::start(args, &urls.join(","), &stop)?;
+    let events: Vec<_> = gateways.iter().map(|g| &g.state.events).collect();
+    wait_for_subscribers(&events, subscribers).await?;
     // A few polls: the watcher's baseline, and memory settles.
     tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
     let rss_idle = rss_mib();
 
-    let (published, counting) = count_host_events(events);
+    // Every replica hears every host event: the first one counts them.
+    let (published, counting) = count_host_events(events[0]);
     let rate = args.event_rate.max(1);
     let (made, elapsed) = change_hosts(&sim, args, rate).await;
     // Let the last changes be polled and delivered.
@@ -324,7 +343,9 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     counting.abort();
 
     let subscribers_report = side.report(&stop).await?;
-    gateway.shutdown().await;
+    for gateway in gateways {
+        gateway.shutdown().await;
+    }
     sim.shutdown().await;
     let idle_kib_per_subscriber = match (rss_before, rss_idle) {
         (Some(before), Some(idle)) if subscribers > 0 => {
@@ -334,6 +355,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     };
     Ok(LiveReport {
         subscribers,
+        replicas: args.replicas.max(1),
         event_rate: rate,
         watch_interval_ms: args.watch_interval.as_millis() as u64,
         duration_s: elapsed.as_secs_f64(),
@@ -351,7 +373,15 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
 
 /// The simulated cluster `args` describe (not ticking: only the bench
 /// changes it) and a gateway in front of it.
-async fn start_cluster_and_gateway(args: &BenchArgs) -> Result<(SimCluster, Gateway), BenchError> {
+async fn start_cluster_and_gateways(
+    args: &BenchArgs,
+) -> Result<(SimCluster, Vec<Gateway>), BenchError> {
+    let replicas = args.replicas.max(1);
+    if replicas > 1 && args.redis.is_none() {
+        return Err(BenchError::Scenario(
+            "--replicas above 1 needs --redis: replicas share events through it".into(),
+        ));
+    }
     let sim = SimCluster::start(SimConfig {
         clusters: args.clusters,
         schedulers_per_cluster: args.schedulers_per_cluster,
@@ -378,8 +408,11 @@ async fn start_cluster_and_gateway(args: &BenchArgs) -> Result<(SimCluster, Gate
     config.watch.interval = args.watch_interval;
     config.watch.lease_ttl = args.watch_interval * 3;
     config.subscriptions.total = args.subscribers.max(1) + 100;
-    let gateway = Gateway::start(config).await?;
-    Ok((sim, gateway))
+    let mut gateways = Vec::with_capacity(replicas);
+    for _ in 0..replicas {
+        gateways.push(Gateway::start(config.clone()).await?);
+    }
+    Ok((sim, gateways))
 }
 
 /// Where the subscribers run: a task of this process, or a child process.
@@ -448,15 +481,16 @@ impl Subscribers {
 
 /// Waits (up to five minutes) until every subscriber has subscribed.
 async fn wait_for_subscribers(
-    events: &dfgraph::events::Events,
+    events: &[&dfgraph::events::Events],
     subscribers: usize,
 ) -> Result<(), BenchError> {
     let connect_deadline = Instant::now() + Duration::from_secs(300);
-    while events.live_subscriptions() < subscribers {
+    let live = || events.iter().map(|e| e.live_subscriptions()).sum::<usize>();
+    while live() < subscribers {
         if Instant::now() > connect_deadline {
             return Err(BenchError::Scenario(format!(
                 "only {} of {subscribers} subscribers connected",
-                events.live_subscriptions()
+                live()
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use dfgraph_bench::{BenchArgs, Scenario, run};
 
+#[path = "../../../tests/support/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
 fn args(scenario: Scenario) -> BenchArgs {
     BenchArgs {
         scenario,
@@ -29,6 +33,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         event_rate: 20,
         watch_interval: Duration::from_millis(100),
         in_process_subscribers: true,
+        replicas: 1,
     }
 }
 
@@ -76,6 +81,28 @@ async fn live_scenario_delivers_host_events_to_every_subscriber() {
     assert_eq!(seen.errors, 0, "{report:?}");
     assert!(seen.delivery_p50_ms <= seen.delivery_p99_ms, "{report:?}");
     assert!(report.render().contains("delivery lag"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_scenario_over_two_replicas_delivers_every_event_on_both() {
+    let redis = RedisServer::start();
+    let mut args = args(Scenario::Live);
+    args.replicas = 2;
+    args.redis = Some(redis.url());
+    let report = dfgraph_bench::live::run(&args).await.unwrap();
+    let seen = &report.subscribers_report;
+    assert_eq!(report.replicas, 2);
+    assert_eq!(seen.connected, 20, "{report:?}");
+    assert!(report.events_published > 0, "{report:?}");
+    // Half the subscribers are on the replica that does not poll: they
+    // hear the events through Redis, or this count falls short.
+    assert_eq!(seen.messages, report.deliveries_expected, "{report:?}");
+    assert_eq!(seen.errors, 0, "{report:?}");
+    assert!(report.render().contains("over 2 replicas"));
+
+    args.redis = None;
+    let refused = dfgraph_bench::live::run(&args).await.unwrap_err();
+    assert!(refused.to_string().contains("--redis"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
