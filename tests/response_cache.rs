@@ -86,6 +86,53 @@ async fn a_repeated_overview_is_answered_from_the_response_cache() {
 }
 
 #[tokio::test]
+async fn a_client_that_takes_gzip_gets_the_same_answer_gzipped() {
+    use std::io::Read;
+    let env = TestEnv::start(small_sim(), cached).await;
+    let query = "{ hosts(first: 100) { edges { node { id hostname ip } } } }";
+    // Decoding by hand: the test sees the bytes a browser would.
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let send = |encoding: Option<&'static str>| {
+        let mut request = raw
+            .post(env.url("/graphql"))
+            .json(&json!({ "query": query }));
+        if let Some(encoding) = encoding {
+            request = request.header("accept-encoding", encoding);
+        }
+        request.send()
+    };
+    let plain: Value = send(None).await.unwrap().json().await.unwrap();
+    assert_eq!(label(&plain), "miss", "{plain:#}");
+    for (encoding, label_wanted) in [("gzip, deflate, br", "hit"), ("br;q=1, gzip;q=0.8", "hit")] {
+        let response = send(Some(encoding)).await.unwrap();
+        assert_eq!(response.headers()["content-encoding"], "gzip", "{encoding}");
+        let gzipped = response.bytes().await.unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gzipped[..])
+            .read_to_string(&mut text)
+            .expect("one valid gzip member");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(label(&body), label_wanted);
+        assert_eq!(body["data"], plain["data"]);
+        assert!(
+            body["extensions"]["freshness"]["cacheHits"].is_u64(),
+            "{body:#}"
+        );
+    }
+    // Refused by weight, or not offered: plain JSON.
+    for encoding in [Some("gzip;q=0"), None] {
+        let response = send(encoding).await.unwrap();
+        assert!(
+            response.headers().get("content-encoding").is_none(),
+            "{encoding:?}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"], plain["data"]);
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn an_invalidated_host_list_makes_the_next_answer_new() {
     let env = TestEnv::start(small_sim(), cached).await;
     let before = env.data(OVERVIEW, json!({})).await;
