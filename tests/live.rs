@@ -94,6 +94,89 @@ async fn host_changes_reach_subscribers_on_every_replica_once_and_queries_see_th
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_found_by_one_poll_arrive_as_one_batch_in_the_order_of_host_events() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let mut batches = WsClient::ready(&gateway.url()).await;
+    let mut singles = WsClient::ready(&gateway.url()).await;
+    batches
+        .subscribe(
+            "b",
+            "subscription { hostEventBatches { kind host { id hostname } observedAt } }",
+            json!({}),
+        )
+        .await;
+    singles.subscribe("e", HOST_EVENTS, json!({})).await;
+    wait_until("both subscriptions live", Duration::from_secs(5), || {
+        gateway.state.events.live_subscriptions() == 2
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    // Five hosts join between two polls.
+    let template = sim.hosts(1).remove(0);
+    for n in 0..5 {
+        let mut host = template.clone();
+        host.id = format!("batched-{n}");
+        host.hostname = format!("batched-{n}");
+        sim.upsert_host(host);
+    }
+    // The changes take microseconds, polls are 200 ms apart: one poll saw
+    // them all, or (rarely) two polls shared them.
+    let mut batch_sizes = Vec::new();
+    let mut batched = Vec::new();
+    while batched.len() < 5 {
+        let batch = next_event(&mut batches, "b", Duration::from_secs(5)).await;
+        let batch = batch["hostEventBatches"].as_array().unwrap().clone();
+        assert!(batch.iter().all(|e| e["kind"] == "JOINED"), "{batch:?}");
+        batch_sizes.push(batch.len());
+        batched.extend(batch.iter().map(|e| e["host"]["id"].clone()));
+    }
+    let mut one_by_one = Vec::new();
+    for _ in 0..5 {
+        let event = next_event(&mut singles, "e", Duration::from_secs(5)).await;
+        one_by_one.push(event["hostEvents"]["host"]["id"].clone());
+    }
+    assert_eq!(batched, one_by_one, "same events, same order");
+    assert!(
+        batch_sizes.len() <= 2 && batch_sizes.iter().any(|&n| n > 1),
+        "not batched by poll: {batch_sizes:?}"
+    );
+    // Nothing else follows: each change was sent once.
+    assert_eq!(batches.receive(INTERVAL * 3).await, Received::Nothing);
+
+    // A bounded batch: the same burst split into messages of at most two.
+    let mut small = WsClient::ready(&gateway.url()).await;
+    small
+        .subscribe(
+            "s",
+            "subscription { hostEventBatches(maxBatch: 2) { host { id } } }",
+            json!({}),
+        )
+        .await;
+    wait_until("third subscription live", Duration::from_secs(5), || {
+        gateway.state.events.live_subscriptions() == 3
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 2).await;
+    for n in 0..5 {
+        assert!(sim.remove_host(1, &format!("batched-{n}")));
+    }
+    let mut left = Vec::new();
+    while left.len() < 5 {
+        let batch = next_event(&mut small, "s", Duration::from_secs(5)).await;
+        let batch = batch["hostEventBatches"].as_array().unwrap().clone();
+        assert!((1..=2).contains(&batch.len()), "{batch:?}");
+        left.extend(batch.iter().map(|e| e["host"]["id"].clone()));
+    }
+    left.sort_by_key(|id| id.to_string());
+    let expected: Vec<Value> = (0..5).map(|n| json!(format!("batched-{n}"))).collect();
+    assert_eq!(left, expected);
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
+
 /// The host and the freshness report of one `host` query.
 async fn host_freshness(url: &str, id: &str) -> (Value, Value) {
     let body = response(url, HOST, json!({"id": id})).await;

@@ -22,7 +22,7 @@ use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
 
 pub use bus::Bus;
-pub use interest::{Interest, Watched};
+pub use interest::{Interest, InterestGuard, Watched};
 
 /// How the watcher polls.
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -119,6 +119,103 @@ fn lagged(missed: u64) -> async_graphql::Error {
     )
 }
 
+/// How long a batch of host events waits for the next event of a burst.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The host events a `hostEvents` subscription selects, off the bus.
+struct SelectedHostEvents {
+    rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    clusters: Option<Vec<u64>>,
+    filter: HostFilter,
+    include_resource_changes: bool,
+    /// Keeps the watcher polling host lists while the stream lives.
+    _interest: crate::events::InterestGuard,
+}
+
+fn select_host_events(
+    ctx: &Context<'_>,
+    filter: Option<HostFilter>,
+    include_resource_changes: bool,
+) -> Result<SelectedHostEvents> {
+    let state = ctx.data::<GatewayState>()?;
+    let filter = filter.unwrap_or_default();
+    let clusters = filter.cluster_ids().map_err(bad_input)?;
+    Ok(SelectedHostEvents {
+        rx: state.events.bus.subscribe(),
+        clusters,
+        filter,
+        include_resource_changes,
+        _interest: state.events.interest.watch_hosts(),
+    })
+}
+
+impl SelectedHostEvents {
+    /// The next selected event and when it was observed; `None` once the
+    /// bus is gone, an error once this subscriber fell too far behind.
+    async fn next(&mut self) -> Result<Option<(HostEvent, i64)>> {
+        loop {
+            let event = match self.rx.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(missed)) => return Err(lagged(missed)),
+                Err(RecvError::Closed) => return Ok(None),
+            };
+            if let Some(selected) = self.select(&event) {
+                return Ok(Some(selected));
+            }
+        }
+    }
+
+    /// Like `next`, but only what has already arrived: `None` when nothing
+    /// selected is waiting.
+    fn ready(&mut self) -> Result<Option<(HostEvent, i64)>> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            let event = match self.rx.try_recv() {
+                Ok(event) => event,
+                Err(TryRecvError::Lagged(missed)) => return Err(lagged(missed)),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(None),
+            };
+            if let Some(selected) = self.select(&event) {
+                return Ok(Some(selected));
+            }
+        }
+    }
+
+    fn select(&self, event: &Event) -> Option<(HostEvent, i64)> {
+        let What::Host {
+            change,
+            host,
+            changed_fields,
+        } = &event.what
+        else {
+            return None;
+        };
+        if self
+            .clusters
+            .as_ref()
+            .is_some_and(|c| !c.contains(&event.cluster_id))
+            || !self.filter.compile().matches(host)
+            || (*change == HostChange::Updated
+                && !self.include_resource_changes
+                && only_resources(changed_fields))
+        {
+            return None;
+        }
+        let host_event = HostEvent {
+            kind: match change {
+                HostChange::Joined => HostEventKind::Joined,
+                HostChange::Left => HostEventKind::Left,
+                HostChange::Updated => HostEventKind::Updated,
+            },
+            host: Host(host.clone()),
+            changed_fields: changed_fields.clone(),
+            observed_at: at(event.observed_at_ms),
+            scheduler_cluster_id: ID(event.cluster_id.to_string()),
+        };
+        Some((host_event, event.observed_at_ms))
+    }
+}
+
 fn too_many(e: impl std::fmt::Display) -> async_graphql::Error {
     coded("TOO_MANY_WATCHED", e.to_string())
 }
@@ -202,46 +299,82 @@ impl Subscription {
         filter: Option<HostFilter>,
         #[graphql(default = false)] include_resource_changes: bool,
     ) -> Result<impl Stream<Item = Result<HostEvent>> + use<>> {
-        let state = ctx.data::<GatewayState>()?;
-        let filter = filter.unwrap_or_default();
-        let clusters = filter.cluster_ids().map_err(bad_input)?;
-        let events = state.events.clone();
-        let mut rx = events.bus.subscribe();
-        let interest = events.interest.watch_hosts();
+        let mut selected = select_host_events(ctx, filter, include_resource_changes)?;
         let stamp = stamp(ctx);
         Ok(async_stream::stream! {
-            let _interest = interest;
-            let compiled = filter.compile();
             loop {
-                let event = match rx.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(missed)) => {
-                        yield Err(lagged(missed));
+                match selected.next().await {
+                    Ok(Some((event, observed_at_ms))) => {
+                        stamp.set(observed_at_ms);
+                        yield Ok(event);
+                    }
+                    Ok(None) => break,
+                    Err(lagged) => {
+                        yield Err(lagged);
                         break;
                     }
-                    Err(RecvError::Closed) => break,
-                };
-                let What::Host { change, host, changed_fields } = &event.what else { continue };
-                if clusters.as_ref().is_some_and(|c| !c.contains(&event.cluster_id))
-                    || !compiled.matches(host)
-                    || (*change == HostChange::Updated
-                        && !include_resource_changes
-                        && only_resources(changed_fields))
-                {
-                    continue;
                 }
-                stamp.set(event.observed_at_ms);
-                yield Ok(HostEvent {
-                    kind: match change {
-                        HostChange::Joined => HostEventKind::Joined,
-                        HostChange::Left => HostEventKind::Left,
-                        HostChange::Updated => HostEventKind::Updated,
-                    },
-                    host: Host(host.clone()),
-                    changed_fields: changed_fields.clone(),
-                    observed_at: at(event.observed_at_ms),
-                    scheduler_cluster_id: ID(event.cluster_id.to_string()),
-                });
+            }
+        })
+    }
+
+    /// The same events as `hostEvents`, in the same order, but a burst of
+    /// them in one message (at most `maxBatch`): what one poll of the
+    /// watcher found, typically. A batch is sent once no further event
+    /// came within 10 ms of the last one. For consoles watching many hosts
+    /// change at once: each subscriber gets one message per burst instead
+    /// of one per host.
+    async fn host_event_batches(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<HostFilter>,
+        #[graphql(default = false)] include_resource_changes: bool,
+        #[graphql(default = 1000, validator(minimum = 1, maximum = 10000))] max_batch: i32,
+    ) -> Result<impl Stream<Item = Result<Vec<HostEvent>>> + use<>> {
+        let mut selected = select_host_events(ctx, filter, include_resource_changes)?;
+        let stamp = stamp(ctx);
+        let max_batch = max_batch.max(1) as usize;
+        Ok(async_stream::stream! {
+            loop {
+                let (first, observed_at_ms) = match selected.next().await {
+                    Ok(Some(first)) => first,
+                    Ok(None) => break,
+                    Err(lagged) => {
+                        yield Err(lagged);
+                        break;
+                    }
+                };
+                let mut batch = vec![first];
+                let mut ended = None;
+                while batch.len() < max_batch {
+                    // A burst is published one event at a time, maybe on
+                    // another thread or through Redis: what has arrived is
+                    // taken at once, then a short wait for the rest.
+                    let next = match selected.ready() {
+                        Ok(None) => {
+                            match tokio::time::timeout(BATCH_LINGER, selected.next()).await {
+                                Ok(next) => next,
+                                Err(_) => break,
+                            }
+                        }
+                        ready => ready,
+                    };
+                    match next {
+                        Ok(Some((event, _))) => batch.push(event),
+                        Ok(None) => break,
+                        Err(lagged) => {
+                            ended = Some(lagged);
+                            break;
+                        }
+                    }
+                }
+                // The oldest event's lag is the batch's.
+                stamp.set(observed_at_ms);
+                yield Ok(batch);
+                if let Some(lagged) = ended {
+                    yield Err(lagged);
+                    break;
+                }
             }
         })
     }

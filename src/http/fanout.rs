@@ -25,7 +25,7 @@ use crate::graphql::DfSchema;
 use crate::graphql::subscription::DeliveryStamp;
 
 /// Root fields whose subscriptions may be shared.
-const SHAREABLE: [&str; 1] = ["hostEvents"];
+const SHAREABLE: [&str; 2] = ["hostEvents", "hostEventBatches"];
 
 /// Responses a shared subscriber may fall behind by.
 const SHARED_CAPACITY: usize = 4096;
