@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// spread over them round robin, and one replica polls for all.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// Live scenario: subscribe to `hostEventBatches` (the events that
+    /// arrived together in one message) instead of `hostEvents`.
+    #[arg(long)]
+    pub batched: bool,
 }
 
 /// What one run measured.

@@ -28,6 +28,9 @@ use dfgraph::gateway::Gateway;
 use dfgraph_sim::{SimCluster, SimConfig};
 
 const SUBSCRIPTION: &str = "subscription { hostEvents { kind host { id hostname } observedAt } }";
+/// The same events, as many per message as arrived together (`--batched`).
+const BATCHED_SUBSCRIPTION: &str =
+    "subscription { hostEventBatches { kind host { id hostname } observedAt } }";
 
 /// What the subscribers saw.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -50,6 +53,8 @@ pub struct LiveReport {
     pub subscribers: usize,
     /// Gateway replicas the subscribers were spread over.
     pub replicas: usize,
+    /// Subscribed to `hostEventBatches` instead of `hostEvents`.
+    pub batched: bool,
     pub event_rate: u64,
     pub watch_interval_ms: u64,
     pub duration_s: f64,
@@ -81,7 +86,7 @@ impl LiveReport {
                 format!(" over {} replicas", self.replicas)
             } else {
                 String::new()
-            },
+            } + if self.batched { ", batched" } else { "" },
             self.event_rate,
             self.watch_interval_ms,
             self.duration_s
@@ -138,6 +143,7 @@ struct Tally {
 pub async fn subscribe_all(
     bases: &str,
     n: usize,
+    batched: bool,
     stop: tokio_util::sync::CancellationToken,
 ) -> SubscriberReport {
     let tally = Arc::new(Tally {
@@ -167,7 +173,9 @@ pub async fn subscribe_all(
             let url = urls[i % urls.len()].clone();
             let (tally, stop) = (tally.clone(), stop.clone());
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-            tasks.push(tokio::spawn(subscriber(url, tally, stop, ready_tx)));
+            tasks.push(tokio::spawn(subscriber(
+                url, batched, tally, stop, ready_tx,
+            )));
             waiting.push(ready_rx);
         }
         for ready in waiting {
@@ -199,8 +207,8 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A websocket to the gateway at `url`, initialised and subscribed to
-/// [`SUBSCRIPTION`].
-async fn connect_and_subscribe(url: &str) -> Result<Socket, String> {
+/// [`SUBSCRIPTION`] (or [`BATCHED_SUBSCRIPTION`]).
+async fn connect_and_subscribe(url: &str, batched: bool) -> Result<Socket, String> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     let protocol = "graphql-transport-ws".parse().map_err(|_| "header")?;
     request
@@ -214,8 +222,7 @@ async fn connect_and_subscribe(url: &str) -> Result<Socket, String> {
         .send(Message::text(init.to_string()))
         .await
         .map_err(|e| e.to_string())?;
-    let subscribe =
-        serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": SUBSCRIPTION}});
+    let subscribe = serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": if batched { BATCHED_SUBSCRIPTION } else { SUBSCRIPTION }}});
     socket
         .send(Message::text(subscribe.to_string()))
         .await
@@ -225,11 +232,12 @@ async fn connect_and_subscribe(url: &str) -> Result<Socket, String> {
 
 async fn subscriber(
     url: String,
+    batched: bool,
     tally: Arc<Tally>,
     stop: tokio_util::sync::CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
-    let mut socket = match connect_and_subscribe(&url).await {
+    let mut socket = match connect_and_subscribe(&url, batched).await {
         Ok(socket) => socket,
         Err(error) => {
             tracing::debug!(%error, "subscriber could not connect");
@@ -274,22 +282,37 @@ async fn subscriber(
             }
             continue;
         }
-        let observed = string_field(&text, "observedAt")
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.timestamp_millis());
-        let Some(observed) = observed.filter(|_| !text.contains(r#""errors""#)) else {
+        if text.contains(r#""errors""#) {
             tally.errors.fetch_add(1, Ordering::Relaxed);
             continue;
-        };
-        tally.messages.fetch_add(1, Ordering::Relaxed);
-        let _ = delivery.record((received - observed).max(1) as u64);
-        // The generator writes `bench-<seq>-<unix ms>` as the hostname.
-        if let Some(changed) = string_field(&text, "hostname")
-            .and_then(|h| h.rsplit('-').next())
-            .and_then(|ms| ms.parse::<i64>().ok())
-        {
-            let _ = detection.record((observed - changed).max(1) as u64);
         }
+        // One event per message, or a batch of them: each event has its
+        // hostname, then its observedAt.
+        let hostnames = string_fields(&text, "hostname");
+        let mut events: u64 = 0;
+        for (observed, hostname) in string_fields(&text, "observedAt").zip(hostnames) {
+            let Some(observed) = chrono::DateTime::parse_from_rfc3339(observed)
+                .ok()
+                .map(|t| t.timestamp_millis())
+            else {
+                tally.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            events += 1;
+            let _ = delivery.record((received - observed).max(1) as u64);
+            // The generator writes `bench-<seq>-<unix ms>` as the hostname.
+            if let Some(changed) = hostname
+                .rsplit('-')
+                .next()
+                .and_then(|ms| ms.parse::<i64>().ok())
+            {
+                let _ = detection.record((observed - changed).max(1) as u64);
+            }
+        }
+        if events == 0 {
+            tally.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tally.messages.fetch_add(events, Ordering::Relaxed);
     }
     let _ = tally.delivery.lock().await.add(&delivery);
     let _ = tally.detection.lock().await.add(&detection);
@@ -297,10 +320,23 @@ async fn subscriber(
 
 /// The value of the first `"name":"..."` string field in `json` (values
 /// without escapes only, which is what timestamps and bench hostnames are).
+#[cfg(test)]
 fn string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
-    let start = json.find(&format!(r#""{name}":""#))? + name.len() + 4;
-    let len = json[start..].find('"')?;
-    Some(&json[start..start + len])
+    string_fields(json, name).next()
+}
+
+/// The values of every `"name":"..."` string field in `json`, in order
+/// (values without escapes only, as [`string_field`]).
+fn string_fields<'a>(json: &'a str, name: &str) -> impl Iterator<Item = &'a str> {
+    let pattern = format!(r#""{name}":""#);
+    let mut rest = json;
+    std::iter::from_fn(move || {
+        let start = rest.find(&pattern)? + pattern.len();
+        let len = rest[start..].find('"')?;
+        let value = &rest[start..start + len];
+        rest = &rest[start + len..];
+        Some(value)
+    })
 }
 
 /// Runs the live scenario as `args` describe (in-process cluster and
@@ -356,6 +392,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     Ok(LiveReport {
         subscribers,
         replicas: args.replicas.max(1),
+        batched: args.batched,
         event_rate: rate,
         watch_interval_ms: args.watch_interval.as_millis() as u64,
         duration_s: elapsed.as_secs_f64(),
@@ -428,20 +465,25 @@ impl Subscribers {
         url: &str,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<Self, BenchError> {
-        let subscribers = args.subscribers;
+        let (subscribers, batched) = (args.subscribers, args.batched);
         if args.in_process_subscribers {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let (url, stop) = (url.to_owned(), stop.clone());
             tokio::spawn(async move {
-                let _ = tx.send(subscribe_all(&url, subscribers, stop).await);
+                let _ = tx.send(subscribe_all(&url, subscribers, batched, stop).await);
             });
             return Ok(Self::InProcess(rx));
         }
         let exe = std::env::current_exe()
             .map_err(|e| BenchError::Scenario(format!("cannot find this executable: {e}")))?;
-        let child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        command
             .args(["subscribers", "--target", url, "--subscribers"])
-            .arg(subscribers.to_string())
+            .arg(subscribers.to_string());
+        if batched {
+            command.arg("--batched");
+        }
+        let child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -545,7 +587,11 @@ async fn change_hosts(sim: &SimCluster, args: &BenchArgs, rate: u64) -> (u64, Du
 /// `dfgraph-bench subscribers`: the subscriber side in its own process;
 /// stops when told on stdin (or stdin closes) and prints its report as one
 /// JSON line.
-pub async fn subscriber_process(target: &str, subscribers: usize) -> SubscriberReport {
+pub async fn subscriber_process(
+    target: &str,
+    subscribers: usize,
+    batched: bool,
+) -> SubscriberReport {
     let stop = tokio_util::sync::CancellationToken::new();
     let watcher = stop.clone();
     tokio::spawn(async move {
@@ -555,12 +601,12 @@ pub async fn subscriber_process(target: &str, subscribers: usize) -> SubscriberR
             .await;
         watcher.cancel();
     });
-    subscribe_all(target, subscribers, stop).await
+    subscribe_all(target, subscribers, batched, stop).await
 }
 
 #[cfg(test)]
 mod tests {
-    use super::string_field;
+    use super::{string_field, string_fields};
 
     #[test]
     fn string_fields_are_found_without_parsing() {
@@ -574,5 +620,14 @@ mod tests {
             Some("2026-11-25T10:00:00.123+00:00")
         );
         assert_eq!(string_field(message, "missing"), None);
+        let batch = r#"{"type":"next","id":"1","payload":{"data":{"hostEventBatches":[{"host":{"hostname":"bench-1-5"},"observedAt":"a"},{"host":{"hostname":"bench-2-6"},"observedAt":"b"}]}}}"#;
+        assert_eq!(
+            string_fields(batch, "hostname").collect::<Vec<_>>(),
+            ["bench-1-5", "bench-2-6"]
+        );
+        assert_eq!(
+            string_fields(batch, "observedAt").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }

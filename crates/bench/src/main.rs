@@ -34,6 +34,8 @@ struct SubscribersArgs {
     target: String,
     #[arg(long)]
     subscribers: usize,
+    #[arg(long)]
+    batched: bool,
 }
 
 #[tokio::main]
@@ -45,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     if let Some(Command::Subscribers(args)) = cli.command {
-        let report = dfgraph_bench::live::subscriber_process(&args.target, args.subscribers).await;
+        let report =
+            dfgraph_bench::live::subscriber_process(&args.target, args.subscribers, args.batched)
+                .await;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }

@@ -34,6 +34,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         watch_interval: Duration::from_millis(100),
         in_process_subscribers: true,
         replicas: 1,
+        batched: false,
     }
 }
 
@@ -84,10 +85,11 @@ async fn live_scenario_delivers_host_events_to_every_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_scenario_over_two_replicas_delivers_every_event_on_both() {
+async fn live_scenario_over_two_replicas_delivers_every_event_on_both_in_batches() {
     let redis = RedisServer::start();
     let mut args = args(Scenario::Live);
     args.replicas = 2;
+    args.batched = true;
     args.redis = Some(redis.url());
     let report = dfgraph_bench::live::run(&args).await.unwrap();
     let seen = &report.subscribers_report;
@@ -98,7 +100,7 @@ async fn live_scenario_over_two_replicas_delivers_every_event_on_both() {
     // hear the events through Redis, or this count falls short.
     assert_eq!(seen.messages, report.deliveries_expected, "{report:?}");
     assert_eq!(seen.errors, 0, "{report:?}");
-    assert!(report.render().contains("over 2 replicas"));
+    assert!(report.render().contains("over 2 replicas, batched"));
 
     args.redis = None;
     let refused = dfgraph_bench::live::run(&args).await.unwrap_err();
