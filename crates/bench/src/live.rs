@@ -61,6 +61,10 @@ pub struct LiveReport {
     pub changes_made: u64,
     /// Host events the gateway published.
     pub events_published: u64,
+    /// From an event's observation to its arrival on the (first) gateway's
+    /// bus: the watcher's share of the delivery lag.
+    pub bus_lag_p50_ms: f64,
+    pub bus_lag_p99_ms: f64,
     /// Messages every subscriber should have received (events x subscribers).
     pub deliveries_expected: u64,
     pub subscribers_report: SubscriberReport,
@@ -99,6 +103,10 @@ impl LiveReport {
             self.deliveries_expected,
             s.errors,
             s.failed
+        );
+        out += &format!(
+            "  on the bus after observation p50 {:.1} ms  p99 {:.1} ms\n",
+            self.bus_lag_p50_ms, self.bus_lag_p99_ms
         );
         out += &format!(
             "  delivery lag p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n  detection lag p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
@@ -214,9 +222,14 @@ async fn connect_and_subscribe(url: &str, batched: bool) -> Result<Socket, Strin
     request
         .headers_mut()
         .insert("sec-websocket-protocol", protocol);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    // tungstenite zero-fills its whole read buffer before each read (128
+    // KiB by default): sized for a batch message, not more.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(32 * 1024);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+            .await
+            .map_err(|e| e.to_string())?;
     let init = serde_json::json!({"type": "connection_init", "payload": {}});
     socket
         .send(Message::text(init.to_string()))
@@ -249,6 +262,10 @@ async fn subscriber(
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(());
     let (mut delivery, mut detection) = (histogram(), histogram());
+    let (observed_at, hostname) = (FieldFinder::new("observedAt"), FieldFinder::new("hostname"));
+    // The events of one poll share their observation time, mostly: one
+    // parse per distinct timestamp.
+    let mut last_observed: Option<(String, i64)> = None;
     loop {
         let frame = tokio::select! {
             frame = socket.next() => frame,
@@ -288,18 +305,35 @@ async fn subscriber(
         }
         // One event per message, or a batch of them: each event has its
         // hostname, then its observedAt.
-        let hostnames = string_fields(&text, "hostname");
+        let hostnames = hostname.values(&text);
         let mut events: u64 = 0;
-        for (observed, hostname) in string_fields(&text, "observedAt").zip(hostnames) {
-            let Some(observed) = chrono::DateTime::parse_from_rfc3339(observed)
-                .ok()
-                .map(|t| t.timestamp_millis())
-            else {
-                tally.errors.fetch_add(1, Ordering::Relaxed);
-                continue;
+        // Events read together with one observation time have one delivery
+        // lag: recorded once with their count.
+        let mut same_lag: Option<(u64, u64)> = None;
+        for (observed, hostname) in observed_at.values(&text).zip(hostnames) {
+            let observed = match &last_observed {
+                Some((text, ms)) if text == observed => *ms,
+                _ => match chrono::DateTime::parse_from_rfc3339(observed) {
+                    Ok(at) => {
+                        last_observed = Some((observed.to_owned(), at.timestamp_millis()));
+                        at.timestamp_millis()
+                    }
+                    Err(_) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                },
             };
             events += 1;
-            let _ = delivery.record((received - observed).max(1) as u64);
+            let lag = (received - observed).max(1) as u64;
+            match &mut same_lag {
+                Some((value, count)) if *value == lag => *count += 1,
+                _ => {
+                    if let Some((value, count)) = same_lag.replace((lag, 1)) {
+                        let _ = delivery.record_n(value, count);
+                    }
+                }
+            }
             // The generator writes `bench-<seq>-<unix ms>` as the hostname.
             if let Some(changed) = hostname
                 .rsplit('-')
@@ -308,6 +342,9 @@ async fn subscriber(
             {
                 let _ = detection.record((observed - changed).max(1) as u64);
             }
+        }
+        if let Some((value, count)) = same_lag {
+            let _ = delivery.record_n(value, count);
         }
         if events == 0 {
             tally.errors.fetch_add(1, Ordering::Relaxed);
@@ -322,21 +359,38 @@ async fn subscriber(
 /// without escapes only, which is what timestamps and bench hostnames are).
 #[cfg(test)]
 fn string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
-    string_fields(json, name).next()
+    string_fields(json, name).first().copied()
 }
 
 /// The values of every `"name":"..."` string field in `json`, in order
 /// (values without escapes only, as [`string_field`]).
-fn string_fields<'a>(json: &'a str, name: &str) -> impl Iterator<Item = &'a str> {
-    let pattern = format!(r#""{name}":""#);
-    let mut rest = json;
-    std::iter::from_fn(move || {
-        let start = rest.find(&pattern)? + pattern.len();
-        let len = rest[start..].find('"')?;
-        let value = &rest[start..start + len];
-        rest = &rest[start + len..];
-        Some(value)
-    })
+#[cfg(test)]
+fn string_fields<'j>(json: &'j str, name: &str) -> Vec<&'j str> {
+    FieldFinder::new(name).values(json).collect()
+}
+
+/// Finds the values of one string field, its searcher built once.
+struct FieldFinder {
+    pattern: memchr::memmem::Finder<'static>,
+}
+
+impl FieldFinder {
+    fn new(name: &str) -> Self {
+        Self {
+            pattern: memchr::memmem::Finder::new(format!(r#""{name}":""#).as_bytes()).into_owned(),
+        }
+    }
+
+    fn values<'j>(&self, json: &'j str) -> impl Iterator<Item = &'j str> + use<'_, 'j> {
+        let mut rest = json;
+        std::iter::from_fn(move || {
+            let start = self.pattern.find(rest.as_bytes())? + self.pattern.needle().len();
+            let len = memchr::memchr(b'"', rest.get(start..)?.as_bytes())?;
+            let value = rest.get(start..start + len)?;
+            rest = rest.get(start + len..)?;
+            Some(value)
+        })
+    }
 }
 
 /// Runs the live scenario as `args` describe (in-process cluster and
@@ -369,13 +423,20 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     let rss_idle = rss_mib();
 
     // Every replica hears every host event: the first one counts them.
-    let (published, counting) = count_host_events(events[0]);
+    let (published, bus_lag, counting) = count_host_events(events[0]);
     let rate = args.event_rate.max(1);
     let (made, elapsed) = change_hosts(&sim, args, rate).await;
     // Let the last changes be polled and delivered.
     tokio::time::sleep(args.watch_interval * 2 + Duration::from_secs(2)).await;
     let rss_after = rss_mib();
     let events_published = published.load(Ordering::Relaxed);
+    let (bus_lag_p50_ms, bus_lag_p99_ms) = {
+        let lag = bus_lag.lock().await;
+        (
+            lag.value_at_quantile(0.5) as f64,
+            lag.value_at_quantile(0.99) as f64,
+        )
+    };
     counting.abort();
 
     let subscribers_report = side.report(&stop).await?;
@@ -398,6 +459,8 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
         duration_s: elapsed.as_secs_f64(),
         changes_made: made,
         events_published,
+        bus_lag_p50_ms,
+        bus_lag_p99_ms,
         deliveries_expected: events_published * subscribers as u64,
         subscribers_report,
         rss_mib_before: rss_before,
@@ -540,25 +603,33 @@ async fn wait_for_subscribers(
     Ok(())
 }
 
-/// Counts the host events the gateway publishes, until aborted.
+/// Counts the host events the gateway publishes and how long after
+/// their observation they reach its bus, until aborted.
 fn count_host_events(
     events: &dfgraph::events::Events,
-) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+) -> (
+    Arc<AtomicU64>,
+    Arc<Mutex<Histogram<u64>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut bus = events.bus.subscribe();
     let published = Arc::new(AtomicU64::new(0));
-    let counter = published.clone();
+    let lag = Arc::new(Mutex::new(histogram()));
+    let (counter, lags) = (published.clone(), lag.clone());
     let counting = tokio::spawn(async move {
         loop {
             match bus.recv().await {
                 Ok(event) if event.kind() == "host" => {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    let waited = SystemClock.now_ms_signed() - event.observed_at_ms;
+                    let _ = lags.lock().await.record(waited.max(1) as u64);
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
             }
         }
     });
-    (published, counting)
+    (published, lag, counting)
 }
 
 /// Renames simulated hosts, `rate` per second, for `args.duration`:
@@ -621,13 +692,7 @@ mod tests {
         );
         assert_eq!(string_field(message, "missing"), None);
         let batch = r#"{"type":"next","id":"1","payload":{"data":{"hostEventBatches":[{"host":{"hostname":"bench-1-5"},"observedAt":"a"},{"host":{"hostname":"bench-2-6"},"observedAt":"b"}]}}}"#;
-        assert_eq!(
-            string_fields(batch, "hostname").collect::<Vec<_>>(),
-            ["bench-1-5", "bench-2-6"]
-        );
-        assert_eq!(
-            string_fields(batch, "observedAt").collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(string_fields(batch, "hostname"), ["bench-1-5", "bench-2-6"]);
+        assert_eq!(string_fields(batch, "observedAt"), ["a", "b"]);
     }
 }
