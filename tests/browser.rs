@@ -489,7 +489,7 @@ async fn console_shows_the_cluster(env: &TestEnv, page: &Page, origin: &str) {
 /// Step 2: A host renamed in a scheduler is renamed in the table, in place,
 /// within two watch intervals.
 async fn host_change_reaches_the_table(env: &TestEnv, page: &Page) {
-    // The page subscribes to hostEvents and clusterHealth.
+    // The page subscribes to hostEventBatches and clusterHealth.
     wait_for_live_subscriptions(env, page, "the console's two subscriptions live", |n| {
         n >= 2
     })

@@ -687,8 +687,10 @@ function wireHosts() {
 
 // ---------- live host events ----------
 
+// Batches: a poll that finds many hosts changed is one message, not one
+// per host (README, hostEventBatches).
 const HOST_EVENTS = `subscription ConsoleHostEvents($includeResourceChanges: Boolean!) {
-  hostEvents(includeResourceChanges: $includeResourceChanges) {
+  hostEventBatches(includeResourceChanges: $includeResourceChanges) {
     kind changedFields observedAt schedulerClusterId
     host { ...ConsoleHost }
   }
@@ -743,8 +745,7 @@ function startHostEvents() {
   stopHostEvents = live(HOST_EVENTS, { includeResourceChanges: $('#opt-resource-changes').checked }, {
     next: (p) => {
       if (p.errors?.length) showErrors('hostEvents', p.errors);
-      const ev = p.data?.hostEvents;
-      if (ev) onHostEvent(ev);
+      for (const ev of p.data?.hostEventBatches ?? []) onHostEvent(ev);
     },
     error: (errs) => showErrors('hostEvents', Array.isArray(errs) ? errs : [{ message: String(errs) }]),
   });
