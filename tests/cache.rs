@@ -974,6 +974,8 @@ async fn a_replacement_reaches_every_replica_unless_the_key_changed_while_it_was
     let there = get(&b, &key).await;
     assert_eq!((text(&there), there.tier), ("v2", Tier::L2));
     assert_eq!(origin.loads(), 1);
+    let counted = a.cache().stats();
+    assert_eq!((counted.replacements, counted.replacements_refused), (1, 0));
 
     // A change of the key while the value was fetched (a mutation's
     // invalidation) wins over the older value.
@@ -987,6 +989,8 @@ async fn a_replacement_reaches_every_replica_unless_the_key_changed_while_it_was
         },
     );
     a.cache().replace(late, &fetched).await;
+    let counted = a.cache().stats();
+    assert_eq!((counted.replacements, counted.replacements_refused), (1, 1));
     assert_eq!(text(&get(&a, &key).await), "v3");
     assert!(eventually(Duration::from_secs(2), || !b.cache().l1_contains(&key)).await);
     assert_eq!(text(&get(&b, &key).await), "v3");

@@ -98,9 +98,11 @@ impl Cache {
         } = replacement;
         let target = Target::Key(key.clone());
         if !inner.local.gens.is_current(&key, &fetched.0) {
+            inner.local.stats.replacement(true);
             self.invalidate(&key).await;
             return;
         }
+        inner.local.stats.replacement(false);
         inner.local.drop_target(&target).await;
         if let Some(l2) = &inner.l2 {
             let message = invalidation::encode(&inner.local.instance, &target);

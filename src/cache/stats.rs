@@ -74,6 +74,11 @@ pub struct CacheStats {
     pub invalidations_received: u64,
     /// Write-backs dropped because the key was invalidated during the load.
     pub stale_writes_dropped: u64,
+    /// Values put in place by the watcher (a changed host list).
+    pub replacements: u64,
+    /// Replacements turned into invalidations: the key changed while the
+    /// value was fetched.
+    pub replacements_refused: u64,
     pub redis_errors: u64,
     pub decode_failures: u64,
     pub circuit_open: bool,
@@ -92,6 +97,8 @@ pub(crate) struct Stats {
     sent: AtomicU64,
     received: AtomicU64,
     dropped_writes: AtomicU64,
+    replacements: AtomicU64,
+    replacements_refused: AtomicU64,
     decode_failures: AtomicU64,
 }
 
@@ -159,6 +166,17 @@ impl Stats {
         metrics::counter!("dfgraph_cache_stale_writes_dropped_total").increment(n);
     }
 
+    /// A replacement placed, or (`refused`) made an invalidation instead.
+    pub(crate) fn replacement(&self, refused: bool) {
+        let (counter, outcome) = if refused {
+            (&self.replacements_refused, "invalidated")
+        } else {
+            (&self.replacements, "replaced")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("dfgraph_cache_replacements_total", "outcome" => outcome).increment(1);
+    }
+
     pub(crate) fn decode_failure(&self) {
         self.decode_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("dfgraph_cache_decode_failures_total").increment(1);
@@ -184,6 +202,8 @@ impl Stats {
             invalidations_sent: get(&self.sent),
             invalidations_received: get(&self.received),
             stale_writes_dropped: get(&self.dropped_writes),
+            replacements: get(&self.replacements),
+            replacements_refused: get(&self.replacements_refused),
             // Filled in from the Redis stack by `Cache::stats`.
             redis_errors: 0,
             decode_failures: get(&self.decode_failures),
