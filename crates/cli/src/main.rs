@@ -61,24 +61,39 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when it is first awaited: call it before announcing that the
+/// process is ready, or a signal sent right after the announcement kills the
+/// process without its graceful shutdown (and the last spans' export).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
-            Err(_) => {
+            (Ok(mut terminate), Err(_)) => {
+                terminate.recv().await;
+            }
+            (Err(_), Ok(mut interrupt)) => {
+                interrupt.recv().await;
+            }
+            (Err(_), Err(_)) => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -99,8 +114,9 @@ async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         _ => None,
     };
     let gateway = Gateway::start(config).await?;
+    let stop = shutdown_signal();
     println!("listening on {}", gateway.url());
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
     if let Some(sim) = simulator {
@@ -148,11 +164,12 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let sim = SimCluster::start(args.sim_config())
         .await
         .context("starting the simulated cluster")?;
+    let stop = shutdown_signal();
     for s in sim.schedulers() {
         println!("cluster={} scheduler={}", s.cluster_id, s.addr);
     }
     println!("manager={}", sim.manager_addr());
-    shutdown_signal().await;
+    stop.await;
     sim.shutdown().await;
     Ok(())
 }
