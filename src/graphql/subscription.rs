@@ -122,6 +122,9 @@ fn lagged(missed: u64) -> async_graphql::Error {
 /// How long a batch of host events waits for the next event of a burst.
 const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// How long a batch waits in all, however steadily events keep coming.
+const BATCH_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The host events a `hostEvents` subscription selects, off the bus.
 struct SelectedHostEvents {
     rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
@@ -321,7 +324,8 @@ impl Subscription {
     /// The same events as `hostEvents`, in the same order, but a burst of
     /// them in one message (at most `maxBatch`): what one poll of the
     /// watcher found, typically. A batch is sent once no further event
-    /// came within 10 ms of the last one. For consoles watching many hosts
+    /// came within 10 ms of the last one, and at the latest 50 ms after
+    /// its first. For consoles watching many hosts
     /// change at once: each subscriber gets one message per burst instead
     /// of one per host.
     async fn host_event_batches(
@@ -346,13 +350,15 @@ impl Subscription {
                 };
                 let mut batch = vec![first];
                 let mut ended = None;
+                let closes = tokio::time::Instant::now() + BATCH_MAX_WAIT;
                 while batch.len() < max_batch {
                     // A burst is published one event at a time, maybe on
                     // another thread or through Redis: what has arrived is
                     // taken at once, then a short wait for the rest.
                     let next = match selected.ready() {
                         Ok(None) => {
-                            match tokio::time::timeout(BATCH_LINGER, selected.next()).await {
+                            let until = closes.min(tokio::time::Instant::now() + BATCH_LINGER);
+                            match tokio::time::timeout_at(until, selected.next()).await {
                                 Ok(next) => next,
                                 Err(_) => break,
                             }

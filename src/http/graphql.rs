@@ -362,11 +362,18 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         for coding in value.split(',') {
             let mut parts = coding.split(';');
             let name = parts.next().unwrap_or("").trim();
+            // A weight that is not a qvalue (0 to 1) refuses the coding.
             let weight = parts
                 .find_map(|p| {
                     let (key, value) = p.split_once('=')?;
-                    (key.trim().eq_ignore_ascii_case("q"))
-                        .then(|| value.trim().parse::<f32>().ok())?
+                    key.trim().eq_ignore_ascii_case("q").then(|| {
+                        value
+                            .trim()
+                            .parse::<f32>()
+                            .ok()
+                            .filter(|q| (0.0..=1.0).contains(q))
+                            .unwrap_or(0.0)
+                    })
                 })
                 .unwrap_or(1.0);
             if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
@@ -451,6 +458,9 @@ mod tests {
         assert!(!accepts("gzip; q=0.0, *"));
         assert!(!accepts("*;q=0"));
         assert!(!accepts("br, identity"));
+        assert!(!accepts("gzip;q=x"));
+        assert!(!accepts("gzip;q=NaN, br"));
+        assert!(!accepts("gzip;q=2"));
         assert!(!accepts_gzip(&HeaderMap::new()));
     }
 

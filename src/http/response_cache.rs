@@ -149,18 +149,7 @@ impl Rendered {
     /// single gzip member: the head's blocks end on a byte boundary and are
     /// not final, and the tail's stream needs nothing before it).
     pub fn gzip_body(&self, freshness: Option<serde_json::Value>, label: &str) -> Option<Vec<u8>> {
-        let head = self
-            .deflated_head
-            .get_or_init(|| {
-                if self.head.len() < GZIP_MIN_BYTES {
-                    return None;
-                }
-                let mut crc = crc32fast::Hasher::new();
-                crc.update(self.head.as_bytes());
-                let blocks = deflate(self.head.as_bytes(), flate2::FlushCompress::Sync)?;
-                Some(DeflatedHead { blocks, crc })
-            })
-            .as_ref()?;
+        let head = self.deflated_head()?;
         let tail = self.tail(freshness, label);
         let tail_blocks = deflate(tail.as_bytes(), flate2::FlushCompress::Finish)?;
         let mut crc = head.crc.clone();
@@ -175,6 +164,31 @@ impl Rendered {
         body.extend_from_slice(&crc.finalize().to_le_bytes());
         body.extend_from_slice(&length.to_le_bytes());
         Some(body)
+    }
+
+    /// The head deflated: made by the first caller (kept responses are
+    /// prepared before they are kept). Never waits for another thread
+    /// making it: two callers racing both compress, one result stays.
+    fn deflated_head(&self) -> Option<&DeflatedHead> {
+        if let Some(made) = self.deflated_head.get() {
+            return made.as_ref();
+        }
+        let made = (self.head.len() >= GZIP_MIN_BYTES)
+            .then(|| {
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(self.head.as_bytes());
+                let mut blocks = deflate(self.head.as_bytes(), flate2::FlushCompress::Sync)?;
+                blocks.shrink_to_fit();
+                Some(DeflatedHead { blocks, crc })
+            })
+            .flatten();
+        let _ = self.deflated_head.set(made);
+        self.deflated_head.get()?.as_ref()
+    }
+
+    /// Bytes of the deflated head, made now if it was not yet.
+    fn deflated_len(&self) -> usize {
+        self.deflated_head().map_or(0, |head| head.blocks.len())
     }
 
     /// What follows the head: `extensions` and the closing brace.
@@ -275,8 +289,11 @@ impl ResponseCache {
             .name("dfgraph-responses")
             .max_capacity(config.max_bytes)
             .weigher(|key: &Key, kept: &Arc<Kept>| {
+                // Weighing compresses the head: in the execution's task,
+                // before the first hit could want it.
                 let bytes = key.0.len()
                     + kept.rendered.head.len()
+                    + kept.rendered.deflated_len()
                     + kept.lists.len() * 32
                     + kept.clusters.len() * 8
                     + OVERHEAD;
