@@ -325,9 +325,8 @@ impl Subscription {
     /// them in one message (at most `maxBatch`): what one poll of the
     /// watcher found, typically. A batch is sent once no further event
     /// came within 10 ms of the last one, and at the latest 50 ms after
-    /// its first. For consoles watching many hosts
-    /// change at once: each subscriber gets one message per burst instead
-    /// of one per host.
+    /// its first. For consoles watching many hosts change at once: each
+    /// subscriber gets one message per burst instead of one per host.
     async fn host_event_batches(
         &self,
         ctx: &Context<'_>,
