@@ -214,7 +214,7 @@ pub async fn get(
     }
     let role = principal.role;
     let gzip = accepts_gzip(&headers);
-    execute(&app, accept, gzip, request.data(principal), role).await
+    execute(&app, accept, gzip, request.data(principal), role, outline).await
 }
 
 pub async fn post(
@@ -268,7 +268,8 @@ pub async fn post(
     }
     let role = principal.role;
     let gzip = accepts_gzip(&headers);
-    execute(&app, accept, gzip, request.data(principal), role).await
+    let outline = app.outlines.of(&request);
+    execute(&app, accept, gzip, request.data(principal), role, outline).await
 }
 
 async fn execute(
@@ -277,9 +278,11 @@ async fn execute(
     gzip: bool,
     request: async_graphql::Request,
     role: crate::auth::Role,
+    // What the document asks for, from `app.outlines` (`None`: it does
+    // not parse or selects no operation).
+    outline: Option<std::sync::Arc<super::document::Outline>>,
 ) -> Response {
     let started = Instant::now();
-    let outline = app.outlines.of(&request);
     let kind = match outline.as_ref().map(|o| o.ty) {
         Some(OperationType::Query) => "query",
         Some(OperationType::Mutation) => "mutation",
