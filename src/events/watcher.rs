@@ -206,61 +206,62 @@ impl Watcher {
             };
             let (peers, tasks) = watched_on(wanted, cluster_id);
             let cluster_state = states.remove(&cluster_id).unwrap_or_default();
+            // Each cluster's findings go out as soon as they are in its
+            // cache entries: one cluster's events do not wait for another
+            // cluster's list to be fetched and decoded.
             jobs.push(async move {
-                let polled = self
+                let mut polled = self
                     .poll_cluster(cluster_id, cluster_state, hosts, peers, tasks)
                     .await;
-                (reach, polled)
+                self.update_cache(&mut polled).await;
+                self.publish(reach, std::mem::take(&mut polled.events))
+                    .await;
+                polled
             });
         }
-        let polls = async {
-            let mut polled = join_all(jobs).await;
-            // Cache updated before anyone hears of the change, so a query
-            // made on receipt of an event sees the new data: a changed host
-            // list is replaced by the one just fetched (not reloaded by the
-            // next query); other stale entries are invalidated, each once
-            // however many of its parts changed.
-            let replacements: Vec<_> = polled
-                .iter_mut()
-                .filter_map(|(_, p)| p.host_list.take())
-                .collect();
-            let replaced: HashSet<CacheKey> =
-                replacements.iter().map(|(r, _)| r.key().clone()).collect();
-            let stale: HashSet<_> = polled
-                .iter()
-                .flat_map(|(_, p)| p.events.iter().filter(|e| !is_baseline(e)))
-                .flat_map(bus::affected_keys)
-                .filter(|key| !replaced.contains(key))
-                .collect();
-            let updates = replacements
-                .into_iter()
-                .map(|(r, fetched)| {
-                    let cache = self.cache.clone();
-                    async move { cache.replace(r, &fetched).await }.boxed()
-                })
-                .chain(stale.into_iter().map(|key| {
-                    let cache = self.cache.clone();
-                    async move { cache.invalidate(&key).await }.boxed()
-                }))
-                .collect::<Vec<BoxFuture<'static, ()>>>();
-            futures::stream::iter(updates)
-                .buffer_unordered(INVALIDATE_CONCURRENCY)
-                .collect::<()>()
-                .await;
-            polled
-        };
         // A poll may take longer than the lease (a blackholed scheduler, a
         // large watch set, a slow Redis): the leases are renewed meanwhile,
         // or another replica would start polling the same clusters.
         let held: Vec<u64> = state.held.iter().copied().collect();
         let polled = tokio::select! {
-            polled = polls => polled,
+            polled = join_all(jobs) => polled,
             never = self.keep_leases(&held) => match never {},
         };
-        for (reach, polled) in polled {
+        for polled in polled {
             state.clusters.insert(polled.cluster_id, polled.state);
-            self.publish(reach, polled.events).await;
         }
+    }
+
+    /// Brings the cache up to date with one cluster's poll before anyone
+    /// hears of its changes, so a query made on receipt of an event sees
+    /// the new data: a changed host list is replaced by the one just
+    /// fetched (not reloaded by the next query); other stale entries are
+    /// invalidated, each once however many of its parts changed.
+    async fn update_cache(&self, polled: &mut Polled) {
+        let replacement = polled.host_list.take();
+        let replaced = replacement.as_ref().map(|(r, _)| r.key().clone());
+        let stale: HashSet<CacheKey> = polled
+            .events
+            .iter()
+            .filter(|e| !is_baseline(e))
+            .flat_map(bus::affected_keys)
+            .filter(|key| Some(key) != replaced.as_ref())
+            .collect();
+        let updates = replacement
+            .into_iter()
+            .map(|(r, fetched)| {
+                let cache = self.cache.clone();
+                async move { cache.replace(r, &fetched).await }.boxed()
+            })
+            .chain(stale.into_iter().map(|key| {
+                let cache = self.cache.clone();
+                async move { cache.invalidate(&key).await }.boxed()
+            }))
+            .collect::<Vec<BoxFuture<'static, ()>>>();
+        futures::stream::iter(updates)
+            .buffer_unordered(INVALIDATE_CONCURRENCY)
+            .collect::<()>()
+            .await;
     }
 
     /// Nothing is watched any more: gives up the leases and forgets every
