@@ -177,6 +177,60 @@ async fn changes_found_by_one_poll_arrive_as_one_batch_in_the_order_of_host_even
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_subscription_hears_only_the_hosts_its_filter_selects() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let mut client = WsClient::ready(&gateway.url()).await;
+    // The search is case-insensitive and applies to every event the
+    // stream sees, in both the single and the batched form.
+    client
+        .subscribe(
+            "one",
+            "subscription($f: HostFilter) { hostEvents(filter: $f) { host { hostname } } }",
+            json!({"f": {"search": "  WANTED "}}),
+        )
+        .await;
+    client
+        .subscribe(
+            "many",
+            "subscription($f: HostFilter) { hostEventBatches(filter: $f) { host { hostname } } }",
+            json!({"f": {"search": "wanted"}}),
+        )
+        .await;
+    wait_until("both subscriptions live", Duration::from_secs(5), || {
+        gateway.state.events.live_subscriptions() == 2
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 4).await;
+    let template = sim.hosts(1).remove(0);
+    for name in ["other-1", "wanted-1", "other-2", "Wanted-2"] {
+        let mut host = template.clone();
+        host.id = name.into();
+        host.hostname = name.into();
+        sim.upsert_host(host);
+    }
+    let mut single = Vec::new();
+    for _ in 0..2 {
+        let event = next_event(&mut client, "one", Duration::from_secs(5)).await;
+        single.push(event["hostEvents"]["host"]["hostname"].clone());
+    }
+    single.sort_by_key(|name| name.to_string());
+    assert_eq!(single, [json!("Wanted-2"), json!("wanted-1")]);
+    let mut batched = Vec::new();
+    while batched.len() < 2 {
+        let batch = next_event(&mut client, "many", Duration::from_secs(5)).await;
+        let batch = batch["hostEventBatches"].as_array().unwrap().clone();
+        batched.extend(batch.iter().map(|e| e["host"]["hostname"].clone()));
+    }
+    batched.sort_by_key(|name| name.to_string());
+    assert_eq!(batched, single);
+    // The other hosts were never sent.
+    assert_eq!(client.receive(INTERVAL * 3).await, Received::Nothing);
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
+
 /// The host and the freshness report of one `host` query.
 async fn host_freshness(url: &str, id: &str) -> (Value, Value) {
     let body = response(url, HOST, json!({"id": id})).await;

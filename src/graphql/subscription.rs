@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::GatewayState;
 use super::errors::{bad_input, coded};
-use super::hosts::HostFilter;
+use super::hosts::{CompiledFilter, HostFilter};
 use super::ids::check_id;
 use super::loaders::Loaders;
 use super::query::Query;
@@ -129,7 +129,7 @@ const BATCH_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(50)
 struct SelectedHostEvents {
     rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
     clusters: Option<Vec<u64>>,
-    filter: HostFilter,
+    filter: CompiledFilter<'static>,
     include_resource_changes: bool,
     /// Keeps the watcher polling host lists while the stream lives.
     _interest: crate::events::InterestGuard,
@@ -146,7 +146,7 @@ fn select_host_events(
     Ok(SelectedHostEvents {
         rx: state.events.bus.subscribe(),
         clusters,
-        filter,
+        filter: filter.into_compiled(),
         include_resource_changes,
         _interest: state.events.interest.watch_hosts(),
     })
@@ -197,7 +197,7 @@ impl SelectedHostEvents {
             .clusters
             .as_ref()
             .is_some_and(|c| !c.contains(&event.cluster_id))
-            || !self.filter.compile().matches(host)
+            || !self.filter.matches(host)
             || (*change == HostChange::Updated
                 && !self.include_resource_changes
                 && only_resources(changed_fields))

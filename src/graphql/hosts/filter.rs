@@ -1,5 +1,7 @@
 //! Which hosts to list: the filter input, compiled once per listing.
 
+use std::borrow::Cow;
+
 use async_graphql::InputObject;
 
 use crate::graphql::types::HostType;
@@ -31,20 +33,32 @@ fn any_of(wanted: &Option<Vec<String>>, value: Option<&str>) -> bool {
 
 /// A filter with its search term lower-cased once, not once per host.
 pub struct CompiledFilter<'a> {
-    filter: &'a HostFilter,
+    filter: Cow<'a, HostFilter>,
     search: Option<String>,
 }
 
 impl HostFilter {
     pub fn compile(&self) -> CompiledFilter<'_> {
         CompiledFilter {
-            filter: self,
-            search: self
-                .search
-                .as_ref()
-                .map(|s| s.trim().to_lowercase())
-                .filter(|s| !s.is_empty()),
+            search: self.lowered_search(),
+            filter: Cow::Borrowed(self),
         }
+    }
+
+    /// The filter compiled and kept, for a stream that applies it to every
+    /// event it sees.
+    pub fn into_compiled(self) -> CompiledFilter<'static> {
+        CompiledFilter {
+            search: self.lowered_search(),
+            filter: Cow::Owned(self),
+        }
+    }
+
+    fn lowered_search(&self) -> Option<String> {
+        self.search
+            .as_ref()
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
     }
 
     /// The cluster ids the filter names, if any; unparsable ids are kept
@@ -64,7 +78,7 @@ impl HostFilter {
 impl CompiledFilter<'_> {
     /// True when the filter lets every host through.
     pub fn is_empty(&self) -> bool {
-        let f = self.filter;
+        let f = &*self.filter;
         self.search.is_none()
             && f.types.is_none()
             && f.idcs.is_none()
@@ -75,7 +89,7 @@ impl CompiledFilter<'_> {
     }
 
     pub fn matches(&self, host: &Host) -> bool {
-        let f = self.filter;
+        let f = &*self.filter;
         if let Some(types) = &f.types
             && !types.contains(&HostType::from_wire(host.r#type))
         {
