@@ -65,10 +65,10 @@ pub struct LiveReport {
     pub changes_made: u64,
     /// Host events the gateway published.
     pub events_published: u64,
-    /// From an event's observation to its arrival on the (first) gateway's
-    /// bus: the watcher's share of the delivery lag.
-    pub bus_lag_p50_ms: f64,
-    pub bus_lag_p99_ms: f64,
+    /// From an event's observation to its arrival on each gateway's bus
+    /// (the watcher's share of the delivery lag): p50 and p99, one pair
+    /// per replica in start order; a follower's includes the Redis hop.
+    pub bus_lag_ms: Vec<(f64, f64)>,
     /// Messages every subscriber should have received (events x subscribers).
     pub deliveries_expected: u64,
     pub subscribers_report: SubscriberReport,
@@ -115,10 +115,16 @@ impl LiveReport {
                 s.messages as f64 / s.event_messages as f64
             );
         }
-        out += &format!(
-            "  on the bus after observation p50 {:.1} ms  p99 {:.1} ms\n",
-            self.bus_lag_p50_ms, self.bus_lag_p99_ms
-        );
+        for (n, (p50, p99)) in self.bus_lag_ms.iter().enumerate() {
+            let replica = if self.bus_lag_ms.len() > 1 {
+                format!(" (replica {})", n + 1)
+            } else {
+                String::new()
+            };
+            out += &format!(
+                "  on the bus after observation{replica} p50 {p50:.1} ms  p99 {p99:.1} ms\n"
+            );
+        }
         out += &format!(
             "  delivery lag p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n  detection lag p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
             s.delivery_p50_ms,
@@ -449,22 +455,26 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
     tokio::time::sleep(args.watch_interval * 3 + Duration::from_secs(1)).await;
     let rss_idle = rss_mib();
 
-    // Every replica hears every host event: the first one counts them.
-    let (published, bus_lag, counting) = count_host_events(events[0]);
+    // Every replica hears every host event: the first one counts them,
+    // each one times them.
+    let counted: Vec<_> = events.iter().map(|e| count_host_events(e)).collect();
     let rate = args.event_rate.max(1);
     let (made, elapsed) = change_hosts(&sim, args, rate).await;
     // Let the last changes be polled and delivered.
     tokio::time::sleep(args.watch_interval * 2 + Duration::from_secs(2)).await;
     let rss_after = rss_mib();
-    let events_published = published.load(Ordering::Relaxed);
-    let (bus_lag_p50_ms, bus_lag_p99_ms) = {
+    let events_published = counted
+        .first()
+        .map_or(0, |(published, _, _)| published.load(Ordering::Relaxed));
+    let mut bus_lag_ms = Vec::with_capacity(counted.len());
+    for (_, bus_lag, counting) in &counted {
+        counting.abort();
         let lag = bus_lag.lock().await;
-        (
+        bus_lag_ms.push((
             lag.value_at_quantile(0.5) as f64,
             lag.value_at_quantile(0.99) as f64,
-        )
-    };
-    counting.abort();
+        ));
+    }
 
     let subscribers_report = side.report(&stop).await?;
     for gateway in gateways {
@@ -486,8 +496,7 @@ pub async fn run(args: &BenchArgs) -> Result<LiveReport, BenchError> {
         duration_s: elapsed.as_secs_f64(),
         changes_made: made,
         events_published,
-        bus_lag_p50_ms,
-        bus_lag_p99_ms,
+        bus_lag_ms,
         deliveries_expected: events_published * subscribers as u64,
         subscribers_report,
         rss_mib_before: rss_before,
