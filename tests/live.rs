@@ -181,17 +181,20 @@ async fn changes_found_by_one_poll_arrive_as_one_batch_in_the_order_of_host_even
 async fn a_filtered_subscription_hears_only_the_hosts_its_filter_selects() {
     let sim = SimCluster::start(small_sim()).await.unwrap();
     let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
-    let mut client = WsClient::ready(&gateway.url()).await;
+    // Two connections: each reads its own stream, whatever the order in
+    // which the gateway sends the two.
+    let mut single_client = WsClient::ready(&gateway.url()).await;
+    let mut batch_client = WsClient::ready(&gateway.url()).await;
     // The search is case-insensitive and applies to every event the
     // stream sees, in both the single and the batched form.
-    client
+    single_client
         .subscribe(
             "one",
             "subscription($f: HostFilter) { hostEvents(filter: $f) { host { hostname } } }",
             json!({"f": {"search": "  WANTED "}}),
         )
         .await;
-    client
+    batch_client
         .subscribe(
             "many",
             "subscription($f: HostFilter) { hostEventBatches(filter: $f) { host { hostname } } }",
@@ -212,21 +215,22 @@ async fn a_filtered_subscription_hears_only_the_hosts_its_filter_selects() {
     }
     let mut single = Vec::new();
     for _ in 0..2 {
-        let event = next_event(&mut client, "one", Duration::from_secs(5)).await;
+        let event = next_event(&mut single_client, "one", Duration::from_secs(5)).await;
         single.push(event["hostEvents"]["host"]["hostname"].clone());
     }
     single.sort_by_key(|name| name.to_string());
     assert_eq!(single, [json!("Wanted-2"), json!("wanted-1")]);
     let mut batched = Vec::new();
     while batched.len() < 2 {
-        let batch = next_event(&mut client, "many", Duration::from_secs(5)).await;
+        let batch = next_event(&mut batch_client, "many", Duration::from_secs(5)).await;
         let batch = batch["hostEventBatches"].as_array().unwrap().clone();
         batched.extend(batch.iter().map(|e| e["host"]["hostname"].clone()));
     }
     batched.sort_by_key(|name| name.to_string());
     assert_eq!(batched, single);
     // The other hosts were never sent.
-    assert_eq!(client.receive(INTERVAL * 3).await, Received::Nothing);
+    assert_eq!(single_client.receive(INTERVAL * 3).await, Received::Nothing);
+    assert_eq!(batch_client.receive(INTERVAL).await, Received::Nothing);
     gateway.shutdown().await;
     sim.shutdown().await;
 }

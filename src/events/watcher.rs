@@ -154,7 +154,7 @@ struct Plan {
     polls: BTreeMap<u64, Reach>,
 }
 
-/// Cache invalidations of one poll sent to Redis at once.
+/// Cache invalidations of one cluster's poll sent to Redis at once.
 const INVALIDATE_CONCURRENCY: usize = 32;
 
 impl Watcher {
