@@ -95,7 +95,7 @@ fn secured(config: &mut Config, idp: &Idp) {
     config.auth.manager = Some(ManagerAuth {
         jwt_key: Some(MANAGER_KEY.into()),
         users: BTreeMap::from([("1".to_owned(), Role::Admin)]),
-        default_role: Some(Role::Viewer),
+        default_role: Role::Viewer,
         ..ManagerAuth::default()
     });
     config.auth.oidc = Some(OidcAuth {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod live;
+pub mod manager;
 pub mod proxy;
 pub mod redis;
 pub mod redis_cluster;
