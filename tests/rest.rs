@@ -6,6 +6,9 @@
 //! showing up within one watch interval.
 
 mod support;
+// Not in `support`: the CLI's tests share that module and have no axum.
+#[path = "support/manager.rs"]
+mod manager;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,8 +18,8 @@ use dfgraph::config::Config;
 use dfgraph::http::rest::peer::peer_id;
 use dfgraph::proto::common::v2::Host;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use manager::{MANAGER_PAGE, ManagerStandIn, ROOT_USER};
 use serde_json::{Value, json};
-use support::manager::{MANAGER_PAGE, ManagerStandIn, ROOT_USER};
 use support::{TestEnv, small_sim};
 
 /// `models.Peer`'s JSON fields, in the order `encoding/json` writes them.

@@ -120,7 +120,7 @@ async fn record(
 
 /// The session's user id, as gin-jwt finds it: cookie `jwt`, then
 /// `Authorization: Bearer`, then `?token=`.
-fn session(stand: &Stand, headers: &HeaderMap, query: Option<&str>) -> Result<u64, Response> {
+fn session(stand: &Stand, headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()
@@ -135,22 +135,23 @@ fn session(stand: &Stand, headers: &HeaderMap, query: Option<&str>) -> Result<u6
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let query = query.and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")));
-    let token = cookie.or(bearer).or(query.map(str::to_owned));
-    let unauthorized = || {
-        (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({ "message": "Unauthorized" })),
-        )
-            .into_response()
-    };
-    let token = token.ok_or_else(unauthorized)?;
+    let token = cookie.or(bearer).or(query.map(str::to_owned))?;
     let claims = decode::<Value>(
         &token,
         &DecodingKey::from_secret(stand.key.as_bytes()),
         &Validation::new(jsonwebtoken::Algorithm::HS256),
     )
-    .map_err(|_| unauthorized())?;
-    claims.claims["id"].as_u64().ok_or_else(unauthorized)
+    .ok()?;
+    claims.claims["id"].as_u64()
+}
+
+/// gin-jwt's refusal.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({ "message": "Unauthorized" })),
+    )
+        .into_response()
 }
 
 fn role_of(user: u64) -> &'static str {
@@ -177,8 +178,8 @@ async fn user(
     RawQuery(query): RawQuery,
     Path(id): Path<u64>,
 ) -> Response {
-    if let Err(refused) = session(&stand, &headers, query.as_deref()) {
-        return refused;
+    if session(&stand, &headers, query.as_deref()).is_none() {
+        return unauthorized();
     }
     axum::Json(json!({ "id": id, "name": role_of(id), "state": "enable" })).into_response()
 }
@@ -191,14 +192,14 @@ async fn roles(
 ) -> Response {
     match session(&stand, &headers, query.as_deref()) {
         // The RBAC middleware: a guest may read its own roles, as anyone's.
-        Ok(_) => axum::Json(json!([role_of(id)])).into_response(),
-        Err(refused) => refused,
+        Some(_) => axum::Json(json!([role_of(id)])).into_response(),
+        None => unauthorized(),
     }
 }
 
 async fn cluster(State(stand): State<Stand>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    if let Err(refused) = session(&stand, &headers, None) {
-        return refused;
+    if session(&stand, &headers, None).is_none() {
+        return unauthorized();
     }
     axum::Json(json!({ "id": id, "name": format!("cluster-{id}"), "scheduler_cluster_id": id, "seed_peer_cluster_id": id }))
         .into_response()
@@ -210,8 +211,8 @@ async fn scheduler_cluster(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    if let Err(refused) = session(&stand, &headers, None) {
-        return refused;
+    if session(&stand, &headers, None).is_none() {
+        return unauthorized();
     }
     if id > 2 {
         return (
@@ -241,16 +242,15 @@ async fn scheduler_cluster(
 }
 
 async fn jobs(State(stand): State<Stand>, headers: HeaderMap) -> Response {
-    if let Err(refused) = session(&stand, &headers, None) {
-        return refused;
+    if session(&stand, &headers, None).is_none() {
+        return unauthorized();
     }
     axum::Json(json!([])).into_response()
 }
 
 async fn create_job(State(stand): State<Stand>, headers: HeaderMap, body: Bytes) -> Response {
-    let user = match session(&stand, &headers, None) {
-        Ok(user) => user,
-        Err(refused) => return refused,
+    let Some(user) = session(&stand, &headers, None) else {
+        return unauthorized();
     };
     if role_of(user) != "root" {
         return (
@@ -266,8 +266,8 @@ async fn create_job(State(stand): State<Stand>, headers: HeaderMap, body: Bytes)
 
 async fn delete_peer(State(stand): State<Stand>, headers: HeaderMap) -> Response {
     match session(&stand, &headers, None) {
-        Ok(_) => StatusCode::OK.into_response(),
-        Err(refused) => refused,
+        Some(_) => StatusCode::OK.into_response(),
+        None => unauthorized(),
     }
 }
 

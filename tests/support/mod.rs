@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod live;
-pub mod manager;
 pub mod proxy;
 pub mod redis;
 pub mod redis_cluster;

@@ -14,12 +14,15 @@ use redis::Value;
 
 use crate::redis::Redis;
 
+/// Cluster id -> host id -> first sighting, unix milliseconds.
+type Sightings = HashMap<u64, HashMap<Box<str>, i64>>;
+
 /// First sightings of hosts, shared through Redis when there is one.
 #[derive(Clone)]
 pub struct FirstSeen {
-    /// Cluster id -> host id -> unix milliseconds. Looked up by `&str`
-    /// for every host of every list served, so no key is allocated then.
-    memory: Arc<RwLock<HashMap<u64, HashMap<Box<str>, i64>>>>,
+    /// Looked up by `&str` for every host of every list served, so no
+    /// key is allocated then.
+    memory: Arc<RwLock<Sightings>>,
     redis: Option<Redis>,
 }
 

@@ -122,6 +122,9 @@ async fn admit(
     }
 }
 
+/// Cluster id -> its latest host list and when it was read.
+type LastLists = HashMap<u64, (Arc<ListHostsResponse>, DateTime<Utc>)>;
+
 /// What the REST handlers keep between requests.
 #[derive(Clone)]
 pub struct RestState {
@@ -130,7 +133,7 @@ pub struct RestState {
     /// read: served, marked, when they stop answering past the cache's
     /// stale window, as the manager's table would still show its rows.
     /// Per replica: one that never read a cluster has none to show.
-    last_known: Arc<Mutex<HashMap<u64, (Arc<ListHostsResponse>, DateTime<Utc>)>>>,
+    last_known: Arc<Mutex<LastLists>>,
     clusters: clusters::SchedulerClusters,
 }
 
@@ -474,7 +477,7 @@ async fn get_peer(
 /// no active scheduler is `404 scheduler cluster id N: record not found`);
 /// none named: every served cluster with a scheduler, and when there is
 /// none, the manager's `500 active schedulers not found`.
-fn sync_targets(app: &AppState, named: Option<Vec<u64>>) -> Result<Vec<u64>, Response> {
+fn sync_targets(app: &AppState, named: Option<Vec<u64>>) -> Result<Vec<u64>, (StatusCode, String)> {
     let with_scheduler: Vec<u64> = app
         .gateway
         .cluster
@@ -485,16 +488,16 @@ fn sync_targets(app: &AppState, named: Option<Vec<u64>>) -> Result<Vec<u64>, Res
     match named {
         Some(ids) if !ids.is_empty() => {
             if let Some(missing) = ids.iter().find(|id| !with_scheduler.contains(id)) {
-                return Err(message(
+                return Err((
                     StatusCode::NOT_FOUND,
-                    &format!("scheduler cluster id {missing}: record not found"),
+                    format!("scheduler cluster id {missing}: record not found"),
                 ));
             }
             Ok(ids)
         }
-        _ if with_scheduler.is_empty() => Err(message(
+        _ if with_scheduler.is_empty() => Err((
             StatusCode::INTERNAL_SERVER_ERROR,
-            "active schedulers not found",
+            "active schedulers not found".into(),
         )),
         _ => Ok(with_scheduler),
     }
@@ -558,7 +561,7 @@ async fn create_job(State(app): State<AppState>, admitted: Admitted, request: Re
             };
             let clusters = match sync_targets(&app, request.scheduler_cluster_ids) {
                 Ok(clusters) => clusters,
-                Err(refused) => return refused,
+                Err((status, text)) => return message(status, &text),
             };
             app.gateway.events.interest.touch_hosts();
             for cluster_id in clusters {
