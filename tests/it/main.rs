@@ -15,6 +15,7 @@ mod auth;
 mod browser;
 mod cache;
 mod cache_gateway;
+mod docs;
 mod gateway;
 mod limits;
 mod live;
