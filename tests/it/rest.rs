@@ -5,22 +5,16 @@
 //! shapes, access control, and a host joining the simulated cluster
 //! showing up within one watch interval.
 
-mod support;
-// Not in `support`: the CLI's tests share that module and have no axum.
-#[path = "support/manager.rs"]
-mod manager;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use crate::manager::{MANAGER_PAGE, ManagerStandIn, ROOT_USER, manager_token, now};
+use crate::support::{TestEnv, small_sim};
 use dfgraph::auth::{Anonymous, ManagerAuth, Role, StaticToken, hash_token};
 use dfgraph::config::Config;
 use dfgraph::http::rest::peer::peer_id;
 use dfgraph::proto::common::v2::Host;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use manager::{MANAGER_PAGE, ManagerStandIn, ROOT_USER};
 use serde_json::{Value, json};
-use support::{TestEnv, small_sim};
 
 /// `models.Peer`'s JSON fields, in the order `encoding/json` writes them.
 const PEER_FIELDS: [&str; 24] = [
@@ -539,24 +533,6 @@ async fn pages_links_and_bad_input_as_the_manager_answers_them() {
     .await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     env.stop().await;
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A console session as the manager signs it (gin-jwt, HS256).
-fn manager_token(user_id: u64, exp: u64, key: &str) -> String {
-    let claims = json!({ "id": user_id, "exp": exp, "orig_iat": now() });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(key.as_bytes()),
-    )
-    .unwrap()
 }
 
 fn secured(config: &mut Config) {
@@ -1292,10 +1268,10 @@ async fn as_the_managers_front_door_the_console_gets_everything_through_dfgraph(
 
 #[tokio::test]
 async fn replicas_sharing_redis_agree_on_when_each_host_was_first_seen() {
-    let redis = support::redis::RedisServer::start();
+    let redis = crate::support::redis::RedisServer::start();
     let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
     let replica = || {
-        let mut config = support::gateway_config(&sim);
+        let mut config = crate::support::gateway_config(&sim);
         config.redis = Some(redis.url());
         dfgraph::gateway::Gateway::start(config)
     };

@@ -2,7 +2,8 @@
 //! and dfgraph's front door call it: the console's page at `/`, users and
 //! their RBAC roles (checking the caller's gin-jwt session as the manager
 //! does), clusters, scheduler clusters, jobs, and the manager's `301 /`
-//! for any other path. It records what reached it.
+//! for any other path. It records what reached it. Also the sessions
+//! such a manager issues, for tests to present.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,26 @@ use axum::routing::get;
 use jsonwebtoken::{DecodingKey, Validation, decode};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+
+/// Seconds since the Unix epoch, as JWT time claims count.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A console session as the manager issues it (gin-jwt: HS256, claims
+/// `id`, `exp`, `orig_iat`), signed with `key`.
+pub fn manager_token(user_id: u64, exp: u64, key: &str) -> String {
+    let claims = json!({ "id": user_id, "exp": exp, "orig_iat": now() });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// The manager's page, as a test recognises it.
 pub const MANAGER_PAGE: &str =
