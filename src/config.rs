@@ -696,6 +696,23 @@ mod tests {
     }
 
     #[test]
+    fn manager_api_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        std::fs::write(
+            &path,
+            "manager_api = \"http://manager:8080\"\n[manager_proxy]\nroles_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(config.manager_api.as_deref(), Some("http://manager:8080"));
+        assert_eq!(config.manager_proxy.roles_ttl, Duration::from_secs(5));
+        std::fs::write(&path, "manager_api = \"https://manager:8080\"\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("manager_api"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_in_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dfgraph.toml");

@@ -165,8 +165,10 @@ const MANAGER_ROOT_ROLE: &str = "root";
 /// The manager's RBAC, asked at most once per user per `ttl`.
 struct ManagerRbac {
     source: Arc<dyn ManagerRoles>,
-    /// User id -> dfgraph role; failures are not kept.
-    roles: moka::future::Cache<String, Role>,
+    /// User id -> dfgraph role, `None` when the manager could not say. A
+    /// failure is kept too: a manager that hangs must not stall each of
+    /// the user's requests by the lookup's timeout.
+    roles: moka::future::Cache<String, Option<Role>>,
 }
 
 impl ManagerRbac {
@@ -174,24 +176,18 @@ impl ManagerRbac {
     /// (the manager's `guest` may only read); `None` when the manager
     /// could not be asked.
     async fn role(&self, user: &str, token: &str) -> Option<Role> {
-        let asked = self
-            .roles
-            .try_get_with(user.to_owned(), async {
-                let roles = self.source.roles(user, token).await?;
-                Ok::<_, String>(if roles.iter().any(|r| r == MANAGER_ROOT_ROLE) {
-                    Role::Admin
-                } else {
-                    Role::Viewer
-                })
+        self.roles
+            .get_with(user.to_owned(), async {
+                match self.source.roles(user, token).await {
+                    Ok(roles) if roles.iter().any(|r| r == MANAGER_ROOT_ROLE) => Some(Role::Admin),
+                    Ok(_) => Some(Role::Viewer),
+                    Err(e) => {
+                        tracing::warn!(user, error = %e, "cannot ask the manager for a user's roles; using auth.manager.default_role");
+                        None
+                    }
+                }
             })
-            .await;
-        match asked {
-            Ok(role) => Some(role),
-            Err(e) => {
-                tracing::warn!(user, error = %e, "cannot ask the manager for a user's roles; using auth.manager.default_role");
-                None
-            }
-        }
+            .await
     }
 }
 
