@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -86,7 +86,7 @@ const LOOKUP_MAX_BYTES: usize = 1024 * 1024;
 
 /// Headers of one connection, not of the message (RFC 9110 7.6.1): never
 /// passed on.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -94,7 +94,18 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-connection",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
+];
+
+/// What a client says about where a request came from: believed only
+/// from `rate_limit.trusted_proxies`, else replaced.
+const FORWARDING: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
 ];
 
 /// Where the manager is: scheme and authority, and a path prefix when it
@@ -190,7 +201,12 @@ impl ManagerProxy {
     }
 
     /// Passes `request` to the manager and its answer back.
-    pub async fn forward(&self, request: Request, client: Option<IpAddr>) -> Response {
+    pub async fn forward(
+        &self,
+        request: Request,
+        client: Option<IpAddr>,
+        trusted_peer: bool,
+    ) -> Response {
         let (mut parts, body) = request.into_parts();
         let path = parts
             .uri
@@ -201,7 +217,7 @@ impl ManagerProxy {
             Ok(uri) => uri,
             Err(e) => return message(StatusCode::BAD_REQUEST, &format!("bad path: {e}")),
         };
-        forwarded_headers(&mut parts.headers, client);
+        forwarded_headers(&mut parts.headers, client, trusted_peer);
         // HTTP/1.1 toward the manager, whatever the client spoke.
         parts.version = axum::http::Version::HTTP_11;
         let outbound = axum::http::Request::from_parts(parts, body);
@@ -359,9 +375,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Hop-by-hop headers out; `Host` becomes the manager's (the client sets
 /// it from the URI); the original host, scheme and client address in
-/// `X-Forwarded-*`, appended to what a proxy before dfgraph wrote.
-fn forwarded_headers(headers: &mut HeaderMap, client: Option<IpAddr>) {
+/// `X-Forwarded-*`. Only a trusted proxy's own `X-Forwarded-*` are kept
+/// (appended to); anyone else's, with `Forwarded` and `X-Real-IP`, are
+/// dropped: the manager must not believe an address a client made up.
+fn forwarded_headers(headers: &mut HeaderMap, client: Option<IpAddr>, trusted_peer: bool) {
     strip_hop_by_hop(headers);
+    if !trusted_peer {
+        for name in FORWARDING {
+            headers.remove(name);
+        }
+    }
     let host = headers.remove(header::HOST);
     if let Some(ip) = client {
         let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -395,10 +418,26 @@ fn message(status: StatusCode, text: &str) -> Response {
 /// The router's fallback, and the fallback of dfgraph's REST routes for
 /// the manager's other methods on the same paths.
 pub async fn pass(State(app): State<AppState>, request: Request) -> Response {
+    pass_on(&app, request).await
+}
+
+/// Passes `request` to the manager (404 without one), after the CSRF
+/// check dfgraph's own writes get.
+pub async fn pass_on(app: &AppState, request: Request) -> Response {
     match &app.manager_proxy {
         Some(proxy) => {
+            // The console sends JSON with every write: a simple (form or
+            // text) cross-site write riding its cookie is refused here.
+            let method = request.method().clone();
+            if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+                && app.browser.csrf_prevention
+                && let Some(why) = super::browser::csrf_refusal(&method, request.headers())
+            {
+                return message(StatusCode::BAD_REQUEST, why);
+            }
             let client = client_ip(&request);
-            proxy.forward(request, client).await
+            let trusted = client.is_some_and(|ip| app.rate_limit.trusts(ip));
+            proxy.forward(request, client, trusted).await
         }
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -455,7 +494,23 @@ mod tests {
         );
         headers.insert(header::COOKIE, HeaderValue::from_static("jwt=abc"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
-        forwarded_headers(&mut headers, Some(IpAddr::from([127, 0, 0, 1])));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let mut untrusted = headers.clone();
+        untrusted.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        untrusted.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        untrusted.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        untrusted.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        forwarded_headers(&mut untrusted, Some(IpAddr::from([127, 0, 0, 1])), false);
+        assert_eq!(untrusted["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(untrusted["x-forwarded-host"], "console.example.com");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert!(untrusted.get("forwarded").is_none());
+        assert!(untrusted.get("x-real-ip").is_none());
+        forwarded_headers(&mut headers, Some(IpAddr::from([127, 0, 0, 1])), true);
+        assert!(headers.get(header::TRANSFER_ENCODING).is_none());
         assert!(headers.get(header::CONNECTION).is_none());
         assert!(headers.get("x-private").is_none());
         assert!(headers.get(header::HOST).is_none());

@@ -75,15 +75,23 @@ pub fn router(state: AppState) -> Router {
     // pages' files and metrics never are.
     // The manager's console takes `/` when dfgraph is its front door.
     let front_door = state.manager_proxy.is_some();
+    // A backstop on dfgraph's own routes: `/graphql` answers within the
+    // budget by itself, with a GraphQL error; this catches anything else
+    // that would hang. The manager's calls have their own timeouts.
+    let timeout = TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout + std::time::Duration::from_secs(1),
+    );
     let api = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket))
-        .merge(rest::routes(front_door))
+        .route_layer(timeout)
+        .merge(rest::routes(front_door, timeout))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::admit,
         ));
-    let mut router = api
+    let mut pages = Router::new()
         .route("/graphiql", get(assets::graphiql))
         .route("/dfgraph", get(assets::console))
         .route("/dfgraph/", get(assets::console))
@@ -92,18 +100,12 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if !front_door {
-        router = router.route("/", get(assets::console));
+        pages = pages.route("/", get(assets::console));
     }
     if !state.metrics_access.separate_listener {
-        router = router.route("/metrics", get(metrics::render));
+        pages = pages.route("/metrics", get(metrics::render));
     }
-    // A backstop on dfgraph's own routes: `/graphql` answers within the
-    // budget by itself, with a GraphQL error; this catches anything else
-    // that would hang. The manager's calls have their own timeouts.
-    router = router.route_layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        request_timeout + std::time::Duration::from_secs(1),
-    ));
+    let mut router = api.merge(pages.route_layer(timeout));
     if front_door {
         router = router.fallback(manager_proxy::pass);
     }

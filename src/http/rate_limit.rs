@@ -144,6 +144,9 @@ fn network_of(ip: IpAddr) -> IpAddr {
 #[derive(Clone, Default)]
 pub struct RateLimiter {
     inner: Option<Arc<Inner>>,
+    /// `trusted_proxies`, read with rate limiting off too (the manager
+    /// front door believes their `X-Forwarded-*`).
+    proxies: Arc<Vec<IpNet>>,
 }
 
 struct Inner {
@@ -160,6 +163,13 @@ impl RateLimiter {
                     setting: setting.into(),
                     message,
                 })?;
+        let proxies = Arc::new(
+            config
+                .trusted_proxies
+                .iter()
+                .filter_map(|entry| parse_net(entry))
+                .collect(),
+        );
         Ok(RateLimiter {
             inner: parsed.map(|(quota, trusted)| {
                 Arc::new(Inner {
@@ -167,7 +177,14 @@ impl RateLimiter {
                     trusted,
                 })
             }),
+            proxies,
         })
+    }
+
+    /// True when `peer` is one of `trusted_proxies`.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxies.iter().any(|net| net.contains(&peer))
     }
 
     pub fn enabled(&self) -> bool {

@@ -31,12 +31,20 @@ use crate::auth::Principal;
 use crate::cache::CacheKey;
 use crate::cluster::{ClusterError, SchedulerHandle};
 use crate::proto::scheduler::v2::ListHostsResponse;
+use tower_http::timeout::TimeoutLayer;
 
 /// The routes, for the main router to merge. As the manager's front door
 /// (`front_door`), the manager's other methods on these paths (creating
 /// and deleting peers, listing jobs) pass to it.
-pub fn routes(front_door: bool) -> Router<AppState> {
-    let (mut peers, mut peer, mut jobs) = (get(list_peers), get(get_peer), post(create_job));
+pub fn routes(front_door: bool, timeout: TimeoutLayer) -> Router<AppState> {
+    // The backstop timeout is for dfgraph's own handlers only: the
+    // manager's calls on these paths (the method fallbacks) have the
+    // proxy's own timeouts.
+    let (mut peers, mut peer, mut jobs) = (
+        get(list_peers).route_layer(timeout),
+        get(get_peer).route_layer(timeout),
+        post(create_job).route_layer(timeout),
+    );
     if front_door {
         peers = peers.fallback(manager_proxy::pass);
         peer = peer.fallback(manager_proxy::pass);
@@ -523,7 +531,6 @@ struct SyncPeersJob {
 /// none are named), so the console's next `GET /api/v1/peers` reads them
 /// from the schedulers. Other job types belong to the manager.
 async fn create_job(State(app): State<AppState>, admitted: Admitted, request: Request) -> Response {
-    let client = manager_proxy::client_ip(&request);
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, app.gateway.limits.max_body_bytes).await {
         Ok(body) => body,
@@ -531,11 +538,9 @@ async fn create_job(State(app): State<AppState>, admitted: Admitted, request: Re
     };
     let job_type = serde_json::from_slice::<JobType>(&body).map(|j| j.r#type);
     // Every other job (and what does not bind) is the manager's to judge.
-    if job_type.as_deref().ok() != Some(SYNC_PEERS)
-        && let Some(proxy) = &app.manager_proxy
-    {
+    if job_type.as_deref().ok() != Some(SYNC_PEERS) && app.manager_proxy.is_some() {
         let request = Request::from_parts(parts, Body::from(body));
-        return proxy.forward(request, client).await;
+        return manager_proxy::pass_on(&app, request).await;
     }
     let headers = parts.headers;
     let principal = match admit(&app, &Method::POST, &headers, admitted).await {
