@@ -25,8 +25,8 @@ use self::peer::Row;
 use self::query::PeersQuery;
 use super::AppState;
 use crate::cache::CacheKey;
+use crate::cluster::HostList;
 use crate::cluster::{ClusterError, SchedulerHandle};
-use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// The routes, for the main router to merge.
 pub fn routes() -> Router<AppState> {
@@ -105,7 +105,7 @@ struct Snapshot {
 struct ClusterList {
     cluster_id: u64,
     /// `None`: the cluster answered with no list.
-    list: Option<Arc<ListHostsResponse>>,
+    list: Option<Arc<HostList>>,
     read_at: chrono::DateTime<Utc>,
     /// The state of its hosts (see [`Row::state`]).
     state: &'static str,
