@@ -4,11 +4,11 @@
 //! over HTTP, a static API token) against every endpoint, over real HTTP
 //! and websockets, with mutations running against the simulator.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::ws::{Received, WsClient};
+use crate::support::{TestEnv, error_codes, small_sim};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dfgraph::auth::{Anonymous, ManagerAuth, OidcAuth, Role, StaticToken, hash_token};
@@ -16,8 +16,6 @@ use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::ws::{Received, WsClient};
-use support::{TestEnv, error_codes, small_sim};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const MANAGER_KEY: &str = "the manager's auth.jwt.key";
@@ -577,7 +575,7 @@ async fn anonymous_viewers_read_but_never_mutate_and_mutations_need_an_auth_meth
     env.stop().await;
 
     let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
-    let mut config = support::gateway_config(&sim);
+    let mut config = crate::support::gateway_config(&sim);
     config.enable_mutations = true;
     let refused = Gateway::start(config)
         .await

@@ -5,18 +5,16 @@
 //! shapes, access control, and a host joining the simulated cluster
 //! showing up within one watch interval.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::{TestEnv, small_sim};
 use dfgraph::auth::{Anonymous, ManagerAuth, Role, StaticToken, hash_token};
 use dfgraph::config::Config;
 use dfgraph::http::rest::peer::peer_id;
 use dfgraph::proto::common::v2::Host;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::{TestEnv, small_sim};
 
 /// `models.Peer`'s JSON fields, in the order `encoding/json` writes them.
 const PEER_FIELDS: [&str; 24] = [
