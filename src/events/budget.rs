@@ -96,7 +96,7 @@ pub fn pick<T: Ord>(
     rotation: &mut Rotation,
     allowed: usize,
     fixed: usize,
-    mut groups: BTreeMap<Option<SocketAddr>, Vec<T>>,
+    groups: BTreeMap<Option<SocketAddr>, Vec<T>>,
 ) -> Pick<T> {
     let room = allowed.saturating_sub(fixed).max(1);
     let demand = groups
@@ -112,7 +112,7 @@ pub fn pick<T: Ord>(
     };
     rotation.next.retain(|s, _| groups.contains_key(s));
     let mut chosen = Vec::new();
-    for (scheduler, group) in &mut groups {
+    for (scheduler, mut group) in groups {
         // Sorted, so the rotation walks the same order while the watched
         // set changes around it.
         group.sort_unstable();
@@ -124,13 +124,12 @@ pub fn pick<T: Ord>(
                 .clamp(1, room)
                 .min(n)
         };
-        let next = rotation.next.entry(*scheduler).or_default();
+        let next = rotation.next.entry(scheduler).or_default();
         let start = *next % n.max(1);
         *next = (start + quota) % n.max(1);
-        let mut taken: Vec<T> = group.drain(..).collect();
-        taken.rotate_left(start);
-        taken.truncate(quota);
-        chosen.extend(taken);
+        group.rotate_left(start);
+        group.truncate(quota);
+        chosen.extend(group);
     }
     Pick {
         chosen,
