@@ -32,6 +32,13 @@ pub struct Config {
     /// How often the manager is asked again for the scheduler list.
     #[serde(with = "humantime_serde")]
     pub manager_refresh_interval: Duration,
+    /// The manager's REST address (`http://manager:8080`): dfgraph becomes
+    /// its front door, passing every path it does not serve to it (the
+    /// console's files, the rest of `/api/v1/`), and asks its RBAC which
+    /// console sessions are `root` (admin).
+    pub manager_api: Option<String>,
+    /// Timeouts toward `manager_api`, and how long a user's roles are kept.
+    pub manager_proxy: crate::http::manager_proxy::ManagerProxyConfig,
     /// Redis URL for the shared cache tier and the event bus.
     pub redis: Option<String>,
     pub tls: TlsConfig,
@@ -124,6 +131,8 @@ impl Default for Config {
             manager: None,
             scheduler_cluster_ids: Vec::new(),
             manager_refresh_interval: Duration::from_secs(60),
+            manager_api: None,
+            manager_proxy: Default::default(),
             redis: None,
             tls: TlsConfig::default(),
             timeouts: Timeouts::default(),
@@ -364,6 +373,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.static_schedulers()?;
         self.validate_access()?;
+        self.manager_proxy
+            .check(self.manager_api.as_deref())
+            .map_err(|e| invalid("manager_api", e.to_string()))?;
         self.validate_listeners_and_sources()?;
         self.validate_timeouts_and_guards()?;
         self.validate_subscriptions_and_limits()?;
@@ -681,6 +693,23 @@ mod tests {
         std::fs::write(&path, "[tracing]\nsample_ratio = 2.0\n").unwrap();
         let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("tracing.sample_ratio"), "{err}");
+    }
+
+    #[test]
+    fn manager_api_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        std::fs::write(
+            &path,
+            "manager_api = \"http://manager:8080\"\n[manager_proxy]\nroles_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(config.manager_api.as_deref(), Some("http://manager:8080"));
+        assert_eq!(config.manager_proxy.roles_ttl, Duration::from_secs(5));
+        std::fs::write(&path, "manager_api = \"https://manager:8080\"\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("manager_api"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! `set_default`).
 
 mod support;
+// The Dragonfly manager stand-in of `rest`: not in `support`, which the
+// CLI's tests share and which has no axum there.
+#[path = "support/manager.rs"]
+mod manager;
 
 mod auth;
 mod browser;
