@@ -123,7 +123,7 @@ async fn admit(
 }
 
 /// Cluster id -> its latest host list and when it was read.
-type LastLists = HashMap<u64, (Arc<ListHostsResponse>, DateTime<Utc>)>;
+type LastLists = HashMap<u64, (Arc<HostList>, DateTime<Utc>)>;
 
 /// What the REST handlers keep between requests.
 #[derive(Clone)]
@@ -148,7 +148,7 @@ impl RestState {
         }
     }
 
-    fn remember(&self, cluster_id: u64, list: &Arc<ListHostsResponse>, read_at: DateTime<Utc>) {
+    fn remember(&self, cluster_id: u64, list: &Arc<HostList>, read_at: DateTime<Utc>) {
         let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
         let newer = known.get(&cluster_id).is_none_or(|(_, at)| *at <= read_at);
         if newer {
@@ -156,7 +156,7 @@ impl RestState {
         }
     }
 
-    fn recall(&self, cluster_id: u64) -> Option<(Arc<ListHostsResponse>, DateTime<Utc>)> {
+    fn recall(&self, cluster_id: u64) -> Option<(Arc<HostList>, DateTime<Utc>)> {
         let known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
         known.get(&cluster_id).cloned()
     }
