@@ -9,10 +9,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
 use crate::cache::{Cache, CacheKey, Entity, Origin, OriginResult, TypedCache};
-use crate::cluster::{ClusterClient, ClusterError};
+use crate::cluster::{ClusterClient, ClusterError, HostList};
 use crate::deadline::Deadline;
 use crate::proto::common::v2 as pb;
-use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// Calls in flight from one batch; the per-scheduler bound still applies.
 const BATCH_CONCURRENCY: usize = 64;
@@ -20,14 +19,14 @@ const BATCH_CONCURRENCY: usize = 64;
 /// Loads host lists (`ListHosts`) for the cache.
 pub struct HostsOrigin(pub ClusterClient);
 
-impl Origin<ListHostsResponse> for HostsOrigin {
+impl Origin<HostList> for HostsOrigin {
     type Error = ClusterError;
 
     fn load(
         &self,
         keys: Vec<CacheKey>,
         deadline: Deadline,
-    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<ListHostsResponse, ClusterError>>> {
+    ) -> BoxFuture<'static, HashMap<CacheKey, OriginResult<HostList, ClusterError>>> {
         let client = self.0.clone();
         let load = async move {
             let results = futures::future::join_all(keys.iter().map(|key| {
@@ -37,7 +36,7 @@ impl Origin<ListHostsResponse> for HostsOrigin {
             .await;
             keys.into_iter()
                 .zip(results)
-                .map(|(key, result)| (key, result.map(|hosts| Some(ListHostsResponse { hosts }))))
+                .map(|(key, result)| (key, result.map(|hosts| Some(HostList::new(hosts)))))
                 .collect()
         };
         load.boxed()
@@ -125,7 +124,7 @@ fn not_a(key: &CacheKey, kind: &str) -> ClusterError {
 
 /// The cache views of the three entity kinds, built once per process.
 pub struct Origins {
-    pub hosts: TypedCache<ListHostsResponse, HostsOrigin>,
+    pub hosts: TypedCache<HostList, HostsOrigin>,
     pub tasks: TypedCache<pb::Task, TaskOrigin>,
     pub peers: TypedCache<pb::Peer, PeerOrigin>,
 }

@@ -36,6 +36,27 @@ impl<V> Replacement<V> {
 impl Cache {
     /// Prepares `value` as `key`'s new entry, fetched now.
     pub fn replacement<V: prost::Message>(&self, key: CacheKey, value: V) -> Replacement<V> {
+        self.prepare(key, value, |v| v.encode_to_vec().into(), V::encoded_len)
+    }
+
+    /// [`Cache::replacement`] of a value whose protobuf encoding is at
+    /// hand (`encoded`, as received): nothing is encoded again.
+    pub fn replacement_encoded<V>(
+        &self,
+        key: CacheKey,
+        value: V,
+        encoded: &[u8],
+    ) -> Replacement<V> {
+        self.prepare(key, value, |_| encoded.into(), |_| encoded.len())
+    }
+
+    fn prepare<'a, V>(
+        &self,
+        key: CacheKey,
+        value: V,
+        payload: impl FnOnce(&V) -> std::borrow::Cow<'a, [u8]>,
+        payload_len: impl FnOnce(&V) -> usize,
+    ) -> Replacement<V> {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
         let ttl = inner.config.ttl(key.kind());
@@ -53,11 +74,11 @@ impl Cache {
             .and_then(|_| {
                 inner
                     .codec
-                    .encode_value(&key.redis_key(), &header, Some(&value))
+                    .encode(&key.redis_key(), &header, &payload(&value))
                     .inspect_err(|error| tracing::warn!(%key, %error, "cannot encode value for L2"))
                     .ok()
             });
-        let encoded_len = bytes.as_ref().map_or_else(|| value.encoded_len(), Vec::len);
+        let encoded_len = bytes.as_ref().map_or_else(|| payload_len(&value), Vec::len);
         Replacement {
             key,
             header,

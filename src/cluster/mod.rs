@@ -8,6 +8,8 @@
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod host_list;
+pub mod raw;
 pub mod retry;
 pub mod ring;
 pub mod scheduler;
@@ -23,6 +25,7 @@ use futures::stream::FuturesUnordered;
 
 pub use error::ClusterError;
 pub use health::HealthSnapshot;
+pub use host_list::HostList;
 pub use retry::RetryConfig;
 pub use ring::TaskRing;
 pub use scheduler::{Dial, Guards, SchedulerHandle};
@@ -237,16 +240,64 @@ impl ClusterClient {
     }
 
     /// All hosts of a cluster. Every scheduler of a cluster knows every
-    /// host, so one healthy scheduler answers. Schedulers that would fail
-    /// fast are tried last (and cost nothing); after one failed call, one
-    /// retry on another scheduler, if the retry budget allows.
+    /// host, so one healthy scheduler answers (see [`Self::any_scheduler`]).
     pub async fn list_hosts(
         &self,
         cluster_id: u64,
         deadline: Deadline,
     ) -> Result<Vec<Host>, ClusterError> {
-        let cluster = self.cluster(cluster_id)?;
         let timeout = self.inner.settings.timeouts.list_hosts;
+        self.any_scheduler(cluster_id, move |scheduler| async move {
+            let call = |mut client: scheduler::Client| async move {
+                client.list_hosts(ListHostsRequest { r#type: None }).await
+            };
+            let response = scheduler.call("ListHosts", timeout, deadline, call).await;
+            response.map(|r| r.hosts)
+        })
+        .await
+    }
+
+    /// [`Self::list_hosts`], answered as the encoded `ListHostsResponse`
+    /// (split it with [`host_list::split`]): the watcher decodes only what
+    /// changed since its last poll.
+    pub async fn list_hosts_raw(
+        &self,
+        cluster_id: u64,
+        deadline: Deadline,
+    ) -> Result<bytes::Bytes, ClusterError> {
+        let timeout = self.inner.settings.timeouts.list_hosts;
+        self.any_scheduler(cluster_id, move |scheduler| async move {
+            let call = |mut grpc: scheduler::RawClient| async move {
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+                let mut request = tonic::Request::new(ListHostsRequest { r#type: None });
+                request.extensions_mut().insert(tonic::GrpcMethod::new(
+                    "scheduler.v2.Scheduler",
+                    "ListHosts",
+                ));
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/scheduler.v2.Scheduler/ListHosts",
+                );
+                grpc.unary(request, path, raw::BytesCodec::default()).await
+            };
+            scheduler
+                .call_raw("ListHosts", timeout, deadline, call)
+                .await
+        })
+        .await
+    }
+
+    /// One cluster-wide read, answered by any scheduler of the cluster.
+    /// Schedulers that would fail fast are tried last (and cost nothing);
+    /// after one failed call, one retry on another scheduler, if the retry
+    /// budget allows.
+    async fn any_scheduler<T, F, Fut>(&self, cluster_id: u64, read: F) -> Result<T, ClusterError>
+    where
+        F: Fn(Arc<SchedulerHandle>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let cluster = self.cluster(cluster_id)?;
         let mut last_error = None;
         let mut attempts = 0;
         self.retry_budget.deposit();
@@ -257,13 +308,8 @@ impl ClusterClient {
             if attempts > 0 && !scheduler.fails_fast() && !self.retry() {
                 break;
             }
-            let result = scheduler
-                .call("ListHosts", timeout, deadline, |mut client| async move {
-                    client.list_hosts(ListHostsRequest { r#type: None }).await
-                })
-                .await;
-            match result {
-                Ok(response) => return Ok(response.hosts),
+            match read(scheduler).await {
+                Ok(answer) => return Ok(answer),
                 Err(e) if e.is_scheduler_failure() => {
                     if !e.is_fast_failure() {
                         attempts += 1;

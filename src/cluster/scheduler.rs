@@ -26,6 +26,10 @@ use crate::telemetry::PropagateTrace;
 /// trace context in its metadata.
 pub type Client = SchedulerClient<InterceptedService<Channel, PropagateTrace>>;
 
+/// The same channel without generated methods, for calls whose answer is
+/// kept as bytes (see [`super::raw`]).
+pub type RawClient = tonic::client::Grpc<InterceptedService<Channel, PropagateTrace>>;
+
 /// The task id of readiness probes; no real task has it.
 pub const PROBE_TASK_ID: &str = "dfgraph-readiness-probe";
 
@@ -87,6 +91,7 @@ pub struct SchedulerHandle {
     /// `cluster_id` as a metrics label.
     cluster_label: String,
     client: Client,
+    raw: RawClient,
     pub health: Health,
     pub breaker: Breaker,
     backoff: Backoff,
@@ -110,6 +115,10 @@ impl SchedulerHandle {
                     scheduler: addr,
                     message,
                 })?;
+        let raw =
+            tonic::client::Grpc::new(InterceptedService::new(channel.clone(), PropagateTrace))
+                .max_decoding_message_size(MAX_DECODE_BYTES)
+                .max_encoding_message_size(MAX_DECODE_BYTES);
         let client = SchedulerClient::with_interceptor(channel, PropagateTrace)
             .max_decoding_message_size(MAX_DECODE_BYTES)
             .max_encoding_message_size(MAX_DECODE_BYTES);
@@ -123,6 +132,7 @@ impl SchedulerHandle {
             label,
             cluster_label,
             client,
+            raw,
             health: Health::default(),
             breaker: Breaker::new(guards.breaker, guards.clock.clone()),
             backoff: Backoff::new(&guards.retry),
@@ -212,11 +222,43 @@ impl SchedulerHandle {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_on(self.client.clone(), method, timeout, deadline, rpc)
+            .await
+    }
+
+    /// [`Self::call`] on the channel's [`RawClient`].
+    pub async fn call_raw<T, F, Fut>(
+        &self,
+        method: &'static str,
+        timeout: Duration,
+        deadline: Deadline,
+        rpc: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnOnce(RawClient) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on(self.raw.clone(), method, timeout, deadline, rpc)
+            .await
+    }
+
+    async fn call_on<C, T, F, Fut>(
+        &self,
+        client: C,
+        method: &'static str,
+        timeout: Duration,
+        deadline: Deadline,
+        rpc: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnOnce(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let span = self.call_span(method);
         let call = async {
             let started = Instant::now();
             let (timeout, cut, ticket) = self.admit(timeout, deadline)?;
-            let outcome = self.send(timeout, rpc).await;
+            let outcome = self.send(timeout, client, rpc).await;
             let verdict = self.record(method, started.elapsed(), &outcome, cut);
             self.on_transition(ticket.finish(verdict));
             outcome
@@ -295,9 +337,14 @@ impl SchedulerHandle {
     }
 
     /// Waits for a concurrency permit and the answer, both within `timeout`.
-    async fn send<T, F, Fut>(&self, timeout: Duration, rpc: F) -> Result<T, ClusterError>
+    async fn send<C, T, F, Fut>(
+        &self,
+        timeout: Duration,
+        client: C,
+        rpc: F,
+    ) -> Result<T, ClusterError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: FnOnce(C) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         tokio::time::timeout(timeout, async {
@@ -309,7 +356,7 @@ impl SchedulerHandle {
                     scheduler: self.addr,
                     message: "client is shutting down".into(),
                 })?;
-            rpc(self.client.clone())
+            rpc(client)
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|status| ClusterError::from_status(self.addr, &status))

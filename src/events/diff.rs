@@ -1,12 +1,20 @@
-//! Pure comparisons of two observations: which hosts joined, left or
-//! changed (and in which fields), and what changed in a peer or a task.
-//! Field names are the GraphQL ones, so `changedFields` reads like the
-//! schema.
+//! Comparisons of two observations: which hosts joined, left or changed
+//! (and in which fields), and what changed in a peer or a task. Field
+//! names are the GraphQL ones, so `changedFields` reads like the schema.
+//!
+//! A host list is compared as it arrives, undecoded: each host's entry is
+//! hashed and only the entries whose hash differs from the last poll's are
+//! decoded and compared field by field ([`HostSnapshot::update`]).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::HostChange;
+use crate::cluster::HostList;
+use crate::cluster::host_list::{WireError, split};
 use crate::proto::common::v2::{Host, Task};
 
 /// Fields of a host that describe load rather than identity; they change
@@ -21,37 +29,179 @@ pub struct HostDiff {
     pub changed_fields: Vec<String>,
 }
 
-/// The last host list seen of one cluster, by host id.
-pub type HostSnapshot = HashMap<String, Arc<Host>>;
+/// A decoded host list by host id: what [`diff_hosts`] compares.
+pub type DecodedHosts = HashMap<String, Arc<Host>>;
 
-pub fn snapshot_hosts(hosts: impl IntoIterator<Item = Host>) -> HostSnapshot {
+pub fn decoded_hosts(hosts: impl IntoIterator<Item = Host>) -> DecodedHosts {
     hosts
         .into_iter()
         .map(|h| (h.id.clone(), Arc::new(h)))
         .collect()
 }
 
-/// What turned `old` into `new`: joined and updated hosts in `new`'s
-/// order, then the hosts that left, by id.
-pub fn diff_hosts(old: &HostSnapshot, new: &HostSnapshot) -> Vec<HostDiff> {
+/// The last host list seen of one cluster: each host decoded (shared with
+/// the cached list) and the hash of its entry's bytes, by id.
+#[derive(Default)]
+pub struct HostSnapshot {
+    hosts: HashMap<String, Known>,
+    /// Polls applied; stamps which hosts the latest one listed.
+    polls: u64,
+}
+
+struct Known {
+    /// XXH3-128 of the entry's bytes: equal hashes mean equal bytes (a
+    /// collision is about 2^-128 likely), so the host is not decoded again.
+    hash: u128,
+    host: Arc<Host>,
+    /// The poll that last listed this host.
+    seen: u64,
+}
+
+/// What one poll of a host list found.
+pub struct HostPoll {
+    /// Joined and updated hosts by id, then those that left, by id
+    /// (empty on a first sight).
+    pub diffs: Vec<HostDiff>,
+    /// The list in the scheduler's order, sharing unchanged hosts with
+    /// the previous one.
+    pub list: HostList,
+    /// Entries decoded (new or changed bytes).
+    pub decoded: usize,
+}
+
+impl HostSnapshot {
+    /// Hosts known.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Takes in an encoded `ListHostsResponse` and reports what changed
+    /// since the last one (nothing when `first`: there is nothing to
+    /// compare with). A malformed response leaves the snapshot as it was.
+    pub fn update(&mut self, response: &Bytes, first: bool) -> Result<HostPoll, WireError> {
+        let entries = split(response)?;
+        // Decode every new or changed entry before touching the snapshot,
+        // so one bad entry fails the poll as a whole.
+        let mut hosts = Vec::with_capacity(entries.len());
+        let mut decoded = 0;
+        for entry in &entries {
+            let hash = xxhash_rust::xxh3::xxh3_128(&entry.bytes);
+            match self.hosts.get(entry.id.as_str()) {
+                Some(known) if known.hash == hash => hosts.push((hash, known.host.clone())),
+                _ => {
+                    decoded += 1;
+                    hosts.push((hash, Arc::new(entry.decode()?)));
+                }
+            }
+        }
+        self.polls += 1;
+        let poll = self.polls;
+        // What each joined or changed host was before this poll (`None`:
+        // it joined); the first value recorded is the one before the poll.
+        let mut before: HashMap<&str, Option<Arc<Host>>> = HashMap::new();
+        let mut listed = 0;
+        for (entry, (hash, host)) in entries.iter().zip(&hosts) {
+            match self.hosts.entry(entry.id.clone()) {
+                Entry::Vacant(vacant) => {
+                    listed += 1;
+                    before.entry(&entry.id).or_insert(None);
+                    vacant.insert(Known {
+                        hash: *hash,
+                        host: host.clone(),
+                        seen: poll,
+                    });
+                }
+                Entry::Occupied(occupied) => {
+                    let known = occupied.into_mut();
+                    if known.seen != poll {
+                        listed += 1;
+                    }
+                    if !Arc::ptr_eq(&known.host, host) {
+                        before
+                            .entry(&entry.id)
+                            .or_insert_with(|| Some(known.host.clone()));
+                    }
+                    known.hash = *hash;
+                    known.host = host.clone();
+                    known.seen = poll;
+                }
+            }
+        }
+        let mut left = Vec::new();
+        if listed < self.hosts.len() {
+            self.hosts.retain(|_, known| {
+                let stays = known.seen == poll;
+                if !stays {
+                    left.push(known.host.clone());
+                }
+                stays
+            });
+        }
+        let list = HostList {
+            hosts: hosts.into_iter().map(|(_, host)| host).collect(),
+        };
+        if first {
+            return Ok(HostPoll {
+                diffs: Vec::new(),
+                list,
+                decoded,
+            });
+        }
+        let mut changed: Vec<(&str, Option<Arc<Host>>)> = before.into_iter().collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut diffs = Vec::with_capacity(changed.len() + left.len());
+        for (id, before) in changed {
+            let Some(now) = self.hosts.get(id) else {
+                continue;
+            };
+            if let Some(diff) = host_diff(before.as_ref(), &now.host) {
+                diffs.push(diff);
+            }
+        }
+        left.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        diffs.extend(left.into_iter().map(|host| HostDiff {
+            change: HostChange::Left,
+            host,
+            changed_fields: Vec::new(),
+        }));
+        Ok(HostPoll {
+            diffs,
+            list,
+            decoded,
+        })
+    }
+}
+
+/// How `host` differs from what it was (`None`: it joined).
+fn host_diff(before: Option<&Arc<Host>>, host: &Arc<Host>) -> Option<HostDiff> {
+    match before {
+        None => Some(HostDiff {
+            change: HostChange::Joined,
+            host: host.clone(),
+            changed_fields: Vec::new(),
+        }),
+        Some(before) if Arc::ptr_eq(before, host) || before == host => None,
+        Some(before) => Some(HostDiff {
+            change: HostChange::Updated,
+            host: host.clone(),
+            changed_fields: host_fields(before, host),
+        }),
+    }
+}
+
+/// What turned `old` into `new` when both are decoded whole: joined and
+/// updated hosts by id, then the hosts that left, by id. The reference
+/// [`HostSnapshot::update`] must agree with.
+pub fn diff_hosts(old: &DecodedHosts, new: &DecodedHosts) -> Vec<HostDiff> {
     let mut diffs = Vec::new();
     let mut ids: Vec<&String> = new.keys().collect();
     ids.sort();
     for id in ids {
-        let host = &new[id];
-        match old.get(id) {
-            None => diffs.push(HostDiff {
-                change: HostChange::Joined,
-                host: host.clone(),
-                changed_fields: Vec::new(),
-            }),
-            Some(before) if Arc::ptr_eq(before, host) || before == host => {}
-            Some(before) => diffs.push(HostDiff {
-                change: HostChange::Updated,
-                host: host.clone(),
-                changed_fields: host_fields(before, host),
-            }),
-        }
+        diffs.extend(host_diff(old.get(id), &new[id]));
     }
     let mut gone: Vec<(&String, &Arc<Host>)> = old
         .iter()
@@ -155,13 +305,13 @@ mod tests {
 
     #[test]
     fn hosts_that_join_leave_and_change_are_told_apart() {
-        let old = snapshot_hosts(vec![host("a", "a1"), host("b", "b1"), host("c", "c1")]);
+        let old = decoded_hosts(vec![host("a", "a1"), host("b", "b1"), host("c", "c1")]);
         let mut changed = host("b", "b2");
         changed.cpu = Some(Cpu {
             logical_count: 4,
             ..Cpu::default()
         });
-        let new = snapshot_hosts(vec![host("a", "a1"), changed, host("d", "d1")]);
+        let new = decoded_hosts(vec![host("a", "a1"), changed, host("d", "d1")]);
         let diffs = diff_hosts(&old, &new);
         let summary: Vec<_> = diffs
             .iter()
@@ -185,10 +335,95 @@ mod tests {
         );
     }
 
+    /// The byte comparison against the full decode it replaces, on the
+    /// same answers of a real (simulated) scheduler over gRPC, tick after
+    /// tick: the same events, the same list, and only changed hosts decoded.
+    #[tokio::test]
+    async fn byte_comparison_reports_what_full_decoding_reports_on_simulated_ticks() {
+        use crate::deadline::Deadline;
+        use crate::proto::scheduler::v2::ListHostsResponse;
+        use dfgraph_sim::{SimCluster, SimConfig};
+        use prost::Message;
+
+        let sim = SimCluster::start(SimConfig {
+            clusters: 1,
+            schedulers_per_cluster: 1,
+            hosts: 500,
+            tasks: 50,
+            peers_per_task: 3,
+            tick_interval: None,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("simulator starts");
+        let client = crate::gateway::cluster_client(&crate::config::Config::default())
+            .expect("the default config is valid");
+        let pairs: Vec<_> = sim
+            .schedulers()
+            .iter()
+            .map(|s| (s.cluster_id, s.addr))
+            .collect();
+        let cluster_id = pairs[0].0;
+        client.expect_clusters([cluster_id]);
+        client.set_schedulers(&pairs).expect("schedulers set");
+
+        let mut snapshot = HostSnapshot::default();
+        let mut old: Option<DecodedHosts> = None;
+        let mut kinds = std::collections::HashSet::new();
+        let mut decoded_total = 0;
+        for tick in 0..30 {
+            if tick > 0 {
+                sim.tick();
+            }
+            if tick % 7 == 3 {
+                let hosts = sim.hosts(cluster_id);
+                sim.remove_host(cluster_id, &hosts[tick].id);
+                sim.upsert_host(Host {
+                    id: format!("joined-{tick}"),
+                    hostname: format!("joined-{tick}"),
+                    scheduler_cluster_id: cluster_id,
+                    ..Host::default()
+                });
+            }
+            let bytes = client
+                .list_hosts_raw(cluster_id, Deadline::NONE)
+                .await
+                .expect("ListHosts answers");
+            let hosts = ListHostsResponse::decode(bytes.clone())
+                .expect("decodes")
+                .hosts;
+            let new = decoded_hosts(hosts.clone());
+            let expected = old
+                .as_ref()
+                .map(|old| diff_hosts(old, &new))
+                .unwrap_or_default();
+            let polled = snapshot.update(&bytes, old.is_none()).expect("well formed");
+            assert_eq!(polled.diffs, expected, "tick {tick}");
+            assert_eq!(polled.list, HostList::new(hosts), "tick {tick}");
+            assert_eq!(snapshot.len(), new.len());
+            if old.is_some() {
+                let changed = expected
+                    .iter()
+                    .filter(|d| d.change != HostChange::Left)
+                    .count();
+                assert_eq!(polled.decoded, changed, "tick {tick}: decodes what changed");
+                decoded_total += polled.decoded;
+            }
+            kinds.extend(expected.iter().map(|d| d.change));
+            old = Some(new);
+        }
+        assert_eq!(kinds.len(), 3, "joins, leaves and updates all happened");
+        assert!(
+            decoded_total < 29 * 500 / 2,
+            "most hosts are not decoded again ({decoded_total})"
+        );
+        sim.shutdown().await;
+    }
+
     #[test]
     fn an_unchanged_list_has_no_differences() {
-        let old = snapshot_hosts(vec![host("a", "a1"), host("b", "b1")]);
-        let new = snapshot_hosts(vec![host("b", "b1"), host("a", "a1")]);
+        let old = decoded_hosts(vec![host("a", "a1"), host("b", "b1")]);
+        let new = decoded_hosts(vec![host("b", "b1"), host("a", "a1")]);
         assert!(diff_hosts(&old, &new).is_empty());
     }
 

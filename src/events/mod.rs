@@ -4,6 +4,7 @@
 //!
 //! Depends on `cache`, `cluster` and `redis`; knows nothing of GraphQL.
 
+pub mod budget;
 pub mod bus;
 pub mod diff;
 pub mod interest;
@@ -48,6 +49,8 @@ pub struct WatchConfig {
     pub max_watched: usize,
     /// Concurrent StatPeer/StatTask calls of one poll.
     pub poll_concurrency: usize,
+    /// The share of each scheduler the watcher's calls may take.
+    pub budget: budget::BudgetConfig,
 }
 
 impl Default for WatchConfig {
@@ -59,6 +62,7 @@ impl Default for WatchConfig {
             lease_ttl: Duration::from_secs(3),
             max_watched: 10_000,
             poll_concurrency: 32,
+            budget: budget::BudgetConfig::default(),
         }
     }
 }
@@ -78,12 +82,12 @@ impl WatchConfig {
         if self.poll_concurrency == 0 {
             return Err("watch.poll_concurrency must be at least 1".into());
         }
-        Ok(())
+        self.budget.validate(self.interval)
     }
 }
 
 /// How a host changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HostChange {
     Joined,
     Left,
@@ -178,6 +182,25 @@ pub mod metric {
     pub const LEADER: &str = "dfgraph_watch_leader";
     pub const POLLS: &str = "dfgraph_watch_polls_total";
     pub const DROPPED: &str = "dfgraph_events_dropped_total";
+    pub const STRETCH: &str = "dfgraph_watch_stretch";
+    pub const HOST_LIST_BYTES: &str = "dfgraph_watch_host_list_bytes_total";
+    pub const HOSTS_DECODED: &str = "dfgraph_watch_hosts_decoded_total";
+    pub const HOST_DIFF_SECONDS: &str = "dfgraph_watch_host_diff_seconds";
+
+    /// One host-list poll: bytes read, entries decoded, and the time spent
+    /// comparing them (since `started`).
+    pub(crate) fn record_host_poll(
+        cluster_id: u64,
+        bytes: usize,
+        decoded: usize,
+        started: std::time::Instant,
+    ) {
+        let cluster = cluster_id.to_string();
+        metrics::counter!(HOST_LIST_BYTES, "cluster" => cluster.clone()).increment(bytes as u64);
+        metrics::counter!(HOSTS_DECODED, "cluster" => cluster.clone()).increment(decoded as u64);
+        metrics::histogram!(HOST_DIFF_SECONDS, "cluster" => cluster)
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// The live-data side of one process: its bus and its interest, shared by

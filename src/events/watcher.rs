@@ -14,18 +14,18 @@ use futures::future::join_all;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::diff::{HostSnapshot, diff_hosts, snapshot_hosts, task_fields};
+use super::budget::{Rotation, pick};
+use super::diff::{HostSnapshot, task_fields};
 use super::interest::{Wanted, share};
 use super::offload::Offload;
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
 use crate::breaker::CircuitState;
 use crate::cache::{Cache, CacheKey, Replacement, ReplacementTicket};
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::{ClusterClient, ClusterError};
+use crate::cluster::{ClusterClient, ClusterError, HostList};
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
-use crate::proto::common::v2::{Host, Peer, Task};
-use crate::proto::scheduler::v2::ListHostsResponse;
+use crate::proto::common::v2::{Peer, Task};
 
 /// The last observations of one cluster.
 #[derive(Default)]
@@ -35,6 +35,8 @@ struct ClusterState {
     tasks: HashMap<String, Arc<Task>>,
     /// Watched entities already reported gone (reported once).
     gone: HashSet<Watched>,
+    /// Which watched peers and tasks are next when not all fit the budget.
+    rotation: Rotation,
 }
 
 /// The peers and tasks `wanted` watches on `cluster_id`.
@@ -128,7 +130,7 @@ struct Polled {
     state: ClusterState,
     events: Vec<Event>,
     /// The host list just fetched, when it differs from the last one.
-    host_list: Option<(Replacement<ListHostsResponse>, ReplacementTicket)>,
+    host_list: Option<(Replacement<HostList>, ReplacementTicket)>,
 }
 
 /// Who hears about what one poll of a cluster finds.
@@ -453,6 +455,7 @@ impl Watcher {
             state.hosts = None;
         }
         state.forget_unwatched(&peers, &tasks);
+        let (peers, tasks) = self.within_budget(cluster_id, &mut state, hosts, peers, tasks);
         if !peers.is_empty() {
             metrics::counter!(metric::POLLS, "what" => "peers").increment(peers.len() as u64);
         }
@@ -471,17 +474,80 @@ impl Watcher {
         }
     }
 
+    /// This interval's share of the watched peers and tasks of a cluster:
+    /// all of them when each scheduler's budget allows, else an even slice
+    /// in rotation (see [`super::budget`]), reported in `/metrics` and
+    /// warned about once per stretch.
+    fn within_budget(
+        &self,
+        cluster_id: u64,
+        state: &mut ClusterState,
+        hosts: bool,
+        peers: Vec<PeerKey>,
+        tasks: Vec<String>,
+    ) -> (Vec<PeerKey>, Vec<String>) {
+        let Ok(view) = self.cluster.cluster(cluster_id) else {
+            // No schedulers: every call fails fast, costing none.
+            return (peers, tasks);
+        };
+        let mut groups: BTreeMap<Option<SocketAddr>, Vec<Watched>> = BTreeMap::new();
+        let owned = peers
+            .into_iter()
+            .map(|key| Watched::Peer { cluster_id, key })
+            .chain(tasks.into_iter().map(|task_id| Watched::Task {
+                cluster_id,
+                task_id,
+            }));
+        for what in owned {
+            let task_id = match &what {
+                Watched::Peer { key, .. } => &key.task_id,
+                Watched::Task { task_id, .. } => task_id,
+            };
+            // An id the ring refuses is refused locally too: no call.
+            let owner = view.ring.owner(task_id).ok();
+            groups.entry(owner).or_default().push(what);
+        }
+        let fixed = usize::from(hosts) + usize::from(self.interest.wants_health());
+        let allowed = self.config.budget.calls_per_interval(self.config.interval);
+        let picked = pick(&mut state.rotation, allowed, fixed, groups);
+        metrics::gauge!(metric::STRETCH, "cluster" => cluster_id.to_string()).set(picked.stretch);
+        let stretched = picked.stretch > 1.0;
+        if stretched && !state.rotation.stretched {
+            tracing::warn!(
+                cluster_id,
+                needed = picked.demand,
+                allowed,
+                every = ?self.config.interval.mul_f64(picked.stretch),
+                "watched peers and tasks need more calls per interval than one scheduler's \
+                 budget (watch.budget) allows: each is polled less often"
+            );
+        } else if !stretched && state.rotation.stretched {
+            tracing::info!(cluster_id, "watched peers and tasks fit the budget again");
+        }
+        state.rotation.stretched = stretched;
+        let (mut peers, mut tasks) = (Vec::new(), Vec::new());
+        for what in picked.chosen {
+            match what {
+                Watched::Peer { key, .. } => peers.push(key),
+                Watched::Task { task_id, .. } => tasks.push(task_id),
+            }
+        }
+        (peers, tasks)
+    }
+
     /// Lists the cluster's hosts and reports each host that joined, left or
-    /// changed; a failed poll keeps the last snapshot. The call, its decoding,
-    /// the diff and the cache entry of a changed list are made on the
-    /// watcher's own thread (see [`Offload`]). Returns the new list, to
-    /// replace the cached one, when it differs from what was known.
+    /// changed; a failed poll keeps the last snapshot. The list is read as
+    /// bytes and only the hosts whose bytes changed are decoded and
+    /// compared (see [`HostSnapshot::update`]). The call, the comparison
+    /// and the cache entry of a changed list are made on the watcher's own
+    /// thread (see [`Offload`]). Returns the new list, to replace the
+    /// cached one, when it differs from what was known.
     async fn poll_hosts(
         &self,
         cluster_id: u64,
         state: &mut ClusterState,
         events: &mut Vec<Event>,
-    ) -> Option<(Replacement<ListHostsResponse>, ReplacementTicket)> {
+    ) -> Option<(Replacement<HostList>, ReplacementTicket)> {
         let event = |what| event(cluster_id, what);
         metrics::counter!(metric::POLLS, "what" => "hosts").increment(1);
         let client = self.cluster.clone();
@@ -489,29 +555,27 @@ impl Watcher {
         let previous = state.hosts.take();
         let fetched = self.cache.replacement_ticket();
         let poll = async move {
-            match client.list_hosts(cluster_id, Deadline::NONE).await {
-                Ok(list) => {
-                    let order: Vec<String> = list.iter().map(|h| h.id.clone()).collect();
-                    let new = snapshot_hosts(list);
-                    let diffs = previous
-                        .as_ref()
-                        .map(|old| diff_hosts(old, &new))
-                        .unwrap_or_default();
-                    // A first sight has nothing to compare with: the cached
-                    // list (if any) stays until something changes.
-                    let replacement = (!diffs.is_empty()).then(|| {
-                        let hosts = order
-                            .iter()
-                            .filter_map(|id| new.get(id).map(|h| Host::clone(h)))
-                            .collect();
-                        cache.replacement(CacheKey::hosts(cluster_id), ListHostsResponse { hosts })
-                    });
-                    // The old snapshot is freed here too, off the request runtime.
-                    drop(previous);
-                    Ok((new, diffs, replacement))
+            let response = match client.list_hosts_raw(cluster_id, Deadline::NONE).await {
+                Ok(response) => response,
+                Err(error) => return Err((error.to_string(), previous)),
+            };
+            let first = previous.is_none();
+            let mut snapshot = previous.unwrap_or_default();
+            let started = std::time::Instant::now();
+            let polled = match snapshot.update(&response, first) {
+                Ok(polled) => polled,
+                Err(error) => {
+                    return Err((error.to_string(), (!first).then_some(snapshot)));
                 }
-                Err(error) => Err((error.to_string(), previous)),
-            }
+            };
+            metric::record_host_poll(cluster_id, response.len(), polled.decoded, started);
+            // A first sight has nothing to compare with: the cached list
+            // (if any) stays until something changes. A changed list goes
+            // to L2 as the bytes just received.
+            let replacement = (!polled.diffs.is_empty()).then(|| {
+                cache.replacement_encoded(CacheKey::hosts(cluster_id), polled.list, &response)
+            });
+            Ok((snapshot, polled.diffs, replacement))
         };
         let polled = match &self.offload {
             Some(offload) => offload

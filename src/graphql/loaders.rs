@@ -16,11 +16,11 @@ use super::freshness::Freshness;
 use super::types::{Host, Peer, Task};
 use crate::cache::{CacheKey, Entity, Fetched};
 use crate::cluster::ClusterError;
+use crate::cluster::HostList;
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
 use crate::origins::Origins;
 use crate::proto::common::v2 as pb;
-use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// A task on one scheduler cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -85,7 +85,7 @@ pub struct HostListLoader {
 }
 
 impl Loader<u64> for HostListLoader {
-    type Value = Loaded<ListHostsResponse>;
+    type Value = Loaded<HostList>;
     type Error = Arc<str>;
 
     async fn load(&self, keys: &[u64]) -> Result<HashMap<u64, Self::Value>, Self::Error> {
@@ -237,10 +237,7 @@ impl Loaders {
 
     /// Host lists of `clusters`, each its own result so one failed cluster
     /// does not hide the others.
-    pub async fn host_lists(
-        &self,
-        clusters: &[u64],
-    ) -> Result<BTreeMap<u64, Loaded<ListHostsResponse>>> {
+    pub async fn host_lists(&self, clusters: &[u64]) -> Result<BTreeMap<u64, Loaded<HostList>>> {
         let loaded = self
             .hosts
             .load_many(clusters.iter().copied())
@@ -261,7 +258,7 @@ impl Loaders {
                 list.hosts
                     .iter()
                     .find(|h| h.id == host_id)
-                    .map(|h| Host(Arc::new(h.clone())))
+                    .map(|h| Host(h.clone()))
             })),
             Some(Err(e)) => Err(cluster_error(&e, Some(cluster_id))),
             None => Ok(None),

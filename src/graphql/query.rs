@@ -12,7 +12,7 @@ use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, page_sort
 use super::ids::{PeerKeyInput, check_id, cluster_id, peer_key};
 use super::loaders::Loaders;
 use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
-use crate::proto::scheduler::v2::ListHostsResponse;
+use crate::cluster::HostList;
 
 pub struct Query;
 
@@ -69,7 +69,7 @@ impl Query {
     async fn host_lists(
         ctx: &Context<'_>,
         filter: &HostFilter,
-    ) -> Result<(Vec<Arc<ListHostsResponse>>, Vec<u64>, Vec<u64>)> {
+    ) -> Result<(Vec<Arc<HostList>>, Vec<u64>, Vec<u64>)> {
         let state = ctx.data::<GatewayState>()?;
         let clusters = match filter.cluster_ids().map_err(bad_input)? {
             Some(ids) => ids,
@@ -188,7 +188,7 @@ impl Query {
             .iter()
             .flat_map(|l| l.hosts.iter())
             .find(|h| h.id == id.0)
-            .map(|h| Host(Arc::new(h.clone()))))
+            .map(|h| Host(h.clone())))
     }
 
     /// Host counts by version, commit, type, idc, location, os and

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, Weak};
 use super::filter::HostFilter;
 use super::order::{HostOrder, cmp_hosts};
 use super::stats::{HostStats, host_stats};
+use crate::cluster::HostList;
 use crate::proto::common::v2::Host;
-use crate::proto::scheduler::v2::ListHostsResponse;
 
 /// Host orders and unfiltered statistics, computed once per set of host
 /// lists. A host list in the cache is an immutable `Arc` until it is
@@ -18,7 +18,7 @@ pub struct OrderMemo {
 }
 
 struct MemoEntry {
-    lists: Vec<Weak<ListHostsResponse>>,
+    lists: Vec<Weak<HostList>>,
     order: Option<HostOrder>,
     /// The filter the entry is for (its `Debug` text; "" for none).
     filter: String,
@@ -31,7 +31,7 @@ struct MemoEntry {
 const MEMO_ENTRIES: usize = 32;
 
 impl MemoEntry {
-    fn is_for(&self, lists: &[Arc<ListHostsResponse>]) -> bool {
+    fn is_for(&self, lists: &[Arc<HostList>]) -> bool {
         self.lists.len() == lists.len()
             && self
                 .lists
@@ -61,7 +61,7 @@ impl OrderMemo {
 
     fn find<T>(
         &self,
-        lists: &[Arc<ListHostsResponse>],
+        lists: &[Arc<HostList>],
         order: Option<HostOrder>,
         filter: &str,
         get: impl Fn(&MemoEntry) -> Option<T>,
@@ -77,7 +77,7 @@ impl OrderMemo {
     /// are remembered per host-list snapshot.
     pub fn sorted<'a>(
         &self,
-        lists: &'a [Arc<ListHostsResponse>],
+        lists: &'a [Arc<HostList>],
         order: HostOrder,
         filter: &HostFilter,
     ) -> Vec<&'a Host> {
@@ -91,6 +91,7 @@ impl OrderMemo {
             indices
                 .iter()
                 .filter_map(|&(l, h)| lists.get(l as usize)?.hosts.get(h as usize))
+                .map(|h| &**h)
                 .collect()
         };
         if let Some(indices) =
@@ -120,11 +121,7 @@ impl OrderMemo {
 
     /// Every host of `lists` as (list, host) indices in `order`: the
     /// expensive sort, done once per host-list snapshot and order.
-    fn sorted_unfiltered(
-        &self,
-        lists: &[Arc<ListHostsResponse>],
-        order: HostOrder,
-    ) -> Arc<Vec<(u32, u32)>> {
+    fn sorted_unfiltered(&self, lists: &[Arc<HostList>], order: HostOrder) -> Arc<Vec<(u32, u32)>> {
         if let Some(all) = self.find(lists, Some(order), "", |e| Some(e.sorted.clone())) {
             return all;
         }
@@ -152,7 +149,7 @@ impl OrderMemo {
     }
 
     /// Statistics of the hosts of `lists` that match `filter`.
-    pub fn stats(&self, lists: &[Arc<ListHostsResponse>], filter: &HostFilter) -> HostStats {
+    pub fn stats(&self, lists: &[Arc<HostList>], filter: &HostFilter) -> HostStats {
         let key = if filter.compile().is_empty() {
             String::new()
         } else {
@@ -161,7 +158,10 @@ impl OrderMemo {
         if let Some(stats) = self.find(lists, None, &key, |e| e.stats.clone()) {
             return HostStats::clone(&stats);
         }
-        let stats = host_stats(lists.iter().flat_map(|l| l.hosts.iter()), filter);
+        let stats = host_stats(
+            lists.iter().flat_map(|l| l.hosts.iter().map(|h| &**h)),
+            filter,
+        );
         self.remember(MemoEntry {
             lists: lists.iter().map(Arc::downgrade).collect(),
             order: None,

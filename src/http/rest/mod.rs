@@ -29,8 +29,8 @@ use self::query::PeersQuery;
 use super::{AppState, manager_proxy};
 use crate::auth::Principal;
 use crate::cache::CacheKey;
+use crate::cluster::HostList;
 use crate::cluster::{ClusterError, SchedulerHandle};
-use crate::proto::scheduler::v2::ListHostsResponse;
 use tower_http::timeout::TimeoutLayer;
 
 /// The routes, for the main router to merge. As the manager's front door
@@ -131,7 +131,7 @@ async fn admit(
 }
 
 /// Cluster id -> its latest host list and when it was read.
-type LastLists = HashMap<u64, (Arc<ListHostsResponse>, DateTime<Utc>)>;
+type LastLists = HashMap<u64, (Arc<HostList>, DateTime<Utc>)>;
 
 /// What the REST handlers keep between requests.
 #[derive(Clone)]
@@ -156,7 +156,7 @@ impl RestState {
         }
     }
 
-    fn remember(&self, cluster_id: u64, list: &Arc<ListHostsResponse>, read_at: DateTime<Utc>) {
+    fn remember(&self, cluster_id: u64, list: &Arc<HostList>, read_at: DateTime<Utc>) {
         let mut known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
         let newer = known.get(&cluster_id).is_none_or(|(_, at)| *at <= read_at);
         if newer {
@@ -164,7 +164,7 @@ impl RestState {
         }
     }
 
-    fn recall(&self, cluster_id: u64) -> Option<(Arc<ListHostsResponse>, DateTime<Utc>)> {
+    fn recall(&self, cluster_id: u64) -> Option<(Arc<HostList>, DateTime<Utc>)> {
         let known = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
         known.get(&cluster_id).cloned()
     }
@@ -205,7 +205,7 @@ struct Snapshot {
 struct ClusterList {
     cluster_id: u64,
     /// `None`: the cluster answered with no list.
-    list: Option<Arc<ListHostsResponse>>,
+    list: Option<Arc<HostList>>,
     read_at: DateTime<Utc>,
     /// The state of its hosts (see [`Row::state`]).
     state: &'static str,

@@ -1,0 +1,279 @@
+//! A scheduler's host list as dfgraph holds it, and the same list as it
+//! arrives on the wire. Held: each host decoded once and shared (`Arc`), so
+//! the watcher's snapshot, the cache entry and every query read one copy.
+//! On the wire: a `ListHostsResponse` is a run of length-delimited `Host`
+//! entries (field 1); [`split`] finds each entry and its id without decoding
+//! it, so a poll decodes only the hosts whose bytes changed.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType};
+
+use crate::proto::common::v2::Host;
+
+/// `ListHostsResponse.hosts` and `Host.id`: field 1 in both (upstream
+/// dragonfly-api numbers).
+const HOSTS_FIELD: u32 = 1;
+const HOST_ID_FIELD: u32 = 1;
+
+/// The hosts of one cluster, in the scheduler's order. Encodes and decodes
+/// as a `ListHostsResponse`, so L2 holds the same bytes as before.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostList {
+    pub hosts: Vec<Arc<Host>>,
+}
+
+impl HostList {
+    pub fn new(hosts: Vec<Host>) -> Self {
+        Self {
+            hosts: hosts.into_iter().map(Arc::new).collect(),
+        }
+    }
+}
+
+impl prost::Message for HostList {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for host in &self.hosts {
+            prost::encoding::message::encode(HOSTS_FIELD, host.as_ref(), buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if tag == HOSTS_FIELD {
+            let mut host = Host::default();
+            prost::encoding::message::merge(wire_type, &mut host, buf, ctx)?;
+            self.hosts.push(Arc::new(host));
+            Ok(())
+        } else {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.hosts
+            .iter()
+            .map(|h| prost::encoding::message::encoded_len(HOSTS_FIELD, h.as_ref()))
+            .sum()
+    }
+
+    fn clear(&mut self) {
+        self.hosts.clear();
+    }
+}
+
+/// One host's entry in a `ListHostsResponse`, undecoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEntry {
+    /// `Host.id` (the last one in the entry, as a decoder would keep).
+    pub id: String,
+    /// The entry's `Host` message bytes (a slice of the response buffer).
+    pub bytes: Bytes,
+}
+
+impl HostEntry {
+    pub fn decode(&self) -> Result<Host, WireError> {
+        <Host as prost::Message>::decode(self.bytes.clone())
+            .map_err(|e| WireError(format!("host {:?}: {e}", self.id)))
+    }
+}
+
+/// A response that is not a well-formed `ListHostsResponse`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed ListHosts response: {0}")]
+pub struct WireError(String);
+
+/// The host entries of an encoded `ListHostsResponse`, in order, each with
+/// its id. Unknown fields are skipped; a truncated or malformed message is
+/// an error (never a panic).
+pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
+    let mut entries = Vec::new();
+    for field in Fields::new(response) {
+        let (number, value) = field?;
+        if number != HOSTS_FIELD {
+            continue;
+        }
+        let Value::Delimited(start, end) = value else {
+            return Err(WireError("hosts is not length-delimited".into()));
+        };
+        let bytes = response.slice(start..end);
+        let id = host_id(&bytes)?;
+        entries.push(HostEntry { id, bytes });
+    }
+    Ok(entries)
+}
+
+/// The id in one `Host` message's bytes (empty when absent, as decoded).
+fn host_id(host: &[u8]) -> Result<String, WireError> {
+    let mut id: &[u8] = &[];
+    for field in Fields::new(host) {
+        if let (HOST_ID_FIELD, Value::Delimited(start, end)) = field? {
+            id = &host[start..end];
+        }
+    }
+    std::str::from_utf8(id)
+        .map(str::to_owned)
+        .map_err(|_| WireError("host id is not UTF-8".into()))
+}
+
+/// A field's value: a scalar (skipped) or the range of a delimited one.
+enum Value {
+    Scalar,
+    Delimited(usize, usize),
+}
+
+/// The top-level fields of one message, by number.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut rest = &self.bytes[self.at..];
+        let before = rest.len();
+        let value = prost::encoding::decode_varint(&mut rest)
+            .map_err(|e| WireError(format!("at byte {}: {e}", self.at)))?;
+        self.at += before - rest.len();
+        Ok(value)
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(usize, usize), WireError> {
+        let start = self.at;
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| WireError(format!("field at byte {start} runs past the end")))?;
+        self.at = end;
+        Ok((start, end))
+    }
+
+    fn field(&mut self) -> Result<(u32, Value), WireError> {
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3).unwrap_or(u32::MAX);
+        let value = match key & 7 {
+            0 => self.varint().map(|_| Value::Scalar)?,
+            1 => self.skip(8).map(|_| Value::Scalar)?,
+            2 => {
+                let len = self.varint()?;
+                let (start, end) = self.skip(len)?;
+                Value::Delimited(start, end)
+            }
+            5 => self.skip(4).map(|_| Value::Scalar)?,
+            other => return Err(WireError(format!("unsupported wire type {other}"))),
+        };
+        Ok((number, value))
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Result<(u32, Value), WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.bytes.len() {
+            return None;
+        }
+        let field = self.field();
+        if field.is_err() {
+            // One error ends the walk.
+            self.at = self.bytes.len();
+        }
+        Some(field)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::common::v2::Cpu;
+    use crate::proto::scheduler::v2::ListHostsResponse;
+    use prost::Message;
+
+    fn host(id: &str) -> Host {
+        Host {
+            id: id.into(),
+            hostname: format!("{id}-name"),
+            port: 65000,
+            cpu: Some(Cpu {
+                logical_count: 8,
+                percent: 12.5,
+                ..Cpu::default()
+            }),
+            scheduler_cluster_id: 7,
+            ..Host::default()
+        }
+    }
+
+    #[test]
+    fn split_finds_every_entry_and_its_id_and_each_decodes_to_the_host() {
+        let hosts = vec![host("a"), host("bb"), Host::default(), host("ccc")];
+        let wire = Bytes::from(
+            ListHostsResponse {
+                hosts: hosts.clone(),
+            }
+            .encode_to_vec(),
+        );
+        let entries = split(&wire).expect("well formed");
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "bb", "", "ccc"]);
+        let decoded: Vec<Host> = entries.iter().map(|e| e.decode().unwrap()).collect();
+        assert_eq!(decoded, hosts);
+    }
+
+    #[test]
+    fn the_last_id_in_an_entry_wins_as_in_decoding() {
+        let mut bytes = host("first").encode_to_vec();
+        Host {
+            id: "second".into(),
+            ..Host::default()
+        }
+        .encode_raw(&mut bytes);
+        let mut wire = Vec::new();
+        prost::encoding::bytes::encode(HOSTS_FIELD, &bytes, &mut wire);
+        let entries = split(&Bytes::from(wire)).unwrap();
+        assert_eq!(entries[0].id, "second");
+        assert_eq!(entries[0].decode().unwrap().id, "second");
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_truncation_is_an_error() {
+        let mut wire = Vec::new();
+        prost::encoding::uint64::encode(9, &5, &mut wire);
+        prost::encoding::message::encode(HOSTS_FIELD, &host("x"), &mut wire);
+        prost::encoding::string::encode(12, &"later".to_string(), &mut wire);
+        let wire = Bytes::from(wire);
+        let entries = split(&wire).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, "x");
+        for cut in 1..wire.len() {
+            let cut = wire.slice(..cut);
+            // Any prefix is either a shorter valid message or an error.
+            if let Ok(entries) = split(&cut) {
+                assert!(entries.len() <= 1);
+            }
+        }
+        assert!(split(&Bytes::from_static(&[0x0a, 0x05, 0x01])).is_err());
+        assert!(split(&Bytes::from_static(&[0x0b])).is_err());
+    }
+
+    #[test]
+    fn a_host_list_encodes_as_list_hosts_response() {
+        let hosts = vec![host("a"), host("b")];
+        let list = HostList::new(hosts.clone());
+        let as_response = ListHostsResponse { hosts }.encode_to_vec();
+        assert_eq!(list.encode_to_vec(), as_response);
+        assert_eq!(list.encoded_len(), as_response.len());
+        assert_eq!(HostList::decode(as_response.as_slice()).unwrap(), list);
+    }
+}
