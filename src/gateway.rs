@@ -212,6 +212,13 @@ async fn app_state(
     if let Some(proxy) = &manager_proxy {
         auth = auth.with_manager_roles(Arc::new(proxy.clone()), config.manager_proxy.roles_ttl);
     }
+    if manager_proxy.is_some() && config.auth.anonymous == crate::auth::Anonymous::Viewer {
+        // The manager requires a login for what dfgraph then serves
+        // without one (peers, GraphQL).
+        tracing::warn!(
+            "manager_api is set while anonymous viewing is on: peers are readable without the manager's login; set auth.anonymous = \"off\""
+        );
+    }
     if config.auth.anonymous == crate::auth::Anonymous::Viewer {
         tracing::info!("anonymous callers may query and subscribe (auth.anonymous = \"viewer\")");
     }
