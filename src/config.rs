@@ -25,6 +25,7 @@ use crate::events::WatchConfig;
 use crate::graphql::Limits;
 use crate::http::browser::BrowserConfig;
 use crate::http::graphql::GraphqlConfig;
+use crate::http::manager_proxy::ManagerProxyConfig;
 use crate::http::metrics::MetricsConfig;
 use crate::http::rate_limit::RateLimitConfig;
 use crate::http::response_cache::ResponseCacheConfig;
@@ -47,6 +48,13 @@ pub struct Config {
     /// How often the manager is asked again for the scheduler list.
     #[serde(with = "humantime_serde")]
     pub manager_refresh_interval: Duration,
+    /// The manager's REST address (`http://manager:8080`): dfgraph becomes
+    /// its front door, passing every path it does not serve to it (the
+    /// console's files, the rest of `/api/v1/`), and asks its RBAC which
+    /// console sessions are `root` (admin).
+    pub manager_api: Option<String>,
+    /// Timeouts toward `manager_api`, and how long a user's roles are kept.
+    pub manager_proxy: ManagerProxyConfig,
     /// Redis URL for the shared cache tier and the event bus.
     pub redis: Option<String>,
     /// TLS toward schedulers and the manager.
@@ -98,6 +106,8 @@ impl Default for Config {
             manager: None,
             scheduler_cluster_ids: Vec::new(),
             manager_refresh_interval: Duration::from_secs(60),
+            manager_api: None,
+            manager_proxy: Default::default(),
             redis: None,
             tls: TlsConfig::default(),
             timeouts: Timeouts::default(),
@@ -190,6 +200,7 @@ const SECTIONS: &[(&str, Validate)] = &[
     ("metrics", |c| c.metrics.validate()),
     ("response_cache", |c| c.response_cache.validate()),
     ("tracing", |c| c.tracing.validate()),
+    ("manager_proxy", |c| c.manager_proxy.validate()),
 ];
 
 /// A static scheduler entry, parsed from `CLUSTER_ID=HOST:PORT`.
@@ -317,6 +328,9 @@ impl Config {
                 format!("{metrics} is the main listener's port: give metrics another one"),
             ));
         }
+        self.manager_proxy
+            .check(self.manager_api.as_deref())
+            .map_err(|e| Invalid::new("manager_api", e.to_string()))?;
         if self.manager.is_some() && !self.schedulers.is_empty() {
             return Err(Invalid::new(
                 "manager",
@@ -575,6 +589,11 @@ mod tests {
             "[tracing]\nsample_ratio = 2.0\n",
             "tracing.sample_ratio",
         ),
+        (
+            "manager_proxy",
+            "[manager_proxy]\nconnect_timeout = \"0s\"\n",
+            "manager_proxy.connect_timeout",
+        ),
     ];
 
     /// The tables of the TOML: every section a file can have.
@@ -654,6 +673,23 @@ mod tests {
             offenders.is_empty(),
             "each module owns its section; only gateway.rs may assemble the config: {offenders:?}"
         );
+    }
+
+    #[test]
+    fn manager_api_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        std::fs::write(
+            &path,
+            "manager_api = \"http://manager:8080\"\n[manager_proxy]\nroles_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(config.manager_api.as_deref(), Some("http://manager:8080"));
+        assert_eq!(config.manager_proxy.roles_ttl, Duration::from_secs(5));
+        std::fs::write(&path, "manager_api = \"https://manager:8080\"\n").unwrap();
+        let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("manager_api"), "{err}");
     }
 
     #[test]

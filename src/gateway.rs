@@ -169,7 +169,24 @@ async fn app_state(
     fanout: crate::http::fanout::Fanout,
     shutdown: &CancellationToken,
 ) -> Result<AppState, StartError> {
-    let auth = crate::auth::Authenticator::new(&config.auth).await?;
+    let manager_proxy = match &config.manager_api {
+        Some(url) => {
+            let proxy = crate::http::manager_proxy::ManagerProxy::new(url, &config.manager_proxy)
+                .map_err(|e| {
+                StartError::Config(crate::config::ConfigError::Invalid {
+                    setting: "manager_api".into(),
+                    message: e.to_string(),
+                })
+            })?;
+            tracing::info!(manager = %proxy.manager(), "front door of the Dragonfly manager: paths dfgraph does not serve pass to it; dfgraph's console is at /dfgraph/");
+            Some(proxy)
+        }
+        None => None,
+    };
+    let mut auth = crate::auth::Authenticator::new(&config.auth).await?;
+    if let Some(proxy) = &manager_proxy {
+        auth = auth.with_manager_roles(Arc::new(proxy.clone()), config.manager_proxy.roles_ttl);
+    }
     if config.auth.anonymous == crate::auth::Anonymous::Viewer {
         tracing::info!("anonymous callers may query and subscribe (auth.anonymous = \"viewer\")");
     }
@@ -197,6 +214,11 @@ async fn app_state(
             &config.cache,
         ),
         outlines: Default::default(),
+        manager_proxy,
+        rest: crate::http::rest::RestState::new(
+            state.events.bus.redis().cloned(),
+            config.manager_proxy.roles_ttl,
+        ),
     })
 }
 

@@ -47,10 +47,12 @@ pub struct ManagerAuth {
     pub jwt_key_file: Option<PathBuf>,
     /// Name of an environment variable holding the key.
     pub jwt_key_env: Option<String>,
-    /// Manager user id -> role.
+    /// Manager user id -> role; wins over the manager's RBAC.
     pub users: BTreeMap<String, Role>,
-    /// Role of a manager user not listed (none: refused).
-    pub default_role: Option<Role>,
+    /// Role of a manager session neither listed in `users` nor `root` in
+    /// the manager's RBAC (asked through `manager_api` when set). A valid
+    /// session can read peers in the manager, so the default is `viewer`.
+    pub default_role: Role,
 }
 
 impl std::fmt::Debug for ManagerAuth {

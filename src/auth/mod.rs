@@ -19,10 +19,13 @@ pub use config::{Anonymous, AuthConfig, ManagerAuth, OidcAuth, StaticToken};
 pub use jwks::JwksError;
 
 /// What a principal may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Queries and subscriptions.
+    #[default]
     Viewer,
     /// Everything a viewer may, and mutations.
     Admin,
@@ -67,6 +70,10 @@ pub struct Principal {
     pub method: Method,
     /// When the credential stops being valid (a websocket is closed then).
     pub expires_at: Option<SystemTime>,
+    /// The role was stated for this caller (a `users` entry, a static
+    /// token, an OIDC claim, the manager's RBAC), not a default. A stated
+    /// viewer is refused what the manager refuses its `guest` (jobs).
+    pub role_stated: bool,
 }
 
 impl Principal {
@@ -76,11 +83,20 @@ impl Principal {
             role: Role::Viewer,
             method: Method::Anonymous,
             expires_at: None,
+            role_stated: false,
         }
     }
 
     pub fn may_mutate(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// True when the manager would refuse this caller a write (a `POST`
+    /// such as a job): its role is a viewer the operator or the manager's
+    /// RBAC named so. Anonymous and default-role callers are not refused:
+    /// what dfgraph writes for them (a cache refresh) only re-reads live data.
+    pub fn denied_writes(&self) -> bool {
+        self.role == Role::Viewer && self.role_stated
     }
 
     /// Time left before the credential expires (`None`: it does not).
@@ -126,7 +142,53 @@ struct Inner {
 struct ManagerVerifier {
     key: DecodingKey,
     users: HashMap<String, Role>,
-    default_role: Option<Role>,
+    default_role: Role,
+    /// The manager's own RBAC, when dfgraph can ask the manager.
+    rbac: Option<ManagerRbac>,
+}
+
+/// Asks the Dragonfly manager for the RBAC roles of a user
+/// (`GET /api/v1/users/{id}/roles`, answered with e.g. `["root"]`),
+/// presenting that user's own session token. Implemented by the HTTP
+/// layer, which holds the client toward the manager.
+pub trait ManagerRoles: Send + Sync {
+    fn roles<'a>(
+        &'a self,
+        user: &'a str,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>>;
+}
+
+/// The manager's RBAC role that may do everything (`rbac.RootRole`).
+const MANAGER_ROOT_ROLE: &str = "root";
+
+/// The manager's RBAC, asked at most once per user per `ttl`.
+struct ManagerRbac {
+    source: Arc<dyn ManagerRoles>,
+    /// User id -> dfgraph role, `None` when the manager could not say. A
+    /// failure is kept too: a manager that hangs must not stall each of
+    /// the user's requests by the lookup's timeout.
+    roles: moka::future::Cache<String, Option<Role>>,
+}
+
+impl ManagerRbac {
+    /// `admin` for the manager's `root`, `viewer` for any other role set
+    /// (the manager's `guest` may only read); `None` when the manager
+    /// could not be asked.
+    async fn role(&self, user: &str, token: &str) -> Option<Role> {
+        self.roles
+            .get_with(user.to_owned(), async {
+                match self.source.roles(user, token).await {
+                    Ok(roles) if roles.iter().any(|r| r == MANAGER_ROOT_ROLE) => Some(Role::Admin),
+                    Ok(_) => Some(Role::Viewer),
+                    Err(e) => {
+                        tracing::warn!(user, error = %e, "cannot ask the manager for a user's roles; using auth.manager.default_role");
+                        None
+                    }
+                }
+            })
+            .await
+    }
 }
 
 struct OidcVerifier {
@@ -161,6 +223,7 @@ impl Authenticator {
                     .map(|(user, role)| (user.clone(), *role))
                     .collect(),
                 default_role: m.default_role,
+                rbac: None,
             }),
             None => None,
         };
@@ -187,6 +250,33 @@ impl Authenticator {
                 tokens,
             }),
         })
+    }
+
+    /// Asks the manager's RBAC for the role of manager sessions not listed
+    /// in `auth.manager.users`, keeping each answer for `ttl`. Without a
+    /// manager verifier there is nothing to ask for.
+    pub fn with_manager_roles(mut self, source: Arc<dyn ManagerRoles>, ttl: Duration) -> Self {
+        let Some(inner) = Arc::get_mut(&mut self.inner) else {
+            return self;
+        };
+        if let Some(manager) = &mut inner.manager {
+            manager.rbac = Some(ManagerRbac {
+                source,
+                roles: moka::future::Cache::builder()
+                    .time_to_live(ttl)
+                    .max_capacity(100_000)
+                    .build(),
+            });
+        }
+        self
+    }
+
+    /// True when the manager's `jwt` session cookie is a credential
+    /// addressed to this gateway: it can verify one, or nothing is allowed
+    /// without credentials anyway. Otherwise the console's cookie (sent
+    /// with every request) is not ours to judge and is left unread.
+    pub fn reads_session_cookie(&self) -> bool {
+        self.inner.manager.is_some() || self.inner.anonymous == Anonymous::Off
     }
 
     /// Anonymous viewers only, no method configured (tests, the demo).
@@ -219,12 +309,13 @@ impl Authenticator {
                 role: *role,
                 method: Method::Token,
                 expires_at: None,
+                role_stated: true,
             });
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         match header.alg {
             Algorithm::HS256 => match &self.inner.manager {
-                Some(manager) => manager.verify(token),
+                Some(manager) => manager.verify(token).await,
                 None => Err(AuthError::Rejected(
                     "manager sessions are not accepted here".into(),
                 )),
@@ -274,7 +365,7 @@ fn expiry(exp: u64) -> Option<SystemTime> {
 }
 
 impl ManagerVerifier {
-    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let data =
             jsonwebtoken::decode::<ManagerClaims>(token, &self.key, &validation(Algorithm::HS256))
                 .map_err(map_jwt_error)?;
@@ -284,19 +375,19 @@ impl ManagerVerifier {
             _ => return Err(AuthError::Rejected("claim id is not a user id".into())),
         };
         let subject = format!("manager:{user}");
-        let role =
-            self.users
-                .get(&user)
-                .copied()
-                .or(self.default_role)
-                .ok_or(AuthError::NoRole {
-                    subject: subject.clone(),
-                })?;
+        let stated = match self.users.get(&user) {
+            Some(role) => Some(*role),
+            None => match &self.rbac {
+                Some(rbac) => rbac.role(&user, token).await,
+                None => None,
+            },
+        };
         Ok(Principal {
             subject,
-            role,
+            role: stated.unwrap_or(self.default_role),
             method: Method::Manager,
             expires_at: expiry(data.claims.exp),
+            role_stated: stated.is_some(),
         })
     }
 }
@@ -342,6 +433,7 @@ impl OidcVerifier {
             role,
             method: Method::Oidc,
             expires_at: exp.and_then(expiry),
+            role_stated: claimed.is_some(),
         })
     }
 }

@@ -6,19 +6,28 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Authenticator, Principal};
 
 /// The manager's console keeps its session in this cookie.
 const SESSION_COOKIE: &str = "jwt";
 
-/// The bearer token of `Authorization`, or the manager session cookie.
-pub fn token(headers: &HeaderMap) -> Option<String> {
+/// The bearer token of `Authorization`, or the manager session cookie
+/// when `auth` reads it (see [`Authenticator::reads_session_cookie`]: the
+/// console sends its cookie with every request, addressed to the manager).
+pub fn token(auth: &Authenticator, headers: &HeaderMap) -> Option<String> {
+    presented(headers, auth.reads_session_cookie())
+}
+
+fn presented(headers: &HeaderMap, read_cookie: bool) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(strip_bearer);
     if let Some(token) = bearer {
         return Some(token.to_owned());
+    }
+    if !read_cookie {
+        return None;
     }
     headers
         .get_all(header::COOKIE)
@@ -39,7 +48,7 @@ pub fn strip_bearer(value: &str) -> Option<&str> {
 /// The principal of a request, or the 401 to answer it with.
 pub async fn principal(app: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
     app.auth
-        .authenticate(token(headers).as_deref())
+        .authenticate(token(&app.auth, headers).as_deref())
         .await
         .map_err(|e| unauthenticated(&e))
 }
@@ -72,12 +81,14 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; jwt=cookie-token"),
         );
-        assert_eq!(token(&headers).as_deref(), Some("cookie-token"));
+        assert_eq!(presented(&headers, true).as_deref(), Some("cookie-token"));
+        assert_eq!(presented(&headers, false), None, "not ours to read");
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer header-token"),
         );
-        assert_eq!(token(&headers).as_deref(), Some("header-token"));
+        assert_eq!(presented(&headers, true).as_deref(), Some("header-token"));
+        assert_eq!(presented(&headers, false).as_deref(), Some("header-token"));
         assert_eq!(strip_bearer("Basic abc"), None);
     }
 }

@@ -64,15 +64,36 @@ pub fn cors(config: &BrowserConfig) -> CorsLayer {
         .collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST])
+        // The manager's methods: behind `manager_api`, the console's
+        // updates and deletes pass through dfgraph too.
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+        ])
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             header::ACCEPT,
             header::HeaderName::from_static("apollo-require-preflight"),
         ])
+        .expose_headers(EXPOSED.map(header::HeaderName::from_static))
         .allow_credentials(true)
 }
+
+/// Response headers a page on a listed origin may read: the manager's own
+/// (`Link` carries the peers pages' pagination, which the console parses),
+/// and dfgraph's notes on partial or old host lists.
+const EXPOSED: [&str; 5] = [
+    "link",
+    "location",
+    "authorization",
+    super::rest::UNAVAILABLE_HEADER,
+    super::rest::LIST_AGE_HEADER,
+];
 
 /// Why a request looks like one a browser sent cross-site unasked.
 pub fn csrf_refusal(method: &Method, headers: &HeaderMap) -> Option<&'static str> {

@@ -1,7 +1,9 @@
 //! The HTTP surface, assembled in one place: `/graphql` (GET, POST),
 //! `/graphql/ws`, the manager's peers API under `/api/v1/` ([`rest`]), the
-//! console at `/`, `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with
-//! rate limits, body limits, timeouts, compression and CORS as layers.
+//! console at `/dfgraph/` (and at `/` unless the manager's console is
+//! served there through [`manager_proxy`], which takes every path not
+//! listed here), `/graphiql`, `/healthz`, `/readyz`, `/metrics`, with rate
+//! limits, body limits, timeouts, compression and CORS as layers.
 
 pub mod access;
 pub mod assets;
@@ -10,6 +12,7 @@ pub mod document;
 pub mod fanout;
 pub mod graphql;
 pub mod health;
+pub mod manager_proxy;
 pub mod metrics;
 pub mod order;
 pub mod persisted;
@@ -59,7 +62,7 @@ pub mod metric {
         );
         metrics::describe_counter!(
             RATE_LIMITED,
-            "Requests refused by the rate limit, by what was refused (graphql, graphql_ws, subscribe)."
+            "Requests refused by the rate limit, by what was refused (graphql, rest, graphql_ws, subscribe)."
         );
         metrics::describe_gauge!(
             RATE_LIMIT_CLIENTS,
@@ -93,6 +96,10 @@ pub struct AppState {
     pub response_cache: response_cache::ResponseCache,
     /// What the documents seen lately ask for, parsed once each.
     pub outlines: document::Outlines,
+    /// The manager behind dfgraph (`manager_api`): every other path.
+    pub manager_proxy: Option<manager_proxy::ManagerProxy>,
+    /// What the peers API keeps between requests.
+    pub rest: rest::RestState,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -100,30 +107,41 @@ pub fn router(state: AppState) -> Router {
     let request_timeout = state.gateway.request_timeout;
     // Only the GraphQL and REST entry points are rate limited: probes, the
     // pages' files and metrics never are.
+    // The manager's console takes `/` when dfgraph is its front door.
+    let front_door = state.manager_proxy.is_some();
     let api = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(websocket))
-        .merge(rest::routes())
+        .merge(rest::routes(front_door))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::admit,
         ));
     let mut router = api
         .route("/graphiql", get(assets::graphiql))
-        .route("/", get(assets::console))
+        .route("/dfgraph", get(assets::console))
+        .route("/dfgraph/", get(assets::console))
+        .route("/dfgraph/graphiql", get(assets::graphiql))
         .route("/assets/{*path}", get(assets::file))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
+    if !front_door {
+        router = router.route("/", get(assets::console));
+    }
     if !state.metrics_access.separate_listener {
         router = router.route("/metrics", get(metrics::render));
     }
+    // A backstop on dfgraph's own routes: `/graphql` answers within the
+    // budget by itself, with a GraphQL error; this catches anything else
+    // that would hang. The manager's calls have their own timeouts.
+    router = router.route_layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout + std::time::Duration::from_secs(1),
+    ));
+    if front_door {
+        router = router.fallback(manager_proxy::pass);
+    }
     router
-        // A backstop: `/graphql` answers within the budget by itself, with
-        // a GraphQL error; this catches anything else that would hang.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout + std::time::Duration::from_secs(1),
-        ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         // The fastest level: at the default one, gzip took 12 % of the CPU
         // of a warm console overview (BENCHMARKS.md S1) for a few percent
@@ -154,7 +172,7 @@ async fn websocket(
     if !browser::origin_allowed(&app.browser, &headers) {
         return (StatusCode::FORBIDDEN, "websocket origin not allowed").into_response();
     }
-    let upgrade_token = access::token(&headers);
+    let upgrade_token = access::token(&app.auth, &headers);
     let max = app.subscriptions.config.max_message_bytes;
     let upgrade = upgrade
         .protocols(ws::PROTOCOLS)

@@ -262,7 +262,20 @@ pub fn error(wait: Duration) -> serde_json::Value {
 
 /// 429 with `Retry-After` and a GraphQL-shaped body.
 pub fn too_many_requests(wait: Duration) -> Response {
-    let body = serde_json::json!({ "errors": [error(wait)] });
+    refusal(wait, serde_json::json!({ "errors": [error(wait)] }))
+}
+
+/// 429 with `Retry-After` and the manager's `{"message": ...}` (the
+/// console shows `message`), for the REST routes.
+pub fn too_many_rest_requests(wait: Duration) -> Response {
+    let secs = retry_after_secs(wait);
+    refusal(
+        wait,
+        serde_json::json!({ "message": format!("rate limit exceeded: retry in {secs} s") }),
+    )
+}
+
+fn refusal(wait: Duration, body: serde_json::Value) -> Response {
     let mut response = (StatusCode::TOO_MANY_REQUESTS, body.to_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -276,7 +289,7 @@ pub fn too_many_requests(wait: Duration) -> Response {
     response
 }
 
-/// Counts one refusal of `what` (see [`REFUSED`]).
+/// Counts one refusal of `what` (see [`super::metric::RATE_LIMITED`]).
 pub fn count_refusal(what: &'static str) {
     metrics::counter!(super::metric::RATE_LIMITED, "what" => what).increment(1);
 }
@@ -301,7 +314,7 @@ pub async fn admit(State(app): State<AppState>, mut request: Request, next: Next
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let client = app.rate_limit.client_address(peer, request.headers());
-    let token = super::access::token(request.headers());
+    let token = super::access::token(&app.auth, request.headers());
     let principal = app.auth.authenticate(token.as_deref()).await;
     let key = ClientKey::new(principal.as_ref().ok(), client);
     if let Err(wait) = app.rate_limit.check(&key) {
@@ -309,9 +322,18 @@ pub async fn admit(State(app): State<AppState>, mut request: Request, next: Next
             .headers()
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        count_refusal(if websocket { "graphql_ws" } else { "graphql" });
+        let rest = request.uri().path().starts_with("/api/");
+        count_refusal(match (websocket, rest) {
+            (true, _) => "graphql_ws",
+            (false, true) => "rest",
+            (false, false) => "graphql",
+        });
         tracing::debug!(?key, "rate limited");
-        return too_many_requests(wait);
+        return if rest {
+            too_many_rest_requests(wait)
+        } else {
+            too_many_requests(wait)
+        };
     }
     request
         .extensions_mut()

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use dfgraph_bench::{BenchArgs, Scenario, run};
 
-#[path = "../../../tests/support/redis.rs"]
+#[path = "../../../tests/it/support/redis.rs"]
+#[allow(dead_code)]
 mod redis_server;
 use redis_server::RedisServer;
 

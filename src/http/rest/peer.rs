@@ -3,15 +3,15 @@
 //! formats, with a stable numeric id derived from the host.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::query::PeerFilter;
 use crate::host_type::HostType;
 use crate::proto::common::v2::Host;
 
-/// Go's zero `time.Time` as `encoding/json` writes it: the creation time
-/// of a row nobody knows the creation of.
+/// Go's zero `time.Time` as `encoding/json` writes it: the time of a
+/// record nobody knows the time of.
 pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// The manager's numeric id for a host of a scheduler cluster: the first
@@ -42,14 +42,16 @@ pub fn go_time(at: DateTime<Utc>) -> String {
     text
 }
 
-/// The manager's name of a host type (`types.HostType.Name`, which also
-/// calls an unknown type normal).
+/// The manager's name of a host type (`types.HostType.Name`): the
+/// manager knows only `normal` and `super`, and names every other number
+/// (the retired strong and weak seeds included) `normal`, as its
+/// `sync_peers` writes them.
 pub fn type_name(wire: u32) -> &'static str {
     match HostType::from_wire(wire) {
         HostType::SuperSeed => "super",
-        HostType::StrongSeed => "strong",
-        HostType::WeakSeed => "weak",
-        HostType::Normal | HostType::Unknown => "normal",
+        HostType::Normal | HostType::StrongSeed | HostType::WeakSeed | HostType::Unknown => {
+            "normal"
+        }
     }
 }
 
@@ -64,6 +66,8 @@ pub struct Row<'a> {
     pub state: &'static str,
     /// When the host list holding it was read from its scheduler.
     pub read_at: DateTime<Utc>,
+    /// When a replica first listed the host (see `first_seen`).
+    pub created_at: DateTime<Utc>,
 }
 
 impl<'a> Row<'a> {
@@ -79,6 +83,7 @@ impl<'a> Row<'a> {
             host,
             state,
             read_at,
+            created_at: read_at,
         }
     }
 
@@ -155,11 +160,13 @@ impl<'a> Row<'a> {
                 .is_none_or(|c| c == self.scheduler_cluster_id)
     }
 
-    pub fn to_json(&self) -> PeerJson<'_> {
+    /// The row as the manager writes it, with its preloaded cluster.
+    pub fn to_json<'b>(&'b self, cluster: &'b SchedulerClusterJson) -> PeerJson<'b> {
         let h = self.host;
         PeerJson {
             id: self.id,
-            created_at: GO_ZERO_TIME,
+            // Never after the list that shows it was read.
+            created_at: go_time(self.created_at.min(self.read_at)),
             updated_at: go_time(self.read_at),
             is_del: 0,
             host_name: &h.hostname,
@@ -181,7 +188,7 @@ impl<'a> Row<'a> {
             git_commit: self.git_commit(),
             build_platform: self.build_platform(),
             scheduler_cluster_id: self.scheduler_cluster_id,
-            scheduler_cluster: SchedulerClusterJson::new(self.scheduler_cluster_id),
+            scheduler_cluster: cluster,
         }
     }
 }
@@ -190,7 +197,7 @@ impl<'a> Row<'a> {
 #[derive(Serialize)]
 pub struct PeerJson<'a> {
     pub id: u64,
-    pub created_at: &'static str,
+    pub created_at: String,
     pub updated_at: String,
     pub is_del: u32,
     pub host_name: &'a str,
@@ -213,48 +220,69 @@ pub struct PeerJson<'a> {
     pub git_commit: &'a str,
     pub build_platform: &'a str,
     pub scheduler_cluster_id: u64,
-    pub scheduler_cluster: SchedulerClusterJson,
+    pub scheduler_cluster: &'a SchedulerClusterJson,
 }
 
-/// An empty JSON object (a `JSONMap` column dfgraph has no value for).
-#[derive(Serialize)]
-pub struct EmptyObject {}
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
 
-/// The preloaded `models.SchedulerCluster` of a peer. dfgraph knows only
-/// the cluster's id; the name is made from it so consoles that group by
-/// name still group by cluster.
-#[derive(Serialize)]
+/// The preloaded `models.SchedulerCluster` of a peer, read from the
+/// manager when dfgraph can ask it (`GET /api/v1/scheduler-clusters/{id}`);
+/// else only the id is known and the name is made from it, so consoles
+/// that group by name still group by cluster. The lists a peer's preload
+/// leaves empty are always `null`, whatever the manager's answer held.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SchedulerClusterJson {
     pub id: u64,
-    pub created_at: &'static str,
-    pub updated_at: &'static str,
+    #[serde(default = "zero_time")]
+    pub created_at: String,
+    #[serde(default = "zero_time")]
+    pub updated_at: String,
+    #[serde(default)]
     pub is_del: u32,
+    #[serde(default)]
     pub name: String,
-    pub bio: &'static str,
-    pub config: EmptyObject,
-    pub client_config: EmptyObject,
-    pub seed_client_config: EmptyObject,
-    pub scopes: EmptyObject,
+    #[serde(default)]
+    pub bio: String,
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    #[serde(default = "empty_object")]
+    pub client_config: serde_json::Value,
+    #[serde(default = "empty_object")]
+    pub seed_client_config: serde_json::Value,
+    #[serde(default = "empty_object")]
+    pub scopes: serde_json::Value,
+    #[serde(default)]
     pub is_default: bool,
+    #[serde(skip_deserializing)]
     pub seed_peer_clusters: (),
+    #[serde(skip_deserializing)]
     pub schedulers: (),
+    #[serde(skip_deserializing)]
     pub peers: (),
+    #[serde(skip_deserializing)]
     pub jobs: (),
 }
 
+fn zero_time() -> String {
+    GO_ZERO_TIME.to_owned()
+}
+
 impl SchedulerClusterJson {
+    /// What dfgraph knows of a cluster the manager did not describe.
     pub fn new(id: u64) -> SchedulerClusterJson {
         SchedulerClusterJson {
             id,
-            created_at: GO_ZERO_TIME,
-            updated_at: GO_ZERO_TIME,
+            created_at: zero_time(),
+            updated_at: zero_time(),
             is_del: 0,
             name: format!("scheduler-cluster-{id}"),
-            bio: "",
-            config: EmptyObject {},
-            client_config: EmptyObject {},
-            seed_client_config: EmptyObject {},
-            scopes: EmptyObject {},
+            bio: String::new(),
+            config: empty_object(),
+            client_config: empty_object(),
+            seed_client_config: empty_object(),
+            scopes: empty_object(),
             is_default: false,
             seed_peer_clusters: (),
             schedulers: (),
@@ -299,7 +327,7 @@ mod tests {
     fn type_names_as_the_manager_writes_them() {
         assert_eq!(
             (0..5).map(type_name).collect::<Vec<_>>(),
-            ["normal", "super", "strong", "weak", "normal"]
+            ["normal", "super", "normal", "normal", "normal"]
         );
     }
 }

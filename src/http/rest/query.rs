@@ -11,8 +11,9 @@ pub const DEFAULT_PER_PAGE: u64 = 10;
 /// exactly this many to get every peer at once).
 pub const MAX_PER_PAGE: u64 = 10_000_000;
 
-/// The manager's peer types (`pkg/types` host type names).
-pub const PEER_TYPES: [&str; 4] = ["normal", "super", "strong", "weak"];
+/// The peer types the manager's binding accepts as a filter
+/// (`binding:"omitempty,oneof=super"`: even `normal` is refused).
+pub const PEER_TYPE_FILTERS: [&str; 1] = ["super"];
 /// The manager's peer states (`models.PeerStateActive`, `...Inactive`).
 pub const PEER_STATES: [&str; 2] = ["active", "inactive"];
 
@@ -163,7 +164,7 @@ impl PeersQuery {
         };
         // The validator's rules, in the struct's field order.
         if let Some(t) = &filter.r#type
-            && !PEER_TYPES.contains(&t.as_str())
+            && !PEER_TYPE_FILTERS.contains(&t.as_str())
         {
             return Err(validation("Type", "oneof"));
         }

@@ -1,19 +1,17 @@
 //! The cache as a console sees it: through the gateway, against the
 //! simulated schedulers' own call counters, with a real Redis.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::redis::RedisServer;
+use crate::support::{gateway_config, small_sim};
 use dfgraph::cache::CacheKey;
 use dfgraph::clock::ManualClock;
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::{Method, SimCluster};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use support::redis::RedisServer;
-use support::{gateway_config, small_sim};
 
 const TASK: &str =
     "query($id: ID!) { task(id: $id, schedulerClusterId: \"1\") { id state peerCount } }";

@@ -7,23 +7,19 @@
 //! Each test installs its subscriber with `set_default` on its own
 //! (current-thread) runtime, so no process-wide subscriber is involved.
 
-#[path = "support/otlp.rs"]
-mod otlp;
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::support::otlp::{Collector, attribute};
+use crate::support::redis::RedisServer;
+use crate::support::{gateway_config, small_sim};
 use dfgraph::gateway::Gateway;
 use dfgraph::telemetry::{Telemetry, TracingConfig};
 use dfgraph_sim::{Method, SimCluster};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use otlp::{Collector, attribute};
 use serde_json::{Value, json};
-use support::redis::RedisServer;
-use support::{gateway_config, small_sim};
 use tokio::net::TcpListener;
 use tracing_subscriber::layer::SubscriberExt;
 

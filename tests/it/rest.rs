@@ -5,18 +5,16 @@
 //! shapes, access control, and a host joining the simulated cluster
 //! showing up within one watch interval.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use crate::manager::{MANAGER_PAGE, ManagerStandIn, ROOT_USER, manager_token, now};
+use crate::support::{TestEnv, small_sim};
 use dfgraph::auth::{Anonymous, ManagerAuth, Role, StaticToken, hash_token};
 use dfgraph::config::Config;
 use dfgraph::http::rest::peer::peer_id;
 use dfgraph::proto::common::v2::Host;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::{TestEnv, small_sim};
 
 /// `models.Peer`'s JSON fields, in the order `encoding/json` writes them.
 const PEER_FIELDS: [&str; 24] = [
@@ -141,11 +139,10 @@ fn all_hosts(env: &TestEnv) -> Vec<(u64, Host)> {
         .collect()
 }
 
+/// `types.HostType.Name`: the manager knows `super` (1) and calls every
+/// other number `normal`.
 fn type_name(wire: u32) -> &'static str {
-    ["normal", "super", "strong", "weak"]
-        .get(wire as usize)
-        .copied()
-        .unwrap_or("normal")
+    if wire == 1 { "super" } else { "normal" }
 }
 
 /// The order of `fields` as they appear in the first object of `text`.
@@ -185,7 +182,6 @@ fn assert_peer_shape(peer: &Value) {
         "id {id} is an exact JavaScript number"
     );
     assert_eq!(peer["is_del"], 0);
-    assert_eq!(peer["created_at"], "0001-01-01T00:00:00Z", "Go's zero time");
     let updated = peer["updated_at"].as_str().unwrap();
     let parsed = chrono::DateTime::parse_from_rfc3339(updated).expect("RFC 3339");
     assert!(updated.ends_with('Z'), "{updated}");
@@ -194,8 +190,16 @@ fn assert_peer_shape(peer: &Value) {
         age < chrono::Duration::minutes(5),
         "read moments ago: {updated}"
     );
+    // First listed by this gateway moments ago, never after the read.
+    let created = peer["created_at"].as_str().unwrap();
+    let first = chrono::DateTime::parse_from_rfc3339(created).expect("RFC 3339");
+    assert!(
+        created.ends_with('Z') && first <= parsed,
+        "{created} {updated}"
+    );
+    assert!(chrono::Utc::now().signed_duration_since(first) < chrono::Duration::minutes(5));
     assert_eq!(peer["state"], "active");
-    assert!(["normal", "super", "strong", "weak"].contains(&peer["type"].as_str().unwrap()));
+    assert!(["normal", "super"].contains(&peer["type"].as_str().unwrap()));
     for port in ["port", "download_port", "proxy_port", "object_storage_port"] {
         assert!(peer[port].is_i64(), "{port} is a number: {peer}");
     }
@@ -346,12 +350,11 @@ async fn filters_match_exactly_like_the_managers_where_clause() {
             }),
         ),
         ("type=super".into(), expect(&|_, h| h.r#type == 1)),
-        ("type=normal".into(), expect(&|_, h| h.r#type == 0)),
         (
-            format!("type=normal&idc={idc}&scheduler_cluster_id=2"),
+            format!("type=super&idc={idc}&scheduler_cluster_id=2"),
             expect(&|c, h| {
                 c == 2
-                    && h.r#type == 0
+                    && h.r#type == 1
                     && h.network.as_ref().unwrap().idc.as_deref() == Some(idc.as_str())
             }),
         ),
@@ -463,6 +466,15 @@ async fn pages_links_and_bad_input_as_the_manager_answers_them() {
             "state=up",
             "Key: 'GetPeersQuery.State' Error:Field validation for 'State' failed on the 'oneof' tag",
         ),
+        // The manager's binding takes `super` alone (`oneof=super`).
+        (
+            "type=normal",
+            "Key: 'GetPeersQuery.Type' Error:Field validation for 'Type' failed on the 'oneof' tag",
+        ),
+        (
+            "type=strong",
+            "Key: 'GetPeersQuery.Type' Error:Field validation for 'Type' failed on the 'oneof' tag",
+        ),
         (
             "scheduler_cluster_id=one",
             r#"strconv.ParseUint: parsing "one": invalid syntax"#,
@@ -523,30 +535,15 @@ async fn pages_links_and_bad_input_as_the_manager_answers_them() {
     env.stop().await;
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A console session as the manager signs it (gin-jwt, HS256).
-fn manager_token(user_id: u64, exp: u64, key: &str) -> String {
-    let claims = json!({ "id": user_id, "exp": exp, "orig_iat": now() });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(key.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn secured(config: &mut Config) {
     config.auth.anonymous = Anonymous::Off;
     config.auth.manager = Some(ManagerAuth {
         jwt_key: Some(MANAGER_KEY.into()),
-        users: BTreeMap::from([("1".to_owned(), Role::Admin)]),
-        default_role: Some(Role::Viewer),
+        users: BTreeMap::from([
+            ("1".to_owned(), Role::Admin),
+            ("3".to_owned(), Role::Viewer),
+        ]),
+        default_role: Role::Viewer,
         ..ManagerAuth::default()
     });
     config.auth.tokens = vec![StaticToken {
@@ -625,6 +622,42 @@ async fn access_is_controlled_as_for_graphql_with_the_managers_refusal() {
         "POST",
         "/api/v1/jobs",
         Some(&viewer),
+        Some(sync.clone()),
+    )
+    .await;
+    assert_eq!((answer.status, answer.json()), (200, json!("OK")));
+    // A viewer named so (as the manager's guest) may read, not run jobs:
+    // the manager's RBAC refusal.
+    let guest = manager_token(3, hour, MANAGER_KEY);
+    let answer = console(&env, "GET", "/api/v1/peers", Some(&guest), None).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let answer = console(
+        &env,
+        "POST",
+        "/api/v1/jobs",
+        Some(&guest),
+        Some(sync.clone()),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (401, json!({ "message": "permission deny" }))
+    );
+    let answer = env
+        .http
+        .post(env.url("/api/v1/jobs"))
+        .bearer_auth(SCRIPT_TOKEN)
+        .json(&sync)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401, "a viewer token may not sync");
+    let admin = manager_token(1, hour, MANAGER_KEY);
+    let answer = console(
+        &env,
+        "POST",
+        "/api/v1/jobs",
+        Some(&admin),
         Some(sync.clone()),
     )
     .await;
@@ -771,6 +804,12 @@ async fn an_unreachable_cluster_is_inactive_while_cached_and_missing_when_not() 
         };
         assert_eq!(peer["state"], expected, "{}", peer["host_name"]);
     }
+    let age: u64 = answer
+        .header("x-dfgraph-list-age")
+        .expect("says how old the served list is")
+        .parse()
+        .unwrap();
+    assert!(age < 60, "{age}");
     let inactive = peers(&env, "per_page=1000&state=inactive").await;
     assert_eq!(inactive.len(), env.sim.hosts(2).len());
     env.stop().await;
@@ -801,8 +840,476 @@ async fn an_unreachable_cluster_is_inactive_while_cached_and_missing_when_not() 
         env.sim
             .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
     }
+    // Past any stale window (no cache at all): the last list this replica
+    // read of each cluster, as the manager's table would still show it,
+    // inactive and marked with its age.
+    let answer = get(&env, "/api/v1/peers?per_page=1000").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let rows = answer.json().as_array().unwrap().clone();
+    assert_eq!(
+        rows.len(),
+        env.sim.hosts(1).len(),
+        "cluster 2 was never read"
+    );
+    assert!(rows.iter().all(|p| p["state"] == "inactive"));
+    assert!(answer.header("x-dfgraph-list-age").is_some());
+    assert_eq!(
+        answer.header("x-dfgraph-unavailable-clusters").as_deref(),
+        Some("1,2")
+    );
+    env.stop().await;
+
+    // Nothing ever read: the manager's 500 shape.
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    for scheduler in env.sim.schedulers() {
+        env.sim
+            .set_error(scheduler.addr, Some(tonic::Code::Unavailable));
+    }
     let answer = get(&env, "/api/v1/peers").await;
     assert_eq!(answer.status, 500, "{}", answer.text);
     assert!(answer.json()["message"].is_string(), "{}", answer.text);
     env.stop().await;
+}
+
+/// The console's calls for a cluster's Peers tab, exactly as it makes
+/// them (`src/components/clusters/peers/index.tsx` through `src/lib/api.ts`):
+/// the list, the Refresh button's job, the list again. Returns the list.
+async fn peers_tab(env: &TestEnv, cookie: Option<&str>, cluster: u64) -> Vec<Value> {
+    let list = format!(
+        "/api/v1/peers?page=1&per_page={CONSOLE_MAX_PAGE_SIZE}&scheduler_cluster_id={cluster}"
+    );
+    let answer = console(env, "GET", &list, cookie, None).await;
+    assert_eq!(
+        answer.status, 200,
+        "the console accepts only 200: {}",
+        answer.text
+    );
+    let before = answer.json().as_array().expect("a bare array").len();
+    let refresh = json!({ "type": "sync_peers", "scheduler_cluster_ids": [cluster] });
+    let answer = console(env, "POST", "/api/v1/jobs", cookie, Some(refresh)).await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (200, json!("OK")),
+        "Refresh"
+    );
+    let answer = console(env, "GET", &list, cookie, None).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let rows = answer.json().as_array().unwrap().clone();
+    assert_eq!(rows.len(), before);
+    for row in &rows {
+        // What the page reads of each row.
+        assert!(row["git_version"].is_string() && row["git_commit"].is_string());
+        assert_eq!(row["state"], "active");
+        assert_eq!(row["scheduler_cluster_id"], cluster);
+    }
+    rows
+}
+
+fn hour() -> u64 {
+    now() + 3600
+}
+
+#[tokio::test]
+async fn the_demo_serves_the_console_whatever_session_cookie_it_sends() {
+    // No [auth] at all: the console's `jwt` cookie is the manager's, not a
+    // credential dfgraph can judge, and is left unread.
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let cookie = manager_token(1, hour(), "some manager's key");
+    let rows = peers_tab(&env, Some(&cookie), 1).await;
+    assert_eq!(rows.len(), env.sim.hosts(1).len());
+    let expired = manager_token(1, now() - 600, "some manager's key");
+    assert_eq!(
+        peers_tab(&env, Some(&expired), 2).await.len(),
+        env.sim.hosts(2).len()
+    );
+
+    // A bearer token is addressed to dfgraph: a bad one is still refused.
+    let answer = env
+        .http
+        .get(env.url("/api/v1/peers"))
+        .bearer_auth(&cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+
+    // The manager's answers to a sync it cannot run.
+    let sync = |ids: Value| {
+        console(
+            &env,
+            "POST",
+            "/api/v1/jobs",
+            Some(&cookie),
+            Some(json!({ "type": "sync_peers", "scheduler_cluster_ids": ids })),
+        )
+    };
+    let answer = sync(json!([1, 99])).await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (
+            404,
+            json!({ "message": "scheduler cluster id 99: record not found" })
+        )
+    );
+    assert_eq!(sync(json!([])).await.status, 200, "every cluster");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_managers_key_a_console_session_is_a_viewer() {
+    // Only the key, as README says: no user list, no default role.
+    let env = TestEnv::start(small_sim(), |config| {
+        config.auth.manager = Some(ManagerAuth {
+            jwt_key: Some(MANAGER_KEY.into()),
+            ..ManagerAuth::default()
+        });
+    })
+    .await;
+    let session = manager_token(42, hour(), MANAGER_KEY);
+    assert_eq!(peers_tab(&env, Some(&session), 1).await.len(), 60);
+    // GraphQL agrees: a viewer.
+    let answer = env
+        .http
+        .post(env.url("/graphql"))
+        .header("cookie", format!("jwt={session}"))
+        .json(&json!({ "query": "{ clusters { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // The manager's key judges the cookie now: a bad one is refused.
+    for bad in [
+        manager_token(42, now() - 600, MANAGER_KEY),
+        manager_token(42, hour(), "another key"),
+    ] {
+        let answer = console(&env, "GET", "/api/v1/peers", Some(&bad), None).await;
+        assert_eq!(
+            (answer.status, answer.json()),
+            (401, json!({ "message": "Unauthorized" }))
+        );
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_console_on_a_listed_origin_reads_the_link_header_with_its_cookie() {
+    const ORIGIN: &str = "http://console.example.com";
+    let env = TestEnv::start(small_sim(), |config| {
+        config.browser.cors_allowed_origins = vec![ORIGIN.into()];
+        config.auth.manager = Some(ManagerAuth {
+            jwt_key: Some(MANAGER_KEY.into()),
+            ..ManagerAuth::default()
+        });
+    })
+    .await;
+    let session = manager_token(2, hour(), MANAGER_KEY);
+    // The browser's preflight of the console's GET (it sends
+    // Content-Type: application/json) and POST.
+    for method in ["GET", "POST"] {
+        let answer = env
+            .http
+            .request(reqwest::Method::OPTIONS, env.url("/api/v1/peers"))
+            .header("origin", ORIGIN)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{method}: {}",
+            answer.status()
+        );
+        let h = answer.headers();
+        assert_eq!(h["access-control-allow-origin"], ORIGIN);
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert!(
+            h["access-control-allow-methods"]
+                .to_str()
+                .unwrap()
+                .contains(method)
+        );
+        assert!(
+            h["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("content-type")
+        );
+    }
+    let answer = env
+        .http
+        .get(env.url("/api/v1/peers?page=1&per_page=10&scheduler_cluster_id=1"))
+        .header("origin", ORIGIN)
+        .header("content-type", "application/json")
+        .header("cookie", format!("jwt={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let h = answer.headers();
+    assert_eq!(h["access-control-allow-origin"], ORIGIN);
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    let exposed = h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["link", "location", "authorization"] {
+        assert!(exposed.contains(name), "{name} in {exposed}");
+    }
+    // What the console's `parse-link-header` needs: `last` with a page.
+    let link = h["link"].to_str().unwrap();
+    assert!(
+        link.contains("rel=last") && link.contains("page=6"),
+        "{link}"
+    );
+
+    // Another origin gets no CORS headers: the browser keeps the answer
+    // from its page.
+    let answer = env
+        .http
+        .get(env.url("/api/v1/peers"))
+        .header("origin", "http://elsewhere.example")
+        .header("cookie", format!("jwt={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_console_reads_the_managers_message() {
+    let env = TestEnv::start(small_sim(), |config| {
+        config.rate_limit.per_second = Some(1);
+        config.rate_limit.burst = Some(1);
+    })
+    .await;
+    assert_eq!(get(&env, "/api/v1/peers").await.status, 200);
+    let answer = get(&env, "/api/v1/peers").await;
+    assert_eq!(answer.status, 429);
+    assert!(answer.header("retry-after").is_some());
+    let says = answer.json()["message"].as_str().unwrap().to_owned();
+    assert!(says.starts_with("rate limit exceeded"), "{says}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn as_the_managers_front_door_the_console_gets_everything_through_dfgraph() {
+    let manager = ManagerStandIn::start(MANAGER_KEY).await;
+    let manager_url = manager.url();
+    let env = TestEnv::start(small_sim(), |config| {
+        config.manager_api = Some(manager_url);
+        config.auth.manager = Some(ManagerAuth {
+            jwt_key: Some(MANAGER_KEY.into()),
+            ..ManagerAuth::default()
+        });
+    })
+    .await;
+    // A browser's view: redirects are the page's to follow.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = manager_token(ROOT_USER, hour(), MANAGER_KEY);
+    let guest = manager_token(2, hour(), MANAGER_KEY);
+
+    // The console's own files come from the manager; dfgraph's pages
+    // moved aside.
+    let page = browser.get(env.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.text().await.unwrap(), MANAGER_PAGE);
+    let script = browser
+        .get(env.url("/static/js/main.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        script.bytes().await.unwrap().len(),
+        3 * 1024 * 1024,
+        "streamed whole"
+    );
+    for ours in ["/dfgraph/", "/graphiql"] {
+        let answer = browser.get(env.url(ours)).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{ours}");
+        assert_ne!(answer.text().await.unwrap(), MANAGER_PAGE, "{ours}");
+    }
+    // The manager's answer to a path nobody serves: its 301, not followed.
+    let moved = browser.get(env.url("/clusters/1")).send().await.unwrap();
+    assert_eq!(moved.status(), 301);
+    assert_eq!(moved.headers()["location"], "/");
+
+    // What the Peers tab calls to render, with the session cookie.
+    for path in [
+        "/api/v1/users/2",
+        "/api/v1/users/2/roles",
+        "/api/v1/clusters/1",
+    ] {
+        let answer = console(&env, "GET", path, Some(&guest), None).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text);
+        assert_eq!(
+            answer.header("access-control-allow-origin"),
+            None,
+            "the manager's CORS stays behind"
+        );
+    }
+    let answer = console(&env, "GET", "/api/v1/users/2", None, None).await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (401, json!({ "message": "Unauthorized" })),
+        "the manager's own refusal"
+    );
+    // Method, query, cookies, body and the manager's status pass intact.
+    let answer = browser
+        .patch(env.url("/api/v1/users/2?lang=en&x=1"))
+        .header("cookie", format!("jwt={guest}; theme=dark"))
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", "10.1.2.3")
+        .body(r#"{"bio":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    assert_eq!(answer.headers()["x-manager"], "1");
+    let seen: Value = answer.json().await.unwrap();
+    assert_eq!(seen["query"], "lang=en&x=1");
+    assert_eq!(seen["cookie"], format!("jwt={guest}; theme=dark"));
+    assert_eq!(seen["body"], r#"{"bio":"hi"}"#);
+    assert_eq!(seen["content_type"], "application/json");
+    assert_eq!(seen["host"], manager.addr.to_string());
+    assert_eq!(seen["x_forwarded_for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(seen["x_forwarded_host"], env.gateway.addr.to_string());
+    assert_eq!(seen["x_forwarded_proto"], "http");
+
+    // The Peers tab: live rows from dfgraph, each with the manager's own
+    // description of its cluster (asked once, then kept).
+    let rows = peers_tab(&env, Some(&root), 1).await;
+    assert_eq!(rows.len(), 60);
+    let cluster = &rows[0]["scheduler_cluster"];
+    assert_eq!(cluster["name"], "cluster-1-from-the-manager");
+    assert_eq!(cluster["config"]["candidate_parent_limit"], 4);
+    assert_eq!(cluster["client_config"]["load_limit"], 200);
+    assert_eq!(cluster["created_at"], "2024-03-01T10:00:00Z");
+    assert_eq!(cluster["is_default"], true);
+    assert_eq!(
+        cluster["seed_peer_clusters"],
+        Value::Null,
+        "as a peer's preload"
+    );
+    assert_eq!(manager.count("GET /api/v1/scheduler-clusters/1"), 1);
+    assert_eq!(manager.count("GET /api/v1/peers"), 0, "dfgraph answered");
+
+    // Roles from the manager's RBAC: root runs jobs, a guest is refused.
+    let refresh = json!({ "type": "sync_peers", "scheduler_cluster_ids": [1] });
+    let answer = console(&env, "POST", "/api/v1/jobs", Some(&guest), Some(refresh)).await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (401, json!({ "message": "permission deny" }))
+    );
+    let roles_asked = manager.count("GET /api/v1/users/1/roles");
+    assert_eq!(roles_asked, 1, "asked once for root, then kept");
+    // Other jobs, and the manager's other methods on dfgraph's paths,
+    // are the manager's.
+    let preheat = json!({ "type": "preheat", "args": { "url": "http://a/b" } });
+    let answer = console(
+        &env,
+        "POST",
+        "/api/v1/jobs",
+        Some(&root),
+        Some(preheat.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["id"], 7);
+    let answer = console(&env, "POST", "/api/v1/jobs", Some(&guest), Some(preheat)).await;
+    assert_eq!(
+        (answer.status, answer.json()["message"].clone()),
+        (401, json!("permission deny"))
+    );
+    let answer = console(&env, "GET", "/api/v1/jobs?page=1", Some(&guest), None).await;
+    assert_eq!((answer.status, answer.json()), (200, json!([])));
+    let answer = browser
+        .delete(env.url("/api/v1/peers/5"))
+        .header("cookie", format!("jwt={root}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(manager.count("DELETE /api/v1/peers/5"), 1);
+
+    // The manager stopped: its paths say so in its shape; peers go on.
+    manager.stop().await;
+    let answer = console(&env, "GET", "/api/v1/users/2", Some(&guest), None).await;
+    assert_eq!(answer.status, 502, "{}", answer.text);
+    assert_eq!(
+        answer.header("content-type").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    let says = answer.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        says.contains("manager") && says.contains("unreachable"),
+        "{says}"
+    );
+    let answer = browser.get(env.url("/")).send().await.unwrap();
+    assert_eq!(answer.status(), 502);
+    let rows = peers_tab(&env, Some(&root), 2).await;
+    assert_eq!(rows.len(), env.sim.hosts(2).len());
+    assert_eq!(
+        rows[0]["scheduler_cluster"]["name"], "scheduler-cluster-2",
+        "not described by a manager that is down"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_sharing_redis_agree_on_when_each_host_was_first_seen() {
+    let redis = crate::support::redis::RedisServer::start();
+    let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
+    let replica = || {
+        let mut config = crate::support::gateway_config(&sim);
+        config.redis = Some(redis.url());
+        dfgraph::gateway::Gateway::start(config)
+    };
+    let a = replica().await.unwrap();
+    let http = reqwest::Client::new();
+    let created = |gateway: &dfgraph::gateway::Gateway| {
+        let url = format!("{}/api/v1/peers?per_page=1000", gateway.url());
+        let http = http.clone();
+        async move {
+            let rows: Vec<Value> = http.get(url).send().await.unwrap().json().await.unwrap();
+            rows.iter()
+                .map(|p| {
+                    (
+                        p["id"].as_u64().unwrap(),
+                        p["created_at"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<BTreeMap<u64, String>>()
+        }
+    };
+    let first = created(&a).await;
+    assert_eq!(first.len(), 120);
+    // A replica that starts later says the same, not "now".
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b = replica().await.unwrap();
+    assert_eq!(created(&b).await, first);
+    assert_eq!(created(&a).await, first, "and so does the first, again");
+    // A host that joins is first seen once, for both.
+    let mut host = sim.hosts(1).remove(0);
+    host.id = "late-host".into();
+    sim.upsert_host(host);
+    let on_b = created(&b).await;
+    let late = peer_id(1, "late-host");
+    let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap();
+    let earliest_late = first.values().map(|t| at(t)).max().unwrap();
+    assert!(at(&on_b[&late]) > earliest_late, "seen after the others");
+    assert_eq!(created(&a).await[&late], on_b[&late]);
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
 }

@@ -2,14 +2,12 @@
 //! with a raw websocket client: each close code, malformed frames, limits,
 //! pings; and the server stays healthy through all of it.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::ws::{Received, WsClient};
+use crate::support::{TestEnv, small_sim};
 use futures::SinkExt;
 use serde_json::json;
-use support::ws::{Received, WsClient};
-use support::{TestEnv, small_sim};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECOND: Duration = Duration::from_secs(1);

@@ -2,21 +2,19 @@
 //! each): the shared cache, invalidation, events over sharded pub/sub and
 //! the poller leases, and a primary killed under load.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::live::{HOST_EVENTS, INTERVAL, live_config, next_event, query, wait_until};
+use crate::support::redis_cluster::RedisCluster;
+use crate::support::small_sim;
+use crate::support::ws::WsClient;
 use dfgraph::cache::{CacheKey, Kind, keys};
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::SimCluster;
 use serde_json::json;
-use support::live::{HOST_EVENTS, INTERVAL, live_config, next_event, query, wait_until};
-use support::redis_cluster::RedisCluster;
-use support::small_sim;
-use support::ws::WsClient;
 
 fn cluster_config(sim: &SimCluster, redis: &RedisCluster) -> Config {
     // RUST_LOG=dfgraph=debug shows the gateways' view of the fail-over.

@@ -2,22 +2,20 @@
 //! websocket subscribers (on every replica sharing a Redis), invalidate
 //! the cache, and are polled by one replica only.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::live::{
+    HOST, HOST_EVENTS, INTERVAL, lease_holders, live_config, next_event, query, response,
+    wait_until,
+};
+use crate::support::redis::RedisServer;
+use crate::support::small_sim;
+use crate::support::ws::{Received, WsClient};
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::{Method, SimCluster};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use support::live::{
-    HOST, HOST_EVENTS, INTERVAL, lease_holders, live_config, next_event, query, response,
-    wait_until,
-};
-use support::redis::RedisServer;
-use support::small_sim;
-use support::ws::{Received, WsClient};
 
 /// Two replicas sharing `redis`, each with a live `hostEvents` subscriber
 /// (id "h").

@@ -1,8 +1,8 @@
 //! Test support: a simulated cluster and a gateway on ephemeral ports, and
 //! a small GraphQL-over-HTTP client, so tests read like a user's session.
-#![allow(dead_code)]
 
 pub mod live;
+pub mod otlp;
 pub mod proxy;
 pub mod redis;
 pub mod redis_cluster;

@@ -12,19 +12,17 @@
 //! `chromium-driver`); `scripts/test.sh` installs them. `CHROMIUM` and
 //! `CHROMEDRIVER` point at other binaries.
 
-mod support;
-
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{TestEnv, small_sim};
 use dfgraph_sim::{Method, SimCluster};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
-use support::{TestEnv, small_sim};
 
 /// The watch interval: live changes must reach the page within two.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);

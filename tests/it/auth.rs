@@ -4,11 +4,12 @@
 //! over HTTP, a static API token) against every endpoint, over real HTTP
 //! and websockets, with mutations running against the simulator.
 
-mod support;
-
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::manager::{manager_token, now};
+use crate::support::ws::{Received, WsClient};
+use crate::support::{TestEnv, error_codes, small_sim};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dfgraph::auth::{Anonymous, ManagerAuth, OidcAuth, Role, StaticToken, hash_token};
@@ -16,8 +17,6 @@ use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::ws::{Received, WsClient};
-use support::{TestEnv, error_codes, small_sim};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const MANAGER_KEY: &str = "the manager's auth.jwt.key";
@@ -25,25 +24,6 @@ const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "dfgraph";
 const SCRIPT_TOKEN: &str = "dfgraph-ci-0123456789abcdef";
 const ALLOWED_ORIGIN: &str = "https://console.example.com";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A console session as the manager issues it (gin-jwt: `id`, `exp`,
-/// `orig_iat`), signed with `key`.
-fn manager_token(user_id: u64, exp: u64, key: &str) -> String {
-    let claims = json!({ "id": user_id, "exp": exp, "orig_iat": now() });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(key.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// The identity provider of the test: one ES256 key, its JWKS served over
 /// HTTP.
@@ -95,7 +75,7 @@ fn secured(config: &mut Config, idp: &Idp) {
     config.auth.manager = Some(ManagerAuth {
         jwt_key: Some(MANAGER_KEY.into()),
         users: BTreeMap::from([("1".to_owned(), Role::Admin)]),
-        default_role: Some(Role::Viewer),
+        default_role: Role::Viewer,
         ..ManagerAuth::default()
     });
     config.auth.oidc = Some(OidcAuth {
@@ -577,7 +557,7 @@ async fn anonymous_viewers_read_but_never_mutate_and_mutations_need_an_auth_meth
     env.stop().await;
 
     let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
-    let mut config = support::gateway_config(&sim);
+    let mut config = crate::support::gateway_config(&sim);
     config.enable_mutations = true;
     let refused = Gateway::start(config)
         .await

@@ -1,17 +1,15 @@
 //! The response cache as a console meets it: real gateway, simulated
 //! schedulers over gRPC, the schedulers' own call counters as witness.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestEnv, small_sim};
 use dfgraph::auth::{Role, StaticToken, hash_token};
 use dfgraph::cache::CacheKey;
 use dfgraph::config::Config;
 use dfgraph_sim::Method;
 use futures::future::join_all;
 use serde_json::{Value, json};
-use support::{TestEnv, small_sim};
 
 const OVERVIEW: &str =
     "{ hostStats { total } hosts(first: 5) { totalCount edges { node { id } } } }";

@@ -1,11 +1,9 @@
 //! GraphQL over websocket at `/graphql/ws`, in both sub-protocols a
 //! console may speak.
 
-mod support;
-
+use crate::support::{TestEnv, small_sim};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{TestEnv, small_sim};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -2,15 +2,13 @@
 //! with its hash is known by hash to every replica sharing Redis; in
 //! safelist mode only registered operations run, over HTTP and websocket.
 
-mod support;
-
+use crate::support::redis::RedisServer;
+use crate::support::ws::WsClient;
+use crate::support::{error_codes, gateway_config, small_sim};
 use dfgraph::gateway::Gateway;
 use dfgraph::http::persisted::{Mode, sha256_hex};
 use dfgraph_sim::SimCluster;
 use serde_json::{Value, json};
-use support::redis::RedisServer;
-use support::ws::WsClient;
-use support::{error_codes, gateway_config, small_sim};
 
 const QUERY: &str = "{ hostStats { total } }";
 

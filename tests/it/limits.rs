@@ -3,15 +3,13 @@
 //! while everyone else is served, and comes back once its bucket refills;
 //! scrapers need the metrics token, or the metrics port.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::ws::{Received, WsClient};
+use crate::support::{TestEnv, error_codes, small_sim};
 use dfgraph::auth::{Role, StaticToken, hash_token};
 use dfgraph::config::Config;
 use serde_json::{Value, json};
-use support::ws::{Received, WsClient};
-use support::{TestEnv, error_codes, small_sim};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ALICE: &str = "alice-script-0123456789";

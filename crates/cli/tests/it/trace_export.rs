@@ -3,9 +3,6 @@
 //! the process stops on SIGTERM (the batch exporter would otherwise hold
 //! them for its next 5 s tick, which never comes).
 
-#[path = "../../../tests/support/otlp.rs"]
-mod otlp;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,7 +22,7 @@ impl Drop for Running {
 
 #[tokio::test]
 async fn serve_exports_its_last_spans_when_it_stops() {
-    let (collector, collector_addr) = otlp::Collector::start().await;
+    let (collector, collector_addr) = crate::support::otlp::Collector::start().await;
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env(

@@ -2,22 +2,19 @@
 //! polls the schedulers for all, and when it is killed (no polite
 //! goodbye) another takes its lease over and events go on.
 
-#[path = "../../../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::live::{
+    HOST_EVENTS, INTERVAL, LEASE_TTL, lease_holders, live_config, next_event, wait_until,
+};
+use crate::support::redis::RedisServer;
+use crate::support::small_sim;
+use crate::support::ws::{Received, WsClient};
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::{Method, SimCluster};
 use serde_json::json;
-use support::live::{
-    HOST_EVENTS, INTERVAL, LEASE_TTL, lease_holders, live_config, next_event, wait_until,
-};
-use support::redis::RedisServer;
-use support::small_sim;
-use support::ws::{Received, WsClient};
 
 /// A `dfgraph serve` child process, killed (not stopped) on drop.
 struct Replica {

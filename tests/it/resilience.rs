@@ -3,14 +3,14 @@
 //! soak under switching faults. Real gRPC over TCP, with a fault-injecting
 //! proxy between the gateway and the simulated schedulers.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::proxy::{Mode, Proxy};
+use crate::support::{TestEnv, error_codes, gateway_config, small_sim};
 use dfgraph::cluster::TaskRing;
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
@@ -18,8 +18,6 @@ use dfgraph_sim::{Method, SimCluster, SimConfig, SimScheduler};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support::proxy::{Mode, Proxy};
-use support::{TestEnv, error_codes, gateway_config, small_sim};
 
 const STAT_TIMEOUT: Duration = Duration::from_millis(300);
 const LIST_TIMEOUT: Duration = Duration::from_millis(300);

@@ -6,8 +6,6 @@
 //! ("Disconnected from master for longer than allowed"), so a primary
 //! killed earlier would never be replaced.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -95,19 +95,6 @@ impl Proxy {
         *self.shared.mode.lock().unwrap() = mode;
     }
 
-    pub fn mode(&self) -> Mode {
-        self.shared.mode()
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.shared.target
-    }
-
-    /// Connections accepted since start.
-    pub fn accepted(&self) -> u64 {
-        self.shared.accepted.load(Ordering::SeqCst)
-    }
-
     /// Connections currently open (client side).
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)

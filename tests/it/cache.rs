@@ -1,8 +1,6 @@
 //! The two-tier cache against a real Redis (one `redis-server` per test)
 //! and a counting in-test origin.
 
-mod support;
-
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -10,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::redis::RedisServer;
 use dfgraph::cache::{
     Cache, CacheConfig, CacheError, CacheKey, Codec, EncryptionConfig, Header, KeyRing, Kind,
     KindTtl, Origin, OriginResult, Tier, TypedCache,
@@ -18,7 +17,6 @@ use dfgraph::clock::{Clock, ManualClock, SystemClock};
 use dfgraph::deadline::Deadline;
 use futures::future::BoxFuture;
 use redis::Commands;
-use support::redis::RedisServer;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Val {

@@ -1,9 +1,7 @@
 //! An OTLP trace collector in process: a tonic server of
 //! `opentelemetry.proto.collector.trace.v1.TraceService` on a free
 //! loopback port that keeps every span it is sent. Shared by
-//! `tests/telemetry.rs` and the binary's `crates/cli/tests/tracing.rs`.
-
-#![allow(dead_code)]
+//! `tests/it/telemetry.rs` and the binary's `crates/cli/tests/it/trace_export.rs`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};

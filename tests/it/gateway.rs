@@ -1,13 +1,11 @@
 //! The gateway end to end: a simulated Dragonfly cluster on real gRPC
 //! ports, dfgraph in front of it, and a client speaking HTTP.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::support::{TestEnv, error_codes, small_sim};
 use dfgraph_sim::Method;
 use serde_json::{Value, json};
-use support::{TestEnv, error_codes, small_sim};
 
 const HOST_PAGE: &str = r#"
 query Page($first: Int, $after: String, $filter: HostFilter, $orderBy: HostOrder) {
@@ -660,7 +658,7 @@ async fn scheduler_health_is_visible() {
 #[tokio::test]
 async fn discovers_schedulers_from_the_manager() {
     let env = TestEnv::start(small_sim(), |_| {}).await;
-    let mut config = support::gateway_config(&env.sim);
+    let mut config = crate::support::gateway_config(&env.sim);
     config.schedulers.clear();
     config.manager = Some(env.sim.manager_addr().to_string());
     config.scheduler_cluster_ids = vec![1, 2];

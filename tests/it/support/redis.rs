@@ -1,8 +1,6 @@
 //! A throw-away `redis-server` per test: started on a free port with no
 //! persistence, killable and restartable on the same port, killed on drop.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -82,10 +80,6 @@ impl RedisServer {
             Ok(n) if n > 0 => buf[0] == b'+' || buf[0] == b'-',
             _ => false,
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,36 @@
+//! dfgraph's integration tests, one binary: each module is one capability
+//! exercised as a user meets it (a simulated Dragonfly cluster on real
+//! gRPC, a real `redis-server`, real HTTP and websockets, a real browser).
+//!
+//! One binary instead of one per file: the support code is compiled and
+//! linked once, and `cargo test` links one executable instead of
+//! eighteen. Tests share the process, so none may rely on process-wide
+//! state of its own (the metrics recorder is shared: assert on what your
+//! own gateway exposes; tracing subscribers are set per test with
+//! `set_default`).
+
+mod support;
+// The Dragonfly manager stand-in of `rest`: not in `support`, which the
+// CLI's tests share and which has no axum there.
+#[path = "support/manager.rs"]
+mod manager;
+
+mod auth;
+mod browser;
+mod cache;
+mod cache_gateway;
+mod docs;
+mod gateway;
+mod limits;
+mod live;
+mod persisted;
+mod redis_cluster;
+mod resilience;
+mod response_cache;
+mod rest;
+mod schema;
+mod sim;
+mod telemetry;
+mod tls;
+mod websocket;
+mod ws_protocol;
