@@ -172,12 +172,7 @@ async fn app_state(
     let manager_proxy = match &config.manager_api {
         Some(url) => {
             let proxy = crate::http::manager_proxy::ManagerProxy::new(url, &config.manager_proxy)
-                .map_err(|e| {
-                StartError::Config(crate::config::ConfigError::Invalid {
-                    setting: "manager_api".into(),
-                    message: e.to_string(),
-                })
-            })?;
+                .map_err(|e| crate::setting::Invalid::new("manager_api", e.to_string()))?;
             tracing::info!(manager = %proxy.manager(), "front door of the Dragonfly manager: paths dfgraph does not serve pass to it; dfgraph's console is at /dfgraph/");
             Some(proxy)
         }
