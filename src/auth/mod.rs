@@ -156,33 +156,72 @@ pub trait ManagerRoles: Send + Sync {
         &'a self,
         user: &'a str,
         token: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>>;
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, RolesError>>;
+}
+
+/// Why the manager did not tell a user's roles.
+#[derive(Debug, thiserror::Error)]
+pub enum RolesError {
+    /// The manager refused the user (401/403): its RBAC gives this user
+    /// no more than a guest's reads.
+    #[error("refused by the manager: {0}")]
+    Refused(String),
+    /// The manager could not be asked or answered nonsense.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The manager's RBAC role that may do everything (`rbac.RootRole`).
 const MANAGER_ROOT_ROLE: &str = "root";
 
+/// How long a failed roles lookup is kept: long enough that a hung
+/// manager does not stall each of a user's requests by the lookup's
+/// timeout, short enough that a blip does not pin a user's role.
+const ROLES_FAILURE_TTL: Duration = Duration::from_secs(5);
+
 /// The manager's RBAC, asked at most once per user per `ttl`.
 struct ManagerRbac {
     source: Arc<dyn ManagerRoles>,
-    /// User id -> dfgraph role, `None` when the manager could not say. A
-    /// failure is kept too: a manager that hangs must not stall each of
-    /// the user's requests by the lookup's timeout.
+    /// User id -> dfgraph role, `None` when the manager could not say
+    /// (kept [`ROLES_FAILURE_TTL`] only).
     roles: moka::future::Cache<String, Option<Role>>,
+}
+
+/// Answers are kept for the configured ttl, failures briefly.
+struct RolesExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<String, Option<Role>> for RolesExpiry {
+    fn expire_after_create(
+        &self,
+        _user: &String,
+        role: &Option<Role>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(match role {
+            Some(_) => self.ttl,
+            None => self.ttl.min(ROLES_FAILURE_TTL),
+        })
+    }
 }
 
 impl ManagerRbac {
     /// `admin` for the manager's `root`, `viewer` for any other role set
-    /// (the manager's `guest` may only read); `None` when the manager
-    /// could not be asked.
+    /// (the manager's `guest` may only read) and for a user the manager
+    /// refuses; `None` when the manager could not be asked.
     async fn role(&self, user: &str, token: &str) -> Option<Role> {
         self.roles
             .get_with(user.to_owned(), async {
                 match self.source.roles(user, token).await {
                     Ok(roles) if roles.iter().any(|r| r == MANAGER_ROOT_ROLE) => Some(Role::Admin),
                     Ok(_) => Some(Role::Viewer),
-                    Err(e) => {
-                        tracing::warn!(user, error = %e, "cannot ask the manager for a user's roles; using auth.manager.default_role");
+                    Err(RolesError::Refused(why)) => {
+                        tracing::info!(user, why, "the manager refuses a user its roles; a viewer");
+                        Some(Role::Viewer)
+                    }
+                    Err(RolesError::Unavailable(e)) => {
+                        tracing::warn!(user, error = %e, "cannot ask the manager for a user's roles; a viewer for now");
                         None
                     }
                 }
@@ -263,7 +302,7 @@ impl Authenticator {
             manager.rbac = Some(ManagerRbac {
                 source,
                 roles: moka::future::Cache::builder()
-                    .time_to_live(ttl)
+                    .expire_after(RolesExpiry { ttl })
                     .max_capacity(100_000)
                     .build(),
             });
@@ -375,16 +414,22 @@ impl ManagerVerifier {
             _ => return Err(AuthError::Rejected("claim id is not a user id".into())),
         };
         let subject = format!("manager:{user}");
-        let stated = match self.users.get(&user) {
-            Some(role) => Some(*role),
+        let (stated, fallback) = match self.users.get(&user) {
+            Some(role) => (Some(*role), self.default_role),
             None => match &self.rbac {
-                Some(rbac) => rbac.role(&user, token).await,
-                None => None,
+                // The manager was asked and could not say: never more than
+                // a viewer, whatever default_role grants, so that a manager
+                // blip cannot make a guest an admin.
+                Some(rbac) => (
+                    rbac.role(&user, token).await,
+                    self.default_role.min(Role::Viewer),
+                ),
+                None => (None, self.default_role),
             },
         };
         Ok(Principal {
             subject,
-            role: stated.unwrap_or(self.default_role),
+            role: stated.unwrap_or(fallback),
             method: Method::Manager,
             expires_at: expiry(data.claims.exp),
             role_stated: stated.is_some(),

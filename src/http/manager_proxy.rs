@@ -27,6 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use crate::auth::RolesError;
 
 /// The `[manager_proxy]` settings: how dfgraph talks to the manager named
 /// by the top-level `manager_api`.
@@ -128,6 +129,10 @@ impl Base {
             ));
         }
         let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        // Credentials in the URL would reach logs and error messages.
+        if authority.as_str().contains('@') {
+            return Err(bad("no user or password in the URL"));
+        }
         if uri.query().is_some() {
             return Err(bad("no query string"));
         }
@@ -228,61 +233,108 @@ impl ManagerProxy {
             }
             Ok(Err(e)) => {
                 tracing::warn!(manager = %self.manager(), error = %e, "the manager did not answer");
+                // The manager's address is for the logs, not for clients.
                 message(
                     StatusCode::BAD_GATEWAY,
-                    &format!("the Dragonfly manager at {} is unreachable", self.manager()),
+                    "the Dragonfly manager is unreachable",
                 )
             }
-            Err(_) => message(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "the Dragonfly manager at {} did not answer within {} s",
-                    self.manager(),
-                    self.response_timeout.as_secs_f64()
-                ),
-            ),
+            Err(_) => {
+                tracing::warn!(manager = %self.manager(), timeout = ?self.response_timeout, "the manager did not answer in time");
+                message(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "the Dragonfly manager did not answer within {} s",
+                        self.response_timeout.as_secs_f64()
+                    ),
+                )
+            }
         }
     }
 
     /// `GET` of a manager path as the user whose session `token` is, for
-    /// dfgraph's own use: the body of a 200 as `T`.
+    /// dfgraph's own use: the body of a 200 as `T`. The request and the
+    /// whole body are under one [`LOOKUP_TIMEOUT`]: a manager that sends
+    /// headers and then stalls must not hold a console request.
     pub async fn get_as<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         token: &str,
-    ) -> Result<T, String> {
-        let uri = self.base.uri(path).map_err(|e| e.to_string())?;
+    ) -> Result<T, LookupError> {
+        let uri = self
+            .base
+            .uri(path)
+            .map_err(|e| LookupError::Failed(e.to_string()))?;
         let request = axum::http::Request::get(uri)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::ACCEPT, "application/json")
             .body(Body::empty())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(LOOKUP_TIMEOUT, self.client.request(request))
+            .map_err(|e| LookupError::Failed(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| LookupError::Failed(e.to_string()))?;
+            let status = response.status();
+            let body = axum::body::to_bytes(Body::new(response.into_body()), LOOKUP_MAX_BYTES)
+                .await
+                .map_err(|e| LookupError::Failed(e.to_string()))?;
+            Ok::<_, LookupError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(LOOKUP_TIMEOUT, exchange)
             .await
-            .map_err(|_| format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()))?
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = axum::body::to_bytes(Body::new(response.into_body()), LOOKUP_MAX_BYTES)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                LookupError::Failed(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs()))
+            })??;
         if status != StatusCode::OK {
-            return Err(format!(
-                "{path}: status {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
+            return Err(LookupError::Status {
+                path: path.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
         }
-        serde_json::from_slice(&body).map_err(|e| format!("{path}: unexpected answer: {e}"))
+        serde_json::from_slice(&body)
+            .map_err(|e| LookupError::Failed(format!("{path}: unexpected answer: {e}")))
     }
 
     /// The manager's RBAC roles of `user` (`GET /api/v1/users/{id}/roles`),
     /// asked with the user's own session.
-    async fn user_roles(&self, user: &str, token: &str) -> Result<Vec<String>, String> {
+    async fn user_roles(&self, user: &str, token: &str) -> Result<Vec<String>, RolesError> {
         if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("user id {user:?} is not a manager user id"));
+            return Err(RolesError::Unavailable(format!(
+                "user id {user:?} is not a manager user id"
+            )));
         }
-        self.get_as(&format!("/api/v1/users/{user}/roles"), token)
+        match self
+            .get_as(&format!("/api/v1/users/{user}/roles"), token)
             .await
+        {
+            Ok(roles) => Ok(roles),
+            Err(
+                e @ LookupError::Status {
+                    status: StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN,
+                    ..
+                },
+            ) => Err(RolesError::Refused(e.to_string())),
+            Err(e) => Err(RolesError::Unavailable(e.to_string())),
+        }
     }
+}
+
+/// Why one of dfgraph's own questions to the manager got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The manager answered with another status than 200.
+    #[error("{path}: status {status}: {body}")]
+    Status {
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+    /// No usable answer (unreachable, too slow, not the expected JSON).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl crate::auth::ManagerRoles for ManagerProxy {
@@ -290,7 +342,7 @@ impl crate::auth::ManagerRoles for ManagerProxy {
         &'a self,
         user: &'a str,
         token: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, RolesError>> {
         self.user_roles(user, token).boxed()
     }
 }
@@ -388,6 +440,8 @@ mod tests {
             "manager:8080",
             "https://manager",
             "http://m/?a=1",
+            "http://admin:secret@manager:8080",
+            "http://admin@manager",
             "not a url",
         ] {
             let err = Base::parse(bad).unwrap_err().to_string();

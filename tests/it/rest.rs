@@ -1267,6 +1267,63 @@ async fn as_the_managers_front_door_the_console_gets_everything_through_dfgraph(
 }
 
 #[tokio::test]
+async fn a_manager_that_cannot_tell_a_users_roles_makes_no_admin() {
+    // default_role admin is for a deployment without the manager's RBAC;
+    // with it, a refusal or a failure of the manager must not grant it.
+    // This stand-in signs with another key, so it refuses dfgraph's
+    // sessions (401), as a manager refuses a user it does not know.
+    let manager = ManagerStandIn::start("another manager's key").await;
+    let manager_url = manager.url();
+    let env = TestEnv::start(small_sim(), |config| {
+        config.enable_mutations = true;
+        config.manager_api = Some(manager_url);
+        config.auth.manager = Some(ManagerAuth {
+            jwt_key: Some(MANAGER_KEY.into()),
+            default_role: Role::Admin,
+            ..ManagerAuth::default()
+        });
+    })
+    .await;
+    // Refused by the manager: a known viewer, refused sync_peers as the
+    // manager refuses it.
+    let refused = manager_token(2, hour(), MANAGER_KEY);
+    let refresh = json!({ "type": "sync_peers", "scheduler_cluster_ids": [1] });
+    let answer = console(&env, "POST", "/api/v1/jobs", Some(&refused), Some(refresh)).await;
+    assert_eq!(
+        (answer.status, answer.json()),
+        (401, json!({ "message": "permission deny" }))
+    );
+    assert_eq!(manager.count("GET /api/v1/users/2/roles"), 1);
+
+    // The manager down: a viewer, not default_role's admin.
+    manager.stop().await;
+    let victim = env.sim.hosts(1)[0].id.clone();
+    let delete = json!({
+        "query": "mutation($id: ID!) { deleteHost(id: $id, schedulerClusterId: \"1\") }",
+        "variables": { "id": victim },
+    });
+    let unknown = manager_token(3, hour(), MANAGER_KEY);
+    let answer = env
+        .http
+        .post(env.url("/graphql"))
+        .bearer_auth(&unknown)
+        .json(&delete)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    assert!(
+        env.sim.hosts(1).iter().any(|h| h.id == victim),
+        "nothing deleted"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn replicas_sharing_redis_agree_on_when_each_host_was_first_seen() {
     let redis = crate::support::redis::RedisServer::start();
     let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
