@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every dfgraph test. Tests that need Redis start their own
-# redis-server on a free port, and tests/browser.rs its own chromedriver
-# and headless Chromium, so this only makes sure they are installed.
+# redis-server on a free port, tests/browser.rs its own chromedriver
+# and headless Chromium, and the GraphQL-over-HTTP audit in tests/gateway.rs
+# installs npm's graphql-http itself (Node.js 18+), so this only makes sure
+# they are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing ${missing[*]} (Debian/Ubuntu)" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
+use crate::setting::{Invalid, positive};
 
 /// Thresholds of one breaker: every scheduler's (`[breaker]` in the
 /// config), or Redis's (derived from the cache's `circuit_*` settings).
@@ -61,23 +62,17 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     /// What is wrong with these thresholds, if anything.
-    pub fn check(&self) -> Result<(), String> {
-        if self.consecutive_failures == 0 {
-            return Err("consecutive_failures must be at least 1".into());
-        }
+    pub fn validate(&self) -> Result<(), Invalid> {
+        positive("consecutive_failures", self.consecutive_failures)?;
         if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
-            return Err("failure_rate must be in (0, 1]".into());
+            return Err(Invalid::new("failure_rate", "must be in (0, 1]"));
         }
-        if self.window.is_zero() || self.open_base.is_zero() {
-            return Err("window and open_base must be greater than zero".into());
-        }
+        positive("window", self.window)?;
+        positive("open_base", self.open_base)?;
         if self.open_max < self.open_base {
-            return Err("open_max must be at least open_base".into());
+            return Err(Invalid::new("open_max", "must be at least open_base"));
         }
-        if self.half_open_probes == 0 {
-            return Err("half_open_probes must be at least 1".into());
-        }
-        Ok(())
+        positive("half_open_probes", self.half_open_probes)
     }
 }
 
@@ -611,7 +606,7 @@ mod tests {
             open_max: Duration::from_secs(1),
             ..BreakerConfig::default()
         };
-        assert!(bad.check().unwrap_err().contains("open_max"));
-        assert!(BreakerConfig::default().check().is_ok());
+        assert_eq!(bad.validate().unwrap_err().setting, "open_max");
+        assert!(BreakerConfig::default().validate().is_ok());
     }
 }

@@ -1,9 +1,15 @@
 //! One typed configuration, merged from defaults, a TOML file, `DFGRAPH_*`
 //! environment variables and command-line flags (later wins), and validated
-//! once at start-up with errors that name the offending setting.
+//! once, by [`Config::validate`], with errors that name the offending
+//! setting.
+//!
+//! Each section's struct lives with the module that uses it and has one
+//! `validate` returning [`Invalid`] with the setting named within the
+//! section; this file only assembles the sections, layers the sources,
+//! checks the rules that span sections and names each section's errors.
+//! Nothing below [`crate::gateway`] imports it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
@@ -14,8 +20,18 @@ use crate::auth::AuthConfig;
 use crate::breaker::BreakerConfig;
 use crate::cache::CacheConfig;
 use crate::cluster::discovery::resolve_addr;
-use crate::cluster::{RetryConfig, Timeouts};
+use crate::cluster::{RetryConfig, Timeouts, TlsConfig};
 use crate::events::WatchConfig;
+use crate::graphql::Limits;
+use crate::http::browser::BrowserConfig;
+use crate::http::graphql::GraphqlConfig;
+use crate::http::manager_proxy::ManagerProxyConfig;
+use crate::http::metrics::MetricsConfig;
+use crate::http::rate_limit::RateLimitConfig;
+use crate::http::response_cache::ResponseCacheConfig;
+use crate::http::ws::SubscriptionLimits;
+pub use crate::setting::Invalid;
+use crate::telemetry::{LogFormat, TracingConfig};
 
 /// Everything `dfgraph serve` needs to know.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -38,11 +54,14 @@ pub struct Config {
     /// console sessions are `root` (admin).
     pub manager_api: Option<String>,
     /// Timeouts toward `manager_api`, and how long a user's roles are kept.
-    pub manager_proxy: crate::http::manager_proxy::ManagerProxyConfig,
+    pub manager_proxy: ManagerProxyConfig,
     /// Redis URL for the shared cache tier and the event bus.
     pub redis: Option<String>,
+    /// TLS toward schedulers and the manager.
     pub tls: TlsConfig,
+    /// Deadlines of scheduler calls and of whole requests.
     pub timeouts: Timeouts,
+    /// Bounds on what one client may ask for.
     pub limits: Limits,
     /// Each scheduler's circuit breaker.
     pub breaker: BreakerConfig,
@@ -52,6 +71,7 @@ pub struct Config {
     /// because they change the cluster; admins only, and only with an
     /// `[auth]` method configured.
     pub enable_mutations: bool,
+    /// The two-tier cache: TTLs per kind, L1 size, Redis.
     pub cache: CacheConfig,
     /// The change watcher behind subscriptions.
     pub watch: WatchConfig,
@@ -66,61 +86,16 @@ pub struct Config {
     /// Schema-level switches for production.
     pub graphql: GraphqlConfig,
     /// Per-client request rates (off unless `per_second` is set).
-    pub rate_limit: crate::http::rate_limit::RateLimitConfig,
+    pub rate_limit: RateLimitConfig,
     /// Where `/metrics` is served, and its bearer token.
-    pub metrics: crate::http::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Kept responses of hot host-list queries (on by default).
-    pub response_cache: crate::http::response_cache::ResponseCacheConfig,
+    pub response_cache: ResponseCacheConfig,
     /// OpenTelemetry trace export (off unless `otlp_endpoint` is set).
-    pub tracing: crate::telemetry::TracingConfig,
-}
-
-/// Browser safety: which other origins may call dfgraph from a page, and
-/// refusing requests a browser would send without a CORS preflight.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BrowserConfig {
-    /// Origins (`https://console.example.com`) allowed cross-origin; the
-    /// default, none, allows only same-origin pages.
-    pub cors_allowed_origins: Vec<String>,
-    /// Refuse `/graphql` requests a browser could send cross-site without a
-    /// preflight (form or text/plain bodies; GET without a non-simple
-    /// header), as Apollo's CSRF prevention does.
-    pub csrf_prevention: bool,
-}
-
-impl Default for BrowserConfig {
-    fn default() -> Self {
-        BrowserConfig {
-            cors_allowed_origins: Vec::new(),
-            csrf_prevention: true,
-        }
-    }
-}
-
-/// Introspection and "did you mean" suggestions: on for exploring in
-/// GraphiQL, off in production where the schema need not be advertised.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GraphqlConfig {
-    pub introspection: bool,
-    pub field_suggestions: bool,
-    /// `off`, `apq` (Automatic Persisted Queries, shared through Redis) or
-    /// `safelist` (only the operations of `safelist_file` run).
-    pub persisted_queries: crate::http::persisted::Mode,
-    /// Apollo persisted-query manifest: `{"operations": [{"id", "body"}]}`.
-    pub safelist_file: Option<PathBuf>,
-}
-
-impl Default for GraphqlConfig {
-    fn default() -> Self {
-        GraphqlConfig {
-            introspection: true,
-            field_suggestions: true,
-            persisted_queries: crate::http::persisted::Mode::default(),
-            safelist_file: None,
-        }
-    }
+    pub tracing: TracingConfig,
+    /// Log lines on stderr: `text` or `json` (the `--log-format` flag
+    /// wins over this key).
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -147,119 +122,35 @@ impl Default for Config {
             auth: AuthConfig::default(),
             browser: BrowserConfig::default(),
             graphql: GraphqlConfig::default(),
-            rate_limit: Default::default(),
-            metrics: Default::default(),
-            response_cache: Default::default(),
-            tracing: Default::default(),
-        }
-    }
-}
-
-/// TLS toward schedulers and the manager. A CA alone gives server-verified
-/// TLS; adding a certificate and key gives mutual TLS.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    pub ca_cert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// Name to verify in the server certificate, when it differs from the
-    /// address dialled.
-    pub domain: Option<String>,
-}
-
-impl TlsConfig {
-    pub fn enabled(&self) -> bool {
-        self.ca_cert.is_some() || self.cert.is_some()
-    }
-}
-
-/// Bounds on what one client may ask for.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_depth: usize,
-    pub max_complexity: usize,
-    /// Largest `first`/`last` a connection accepts.
-    pub max_page_size: usize,
-    /// Most keys one batch query (`tasks`, `peers`) accepts.
-    pub max_batch_keys: usize,
-    /// Concurrent calls toward one scheduler.
-    pub scheduler_concurrency: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            max_depth: 15,
-            max_complexity: 20_000,
-            max_page_size: 1000,
-            max_batch_keys: 1000,
-            scheduler_concurrency: 32,
-        }
-    }
-}
-
-/// Bounds on `/graphql/ws`: what one connection and the whole process
-/// may hold, and how long a silent or slow client is kept.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SubscriptionLimits {
-    /// Operations one connection may run at once.
-    pub per_connection: usize,
-    /// Operations all connections may run at once.
-    pub total: usize,
-    /// A connection that sends no `connection_init` within this is closed
-    /// (4408).
-    #[serde(with = "humantime_serde")]
-    pub init_timeout: Duration,
-    /// How often the server pings (protocol `ping`/`ka` and a websocket
-    /// ping frame).
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// A connection that sends nothing (not even a pong) for this long is
-    /// closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Messages queued toward one client before it counts as slow.
-    pub send_queue: usize,
-    /// A client whose queue stays full this long is disconnected (its
-    /// socket is closed; it reads no close frame, since it reads nothing).
-    #[serde(with = "humantime_serde")]
-    pub slow_consumer_timeout: Duration,
-    /// Largest message a client may send.
-    pub max_message_bytes: usize,
-}
-
-impl Default for SubscriptionLimits {
-    fn default() -> Self {
-        Self {
-            per_connection: 100,
-            total: 20_000,
-            init_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(60),
-            send_queue: 256,
-            slow_consumer_timeout: Duration::from_secs(5),
-            max_message_bytes: 64 * 1024,
+            rate_limit: RateLimitConfig::default(),
+            metrics: MetricsConfig::default(),
+            response_cache: ResponseCacheConfig::default(),
+            tracing: TracingConfig::default(),
+            log_format: LogFormat::default(),
         }
     }
 }
 
 /// Size of the simulated cluster the `dfgraph` binary embeds when no
-/// scheduler is configured. Plain settings: the gateway library never reads
-/// them (it knows nothing of the simulator).
+/// scheduler is configured. It lives here, not with its user: its user is
+/// the binary, and the gateway library never reads it (it knows nothing of
+/// the simulator).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimulatorConfig {
+    /// Scheduler clusters.
     pub clusters: usize,
+    /// Schedulers in each cluster.
     pub schedulers_per_cluster: usize,
+    /// Hosts in the whole simulated cluster.
     pub hosts: usize,
+    /// Tasks in the whole simulated cluster.
     pub tasks: usize,
+    /// Peers (hosts downloading it) of each task.
     pub peers_per_task: usize,
+    /// Seed of the generated data, so two runs show the same cluster.
     pub seed: u64,
+    /// How often the cluster changes (0s: never).
     #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
 }
@@ -278,6 +169,40 @@ impl Default for SimulatorConfig {
     }
 }
 
+impl SimulatorConfig {
+    /// A cluster to simulate has at least one scheduler.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        crate::setting::positive("clusters", self.clusters)?;
+        crate::setting::positive("schedulers_per_cluster", self.schedulers_per_cluster)
+    }
+}
+
+/// A section's own validation, as the module that owns it defines it.
+type Validate = fn(&Config) -> Result<(), Invalid>;
+
+/// Every section (each table of the TOML) and its validation: the one
+/// list [`Config::validate`] walks, so `check-config` and `serve` check
+/// the same rules. A test fails when a section is missing from it.
+const SECTIONS: &[(&str, Validate)] = &[
+    ("tls", |c| c.tls.validate()),
+    ("timeouts", |c| c.timeouts.validate()),
+    ("limits", |c| c.limits.validate()),
+    ("breaker", |c| c.breaker.validate()),
+    ("retry", |c| c.retry.validate()),
+    ("cache", |c| c.cache.validate()),
+    ("watch", |c| c.watch.validate()),
+    ("subscriptions", |c| c.subscriptions.validate()),
+    ("simulator", |c| c.simulator.validate()),
+    ("auth", |c| c.auth.validate()),
+    ("browser", |c| c.browser.validate()),
+    ("graphql", |c| c.graphql.validate()),
+    ("rate_limit", |c| c.rate_limit.validate()),
+    ("metrics", |c| c.metrics.validate()),
+    ("response_cache", |c| c.response_cache.validate()),
+    ("tracing", |c| c.tracing.validate()),
+    ("manager_proxy", |c| c.manager_proxy.validate()),
+];
+
 /// A static scheduler entry, parsed from `CLUSTER_ID=HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticScheduler {
@@ -286,12 +211,14 @@ pub struct StaticScheduler {
 }
 
 impl std::str::FromStr for StaticScheduler {
-    type Err = ConfigError;
+    type Err = Invalid;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| ConfigError::Invalid {
-            setting: "schedulers".into(),
-            message: format!("{s:?}: {why} (expected CLUSTER_ID=HOST:PORT, e.g. 1=10.0.0.5:8002)"),
+        let bad = |why: &str| {
+            Invalid::new(
+                "schedulers",
+                format!("{s:?}: {why} (expected CLUSTER_ID=HOST:PORT, e.g. 1=10.0.0.5:8002)"),
+            )
         };
         let (cluster, addr) = s.split_once('=').ok_or_else(|| bad("missing '='"))?;
         let cluster_id: u64 = cluster
@@ -311,8 +238,8 @@ impl std::str::FromStr for StaticScheduler {
 pub enum ConfigError {
     #[error("cannot read configuration: {0}")]
     Load(#[from] Box<figment::Error>),
-    #[error("invalid setting `{setting}`: {message}")]
-    Invalid { setting: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 /// Where the cluster's schedulers come from.
@@ -329,14 +256,6 @@ pub enum SchedulerSource {
     Unconfigured,
 }
 
-/// A setting whose value breaks a rule serde cannot check.
-fn invalid(setting: &str, message: String) -> ConfigError {
-    ConfigError::Invalid {
-        setting: setting.into(),
-        message,
-    }
-}
-
 impl Config {
     /// Loads defaults, then `file`, then `DFGRAPH_*` variables (nested keys
     /// with `__`, e.g. `DFGRAPH_CACHE__TASK__FRESH=10s`), then `overrides`.
@@ -347,10 +266,11 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError::Invalid {
-                    setting: "config".into(),
-                    message: format!("file {} does not exist", file.display()),
-                });
+                return Err(Invalid::new(
+                    "config",
+                    format!("file {} does not exist", file.display()),
+                )
+                .into());
             }
             figment = figment.merge(Toml::file(file));
         }
@@ -369,67 +289,33 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: cross-field rules and parseable addresses.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what serde cannot, the one validation `serve`, `status` and
+    /// `check-config` share: each section's own rules (its errors named
+    /// from the section), then the rules that span sections.
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.static_schedulers()?;
-        self.validate_access()?;
-        self.manager_proxy
-            .check(self.manager_api.as_deref())
-            .map_err(|e| invalid("manager_api", e.to_string()))?;
-        self.validate_listeners_and_sources()?;
-        self.validate_timeouts_and_guards()?;
-        self.validate_subscriptions_and_limits()?;
-        self.tracing
-            .check()
-            .map_err(|(setting, message)| invalid(setting, message))
+        self.validate_sections()?;
+        self.validate_across_sections()
     }
 
-    /// Who may do what: mutations, auth, the safelist, CORS, rate limits,
-    /// the metrics token.
-    fn validate_access(&self) -> Result<(), ConfigError> {
-        if self.enable_mutations && !self.auth.has_method() {
-            return Err(invalid(
-                "enable_mutations",
-                "mutations change the cluster: configure an authentication method under [auth] \
-                 (manager, oidc or tokens) so only admins can run them"
-                    .into(),
-            ));
+    /// Every section's own `validate`, its errors named from the section.
+    fn validate_sections(&self) -> Result<(), Invalid> {
+        for (section, validate) in SECTIONS {
+            validate(self).map_err(|e| e.within(section))?;
         }
-        self.auth
-            .validate()
-            .map_err(|e| invalid("auth", e.to_string()))?;
-        if self.graphql.persisted_queries == crate::http::persisted::Mode::Safelist
-            && self.graphql.safelist_file.is_none()
-        {
-            return Err(invalid(
-                "graphql.safelist_file",
-                "persisted_queries = \"safelist\" needs the manifest of allowed operations".into(),
-            ));
-        }
-        for origin in &self.browser.cors_allowed_origins {
-            if origin == "*"
-                || axum::http::HeaderValue::from_str(origin).is_err()
-                || !origin.contains("://")
-            {
-                return Err(invalid(
-                    "browser.cors_allowed_origins",
-                    format!(
-                        "{origin:?} is not an origin like https://console.example.com (no wildcards)"
-                    ),
-                ));
-            }
-        }
-        self.rate_limit
-            .check()
-            .map_err(|(setting, message)| invalid(setting, message))?;
-        self.metrics
-            .token()
-            .map_err(|(setting, message)| invalid(setting, message))?;
         Ok(())
     }
 
-    /// Where the gateway listens and where its schedulers come from.
-    fn validate_listeners_and_sources(&self) -> Result<(), ConfigError> {
+    /// Rules between sections and the top-level settings: who may mutate,
+    /// where the gateway listens, where its schedulers come from.
+    fn validate_across_sections(&self) -> Result<(), Invalid> {
+        if self.enable_mutations && !self.auth.has_method() {
+            return Err(Invalid::new(
+                "enable_mutations",
+                "mutations change the cluster: configure an authentication method under [auth] \
+                 (manager, oidc or tokens) so only admins can run them",
+            ));
+        }
         if let Some(metrics) = self.metrics.listen
             && metrics.port() != 0
             && metrics.port() == self.listen.port()
@@ -437,97 +323,34 @@ impl Config {
                 || metrics.ip().is_unspecified()
                 || self.listen.ip().is_unspecified())
         {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "metrics.listen",
                 format!("{metrics} is the main listener's port: give metrics another one"),
             ));
         }
+        self.manager_proxy
+            .check(self.manager_api.as_deref())
+            .map_err(|e| Invalid::new("manager_api", e.to_string()))?;
         if self.manager.is_some() && !self.schedulers.is_empty() {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "manager",
-                "give either static schedulers or a manager, not both".into(),
+                "give either static schedulers or a manager, not both",
             ));
         }
         if self.manager.is_some() && self.scheduler_cluster_ids.is_empty() {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "scheduler_cluster_ids",
-                "a manager needs at least one --scheduler-cluster-id".into(),
+                "a manager needs at least one --scheduler-cluster-id",
             ));
         }
-        if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(invalid(
-                "tls",
-                "mutual TLS needs both `cert` and `key`".into(),
-            ));
-        }
-        Ok(())
+        crate::setting::positive("manager_refresh_interval", self.manager_refresh_interval)
     }
 
-    /// Timeouts, the circuit breaker, retries and the watcher.
-    fn validate_timeouts_and_guards(&self) -> Result<(), ConfigError> {
-        for (name, value) in [
-            ("timeouts.connect", self.timeouts.connect),
-            ("timeouts.stat", self.timeouts.stat),
-            ("timeouts.list_hosts", self.timeouts.list_hosts),
-            ("timeouts.request", self.timeouts.request),
-            (
-                "timeouts.keep_alive_interval",
-                self.timeouts.keep_alive_interval,
-            ),
-            (
-                "timeouts.keep_alive_timeout",
-                self.timeouts.keep_alive_timeout,
-            ),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(name, "must be greater than zero".into()));
-            }
-        }
-        self.breaker
-            .check()
-            .map_err(|message| invalid("breaker", message))?;
-        self.retry
-            .check()
-            .map_err(|message| invalid("retry", message))?;
-        self.watch
-            .validate()
-            .map_err(|message| invalid("watch", message))?;
-        Ok(())
-    }
-
-    /// Subscription and query limits.
-    fn validate_subscriptions_and_limits(&self) -> Result<(), ConfigError> {
-        let subs = &self.subscriptions;
-        if subs.per_connection == 0 || subs.total == 0 || subs.send_queue == 0 {
-            return Err(invalid(
-                "subscriptions",
-                "per_connection, total and send_queue must be at least 1".into(),
-            ));
-        }
-        if subs.init_timeout.is_zero()
-            || subs.keep_alive.is_zero()
-            || subs.idle_timeout <= subs.keep_alive
-        {
-            return Err(invalid(
-                "subscriptions",
-                "init_timeout and keep_alive must be positive, idle_timeout longer than keep_alive"
-                    .into(),
-            ));
-        }
-        if self.limits.max_page_size == 0 || self.limits.scheduler_concurrency == 0 {
-            return Err(invalid(
-                "limits",
-                "max_page_size and scheduler_concurrency must be at least 1".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn static_schedulers(&self) -> Result<Vec<StaticScheduler>, ConfigError> {
+    pub fn static_schedulers(&self) -> Result<Vec<StaticScheduler>, Invalid> {
         self.schedulers.iter().map(|s| s.parse()).collect()
     }
 
-    pub fn scheduler_source(&self) -> Result<SchedulerSource, ConfigError> {
+    pub fn scheduler_source(&self) -> Result<SchedulerSource, Invalid> {
         if let Some(addr) = &self.manager {
             return Ok(SchedulerSource::Manager {
                 addr: addr.clone(),
@@ -545,7 +368,7 @@ impl Config {
 
     /// Where schedulers come from, and the shared tier, in one line (for
     /// `check-config`).
-    pub fn describe_source(&self) -> Result<String, ConfigError> {
+    pub fn describe_source(&self) -> Result<String, Invalid> {
         let source = match self.scheduler_source()? {
             SchedulerSource::Static(list) => format!("{} static schedulers", list.len()),
             SchedulerSource::Manager {
@@ -693,6 +516,163 @@ mod tests {
         std::fs::write(&path, "[tracing]\nsample_ratio = 2.0\n").unwrap();
         let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("tracing.sample_ratio"), "{err}");
+    }
+
+    /// One value per section that the section's own rules refuse, and the
+    /// setting the error must name.
+    const REFUSED: &[(&str, &str, &str)] = &[
+        ("tls", "[tls]\ncert = \"/dfgraph/c.pem\"\n", "tls"),
+        ("timeouts", "[timeouts]\nstat = \"0s\"\n", "timeouts.stat"),
+        (
+            "limits",
+            "[limits]\nmax_page_size = 0\n",
+            "limits.max_page_size",
+        ),
+        (
+            "breaker",
+            "[breaker]\nfailure_rate = 2.0\n",
+            "breaker.failure_rate",
+        ),
+        (
+            "retry",
+            "[retry]\nbudget_ratio = 2.0\n",
+            "retry.budget_ratio",
+        ),
+        (
+            "cache",
+            "[cache.task]\nfresh = \"0s\"\nstale = \"1m\"\n",
+            "cache.task.fresh",
+        ),
+        ("watch", "[watch]\ninterval = \"1ms\"\n", "watch.interval"),
+        (
+            "subscriptions",
+            "[subscriptions]\nper_connection = 0\n",
+            "subscriptions.per_connection",
+        ),
+        (
+            "simulator",
+            "[simulator]\nclusters = 0\n",
+            "simulator.clusters",
+        ),
+        (
+            "auth",
+            "[auth]\ntokens_file = \"/dfgraph/no/such/tokens.toml\"\n",
+            "auth.tokens",
+        ),
+        (
+            "browser",
+            "[browser]\ncors_allowed_origins = [\"*\"]\n",
+            "browser.cors_allowed_origins",
+        ),
+        (
+            "graphql",
+            "[graphql]\npersisted_queries = \"safelist\"\n",
+            "graphql.safelist_file",
+        ),
+        (
+            "rate_limit",
+            "[rate_limit]\nper_second = 0\n",
+            "rate_limit.per_second",
+        ),
+        (
+            "metrics",
+            "[metrics]\ntoken_file = \"/dfgraph/no/such/token\"\n",
+            "metrics.token_file",
+        ),
+        (
+            "response_cache",
+            "[response_cache]\nmax_bytes = 0\n",
+            "response_cache.max_bytes",
+        ),
+        (
+            "tracing",
+            "[tracing]\nsample_ratio = 2.0\n",
+            "tracing.sample_ratio",
+        ),
+        (
+            "manager_proxy",
+            "[manager_proxy]\nconnect_timeout = \"0s\"\n",
+            "manager_proxy.connect_timeout",
+        ),
+    ];
+
+    /// The tables of the TOML: every section a file can have.
+    fn sections_of_the_file_format() -> std::collections::BTreeSet<String> {
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        defaults
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_object())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    #[test]
+    fn every_section_is_validated_by_the_one_validation() {
+        let listed: std::collections::BTreeSet<String> =
+            SECTIONS.iter().map(|(name, _)| name.to_string()).collect();
+        assert_eq!(
+            listed,
+            sections_of_the_file_format(),
+            "every section of the file is in SECTIONS (and nothing else)"
+        );
+        let tested: std::collections::BTreeSet<String> =
+            REFUSED.iter().map(|(name, ..)| name.to_string()).collect();
+        assert_eq!(tested, listed, "every section has a refused value below");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dfgraph.toml");
+        for (section, toml, setting) in REFUSED {
+            std::fs::write(&path, toml).unwrap();
+            // What `check-config` and `serve` both start with.
+            let err = Config::load(Some(&path), serde_json::json!({})).unwrap_err();
+            let ConfigError::Invalid(invalid) = err else {
+                panic!("{section}: not a rule violation: {err}");
+            };
+            assert_eq!(invalid.setting, *setting, "{section}: {invalid}");
+            // What the gateway checks again before it starts anything.
+            let config: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .unwrap();
+            assert_eq!(config.validate(), Err(invalid), "{section}");
+        }
+        Config::default()
+            .validate()
+            .expect("the defaults are valid");
+    }
+
+    #[test]
+    fn no_module_below_the_gateway_imports_the_config() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let import = regex::Regex::new(r"crate::(config\b|\{[^}]*\bconfig\b)").unwrap();
+        let mut stack = vec![src.clone()];
+        let mut offenders = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = path
+                    .strip_prefix(&src)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if matches!(name.as_str(), "config.rs" | "gateway.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                if import.is_match(&text) {
+                    offenders.push(name);
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "each module owns its section; only gateway.rs may assemble the config: {offenders:?}"
+        );
     }
 
     #[test]

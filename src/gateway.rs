@@ -8,7 +8,6 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
@@ -27,10 +26,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS: {0}")]
-    Tls(String),
     #[error("configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::setting::Invalid),
     #[error("schedulers: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("cache: {0}")]
@@ -55,28 +52,6 @@ pub struct Gateway {
     server: JoinHandle<()>,
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
-    std::fs::read(path).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
-}
-
-fn tls_config(config: &Config) -> Result<Option<ClientTlsConfig>, StartError> {
-    let tls = &config.tls;
-    if !tls.enabled() {
-        return Ok(None);
-    }
-    let mut client = ClientTlsConfig::new();
-    if let Some(ca) = &tls.ca_cert {
-        client = client.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        client = client.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    if let Some(domain) = &tls.domain {
-        client = client.domain_name(domain.clone());
-    }
-    Ok(Some(client))
-}
-
 /// The cluster client a configuration describes, without starting
 /// discovery; used by `serve` and `status`.
 pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
@@ -85,7 +60,7 @@ pub fn cluster_client(config: &Config) -> Result<ClusterClient, StartError> {
             connect_timeout: config.timeouts.connect,
             keep_alive_interval: config.timeouts.keep_alive_interval,
             keep_alive_timeout: config.timeouts.keep_alive_timeout,
-            tls: tls_config(config)?,
+            tls: config.tls.client_config().map_err(|e| e.within("tls"))?,
         },
         timeouts: config.timeouts,
         guards: Guards {
@@ -197,12 +172,7 @@ async fn app_state(
     let manager_proxy = match &config.manager_api {
         Some(url) => {
             let proxy = crate::http::manager_proxy::ManagerProxy::new(url, &config.manager_proxy)
-                .map_err(|e| {
-                StartError::Config(crate::config::ConfigError::Invalid {
-                    setting: "manager_api".into(),
-                    message: e.to_string(),
-                })
-            })?;
+                .map_err(|e| crate::setting::Invalid::new("manager_api", e.to_string()))?;
             tracing::info!(manager = %proxy.manager(), "front door of the Dragonfly manager: paths dfgraph does not serve pass to it; dfgraph's console is at /dfgraph/");
             Some(proxy)
         }
@@ -222,11 +192,13 @@ async fn app_state(
     if config.auth.anonymous == crate::auth::Anonymous::Viewer {
         tracing::info!("anonymous callers may query and subscribe (auth.anonymous = \"viewer\")");
     }
-    let rate_limit = crate::http::rate_limit::RateLimiter::new(&config.rate_limit)?;
+    let rate_limit = crate::http::rate_limit::RateLimiter::new(&config.rate_limit)
+        .map_err(|e| e.within("rate_limit"))?;
     Ok(AppState {
         rate_limit,
-        metrics_access: crate::http::metrics::MetricsAccess::new(&config.metrics)?,
-        schema: build_schema(state.clone(), &config.graphql),
+        metrics_access: crate::http::metrics::MetricsAccess::new(&config.metrics)
+            .map_err(|e| e.within("metrics"))?,
+        schema: build_schema(state.clone(), config.graphql.schema_switches()),
         persisted: crate::http::persisted::PersistedQueries::new(
             config.graphql.persisted_queries,
             config.graphql.safelist_file.as_deref(),

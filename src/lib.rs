@@ -13,7 +13,7 @@
 //! publishes events between replicas and invalidates the cache.
 //!
 //! Around them: [`config`] (one typed configuration composed of each
-//! module's settings), [`auth`] (credentials to principals and roles),
+//! module's settings, each validated into the one [`setting::Invalid`]), [`auth`] (credentials to principals and roles),
 //! [`gateway`] (wires a configuration into a running server), [`status`]
 //! (`dfgraph status`). [`clock`], [`breaker`] and [`ids`] are shared by
 //! `cluster`, `cache` and `events` and depend on nothing but each other;
@@ -40,6 +40,7 @@ pub mod http;
 pub mod ids;
 pub mod origins;
 pub mod redis;
+pub mod setting;
 pub mod status;
 pub mod telemetry;
 

@@ -28,6 +28,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::setting::Invalid;
+
 /// `[tracing]`: where spans go, under which service name, and how many.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,15 +67,15 @@ impl Default for TracingConfig {
 
 impl TracingConfig {
     /// What serde cannot check: the endpoint's form, the ratio's range,
-    /// the filter's syntax. Returns the offending setting and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// the filter's syntax. The error names the setting within `[tracing]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(endpoint) = &self.otlp_endpoint {
             let uri = endpoint
                 .parse::<axum::http::Uri>()
-                .map_err(|e| ("tracing.otlp_endpoint", format!("{endpoint:?}: {e}")))?;
+                .map_err(|e| Invalid::new("otlp_endpoint", format!("{endpoint:?}: {e}")))?;
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err((
-                    "tracing.otlp_endpoint",
+                return Err(Invalid::new(
+                    "otlp_endpoint",
                     format!(
                         "{endpoint:?} is not an OTLP/gRPC endpoint like http://collector:4317 \
                          (plaintext gRPC only)"
@@ -82,19 +84,19 @@ impl TracingConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
-            return Err((
-                "tracing.sample_ratio",
+            return Err(Invalid::new(
+                "sample_ratio",
                 format!("{} is not between 0.0 and 1.0", self.sample_ratio),
             ));
         }
         if self.service_name.trim().is_empty() {
-            return Err(("tracing.service_name", "must not be empty".into()));
+            return Err(Invalid::new("service_name", "must not be empty"));
         }
         if self.export_timeout.is_zero() {
-            return Err(("tracing.export_timeout", "must be greater than zero".into()));
+            return Err(Invalid::new("export_timeout", "must be greater than zero"));
         }
         Targets::from_str(&self.filter)
-            .map_err(|e| ("tracing.filter", format!("{:?}: {e}", self.filter)))?;
+            .map_err(|e| Invalid::new("filter", format!("{:?}: {e}", self.filter)))?;
         Ok(())
     }
 }
@@ -102,12 +104,25 @@ impl TracingConfig {
 /// Why the trace pipeline could not be built or flushed.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("invalid setting `{0}`: {1}")]
-    Config(&'static str, String),
+    #[error(transparent)]
+    Config(Invalid),
     #[error("OTLP exporter: {0}")]
     Exporter(String),
     #[error("flushing spans: {0}")]
     Flush(String),
+}
+
+/// How log lines are written to stderr (the `log_format` key, the
+/// `--log-format` flag). Either way, plain text without colour when stderr
+/// is not a terminal (a file, a pipe, a container's log).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// A running trace pipeline: a batch of finished spans goes to the
@@ -128,10 +143,11 @@ impl Telemetry {
             return Ok(None);
         };
         config
-            .check()
-            .map_err(|(setting, why)| TelemetryError::Config(setting, why))?;
-        let filter = Targets::from_str(&config.filter)
-            .map_err(|e| TelemetryError::Config("tracing.filter", e.to_string()))?;
+            .validate()
+            .map_err(|e| TelemetryError::Config(e.within("tracing")))?;
+        let filter = Targets::from_str(&config.filter).map_err(|e| {
+            TelemetryError::Config(Invalid::new("filter", e.to_string()).within("tracing"))
+        })?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
@@ -277,7 +293,7 @@ mod tests {
     fn off_by_default_and_the_defaults_are_valid() {
         let config = TracingConfig::default();
         assert!(config.otlp_endpoint.is_none());
-        assert_eq!(config.check(), Ok(()));
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]
@@ -326,8 +342,8 @@ mod tests {
                 "tracing.export_timeout",
             ),
         ] {
-            let (named, why) = config.check().unwrap_err();
-            assert_eq!(named, setting, "{why}");
+            let e = config.validate().unwrap_err().within("tracing");
+            assert_eq!(e.setting, setting, "{e}");
         }
     }
 

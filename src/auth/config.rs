@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Role;
 use super::jwks::{JwksError, JwksSource};
+use crate::setting::Invalid;
 
 /// What a request without credentials may do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -120,6 +121,18 @@ pub enum AuthConfigError {
     Tokens(String),
 }
 
+impl AuthConfigError {
+    /// The same error as the setting it is about, within `[auth]`.
+    pub fn into_invalid(self) -> Invalid {
+        match self {
+            AuthConfigError::ManagerKey(m) => Invalid::new("manager", m),
+            AuthConfigError::Oidc(m) => Invalid::new("oidc", m),
+            AuthConfigError::Jwks(e) => Invalid::new("oidc", e.to_string()),
+            AuthConfigError::Tokens(m) => Invalid::new("tokens", m),
+        }
+    }
+}
+
 impl ManagerAuth {
     /// The signing key, from whichever of the three places holds it.
     pub fn key(&self) -> Result<String, AuthConfigError> {
@@ -227,14 +240,15 @@ impl AuthConfig {
     }
 
     /// Checks what can be checked without the network.
-    pub fn validate(&self) -> Result<(), AuthConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(manager) = &self.manager {
-            manager.key()?;
+            manager.key().map_err(AuthConfigError::into_invalid)?;
         }
         if let Some(oidc) = &self.oidc {
-            oidc.jwks_source()?;
+            oidc.jwks_source().map_err(AuthConfigError::into_invalid)?;
         }
-        self.static_tokens()?;
+        self.static_tokens()
+            .map_err(AuthConfigError::into_invalid)?;
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 /// as base64 (standard or URL-safe, padded or not), e.g.
 /// `1:8f3a...e2` or `2=q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8=`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EncryptionConfig {
     /// The id of the key that encrypts new values.
     pub current_key_id: u8,

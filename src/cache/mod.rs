@@ -46,11 +46,12 @@ use futures::future::BoxFuture;
 use crate::clock::Clock;
 use crate::ids::PeerKey;
 use crate::redis::{Redis, RedisSettings, Topic};
+use crate::setting::{Invalid, positive};
 
 pub use codec::{Codec, CodecError, Header};
 pub use keyring::{EncryptionConfig, KeyRing, KeyRingError};
 pub use replace::{Replacement, ReplacementTicket};
-pub use stats::CacheStats;
+pub use stats::{CacheStats, metric};
 pub use typed::Prefetched;
 
 use flight::Flights;
@@ -220,6 +221,7 @@ pub trait Origin<V>: Send + Sync + 'static {
 
 /// Fresh and stale TTLs of one entry kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct KindTtl {
     /// How long a value is served without asking the origin.
     #[serde(with = "humantime_serde")]
@@ -246,7 +248,7 @@ impl Default for KindTtl {
 /// Cache settings. Every field has a default; the defaults run with no
 /// Redis (L1 only).
 #[derive(Clone, serde::Deserialize, serde::Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// When false every lookup goes to the origin (for measuring the cold
     /// path); nothing is stored.
@@ -408,32 +410,30 @@ impl CacheConfig {
         }
     }
 
-    /// Checks the settings that would make the cache misbehave.
-    pub fn validate(&self) -> Result<(), CacheError> {
-        let bad = |what: &str| Err(CacheError::Config(what.to_string()));
+    /// Checks the settings that would make the cache misbehave. The
+    /// error names the setting within `[cache]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (name, ttl) in [
             ("hosts", self.hosts),
             ("task", self.task),
             ("peer", self.peer),
         ] {
-            if ttl.fresh.is_zero() {
-                return bad(&format!("{name}.fresh must be above zero"));
-            }
+            positive(&format!("{name}.fresh"), ttl.fresh)?;
         }
-        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return bad("command_timeout and connect_timeout must be above zero");
-        }
-        if self.lock_ttl.is_zero() || self.lock_poll_interval.is_zero() {
-            return bad("lock_ttl and lock_poll_interval must be above zero");
-        }
+        positive("command_timeout", self.command_timeout)?;
+        positive("connect_timeout", self.connect_timeout)?;
+        positive("lock_ttl", self.lock_ttl)?;
+        positive("lock_poll_interval", self.lock_poll_interval)?;
         if self.generation_ttl < self.lock_ttl {
-            return bad("generation_ttl must be at least lock_ttl");
+            return Err(Invalid::new("generation_ttl", "must be at least lock_ttl"));
         }
         if !(self.refresh_ahead_at > 0.0 && self.refresh_ahead_at <= 1.0) {
-            return bad("refresh_ahead_at must be in (0, 1]");
+            return Err(Invalid::new("refresh_ahead_at", "must be in (0, 1]"));
         }
-        if self.circuit_backoff_min.is_zero() {
-            return bad("circuit_backoff_min must be above zero");
+        positive("circuit_backoff_min", self.circuit_backoff_min)?;
+        if let Some(encryption) = &self.encryption {
+            KeyRing::from_config(encryption)
+                .map_err(|e| Invalid::new("encryption", e.to_string()))?;
         }
         Ok(())
     }
@@ -444,6 +444,8 @@ impl CacheConfig {
 pub enum CacheError {
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Invalid(Invalid),
     /// Redis is required (`redis_required`) but unusable: down, wrong
     /// address, or credentials refused.
     #[error("Redis at {url} is required but unusable: {reason}")]
@@ -480,7 +482,9 @@ struct Inner {
 /// refused), else a loud warning and an open circuit (degraded service);
 /// warns about an unsuited eviction policy. `None` without a URL.
 pub async fn connect_redis(config: &CacheConfig) -> Result<Option<Redis>, CacheError> {
-    config.validate()?;
+    config
+        .validate()
+        .map_err(|e| CacheError::Invalid(e.within("cache")))?;
     let Some(settings) = config.redis_settings() else {
         return Ok(None);
     };
@@ -538,7 +542,9 @@ impl Cache {
         clock: Arc<dyn Clock>,
         redis: Option<Redis>,
     ) -> Result<Cache, CacheError> {
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|e| CacheError::Invalid(e.within("cache")))?;
         let keyring = match &config.encryption {
             Some(encryption) => Some(Arc::new(
                 KeyRing::from_config(encryption).map_err(|e| CacheError::Config(e.to_string()))?,

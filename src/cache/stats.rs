@@ -19,6 +19,60 @@ use std::time::Duration;
 use super::Tier;
 
 /// What one tier's lookup of one key found.
+
+/// The cache's metrics, declared once with their HELP text.
+pub mod metric {
+    pub const LOOKUPS: &str = "dfgraph_cache_lookups_total";
+    pub const LOAD_SECONDS: &str = "dfgraph_cache_load_seconds";
+    pub const SINGLEFLIGHT_JOINS: &str = "dfgraph_cache_singleflight_joins_total";
+    pub const LOCK_WAITS: &str = "dfgraph_cache_lock_waits_total";
+    pub const REFRESH_AHEAD: &str = "dfgraph_cache_refresh_ahead_total";
+    pub const INVALIDATIONS: &str = "dfgraph_cache_invalidations_total";
+    pub const STALE_WRITES_DROPPED: &str = "dfgraph_cache_stale_writes_dropped_total";
+    pub const REPLACEMENTS: &str = "dfgraph_cache_replacements_total";
+    pub const DECODE_FAILURES: &str = "dfgraph_cache_decode_failures_total";
+
+    /// Gives `/metrics` the HELP line of each.
+    pub fn describe() {
+        metrics::describe_counter!(
+            LOOKUPS,
+            "Cache lookups by tier (l1, l2, origin) and result (hit, miss, stale)."
+        );
+        metrics::describe_histogram!(
+            LOAD_SECONDS,
+            "Seconds one origin (scheduler) load of a batch of keys took."
+        );
+        metrics::describe_counter!(
+            SINGLEFLIGHT_JOINS,
+            "Lookups that joined a load already in flight in this process."
+        );
+        metrics::describe_counter!(
+            LOCK_WAITS,
+            "Keys waited for while another replica loaded them (the Redis load lock)."
+        );
+        metrics::describe_counter!(
+            REFRESH_AHEAD,
+            "Hot entries reloaded before their fresh deadline."
+        );
+        metrics::describe_counter!(
+            INVALIDATIONS,
+            "Invalidation messages sent to or received from other replicas (direction)."
+        );
+        metrics::describe_counter!(
+            STALE_WRITES_DROPPED,
+            "Loaded values not kept because their key was invalidated while loading."
+        );
+        metrics::describe_counter!(
+            REPLACEMENTS,
+            "Entries replaced in place by a change, or invalidated when they could not be (outcome)."
+        );
+        metrics::describe_counter!(
+            DECODE_FAILURES,
+            "Redis values that failed to decode (deleted and reloaded)."
+        );
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// A fresh value (for the origin: loaded, found or not found).
@@ -122,7 +176,7 @@ impl Stats {
         };
         counters[slot(outcome)].fetch_add(n, Ordering::Relaxed);
         metrics::counter!(
-            "dfgraph_cache_lookups_total",
+            metric::LOOKUPS,
             "tier" => tier_str(tier),
             "result" => outcome.as_str()
         )
@@ -132,38 +186,37 @@ impl Stats {
     pub(crate) fn origin_load(&self, keys: usize, took: Duration) {
         self.origin_loads.fetch_add(1, Ordering::Relaxed);
         self.origin_keys.fetch_add(keys as u64, Ordering::Relaxed);
-        metrics::histogram!("dfgraph_cache_load_seconds").record(took.as_secs_f64());
+        metrics::histogram!(metric::LOAD_SECONDS).record(took.as_secs_f64());
     }
 
     pub(crate) fn singleflight_join(&self) {
         self.joins.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_singleflight_joins_total").increment(1);
+        metrics::counter!(metric::SINGLEFLIGHT_JOINS).increment(1);
     }
 
     pub(crate) fn lock_wait(&self, n: u64) {
         self.lock_waits.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_lock_waits_total").increment(n);
+        metrics::counter!(metric::LOCK_WAITS).increment(n);
     }
 
     pub(crate) fn refresh_ahead(&self, n: u64) {
         self.refresh_ahead.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_refresh_ahead_total").increment(n);
+        metrics::counter!(metric::REFRESH_AHEAD).increment(n);
     }
 
     pub(crate) fn invalidation_sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_invalidations_total", "direction" => "sent").increment(1);
+        metrics::counter!(metric::INVALIDATIONS, "direction" => "sent").increment(1);
     }
 
     pub(crate) fn invalidation_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_invalidations_total", "direction" => "received")
-            .increment(1);
+        metrics::counter!(metric::INVALIDATIONS, "direction" => "received").increment(1);
     }
 
     pub(crate) fn stale_write_dropped(&self, n: u64) {
         self.dropped_writes.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_stale_writes_dropped_total").increment(n);
+        metrics::counter!(metric::STALE_WRITES_DROPPED).increment(n);
     }
 
     /// A replacement placed, or (`refused`) made an invalidation instead.
@@ -174,12 +227,12 @@ impl Stats {
             (&self.replacements, "replaced")
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_replacements_total", "outcome" => outcome).increment(1);
+        metrics::counter!(metric::REPLACEMENTS, "outcome" => outcome).increment(1);
     }
 
     pub(crate) fn decode_failure(&self) {
         self.decode_failures.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("dfgraph_cache_decode_failures_total").increment(1);
+        metrics::counter!(metric::DECODE_FAILURES).increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {

@@ -121,6 +121,48 @@ impl<V> Job<V> {
     fn key(&self) -> &CacheKey {
         self.leader.key()
     }
+
+    /// The one fresh/stale/miss decision on an L2 value, made the same
+    /// way for the `MGET`, the lock pipeline and the polls of a load
+    /// another replica leads: fresh only if also newer than the copy this
+    /// job replaces; else servable as a fallback until its stale deadline.
+    fn judge(&self, decoded: Option<Decoded<V>>, now: Millis) -> L2Read<V> {
+        match decoded {
+            Some((header, value, len))
+                if now < header.fresh_until
+                    && self.newer_than.is_none_or(|t| header.fetched_at > t) =>
+            {
+                L2Read::Fresh { header, value, len }
+            }
+            Some((header, value, len)) if now < header.stale_until => L2Read::Stale {
+                fallback: Fallback {
+                    value,
+                    header,
+                    tier: Tier::L2,
+                },
+                len,
+            },
+            _ => L2Read::Miss,
+        }
+    }
+}
+
+/// An L2 value decoded: its header, the value (`None`: not found) and its
+/// encoded size.
+type Decoded<V> = (Header, Option<Arc<V>>, usize);
+
+/// What an L2 value is worth to a job (see [`Job::judge`]).
+enum L2Read<V> {
+    /// Served as a hit.
+    Fresh {
+        header: Header,
+        value: Option<Arc<V>>,
+        len: usize,
+    },
+    /// Served if the reload fails (at once with `stale_while_revalidate`).
+    Stale { fallback: Fallback<V>, len: usize },
+    /// Absent, undecodable or past its stale deadline.
+    Miss,
 }
 
 /// A waiter's deadline passed before the load it joined ended.
@@ -442,25 +484,13 @@ where
                 let now = inner.clock.now_ms();
                 for (mut job, raw) in jobs.into_iter().zip(values) {
                     let decoded = self.decode(job.key(), raw, &mut back.deletes);
-                    match decoded {
-                        Some((header, value, len))
-                            if now < header.fresh_until
-                                && job.newer_than.is_none_or(|t| header.fetched_at > t) =>
-                        {
-                            stats.lookup(Tier::L2, Found::Hit, 1);
-                            self.store_l1(job.key(), header, value.clone(), len, &ticket)
+                    match job.judge(decoded, now) {
+                        L2Read::Fresh { header, value, len } => {
+                            self.serve_from_l2(job, header, value, len, &ticket, now)
                                 .await;
-                            let outcome = fetched(value, &header, now, false, Tier::L2);
-                            complete::<V, O::Error>(job.leader, Ok(outcome));
                         }
-                        Some((header, value, len))
-                            if now < header.stale_until && mode == Mode::Read =>
-                        {
-                            let fallback = Fallback {
-                                value,
-                                header,
-                                tier: Tier::L2,
-                            };
+                        L2Read::Stale { fallback, len } if mode == Mode::Read => {
+                            let header = fallback.header;
                             if self.ttl(job.key()).stale_while_revalidate {
                                 stats.lookup(Tier::L2, Found::Stale, 1);
                                 self.store_l1(
@@ -523,7 +553,6 @@ where
         deadline: Deadline,
     ) {
         let inner = &self.cache.inner;
-        let stats = &inner.local.stats;
         let locked: Vec<Option<(Guard, Option<Vec<u8>>)>> = match &inner.l2 {
             Some(l2) => {
                 let keys: Vec<CacheKey> = pending.iter().map(|j| j.key().clone()).collect();
@@ -545,32 +574,20 @@ where
             if back.deletes.contains(job.key()) {
                 raw = None; // the same undecodable bytes as at the MGET
             }
-            match self.decode(job.key(), raw, &mut back.deletes) {
+            let decoded = self.decode(job.key(), raw, &mut back.deletes);
+            match job.judge(decoded, now) {
                 // Another replica's load finished in between.
-                Some((header, value, len))
-                    if now < header.fresh_until
-                        && job.newer_than.is_none_or(|t| header.fetched_at > t) =>
-                {
-                    stats.lookup(Tier::L2, Found::Hit, 1);
-                    self.store_l1(job.key(), header, value.clone(), len, ticket)
-                        .await;
+                L2Read::Fresh { header, value, len } => {
                     let key = job.key().clone();
-                    complete::<V, O::Error>(
-                        job.leader,
-                        Ok(fetched(value, &header, now, false, Tier::L2)),
-                    );
+                    self.serve_from_l2(job, header, value, len, ticket, now)
+                        .await;
                     back.releases.push((key, guard));
                     continue;
                 }
-                Some((header, value, _)) if now < header.stale_until => {
-                    let fallback = Fallback {
-                        value,
-                        header,
-                        tier: Tier::L2,
-                    };
+                L2Read::Stale { fallback, .. } => {
                     job.fallback = Some(newer(job.fallback.take(), fallback));
                 }
-                _ => {}
+                L2Read::Miss => {}
             }
             if guard.holds_lock() {
                 winners.push((job, Some(guard)));
@@ -725,28 +742,18 @@ where
             let now = inner.clock.now_ms();
             let mut still = Vec::new();
             for ((mut job, guard), polled) in waiting.into_iter().zip(polled) {
-                match self.decode(job.key(), polled.value, &mut back.deletes) {
-                    Some((header, value, len))
-                        if now < header.fresh_until
-                            && job.newer_than.is_none_or(|t| header.fetched_at > t) =>
-                    {
-                        stats.lookup(Tier::L2, Found::Hit, 1);
-                        self.store_l1(job.key(), header, value.clone(), len, ticket)
+                let decoded = self.decode(job.key(), polled.value, &mut back.deletes);
+                match job.judge(decoded, now) {
+                    L2Read::Fresh { header, value, len } => {
+                        self.serve_from_l2(job, header, value, len, ticket, now)
                             .await;
-                        let outcome = fetched(value, &header, now, false, Tier::L2);
-                        complete::<V, O::Error>(job.leader, Ok(outcome));
                         continue;
                     }
-                    Some((header, value, _)) if now < header.stale_until => {
-                        // Not fresh, but servable should our own load fail.
-                        let fallback = Fallback {
-                            value,
-                            header,
-                            tier: Tier::L2,
-                        };
+                    // Not fresh, but servable should our own load fail.
+                    L2Read::Stale { fallback, .. } => {
                         job.fallback = Some(newer(job.fallback.take(), fallback));
                     }
-                    _ => {}
+                    L2Read::Miss => {}
                 }
                 if polled.locked {
                     still.push((job, guard));
@@ -766,6 +773,25 @@ where
         unresolved
     }
 
+    /// Serves a fresh L2 value to the job's waiters: counted as an L2 hit
+    /// and kept in L1 (unless invalidated since `ticket`).
+    async fn serve_from_l2(
+        &self,
+        job: Job<V>,
+        header: Header,
+        value: Option<Arc<V>>,
+        len: usize,
+        ticket: &Ticket,
+        now: Millis,
+    ) {
+        let stats = &self.cache.inner.local.stats;
+        stats.lookup(Tier::L2, Found::Hit, 1);
+        self.store_l1(job.key(), header, value.clone(), len, ticket)
+            .await;
+        let outcome = fetched(value, &header, now, false, Tier::L2);
+        complete::<V, O::Error>(job.leader, Ok(outcome));
+    }
+
     /// Decodes an L2 value; an undecodable one is logged, counted, queued
     /// for deletion and treated as a miss.
     fn decode(
@@ -773,7 +799,7 @@ where
         key: &CacheKey,
         raw: Option<Vec<u8>>,
         deletes: &mut Vec<CacheKey>,
-    ) -> Option<(Header, Option<Arc<V>>, usize)> {
+    ) -> Option<Decoded<V>> {
         let bytes = raw?;
         let inner = &self.cache.inner;
         match inner.codec.decode_value::<V>(&key.redis_key(), &bytes) {

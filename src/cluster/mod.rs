@@ -2,8 +2,8 @@
 //! them: discovery (static or manager), reusable channels, hash-ring
 //! routing with NotFound fallback, deadlines, health, and fan-out.
 //!
-//! Depends on `proto`, `config`, `breaker` and `clock` only; knows nothing
-//! of caching or GraphQL.
+//! Depends on `proto`, `setting`, `breaker` and `clock` only; knows
+//! nothing of caching or GraphQL.
 
 pub mod discovery;
 pub mod error;
@@ -14,6 +14,7 @@ pub mod retry;
 pub mod ring;
 pub mod scheduler;
 pub mod timeouts;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,8 +31,39 @@ pub use retry::RetryConfig;
 pub use ring::TaskRing;
 pub use scheduler::{Dial, Guards, SchedulerHandle};
 pub use timeouts::Timeouts;
+pub use tls::TlsConfig;
 
 use retry::RetryBudget;
+
+/// The scheduler client's metrics, declared once with their HELP text.
+pub mod metric {
+    pub const RETRIES: &str = "dfgraph_scheduler_retries_total";
+    pub const CIRCUIT_STATE: &str = "dfgraph_scheduler_circuit_state";
+    pub const CIRCUIT_TRIPS: &str = "dfgraph_scheduler_circuit_trips_total";
+    pub const FAST_FAILURES: &str = "dfgraph_scheduler_fast_failures_total";
+    pub const CALL_SECONDS: &str = "dfgraph_scheduler_call_seconds";
+
+    /// Gives `/metrics` the HELP line of each.
+    pub fn describe() {
+        metrics::describe_counter!(
+            RETRIES,
+            "Retries of a scheduler call on another scheduler, granted or refused by the retry budget (outcome)."
+        );
+        metrics::describe_gauge!(
+            CIRCUIT_STATE,
+            "Each scheduler's circuit breaker: 0 closed, 1 open, 2 half-open."
+        );
+        metrics::describe_counter!(CIRCUIT_TRIPS, "Times a scheduler's circuit opened.");
+        metrics::describe_counter!(
+            FAST_FAILURES,
+            "Calls failed without reaching the scheduler: its circuit open, or backing off after rate limiting (reason)."
+        );
+        metrics::describe_histogram!(
+            CALL_SECONDS,
+            "Seconds of scheduler gRPC calls, by method and result."
+        );
+    }
+}
 
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
@@ -332,7 +364,7 @@ impl ClusterClient {
     fn retry(&self) -> bool {
         let granted = self.retry_budget.withdraw();
         let outcome = if granted { "granted" } else { "refused" };
-        metrics::counter!("dfgraph_scheduler_retries_total", "outcome" => outcome).increment(1);
+        metrics::counter!(metric::RETRIES, "outcome" => outcome).increment(1);
         granted
     }
 
@@ -589,10 +621,25 @@ fn validate_peer_key(key: &PeerKey) -> Result<(), ClusterError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn background_work_spends_its_own_retry_budget() {
-        let config = crate::config::Config::default();
-        let client = crate::gateway::cluster_client(&config).expect("the default config is valid");
+        let client = ClusterClient::new(ClientSettings {
+            dial: Dial {
+                connect_timeout: Duration::from_secs(1),
+                keep_alive_interval: Duration::from_secs(10),
+                keep_alive_timeout: Duration::from_secs(5),
+                tls: None,
+            },
+            timeouts: Timeouts::default(),
+            guards: Guards {
+                concurrency: 4,
+                breaker: crate::breaker::BreakerConfig::default(),
+                retry: RetryConfig::default(),
+                clock: Arc::new(crate::clock::SystemClock),
+            },
+        });
         let background = client.with_own_retry_budget();
         let mut spent = 0;
         while background.retry() {

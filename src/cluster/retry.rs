@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::setting::{Invalid, positive};
+
 /// `[retry]` in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,17 +46,17 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    pub fn check(&self) -> Result<(), String> {
+    /// A ratio in [0, 1] and a backoff that can grow.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(0.0..=1.0).contains(&self.budget_ratio) {
-            return Err("budget_ratio must be in [0, 1]".into());
+            return Err(Invalid::new("budget_ratio", "must be in [0, 1]"));
         }
-        if self.rate_limited_backoff.is_zero()
-            || self.rate_limited_backoff_max < self.rate_limited_backoff
-        {
-            return Err(
-                "rate_limited_backoff must be > 0 and rate_limited_backoff_max at least as long"
-                    .into(),
-            );
+        positive("rate_limited_backoff", self.rate_limited_backoff)?;
+        if self.rate_limited_backoff_max < self.rate_limited_backoff {
+            return Err(Invalid::new(
+                "rate_limited_backoff_max",
+                "must be at least rate_limited_backoff",
+            ));
         }
         Ok(())
     }

@@ -124,7 +124,7 @@ impl SchedulerHandle {
             .max_encoding_message_size(MAX_DECODE_BYTES);
         let label = addr.to_string();
         let cluster_label = cluster_id.to_string();
-        metrics::gauge!("dfgraph_scheduler_circuit_state", "cluster" => cluster_label.clone(), "scheduler" => label.clone())
+        metrics::gauge!(super::metric::CIRCUIT_STATE, "cluster" => cluster_label.clone(), "scheduler" => label.clone())
             .set(CircuitState::Closed.gauge());
         Ok(Arc::new(Self {
             cluster_id,
@@ -157,7 +157,7 @@ impl SchedulerHandle {
     /// Publishes the circuit state as a gauge (also refreshed on scrape,
     /// since open turns half-open by time alone).
     pub fn publish_circuit(&self) {
-        metrics::gauge!("dfgraph_scheduler_circuit_state", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone())
+        metrics::gauge!(super::metric::CIRCUIT_STATE, "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone())
             .set(self.breaker.state().gauge());
     }
 
@@ -188,7 +188,7 @@ impl SchedulerHandle {
         let Some(t) = transition else { return };
         match t.to {
             CircuitState::Open => {
-                metrics::counter!("dfgraph_scheduler_circuit_trips_total", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone())
+                metrics::counter!(super::metric::CIRCUIT_TRIPS, "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone())
                     .increment(1);
                 tracing::warn!(scheduler = %self.addr, from = ?t.from, "circuit opened");
             }
@@ -305,7 +305,7 @@ impl SchedulerHandle {
         deadline: Deadline,
     ) -> Result<(Duration, bool, Ticket<'_>), ClusterError> {
         if let Some(wait) = self.backoff.wait(self.clock.now()) {
-            metrics::counter!("dfgraph_scheduler_fast_failures_total", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone(), "reason" => "backoff")
+            metrics::counter!(super::metric::FAST_FAILURES, "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone(), "reason" => "backoff")
                 .increment(1);
             return Err(ClusterError::BackingOff {
                 scheduler: self.addr,
@@ -324,7 +324,7 @@ impl SchedulerHandle {
         let (ticket, transition) = match self.breaker.try_acquire() {
             Ok(admitted) => admitted,
             Err(rejected) => {
-                metrics::counter!("dfgraph_scheduler_fast_failures_total", "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone(), "reason" => "circuit_open")
+                metrics::counter!(super::metric::FAST_FAILURES, "cluster" => self.cluster_label.clone(), "scheduler" => self.label.clone(), "reason" => "circuit_open")
                     .increment(1);
                 return Err(ClusterError::CircuitOpen {
                     scheduler: self.addr,
@@ -390,7 +390,7 @@ impl SchedulerHandle {
             (_, Outcome::Ignored) => "cut",
             (_, Outcome::Success) => "answered",
         };
-        metrics::histogram!("dfgraph_scheduler_call_seconds", "method" => method, "result" => result)
+        metrics::histogram!(super::metric::CALL_SECONDS, "method" => method, "result" => result)
             .record(elapsed.as_secs_f64());
         match (outcome, verdict) {
             (Err(e @ ClusterError::ResourceExhausted { .. }), _) => {

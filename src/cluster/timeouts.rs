@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::setting::{Invalid, positive};
+
 /// Deadlines for scheduler calls and whole requests.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,5 +40,17 @@ impl Default for Timeouts {
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl Timeouts {
+    /// Every deadline above zero (a zero deadline fails every call).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        positive("connect", self.connect)?;
+        positive("stat", self.stat)?;
+        positive("list_hosts", self.list_hosts)?;
+        positive("request", self.request)?;
+        positive("keep_alive_interval", self.keep_alive_interval)?;
+        positive("keep_alive_timeout", self.keep_alive_timeout)
     }
 }

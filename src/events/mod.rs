@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::breaker::CircuitState;
 use crate::ids::PeerKey;
 use crate::proto::common::v2::{Host, Peer, Task};
+use crate::setting::{Invalid, positive};
 
 pub use bus::Bus;
 pub use interest::{Interest, InterestGuard, Watched};
@@ -68,21 +69,25 @@ impl Default for WatchConfig {
 }
 
 impl WatchConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// A poll interval a scheduler survives, a lease that outlives it.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.interval < Duration::from_millis(10) {
-            return Err("watch.interval must be at least 10ms".into());
+            return Err(Invalid::new("interval", "must be at least 10ms"));
         }
         if self.lease_ttl <= self.interval {
-            return Err(format!(
-                "watch.lease_ttl ({:?}) must be longer than watch.interval ({:?}), \
-                 or the lease lapses between two renewals",
-                self.lease_ttl, self.interval
+            return Err(Invalid::new(
+                "lease_ttl",
+                format!(
+                    "{:?} must be longer than watch.interval ({:?}), \
+                     or the lease lapses between two renewals",
+                    self.lease_ttl, self.interval
+                ),
             ));
         }
-        if self.poll_concurrency == 0 {
-            return Err("watch.poll_concurrency must be at least 1".into());
-        }
-        self.budget.validate(self.interval)
+        positive("poll_concurrency", self.poll_concurrency)?;
+        self.budget
+            .validate(self.interval)
+            .map_err(|message| Invalid::new("budget", message))
     }
 }
 
@@ -172,7 +177,8 @@ impl Event {
     }
 }
 
-/// Metric names, in one place so dashboards and tests agree.
+/// The live-data metrics, declared once with their HELP text, so
+/// dashboards and tests agree.
 pub mod metric {
     pub const PUBLISHED: &str = "dfgraph_events_published_total";
     pub const DETECTION_LAG: &str = "dfgraph_event_detection_lag_seconds";
@@ -200,6 +206,52 @@ pub mod metric {
         metrics::counter!(HOSTS_DECODED, "cluster" => cluster.clone()).increment(decoded as u64);
         metrics::histogram!(HOST_DIFF_SECONDS, "cluster" => cluster)
             .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Gives `/metrics` the HELP line of each.
+    pub fn describe() {
+        metrics::describe_counter!(PUBLISHED, "Events published, by kind.");
+        metrics::describe_histogram!(
+            DETECTION_LAG,
+            "Seconds from a change on a scheduler to its event being published, by kind."
+        );
+        metrics::describe_histogram!(
+            DELIVERY_LAG,
+            "Seconds from an event being observed to its websocket message being written."
+        );
+        metrics::describe_gauge!(LIVE_SUBSCRIPTIONS, "Subscriptions running in this process.");
+        metrics::describe_gauge!(
+            WATCHED,
+            "Peers and tasks this replica watches for subscribers."
+        );
+        metrics::describe_gauge!(
+            LEADER,
+            "1 while this replica holds the poller lease of a scheduler cluster (cluster), else 0."
+        );
+        metrics::describe_counter!(
+            POLLS,
+            "Watcher polls, by what was polled (hosts, peers, tasks)."
+        );
+        metrics::describe_counter!(
+            DROPPED,
+            "Events not sent to other replicas because the outbox toward Redis was full."
+        );
+        metrics::describe_gauge!(
+            STRETCH,
+            "How many times the watch interval of peers and tasks is stretched to keep within the scheduler budget (cluster); 1 is not stretched."
+        );
+        metrics::describe_counter!(
+            HOST_LIST_BYTES,
+            "Bytes of ListHosts responses the watcher read (cluster)."
+        );
+        metrics::describe_counter!(
+            HOSTS_DECODED,
+            "Host entries the watcher decoded because their bytes changed (cluster)."
+        );
+        metrics::describe_histogram!(
+            HOST_DIFF_SECONDS,
+            "Seconds spent comparing one host-list poll with the last (cluster)."
+        );
     }
 }
 

@@ -16,16 +16,67 @@ pub mod types;
 use std::sync::Arc;
 
 use async_graphql::Schema;
+use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::cluster::ClusterClient;
-use crate::config::Limits;
 use crate::events::Events;
 pub use loaders::Loaders;
 
 use crate::origins::Origins;
+use crate::setting::{Invalid, positive};
 
 pub type DfSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
+
+/// The `[limits]` settings: bounds on what one client may ask for, and on
+/// what the gateway asks of one scheduler.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body `/graphql` reads.
+    pub max_body_bytes: usize,
+    /// Deepest selection a query may nest.
+    pub max_depth: usize,
+    /// Largest complexity (fields weighted by page sizes) a query may have.
+    pub max_complexity: usize,
+    /// Largest `first`/`last` a connection accepts.
+    pub max_page_size: usize,
+    /// Most keys one batch query (`tasks`, `peers`) accepts.
+    pub max_batch_keys: usize,
+    /// Concurrent calls toward one scheduler.
+    pub scheduler_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_depth: 15,
+            max_complexity: 20_000,
+            max_page_size: 1000,
+            max_batch_keys: 1000,
+            scheduler_concurrency: 32,
+        }
+    }
+}
+
+impl Limits {
+    /// A page holds at least one item; a scheduler takes at least one call.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        positive("max_page_size", self.max_page_size)?;
+        positive("scheduler_concurrency", self.scheduler_concurrency)
+    }
+}
+
+/// What the schema tells about itself: on for exploring in GraphiQL, off
+/// in production where the schema need not be advertised.
+#[derive(Clone, Copy, Debug)]
+pub struct SchemaSwitches {
+    /// Answer `__schema` and `__type`.
+    pub introspection: bool,
+    /// "Did you mean" in validation errors.
+    pub field_suggestions: bool,
+}
 
 /// Process-wide state every resolver can reach; clones share everything.
 #[derive(Clone)]
@@ -80,7 +131,7 @@ impl GatewayState {
 
 /// Builds the schema with its limits; `state` is reachable from every
 /// resolver.
-pub fn build_schema(state: Arc<GatewayState>, switches: &crate::config::GraphqlConfig) -> DfSchema {
+pub fn build_schema(state: Arc<GatewayState>, switches: SchemaSwitches) -> DfSchema {
     let limits = state.limits;
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(GatewayState::clone(&state))

@@ -5,9 +5,51 @@
 //! manager's `jwt`), so a browser would attach them to such requests.
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
+use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::config::BrowserConfig;
+use crate::setting::Invalid;
+
+/// The `[browser]` settings: which other origins may call dfgraph from a
+/// page, and refusing requests a browser would send without a CORS
+/// preflight.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserConfig {
+    /// Origins (`https://console.example.com`) allowed cross-origin; the
+    /// default, none, allows only same-origin pages.
+    pub cors_allowed_origins: Vec<String>,
+    /// Refuse `/graphql` requests a browser could send cross-site without a
+    /// preflight (form or text/plain bodies; GET without a non-simple
+    /// header), as Apollo's CSRF prevention does.
+    pub csrf_prevention: bool,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        BrowserConfig {
+            cors_allowed_origins: Vec::new(),
+            csrf_prevention: true,
+        }
+    }
+}
+
+impl BrowserConfig {
+    /// Every allowed origin must be a single origin: never `*`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for origin in &self.cors_allowed_origins {
+            if origin == "*" || HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
+                return Err(Invalid::new(
+                    "cors_allowed_origins",
+                    format!(
+                        "{origin:?} is not an origin like https://console.example.com (no wildcards)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Headers that make a browser preflight a request (and that curl or a
 /// script adds at no cost), as Apollo's CSRF prevention accepts them.

@@ -2,7 +2,8 @@
 //! whether the response cache may keep the answer), worked out once per
 //! distinct document and operation name. Clients send the same few
 //! documents over and over, and parsing the console's overview costs more
-//! than serving it from the response cache.
+//! than serving it from the response cache. The outline also holds the
+//! order its responses' keys are written in (see [`super::order`]).
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use async_graphql::parser::types::OperationType;
 
 use super::fanout::selected_operation;
+use super::order::Shape;
 use super::response_cache;
 
 /// Bytes of document text remembered; the least used are forgotten first.
@@ -27,6 +29,8 @@ pub struct Outline {
     /// A query whose every root field reads host lists only, so its
     /// response may be kept (see [`response_cache`]).
     pub keepable: bool,
+    /// The order its responses' keys are written in.
+    pub shape: Shape,
 }
 
 impl Outline {
@@ -50,7 +54,13 @@ impl Outline {
         let ty = operation.node.ty;
         let keepable = ty == OperationType::Query
             && response_cache::eligible(&document, &operation.node.selection_set, 0);
-        Some(Self { ty, name, keepable })
+        let shape = Shape::of(&document, &operation.node.selection_set.node);
+        Some(Self {
+            ty,
+            name,
+            keepable,
+            shape,
+        })
     }
 }
 

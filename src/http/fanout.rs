@@ -177,6 +177,8 @@ impl Fanout {
         key: String,
         schema: &DfSchema,
         request: async_graphql::Request,
+        // The outline of the request's document: its responses' key order.
+        outline: Option<Arc<super::document::Outline>>,
     ) -> (Arc<Shared>, broadcast::Receiver<Frame>) {
         let mut running = lock(&self.running);
         if let Some(shared) = running.get(&key).and_then(|(_, s)| s.upgrade()) {
@@ -196,7 +198,7 @@ impl Fanout {
         let task = tokio::spawn(async move {
             let mut first = true;
             let mut refusal = None;
-            while let Some(response) = responses.next().await {
+            while let Some(mut response) = responses.next().await {
                 if first && response.data == async_graphql::Value::Null && response.is_err() {
                     refusal = Some(Frame::Refused {
                         errors: serialize(&response.errors).into(),
@@ -204,6 +206,9 @@ impl Fanout {
                     break;
                 }
                 first = false;
+                if let Some(outline) = &outline {
+                    outline.shape.apply(&mut response.data);
+                }
                 let _ = sender.send(Frame::Next {
                     payload: Arc::new(Payload::new(serialize(&response))),
                     stamp: stamp.take(),

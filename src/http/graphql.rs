@@ -4,6 +4,7 @@
 //! mutations over GET. Each request gets its own DataLoaders and a
 //! freshness report in `extensions`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::OperationType;
@@ -12,9 +13,67 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::AppState;
+use super::persisted;
+use crate::graphql::SchemaSwitches;
+use crate::setting::Invalid;
+
+/// The `[graphql]` settings: schema-level switches for production and
+/// which operations may run by hash.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// Answer introspection queries (`__schema`, `__type`).
+    pub introspection: bool,
+    /// "Did you mean" suggestions in validation errors.
+    pub field_suggestions: bool,
+    /// `off`, `apq` (Automatic Persisted Queries, shared through Redis) or
+    /// `safelist` (only the operations of `safelist_file` run).
+    pub persisted_queries: persisted::Mode,
+    /// Apollo persisted-query manifest: `{"operations": [{"id", "body"}]}`.
+    pub safelist_file: Option<PathBuf>,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            introspection: true,
+            field_suggestions: true,
+            persisted_queries: persisted::Mode::default(),
+            safelist_file: None,
+        }
+    }
+}
+
+impl GraphqlConfig {
+    /// A safelist needs its manifest, readable and each id the hash of
+    /// its operation.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.persisted_queries != persisted::Mode::Safelist {
+            return Ok(());
+        }
+        let Some(manifest) = &self.safelist_file else {
+            return Err(Invalid::new(
+                "safelist_file",
+                "persisted_queries = \"safelist\" needs the manifest of allowed operations",
+            ));
+        };
+        persisted::load_manifest(manifest)
+            .map(|_| ())
+            .map_err(persisted::ManifestError::into_invalid)
+    }
+
+    /// The switches the schema is built with.
+    pub fn schema_switches(&self) -> SchemaSwitches {
+        SchemaSwitches {
+            introspection: self.introspection,
+            field_suggestions: self.field_suggestions,
+        }
+    }
+}
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -295,13 +354,14 @@ async fn execute(
         app.schema.clone(),
         app.gateway.clone(),
         request,
+        outline.clone(),
         span.clone(),
     );
     let (body, never_ran, errors) = match key {
         Some(key) => {
             let (rendered, freshness, served) =
                 app.response_cache.serve(key, &app.gateway, execution).await;
-            metrics::counter!("dfgraph_response_cache_total", "outcome" => served.as_str())
+            metrics::counter!(super::metric::RESPONSE_CACHE, "outcome" => served.as_str())
                 .increment(1);
             let gzipped = gzip
                 .then(|| rendered.gzip_body(freshness.clone(), served.as_str()))
@@ -314,10 +374,7 @@ async fn execute(
         }
         None => {
             let executed = execution.await;
-            let body = serde_json::to_string(&executed.response).unwrap_or_else(|e| {
-                serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
-                    .to_string()
-            });
+            let body = super::response_cache::encode(&executed.response, executed.never_ran);
             (
                 Body::Plain(body),
                 executed.never_ran,
@@ -325,7 +382,7 @@ async fn execute(
             )
         }
     };
-    metrics::histogram!("dfgraph_graphql_request_seconds", "operation" => kind)
+    metrics::histogram!(super::metric::GRAPHQL_REQUEST_SECONDS, "operation" => kind)
         .record(started.elapsed().as_secs_f64());
     if errors > 0 {
         span.record("graphql.errors", errors);
@@ -395,6 +452,7 @@ fn run(
     schema: crate::graphql::DfSchema,
     gateway: std::sync::Arc<crate::graphql::GatewayState>,
     request: async_graphql::Request,
+    outline: Option<std::sync::Arc<super::document::Outline>>,
     span: tracing::Span,
 ) -> impl std::future::Future<Output = super::response_cache::Executed> + Send + 'static {
     let started = Instant::now();
@@ -416,7 +474,7 @@ fn run(
                     budget_ms = budget.as_millis() as u64,
                     "GraphQL request ran out of its budget"
                 );
-                metrics::counter!("dfgraph_graphql_request_timeouts_total").increment(1);
+                metrics::counter!(super::metric::GRAPHQL_REQUEST_TIMEOUTS).increment(1);
                 (timed_out(budget), true)
             }
         };
@@ -426,6 +484,9 @@ fn run(
             && response.data == async_graphql::Value::Null
             && !response.errors.is_empty()
             && response.errors.iter().all(|e| e.path.is_empty());
+        if let Some(outline) = &outline {
+            outline.shape.apply(&mut response.data);
+        }
         if !never_ran {
             response.extensions.insert(
                 "freshness".into(),

@@ -57,6 +57,14 @@ impl Default for ManagerProxyConfig {
     }
 }
 
+impl ManagerProxyConfig {
+    /// Timeouts above zero (a zero timeout fails every call).
+    pub fn validate(&self) -> Result<(), crate::setting::Invalid> {
+        crate::setting::positive("connect_timeout", self.connect_timeout)?;
+        crate::setting::positive("response_timeout", self.response_timeout)
+    }
+}
+
 /// Why `manager_api` or `[manager_proxy]` cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

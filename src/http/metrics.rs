@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::setting::Invalid;
 
 /// The `[metrics]` settings: where `/metrics` is served and who may read
 /// it.
@@ -37,29 +38,29 @@ const MIN_TOKEN_CHARS: usize = 16;
 impl MetricsConfig {
     /// The token, read from its file or variable (`None`: no token).
     /// Errors name the setting and never contain the token.
-    pub fn token(&self) -> Result<Option<String>, super::rate_limit::SettingError> {
+    pub fn token(&self) -> Result<Option<String>, Invalid> {
         let token = match (&self.token_file, &self.token_env) {
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => {
-                return Err((
-                    "metrics.token_file",
-                    "set only one of metrics.token_file and metrics.token_env".into(),
+                return Err(Invalid::new(
+                    "token_file",
+                    "set only one of metrics.token_file and metrics.token_env",
                 ));
             }
             (Some(file), None) => match std::fs::read_to_string(file) {
-                Ok(text) => ("metrics.token_file", text.trim().to_owned()),
+                Ok(text) => ("token_file", text.trim().to_owned()),
                 Err(e) => {
-                    return Err((
-                        "metrics.token_file",
+                    return Err(Invalid::new(
+                        "token_file",
                         format!("cannot read {}: {e}", file.display()),
                     ));
                 }
             },
             (None, Some(var)) => match std::env::var(var) {
-                Ok(value) => ("metrics.token_env", value.trim().to_owned()),
+                Ok(value) => ("token_env", value.trim().to_owned()),
                 Err(_) => {
-                    return Err((
-                        "metrics.token_env",
+                    return Err(Invalid::new(
+                        "token_env",
                         format!("variable {var} is not set (or not UTF-8)"),
                     ));
                 }
@@ -67,7 +68,7 @@ impl MetricsConfig {
         };
         let (setting, token) = token;
         if token.chars().count() < MIN_TOKEN_CHARS {
-            return Err((
+            return Err(Invalid::new(
                 setting,
                 format!(
                     "the token must be at least {MIN_TOKEN_CHARS} characters \
@@ -76,9 +77,14 @@ impl MetricsConfig {
             ));
         }
         if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err((setting, "the token must not contain spaces".into()));
+            return Err(Invalid::new(setting, "the token must not contain spaces"));
         }
         Ok(Some(token))
+    }
+
+    /// A token, if one is configured, can be read and is long enough.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.token().map(|_| ())
     }
 }
 
@@ -93,14 +99,10 @@ pub struct MetricsAccess {
 }
 
 impl MetricsAccess {
-    pub fn new(config: &MetricsConfig) -> Result<MetricsAccess, crate::config::ConfigError> {
-        let token =
-            config
-                .token()
-                .map_err(|(setting, message)| crate::config::ConfigError::Invalid {
-                    setting: setting.into(),
-                    message,
-                })?;
+    /// Access as `config` describes it; its error names the setting within
+    /// `[metrics]`.
+    pub fn new(config: &MetricsConfig) -> Result<MetricsAccess, Invalid> {
+        let token = config.token()?;
         Ok(MetricsAccess {
             token_sha256: token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())),
             separate_listener: config.listen.is_some(),
@@ -149,6 +151,7 @@ impl MetricsHandle {
                 .and_then(|b| b.install_recorder())
             {
                 Ok(handle) => {
+                    describe_all();
                     // Histogram samples pile up in the recorder until they
                     // are drained; a scrape drains them, but nothing
                     // guarantees a scraper. A plain thread, because the
@@ -177,6 +180,16 @@ impl MetricsHandle {
     }
 }
 
+/// Gives every dfgraph metric its HELP line: each module declares its own
+/// metrics, and their descriptions, in its `metric` module.
+pub fn describe_all() {
+    crate::cache::metric::describe();
+    crate::cluster::metric::describe();
+    crate::events::metric::describe();
+    crate::redis::metric::describe();
+    super::metric::describe();
+}
+
 pub async fn render(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if !app.metrics_access.allows(&headers) {
         let mut refused =
@@ -197,4 +210,103 @@ pub async fn render(State(app): State<AppState>, headers: HeaderMap) -> Response
         .map(|h| h.render())
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod described {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    /// Records the names described to it.
+    #[derive(Default)]
+    struct Described(Arc<Mutex<BTreeSet<String>>>);
+
+    impl Described {
+        fn add(&self, key: KeyName, description: SharedString) {
+            assert!(
+                !description.is_empty(),
+                "{} has an empty HELP",
+                key.as_str()
+            );
+            let fresh = self.0.lock().unwrap().insert(key.as_str().to_owned());
+            assert!(fresh, "{} is described twice", key.as_str());
+        }
+    }
+
+    impl Recorder for Described {
+        fn describe_counter(&self, key: KeyName, _: Option<Unit>, description: SharedString) {
+            self.add(key, description);
+        }
+        fn describe_gauge(&self, key: KeyName, _: Option<Unit>, description: SharedString) {
+            self.add(key, description);
+        }
+        fn describe_histogram(&self, key: KeyName, _: Option<Unit>, description: SharedString) {
+            self.add(key, description);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Every `.rs` file under `src/`, with its path.
+    fn sources() -> Vec<(String, String)> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src.clone()];
+        let mut files = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let name = path.strip_prefix(&src).unwrap().display().to_string();
+                    files.push((name, std::fs::read_to_string(&path).unwrap()));
+                }
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn every_metric_is_declared_once_and_described() {
+        let recorder = Described::default();
+        let names = recorder.0.clone();
+        metrics::with_local_recorder(&recorder, super::describe_all);
+        let described = names.lock().unwrap().clone();
+        let declared_at =
+            regex::Regex::new(r#"const [A-Z_]+: &str = "(dfgraph_[a-z0-9_]+)""#).unwrap();
+        let literal_use =
+            regex::Regex::new(r#"(?s)(counter|gauge|histogram)!\(\s*"[^"]*""#).unwrap();
+        let mut declared = BTreeSet::new();
+        for (file, text) in sources() {
+            for name in declared_at.captures_iter(&text) {
+                assert!(
+                    declared.insert(name[1].to_owned()),
+                    "{} declared twice",
+                    &name[1]
+                );
+            }
+            assert!(
+                !literal_use.is_match(&text),
+                "{file}: a metric named by a literal; declare it in its module's `metric` \
+                 with a HELP text"
+            );
+        }
+        assert!(declared.len() >= 20, "found {declared:?}");
+        assert_eq!(
+            declared, described,
+            "each declared metric has a HELP text (its module's metric::describe, \
+             called from describe_all)"
+        );
+    }
 }

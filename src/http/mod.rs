@@ -14,6 +14,7 @@ pub mod graphql;
 pub mod health;
 pub mod manager_proxy;
 pub mod metrics;
+pub mod order;
 pub mod persisted;
 pub mod rate_limit;
 pub mod request_span;
@@ -37,6 +38,39 @@ use tower_http::trace::TraceLayer;
 
 use crate::graphql::{DfSchema, GatewayState};
 
+/// The HTTP side's metrics, declared once with their HELP text.
+pub mod metric {
+    pub const GRAPHQL_REQUEST_SECONDS: &str = "dfgraph_graphql_request_seconds";
+    pub const GRAPHQL_REQUEST_TIMEOUTS: &str = "dfgraph_graphql_request_timeouts_total";
+    pub const RESPONSE_CACHE: &str = "dfgraph_response_cache_total";
+    pub const RATE_LIMITED: &str = "dfgraph_rate_limited_total";
+    pub const RATE_LIMIT_CLIENTS: &str = "dfgraph_rate_limit_clients";
+
+    /// Gives `/metrics` the HELP line of each.
+    pub fn describe() {
+        metrics::describe_histogram!(
+            GRAPHQL_REQUEST_SECONDS,
+            "Seconds of GraphQL requests over HTTP, by operation type."
+        );
+        metrics::describe_counter!(
+            GRAPHQL_REQUEST_TIMEOUTS,
+            "GraphQL requests that ran out of their time budget."
+        );
+        metrics::describe_counter!(
+            RESPONSE_CACHE,
+            "Cacheable queries by how the response cache served them (outcome: hit, shared, miss)."
+        );
+        metrics::describe_counter!(
+            RATE_LIMITED,
+            "Requests refused by the rate limit, by what was refused (graphql, rest, graphql_ws, subscribe)."
+        );
+        metrics::describe_gauge!(
+            RATE_LIMIT_CLIENTS,
+            "Clients with a rate-limit bucket in memory."
+        );
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -53,7 +87,7 @@ pub struct AppState {
     /// APQ documents and the safelist.
     pub persisted: persisted::PersistedQueries,
     /// CORS allowlist and CSRF prevention.
-    pub browser: Arc<crate::config::BrowserConfig>,
+    pub browser: Arc<browser::BrowserConfig>,
     /// Per-client rate limits on the GraphQL and REST routes.
     pub rate_limit: rate_limit::RateLimiter,
     /// The `/metrics` token, and whether it has a listener of its own.

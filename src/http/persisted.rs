@@ -72,6 +72,14 @@ pub enum ManifestError {
     Read { path: String, message: String },
 }
 
+impl ManifestError {
+    /// The same error as the setting it is about, within `[graphql]`.
+    pub fn into_invalid(self) -> crate::setting::Invalid {
+        let ManifestError::Read { path, message } = self;
+        crate::setting::Invalid::new("safelist_file", format!("{path}: {message}"))
+    }
+}
+
 /// Apollo's persisted query manifest: `{"operations": [{"id", "body"}]}`
 /// with `id` the hex SHA-256 of `body`.
 #[derive(Deserialize)]
@@ -235,7 +243,7 @@ fn requested_hash(request: &async_graphql::Request) -> Result<Option<String>, Pe
     Ok(Some(hash))
 }
 
-fn load_manifest(path: &Path) -> Result<HashMap<String, String>, ManifestError> {
+pub(crate) fn load_manifest(path: &Path) -> Result<HashMap<String, String>, ManifestError> {
     let failed = |message: String| ManifestError::Read {
         path: path.display().to_string(),
         message,

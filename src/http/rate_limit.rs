@@ -22,20 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::auth::{AuthError, Method, Principal};
-
-/// Refusals, by what was refused: `graphql` (an HTTP request), `rest`
-/// (a request to the manager's peers API),
-/// `graphql_ws` (a websocket upgrade), `subscribe` (an operation on an
-/// open socket).
-const REFUSED: &str = "dfgraph_rate_limited_total";
-/// Clients with a bucket in memory.
-const CLIENTS: &str = "dfgraph_rate_limit_clients";
+use crate::setting::Invalid;
 
 /// How often buckets back at full capacity are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-/// A setting that is wrong (its dotted name), and why.
-pub type SettingError = (&'static str, String);
 
 /// The `[rate_limit]` settings. Off unless `per_second` is set.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -54,14 +44,14 @@ pub struct RateLimitConfig {
 
 impl RateLimitConfig {
     /// The quota and trusted proxies, or the setting that is wrong and why.
-    fn parse(&self) -> Result<Option<(Quota, Vec<IpNet>)>, SettingError> {
+    fn parse(&self) -> Result<Option<(Quota, Vec<IpNet>)>, Invalid> {
         let trusted = self
             .trusted_proxies
             .iter()
             .map(|entry| {
                 parse_net(entry).ok_or_else(|| {
-                    (
-                        "rate_limit.trusted_proxies",
+                    Invalid::new(
+                        "trusted_proxies",
                         format!("{entry:?} is not an address or CIDR block (10.0.0.0/8, ::1)"),
                     )
                 })
@@ -69,29 +59,29 @@ impl RateLimitConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let Some(per_second) = self.per_second else {
             if self.burst.is_some() {
-                return Err((
-                    "rate_limit.burst",
-                    "a burst needs a rate: set rate_limit.per_second too".into(),
+                return Err(Invalid::new(
+                    "burst",
+                    "a burst needs a rate: set rate_limit.per_second too",
                 ));
             }
             return Ok(None);
         };
-        let rate = NonZeroU32::new(per_second).ok_or((
-            "rate_limit.per_second",
+        let rate = NonZeroU32::new(per_second).ok_or(Invalid::new(
+            "per_second",
             "must be at least 1 (leave it out to switch rate limiting off)".to_owned(),
         ))?;
         let burst = match self.burst {
             None => rate,
-            Some(burst) => NonZeroU32::new(burst).ok_or((
-                "rate_limit.burst",
-                "must be at least 1 (a client must be able to send one request)".to_owned(),
+            Some(burst) => NonZeroU32::new(burst).ok_or(Invalid::new(
+                "burst",
+                "must be at least 1 (a client must be able to send one request)",
             ))?,
         };
         Ok(Some((Quota::per_second(rate).allow_burst(burst), trusted)))
     }
 
     /// Checks the settings; the error names the one that is wrong.
-    pub fn check(&self) -> Result<(), SettingError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.parse().map(|_| ())
     }
 }
@@ -155,14 +145,10 @@ struct Inner {
 }
 
 impl RateLimiter {
-    pub fn new(config: &RateLimitConfig) -> Result<RateLimiter, crate::config::ConfigError> {
-        let parsed =
-            config
-                .parse()
-                .map_err(|(setting, message)| crate::config::ConfigError::Invalid {
-                    setting: setting.into(),
-                    message,
-                })?;
+    /// The limiter `config` describes; its error names the setting within
+    /// `[rate_limit]`.
+    pub fn new(config: &RateLimitConfig) -> Result<RateLimiter, Invalid> {
+        let parsed = config.parse()?;
         let proxies = Arc::new(
             config
                 .trusted_proxies
@@ -258,7 +244,7 @@ impl RateLimiter {
                     _ = every.tick() => {
                         inner.buckets.retain_recent();
                         inner.buckets.shrink_to_fit();
-                        metrics::gauge!(CLIENTS).set(inner.buckets.len() as f64);
+                        metrics::gauge!(super::metric::RATE_LIMIT_CLIENTS).set(inner.buckets.len() as f64);
                     }
                 }
             }
@@ -320,9 +306,9 @@ fn refusal(wait: Duration, body: serde_json::Value) -> Response {
     response
 }
 
-/// Counts one refusal of `what` (see [`REFUSED`]).
+/// Counts one refusal of `what` (see [`super::metric::RATE_LIMITED`]).
 pub fn count_refusal(what: &'static str) {
-    metrics::counter!(REFUSED, "what" => what).increment(1);
+    metrics::counter!(super::metric::RATE_LIMITED, "what" => what).increment(1);
 }
 
 /// What the entry middleware learnt about a request, for its handler: the
@@ -464,7 +450,7 @@ mod tests {
 
     #[test]
     fn bad_settings_name_themselves() {
-        let setting = |c: RateLimitConfig| c.check().unwrap_err().0;
+        let setting = |c: RateLimitConfig| c.validate().unwrap_err().within("rate_limit").setting;
         assert_eq!(
             setting(RateLimitConfig {
                 per_second: Some(0),
@@ -495,7 +481,7 @@ mod tests {
             }),
             "rate_limit.trusted_proxies"
         );
-        assert!(RateLimitConfig::default().check().is_ok());
+        assert!(RateLimitConfig::default().validate().is_ok());
     }
 
     #[test]

@@ -49,6 +49,7 @@ use crate::auth::Role;
 use crate::cache::CacheKey;
 use crate::graphql::GatewayState;
 use crate::graphql::freshness::Freshness;
+use crate::setting::Invalid;
 
 /// Root fields whose responses may be kept: they read only host lists.
 const ELIGIBLE: [&str; 4] = ["hosts", "host", "hostStats", "__typename"];
@@ -76,6 +77,44 @@ impl Default for ResponseCacheConfig {
             max_bytes: 16 * 1024 * 1024,
         }
     }
+}
+
+impl ResponseCacheConfig {
+    /// A cache that is on can keep something.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.enabled && self.max_bytes == 0 {
+            return Err(Invalid::new(
+                "max_bytes",
+                "must be greater than zero (set enabled = false to keep no responses)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A response as JSON text. One that never ran (a request error: the
+/// document does not parse or validate, the variables do not fit) has no
+/// `data` entry, as the GraphQL spec's response format asks.
+pub fn encode(response: &async_graphql::Response, never_ran: bool) -> String {
+    /// A response without `data`.
+    #[derive(serde::Serialize)]
+    struct RequestError<'a> {
+        errors: &'a [async_graphql::ServerError],
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        extensions: &'a std::collections::BTreeMap<String, async_graphql::Value>,
+    }
+    let encoded = if never_ran {
+        serde_json::to_string(&RequestError {
+            errors: &response.errors,
+            extensions: &response.extensions,
+        })
+    } else {
+        serde_json::to_string(response)
+    };
+    encoded.unwrap_or_else(|e| {
+        serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
+            .to_string()
+    })
 }
 
 /// What an execution produced, for the response cache to render and keep.
@@ -120,10 +159,7 @@ impl Rendered {
             .into_iter()
             .filter_map(|(name, value)| Some((name, value.into_json().ok()?)))
             .collect();
-        let mut head = serde_json::to_string(&response).unwrap_or_else(|e| {
-            serde_json::json!({"errors": [{"message": format!("cannot encode response: {e}")}]})
-                .to_string()
-        });
+        let mut head = encode(&response, never_ran);
         head.pop();
         Self {
             head,

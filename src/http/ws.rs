@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -24,9 +25,30 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::fanout;
 use crate::clock::{Clock, SystemClock};
-use crate::config::SubscriptionLimits;
 use crate::events::metric;
 use crate::graphql::subscription::DeliveryStamp;
+use crate::setting::{Invalid, positive};
+
+/// The close codes a connection ends with: the websocket standard's
+/// (RFC 6455) and graphql-transport-ws's own (4400-4499).
+pub mod close_code {
+    /// The client said goodbye, or went silent past `idle_timeout`.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message that breaks the protocol.
+    pub const BAD_REQUEST: u16 = 4400;
+    /// `subscribe` before `connection_ack`.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Credentials refused, or expired while the connection was open.
+    pub const FORBIDDEN: u16 = 4403;
+    /// No `connection_init` within `init_timeout`.
+    pub const INIT_TIMEOUT: u16 = 4408;
+    /// `subscribe` with the id of an operation still running.
+    pub const SUBSCRIBER_EXISTS: u16 = 4409;
+    /// A second `connection_init`.
+    pub const TOO_MANY_INIT: u16 = 4429;
+}
 
 /// Sub-protocols served, in order of preference.
 pub const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
@@ -50,6 +72,72 @@ impl Protocol {
             Some("graphql-ws") => Protocol::Legacy,
             _ => Protocol::Transport,
         }
+    }
+}
+
+/// The `[subscriptions]` settings: bounds on `/graphql/ws`, what one
+/// connection and the whole process may hold, and how long a silent or
+/// slow client is kept.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionLimits {
+    /// Operations one connection may run at once.
+    pub per_connection: usize,
+    /// Operations all connections may run at once.
+    pub total: usize,
+    /// A connection that sends no `connection_init` within this is closed
+    /// (4408).
+    #[serde(with = "humantime_serde")]
+    pub init_timeout: Duration,
+    /// How often the server pings (protocol `ping`/`ka` and a websocket
+    /// ping frame).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Messages queued toward one client before it counts as slow.
+    pub send_queue: usize,
+    /// A client whose queue stays full this long is disconnected (its
+    /// socket is closed; it reads no close frame, since it reads nothing).
+    #[serde(with = "humantime_serde")]
+    pub slow_consumer_timeout: Duration,
+    /// Largest message a client may send.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SubscriptionLimits {
+    fn default() -> Self {
+        Self {
+            per_connection: 100,
+            total: 20_000,
+            init_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            send_queue: 256,
+            slow_consumer_timeout: Duration::from_secs(5),
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl SubscriptionLimits {
+    /// Counts of at least one; a connection pinged before it is dropped
+    /// for idling.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        positive("per_connection", self.per_connection)?;
+        positive("total", self.total)?;
+        positive("send_queue", self.send_queue)?;
+        positive("init_timeout", self.init_timeout)?;
+        positive("keep_alive", self.keep_alive)?;
+        if self.idle_timeout <= self.keep_alive {
+            return Err(Invalid::new(
+                "idle_timeout",
+                "must be longer than keep_alive, or a healthy client is dropped between two pings",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -185,7 +273,7 @@ async fn write_queued(mut sink: SplitSink<WebSocket, Message>, mut out_rx: mpsc:
 
 /// Ends a connection over a message that breaks the protocol.
 fn invalid(why: &str) -> Option<End> {
-    Some(End::Close(4400, why.to_string()))
+    Some(End::Close(close_code::BAD_REQUEST, why.to_string()))
 }
 
 /// An operation of a connection.
@@ -255,14 +343,14 @@ impl Connection {
                     }
                 }
                 _ = &mut init_deadline, if self.init.is_none() => {
-                    break End::Close(4408, "Connection initialisation timeout".into());
+                    break End::Close(close_code::INIT_TIMEOUT, "Connection initialisation timeout".into());
                 }
-                _ = stop.cancelled() => break End::Close(1001, "server shutting down".into()),
-                _ = until(self.expires_at()) => break End::Close(4403, "Forbidden: the token has expired".into()),
+                _ = stop.cancelled() => break End::Close(close_code::GOING_AWAY, "server shutting down".into()),
+                _ = until(self.expires_at()) => break End::Close(close_code::FORBIDDEN, "Forbidden: the token has expired".into()),
                 _ = self.slow.cancelled() => break End::Gone,
                 _ = ping.tick() => {
                     if last_heard.elapsed() > self.limits.config.idle_timeout {
-                        break End::Close(1000, "idle timeout: nothing received".into());
+                        break End::Close(close_code::NORMAL, "idle timeout: nothing received".into());
                     }
                     let keepalive = match self.protocol {
                         Protocol::Transport => json!({"type": "ping"}),
@@ -283,7 +371,7 @@ impl Connection {
                     last_heard = Instant::now();
                     let text = match frame {
                         Message::Text(text) => text,
-                        Message::Binary(_) => break End::Close(4400, "binary messages are not part of the protocol".into()),
+                        Message::Binary(_) => break End::Close(close_code::BAD_REQUEST, "binary messages are not part of the protocol".into()),
                         Message::Close(_) => break End::Gone,
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
@@ -379,7 +467,10 @@ impl Connection {
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
                 let Some(id) = id else {
-                    return Some(End::Close(4400, format!("{kind} without an id")));
+                    return Some(End::Close(
+                        close_code::BAD_REQUEST,
+                        format!("{kind} without an id"),
+                    ));
                 };
                 if let Some(op) = self.ops.remove(&id) {
                     op.task.abort();
@@ -390,10 +481,10 @@ impl Connection {
                 None
             }
             (Protocol::Legacy, "connection_terminate") => {
-                Some(End::Close(1000, "terminated".into()))
+                Some(End::Close(close_code::NORMAL, "terminated".into()))
             }
             (_, other) => Some(End::Close(
-                4400,
+                close_code::BAD_REQUEST,
                 format!("Invalid message received: unknown type {other:?}"),
             )),
         }
@@ -402,7 +493,10 @@ impl Connection {
     /// `connection_init`: authenticates the caller and acknowledges.
     async fn connection_init(&mut self, payload: Value) -> Option<End> {
         if self.init.is_some() {
-            return Some(End::Close(4429, "Too many initialisation requests".into()));
+            return Some(End::Close(
+                close_code::TOO_MANY_INIT,
+                "Too many initialisation requests".into(),
+            ));
         }
         if !matches!(payload, Value::Object(_) | Value::Null) {
             return invalid("Invalid message received: connection_init payload must be an object");
@@ -410,7 +504,7 @@ impl Connection {
         let token = init_token(&payload).or_else(|| self.upgrade_token.clone());
         match self.app.auth.authenticate(token.as_deref()).await {
             Ok(principal) => self.principal = Some(principal),
-            Err(e) => return Some(End::Close(4403, format!("Forbidden: {e}"))),
+            Err(e) => return Some(End::Close(close_code::FORBIDDEN, format!("Forbidden: {e}"))),
         }
         self.init = Some(ConnectionInitPayload(payload));
         self.send_now(json!({"type": "connection_ack"}));
@@ -430,7 +524,7 @@ impl Connection {
         next_op: &mut u64,
     ) -> Option<End> {
         if self.init.is_none() {
-            return Some(End::Close(4401, "Unauthorized".into()));
+            return Some(End::Close(close_code::UNAUTHORIZED, "Unauthorized".into()));
         }
         let Some(id) = id.filter(|id| !id.is_empty()) else {
             return invalid("Invalid message received: subscribe without an id");
@@ -439,7 +533,7 @@ impl Connection {
             Ok(request) => request,
             Err(e) => {
                 return Some(End::Close(
-                    4400,
+                    close_code::BAD_REQUEST,
                     format!("Invalid message received: payload: {e}"),
                 ));
             }
@@ -450,7 +544,7 @@ impl Connection {
             // free again.
             if self.protocol == Protocol::Transport && !running.finishing {
                 return Some(End::Close(
-                    4409,
+                    close_code::SUBSCRIBER_EXISTS,
                     format!("Subscriber for {id} already exists"),
                 ));
             }
@@ -530,9 +624,15 @@ impl Connection {
             fanout::is_subscription(&request).then(|| self.app.gateway.events.live_subscription());
         // Shared only among callers of the same role: an execution never
         // serves a principal with other permissions.
+        let outline = self.app.outlines.of(&request);
         let source = match fanout::share_key(&request, role) {
-            Some(key) => Source::Shared(self.app.fanout.join(key, &self.app.schema, request)),
-            None => Source::Own(self.app.schema.clone(), Box::new(request)),
+            Some(key) => Source::Shared(self.app.fanout.join(
+                key,
+                &self.app.schema,
+                request,
+                outline,
+            )),
+            None => Source::Own(self.app.schema.clone(), Box::new(request), outline),
         };
         let sender = Sender {
             out: self.out.clone(),
@@ -559,8 +659,13 @@ impl Connection {
 
 /// Where an operation's responses come from.
 enum Source {
-    /// Its own execution.
-    Own(crate::graphql::DfSchema, Box<async_graphql::Request>),
+    /// Its own execution (and the outline of its document, for the order
+    /// of its responses' keys).
+    Own(
+        crate::graphql::DfSchema,
+        Box<async_graphql::Request>,
+        Option<Arc<super::document::Outline>>,
+    ),
     /// An execution shared with identical subscriptions.
     Shared(
         (
@@ -597,7 +702,9 @@ impl Sender {
         let ended = match source {
             // Boxed: an execution of its own is a large future, and most
             // operations are shared ones that would carry its size idle.
-            Source::Own(schema, request) => Box::pin(self.own(&schema, *request)).await,
+            Source::Own(schema, request, outline) => {
+                Box::pin(self.own(&schema, *request, outline)).await
+            }
             Source::Shared((shared, frames)) => self.shared(shared, frames).await,
         };
         // Finishing before the last message is queued, so a client
@@ -678,16 +785,20 @@ impl Sender {
         &self,
         schema: &crate::graphql::DfSchema,
         request: async_graphql::Request,
+        outline: Option<Arc<super::document::Outline>>,
     ) -> Ended {
         let stamp = DeliveryStamp::default();
         let mut responses = schema.execute_stream(request.data(stamp.clone()));
         let mut first = true;
-        while let Some(response) = responses.next().await {
+        while let Some(mut response) = responses.next().await {
             // Errors before execution (validation, bad variables).
             if first && response.data == async_graphql::Value::Null && response.is_err() {
                 return self.refuse(&to_json(&response.errors));
             }
             first = false;
+            if let Some(outline) = &outline {
+                outline.shape.apply(&mut response.data);
+            }
             let text = self.message(self.next_kind(), &to_json(&response));
             if !self.queue(text.into(), stamp.take()).await {
                 return Ended::Quietly;

@@ -30,6 +30,7 @@ use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind, V
 use tokio_util::sync::CancellationToken;
 
 pub use listener::{Handler, Topic};
+pub use stats::metric;
 
 use circuit::Circuit;
 use listener::Hub;

@@ -782,3 +782,194 @@ async fn large_answers_are_compressed_small_ones_are_not() {
     assert_eq!(data["hosts"]["edges"].as_array().unwrap().len(), 100);
     env.stop().await;
 }
+
+/// The keys of the object at `path` in a JSON body, in the order the body
+/// writes them (`async_graphql::Value` keeps it; `serde_json::Value` does
+/// not).
+fn keys_at(body: &str, path: &[&str]) -> Vec<String> {
+    let mut value: async_graphql::Value = serde_json::from_str(body).expect("a JSON body");
+    for step in path {
+        value = match value {
+            async_graphql::Value::Object(mut map) => map
+                .shift_remove(*step)
+                .unwrap_or_else(|| panic!("no {step} in {body}")),
+            async_graphql::Value::List(mut items) if !items.is_empty() => items.swap_remove(0),
+            other => panic!("{step}: not an object: {other}"),
+        };
+    }
+    match value {
+        async_graphql::Value::Object(map) => map.keys().map(|k| k.to_string()).collect(),
+        other => panic!("not an object: {other}"),
+    }
+}
+
+/// POSTs `query`; the body as text and its `responseCache` label.
+async fn answer(env: &TestEnv, query: &str) -> (String, Option<String>) {
+    let body = env
+        .http
+        .post(env.url("/graphql"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    let label = parsed["extensions"]["responseCache"]
+        .as_str()
+        .map(str::to_owned);
+    (body, label)
+}
+
+#[tokio::test]
+async fn answers_keep_the_order_the_query_asked_in() {
+    // The cache on, so the response cache keeps host-list answers.
+    let env = TestEnv::start(small_sim(), |c| c.cache.enabled = true).await;
+
+    // Kept by the response cache: computed once, then served kept. A
+    // `__typename` resolves at once, the host list later; each comes
+    // back where it was asked for.
+    let kept = "{ hostStats { total byType { count value } } __typename \
+                hosts(first: 2) { edges { node { ip id hostname } } totalCount } }";
+    for expected_label in ["miss", "hit"] {
+        let (body, label) = answer(&env, kept).await;
+        assert_eq!(label.as_deref(), Some(expected_label), "{body}");
+        assert_eq!(keys_at(&body, &[]), ["data", "extensions"], "{body}");
+        assert_eq!(
+            keys_at(&body, &["data"]),
+            ["hostStats", "__typename", "hosts"]
+        );
+        assert_eq!(keys_at(&body, &["data", "hostStats"]), ["total", "byType"]);
+        assert_eq!(
+            keys_at(&body, &["data", "hostStats", "byType"]),
+            ["count", "value"]
+        );
+        assert_eq!(keys_at(&body, &["data", "hosts"]), ["edges", "totalCount"]);
+        assert_eq!(
+            keys_at(&body, &["data", "hosts", "edges", "node"]),
+            ["ip", "id", "hostname"]
+        );
+    }
+
+    // Not kept (scheduler clusters are not a host list), with aliases and
+    // a fragment standing where it is spread.
+    let direct = "query { second: hostStats { total } __typename \
+                  ...Clusters first: hostStats { total } } \
+                  fragment Clusters on Query { schedulerClusters { schedulers { address } id } }";
+    let (body, label) = answer(&env, direct).await;
+    assert_eq!(label, None, "not through the response cache: {body}");
+    assert_eq!(
+        keys_at(&body, &["data"]),
+        ["second", "__typename", "schedulerClusters", "first"],
+        "{body}"
+    );
+    assert_eq!(
+        keys_at(&body, &["data", "schedulerClusters"]),
+        ["schedulers", "id"]
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_run_has_no_data_entry() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    for (accept, status) in [
+        ("application/graphql-response+json", 400),
+        ("application/json", 200),
+    ] {
+        for query in ["{ hosts(first: 1) { totalCount ", "{ nope }"] {
+            let r = env
+                .http
+                .post(env.url("/graphql"))
+                .header("accept", accept)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{accept} {query}");
+            let body: Value = r.json().await.unwrap();
+            assert!(body.get("data").is_none(), "{accept} {query}: {body}");
+            assert!(body["errors"][0]["message"].is_string(), "{body}");
+        }
+    }
+    // A request that ran keeps its `data`, null or not.
+    let body = env.query("{ task(id: \"\") { id } }", json!({})).await;
+    assert!(body.get("data").is_some(), "{body}");
+    env.stop().await;
+}
+
+/// Audit notices that follow from CSRF prevention (see
+/// docs/graphql-over-http.md): each is a GET the audit sends without a
+/// header a browser would have to preflight, which dfgraph refuses.
+const CSRF_NOTICES: &[&str] = &[];
+
+/// Where the audit's npm packages are installed (once per target dir).
+fn graphql_http_modules() -> std::path::PathBuf {
+    const PACKAGES: [&str; 2] = ["graphql-http@1.23.1", "graphql@16.15.0"];
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("graphql-http-audit");
+    let modules = dir.join("node_modules");
+    if modules.join("graphql-http").join("package.json").is_file() {
+        return modules;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let installed = std::process::Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .args(PACKAGES)
+        .output()
+        .expect("npm runs (scripts/test.sh installs Node.js and npm)");
+    assert!(
+        installed.status.success(),
+        "npm install {PACKAGES:?} failed:\n{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    modules
+}
+
+/// The GraphQL-over-HTTP conformance audit of the reference implementation
+/// (npm `graphql-http`, `auditServer`): no error, no warning. Its notices
+/// (each listed in docs/graphql-over-http.md) follow from CSRF prevention,
+/// which refuses a GET that a browser could send cross-site unasked.
+#[tokio::test]
+async fn graphql_http_audit_passes_without_warnings() {
+    let modules = graphql_http_modules();
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audit/graphql-http.cjs");
+    let url = env.url("/graphql");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(&url)
+        .env("NODE_PATH", &modules)
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "the audit did not run:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(results.len() > 30, "the audit ran its checks: {results:?}");
+    let failed: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["status"] == "warn" || r["status"] == "error")
+        .collect();
+    assert!(failed.is_empty(), "audit failures: {failed:#?}");
+    let notices: BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r["status"] == "notice")
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(
+        notices.is_subset(&CSRF_NOTICES.iter().copied().collect()),
+        "notices beyond those of CSRF prevention: {notices:?} (documented: {CSRF_NOTICES:?})"
+    );
+    env.stop().await;
+}

@@ -155,6 +155,56 @@ async fn a_client_over_its_rate_waits_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn every_dfgraph_metric_on_metrics_has_help() {
+    let env = TestEnv::start(small_sim(), slow_limit).await;
+    // Enough traffic to touch the cache, the schedulers, the response
+    // cache and the rate limit.
+    for _ in 0..3 {
+        post(&env, Some(ALICE), &[]).await;
+    }
+    let query = json!({ "query": "{ hosts(first: 5) { edges { node { id } } } }" });
+    env.http
+        .post(env.url("/graphql"))
+        .json(&query)
+        .send()
+        .await
+        .unwrap();
+    let metrics = env
+        .http
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let typed: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("dfgraph_"))
+        .collect();
+    for expected in [
+        "dfgraph_cache_lookups_total",
+        "dfgraph_scheduler_call_seconds",
+        "dfgraph_graphql_request_seconds",
+        "dfgraph_rate_limited_total",
+    ] {
+        assert!(typed.contains(&expected), "{expected} in {typed:?}");
+    }
+    for name in typed {
+        let help = format!("# HELP {name} ");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&help) && l.len() > help.len()),
+            "{name} has no HELP line:\n{metrics}"
+        );
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn forwarded_addresses_count_only_from_trusted_proxies() {
     // The test's own address stands in for a proxy in front of dfgraph.
     let env = TestEnv::start(small_sim(), |c| {

@@ -16,20 +16,25 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "DFGRAPH_LOG_FORMAT",
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
+    /// Log format (default: the `log_format` key of the configuration,
+    /// else text).
+    #[arg(long, global = true, env = "DFGRAPH_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl From<LogFormat> for dfgraph::telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => dfgraph::telemetry::LogFormat::Text,
+            LogFormat::Json => dfgraph::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,11 +11,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use std::io::IsTerminal;
+
 use cli::{CheckConfigArgs, Cli, Command, LogFormat, ServeArgs, SimulateArgs, StatusArgs};
 use dfgraph::config::Config;
 use dfgraph::config::SchedulerSource;
 use dfgraph::gateway::{Gateway, cluster_client};
-use dfgraph::telemetry::Telemetry;
+use dfgraph::telemetry::{self, Telemetry};
 use dfgraph_sim::{SimCluster, SimConfig};
 
 // jemalloc over glibc's malloc, measured on the console overview (1.37x
@@ -27,13 +29,17 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Logs to stderr, filtered by `RUST_LOG`; with `telemetry`, spans also go
 /// to the OpenTelemetry collector, filtered by `tracing.filter` (each
 /// layer has its own filter, so one does not widen the other).
-fn init_logging(format: LogFormat, telemetry: Option<&Telemetry>) {
+fn init_logging(format: telemetry::LogFormat, telemetry: Option<&Telemetry>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr: stdout is for what scripts read (addresses, JSON, SDL).
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, not into a file or a
+    // container's log.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let logs = match format {
-        LogFormat::Text => logs.with_filter(filter).boxed(),
-        LogFormat::Json => logs.json().with_filter(filter).boxed(),
+        telemetry::LogFormat::Text => logs.with_filter(filter).boxed(),
+        telemetry::LogFormat::Json => logs.json().with_filter(filter).boxed(),
     };
     tracing_subscriber::registry()
         .with(logs)
@@ -46,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `serve` sets logging up once it has read `[tracing]`.
     if !matches!(cli.command, None | Some(Command::Serve(_))) {
-        init_logging(cli.log_format, None);
+        init_logging(cli.log_format.map(Into::into).unwrap_or_default(), None);
     }
     match cli.command {
         None => serve(cli.serve, cli.log_format).await,
@@ -98,10 +104,21 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
-    let mut config = Config::load(args.source.config.as_deref(), args.overrides())?;
+/// The flags' settings, with `--log-format` (which is global) among them.
+fn serve_overrides(args: &ServeArgs, log_format: Option<LogFormat>) -> serde_json::Value {
+    let mut overrides = args.overrides();
+    if let (Some(format), Some(map)) = (log_format, overrides.as_object_mut()) {
+        let format = telemetry::LogFormat::from(format);
+        map.insert("log_format".into(), serde_json::json!(format));
+    }
+    overrides
+}
+
+async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<()> {
+    let overrides = serve_overrides(&args, log_format);
+    let mut config = Config::load(args.source.config.as_deref(), overrides)?;
     let telemetry = Telemetry::start(&config.tracing)?;
-    init_logging(log_format, telemetry.as_ref());
+    init_logging(config.log_format, telemetry.as_ref());
     if let Some(endpoint) = config.tracing.otlp_endpoint.as_deref() {
         tracing::info!(
             endpoint,
@@ -186,7 +203,8 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
                 Some(Command::Serve(args)) => args,
                 _ => cli.serve,
             };
-            let config = Config::load(serve.source.config.as_deref(), serve.overrides())?;
+            let overrides = serve_overrides(&serve, cli.log_format);
+            let config = Config::load(serve.source.config.as_deref(), overrides)?;
             cluster_client(&config)?;
             format!(
                 "serve: listen {}, {}",

@@ -1,7 +1,8 @@
 //! The command-line contract scripts rely on: `simulate` prints its
 //! addresses, `serve` prints `listening on http://ADDR` and, with nothing
 //! configured, serves the embedded simulated cluster; `status` and
-//! `schema` print what they say.
+//! `schema` print what they say; logs on a stderr that is no terminal are
+//! plain lines, as text or JSON.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -48,6 +49,75 @@ fn start(args: &[&str], n: usize) -> (Running, Vec<String>) {
         }
     }
     (running, lines)
+}
+
+/// Runs `dfgraph serve --config FILE ARGS` (the embedded simulated
+/// cluster, `toml` as its configuration) until it says where it listens,
+/// stops it and returns what it logged.
+fn serve_logs(toml: &str, args: &[&str]) -> String {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dfgraph.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dfgraph starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    drop(running);
+    let mut logs = String::new();
+    stderr.read_to_string(&mut logs).unwrap();
+    assert!(
+        line.starts_with("listening on http://"),
+        "dfgraph serve did not start: {line:?}\n{logs}"
+    );
+    logs
+}
+
+#[test]
+fn logs_are_plain_lines_when_stderr_is_not_a_terminal() {
+    const SMALL: &str = "listen = \"127.0.0.1:0\"\n[simulator]\nhosts = 10\ntasks = 5\n";
+    let text = serve_logs(SMALL, &[]);
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour codes: {text:?}");
+
+    // `log_format` as a key: one JSON object per line.
+    let json = serve_logs(&format!("log_format = \"json\"\n{SMALL}"), &[]);
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "some log lines");
+    for line in &lines {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(parsed["level"].is_string(), "{line}");
+    }
+    // The flag wins over the key.
+    let flagged = serve_logs(
+        &format!("log_format = \"json\"\n{SMALL}"),
+        &["--log-format", "text"],
+    );
+    assert!(
+        flagged
+            .lines()
+            .any(|l| l.contains("INFO") && !l.starts_with('{')),
+        "{flagged}"
+    );
+    assert!(!flagged.contains('\u{1b}'), "{flagged:?}");
 }
 
 #[test]

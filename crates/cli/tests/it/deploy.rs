@@ -158,6 +158,10 @@ fn check_config_refuses_what_serve_would_refuse() {
     assert!(!ok && out.contains("schedulers"), "{out}");
     let (ok, out) = check(&["simulate".into(), "--clusters".into(), "0".into()], &[]);
     assert!(!ok && out.contains("clusters"), "{out}");
+    // A rule of a section's own (here the cache's), not only serde's.
+    let env = vec![("DFGRAPH_CACHE__TASK__FRESH".to_owned(), "0s".to_owned())];
+    let (ok, out) = check(&["serve".to_owned()], &env);
+    assert!(!ok && out.contains("cache.task.fresh"), "{out}");
     // The variables of flags are the flags' own, in any case.
     let env = vec![
         (
