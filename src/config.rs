@@ -664,7 +664,9 @@ mod tests {
                     continue;
                 }
                 let text = std::fs::read_to_string(&path).unwrap();
-                if import.is_match(&text) {
+                // A module's own tests may build a whole config to run it.
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                if import.is_match(code) {
                     offenders.push(name);
                 }
             }
