@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use super::Tier;
 
-/// What one tier's lookup of one key found.
-
 /// The cache's metrics, declared once with their HELP text.
 pub mod metric {
     pub const LOOKUPS: &str = "dfgraph_cache_lookups_total";
@@ -73,6 +71,7 @@ pub mod metric {
     }
 }
 
+/// What one tier's lookup of one key found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// A fresh value (for the origin: loaded, found or not found).
