@@ -913,8 +913,9 @@ async fn a_request_that_cannot_run_has_no_data_entry() {
 /// header a browser would have to preflight, which dfgraph refuses.
 const CSRF_NOTICES: &[&str] = &[
     // GET without a non-simple header is refused (CSRF prevention), so the
-    // audit's plain GETs never reach GraphQL and these MAYs stay unshown.
-    // The last two are about invalid parameters sent by such GETs.
+    // audit's plain GETs never reach GraphQL and the first three MAYs stay
+    // unshown. The last two: under `application/json` a request that cannot
+    // run is answered 200 with errors, which the spec allows.
     "5A70", // MAY accept application/x-www-form-urlencoded formatted GET requests
     "6A70", // MAY allow URL-encoded JSON {variables} in GETs (application/json)
     "D6D5", // MAY allow URL-encoded JSON {variables} in GETs (graphql-response+json)
