@@ -212,16 +212,7 @@ mod tests {
         })
         .await
         .expect("simulator starts");
-        let client = crate::gateway::cluster_client(&crate::config::Config::default())
-            .expect("the default config is valid");
-        let pairs: Vec<_> = sim
-            .schedulers()
-            .iter()
-            .map(|s| (s.cluster_id, s.addr))
-            .collect();
-        let cluster_id = pairs[0].0;
-        client.expect_clusters([cluster_id]);
-        client.set_schedulers(&pairs).expect("schedulers set");
+        let (client, cluster_id) = crate::events::client_for(&sim);
         let cache = crate::cache::Cache::connect(
             crate::cache::CacheConfig::default(),
             Arc::new(crate::clock::SystemClock),
@@ -276,7 +267,8 @@ mod tests {
         // Intervals begun within the window (one may straddle its start).
         let intervals = elapsed.as_secs_f64() / interval.as_secs_f64() + 1.0;
         let mut total = 0;
-        for &(_, addr) in &pairs {
+        for scheduler in sim.schedulers() {
+            let addr = scheduler.addr;
             let calls = calls_on(addr);
             total += calls;
             assert!(
@@ -285,7 +277,7 @@ mod tests {
             );
         }
         // The budget is used, not starved: at least half of it.
-        let budget_total = per_interval * (intervals - 1.0) * pairs.len() as f64;
+        let budget_total = per_interval * (intervals - 1.0) * sim.schedulers().len() as f64;
         assert!(
             total as f64 >= budget_total / 2.0,
             "{total} calls against a budget of {budget_total}"

@@ -356,16 +356,7 @@ mod tests {
         })
         .await
         .expect("simulator starts");
-        let client = crate::gateway::cluster_client(&crate::config::Config::default())
-            .expect("the default config is valid");
-        let pairs: Vec<_> = sim
-            .schedulers()
-            .iter()
-            .map(|s| (s.cluster_id, s.addr))
-            .collect();
-        let cluster_id = pairs[0].0;
-        client.expect_clusters([cluster_id]);
-        client.set_schedulers(&pairs).expect("schedulers set");
+        let (client, cluster_id) = crate::events::client_for(&sim);
 
         let mut snapshot = HostSnapshot::default();
         let mut old: Option<DecodedHosts> = None;

@@ -333,3 +333,20 @@ impl Events {
         }
     }
 }
+
+/// For the watcher's tests: a cluster client pointed at every scheduler of
+/// a simulated cluster, and the id of its first scheduler cluster.
+#[cfg(test)]
+pub(crate) fn client_for(sim: &dfgraph_sim::SimCluster) -> (crate::cluster::ClusterClient, u64) {
+    let client = crate::gateway::cluster_client(&crate::config::Config::default())
+        .expect("the default config is valid");
+    let pairs: Vec<_> = sim
+        .schedulers()
+        .iter()
+        .map(|s| (s.cluster_id, s.addr))
+        .collect();
+    let cluster_id = pairs[0].0;
+    client.expect_clusters([cluster_id]);
+    client.set_schedulers(&pairs).expect("schedulers set");
+    (client, cluster_id)
+}
