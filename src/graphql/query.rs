@@ -14,6 +14,7 @@ use super::loaders::Loaders;
 use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
 use crate::cluster::HostList;
 
+#[derive(Default)]
 pub struct Query;
 
 /// Fields beside the edges of a host connection.

@@ -21,6 +21,7 @@ mod cache;
 mod cache_gateway;
 mod docs;
 mod gateway;
+mod history;
 mod limits;
 mod live;
 mod persisted;
