@@ -599,6 +599,11 @@ mod tests {
             "[manager_proxy]\nconnect_timeout = \"0s\"\n",
             "manager_proxy.connect_timeout",
         ),
+        (
+            "event_log",
+            "[event_log]\nretention = \"0s\"\n",
+            "event_log.retention",
+        ),
     ];
 
     /// The tables of the TOML: every section a file can have.

@@ -29,8 +29,9 @@ use crate::setting::{Invalid, positive};
 
 pub type DfSchema = Schema<QueryRoot, mutation::Mutation, subscription::Subscription>;
 
-/// The query root: the present ([`query`]) and the past ([`history`]).
+// The query root: the present (`query`) and the past (`history`).
 #[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Query")]
 pub struct QueryRoot(query::Query, history::HistoryQuery);
 
 /// The `[limits]` settings: bounds on what one client may ask for, and on

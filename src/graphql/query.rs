@@ -102,7 +102,9 @@ impl Query {
     }
 }
 
-#[Object]
+// Merged into the root `Query` ([`super::QueryRoot`]): its own name
+// never shows.
+#[Object(name = "PresentQuery")]
 impl Query {
     /// Hosts (dfdaemons) of every served scheduler cluster, filtered,
     /// ordered (default: hostname ascending) and paginated. Without
