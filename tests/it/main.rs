@@ -22,6 +22,7 @@ mod cache_gateway;
 mod docs;
 mod edge;
 mod gateway;
+mod history;
 mod limits;
 mod live;
 mod persisted;
