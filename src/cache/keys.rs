@@ -96,6 +96,17 @@ pub fn scope_pattern(kind: Kind, cluster: Option<u64>) -> String {
     }
 }
 
+/// The lease of the replica that probes the hosts of one scheduler cluster.
+pub fn liveness_lease(cluster_id: u64) -> String {
+    format!("{}lease:liveness", tagged(cluster_id))
+}
+
+/// The hash of one scheduler cluster's host liveness: host id -> record,
+/// written by the replica holding [`liveness_lease`], read by the others.
+pub fn liveness(cluster_id: u64) -> String {
+    format!("{}liveness", tagged(cluster_id))
+}
+
 /// The lease of the replica that polls one scheduler cluster.
 pub fn watch_lease(cluster_id: u64) -> String {
     format!("{}lease:watch", tagged(cluster_id))

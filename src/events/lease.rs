@@ -1,11 +1,11 @@
-//! The per-cluster poller lease in Redis ([`keys::watch_lease`]): it
-//! holds the id of the replica that polls that cluster. Taken with
-//! SET NX PX, renewed by its holder only, released on shutdown or when the
-//! holder loses interest; a dead holder's lease lapses after its TTL.
+//! Per-cluster leases in Redis: each holds the id of the one replica that
+//! does a job for that cluster (the watcher's polls, [`keys::watch_lease`];
+//! the liveness probes, [`crate::cache::keys::liveness_lease`]). Taken with SET NX PX,
+//! renewed by its holder only, released on shutdown or when the holder
+//! loses interest; a dead holder's lease lapses after its TTL.
 
 use std::time::Duration;
 
-use crate::cache::keys;
 use crate::redis::{Redis, RedisError};
 
 /// Takes a free lease or renews one's own; 1 when held afterwards.
@@ -30,9 +30,14 @@ end
 return 0
 ";
 
-/// Takes or renews the lease of each cluster; returns the clusters held.
+/// The Redis key of one cluster's lease of one job.
+pub type LeaseKey = fn(u64) -> String;
+
+/// Takes or renews the lease (named by `key`) of each cluster; returns the
+/// clusters held.
 pub async fn acquire(
     redis: &Redis,
+    key: LeaseKey,
     clusters: &[u64],
     instance: &str,
     ttl: Duration,
@@ -42,7 +47,7 @@ pub async fn acquire(
     }
     // Plain EVAL: the script is tiny, and EVALSHA would need a fallback
     // round trip whenever Redis restarted with an empty script cache.
-    let mut evals = per_lease(ACQUIRE, clusters, instance);
+    let mut evals = per_lease(ACQUIRE, key, clusters, instance);
     for eval in &mut evals {
         eval.arg(ttl.as_millis() as u64);
     }
@@ -63,26 +68,28 @@ pub async fn acquire(
         .collect())
 }
 
-/// Gives up the leases `instance` holds among `clusters`.
-pub async fn release(redis: &Redis, clusters: &[u64], instance: &str) -> Result<(), RedisError> {
+/// Gives up the leases (named by `key`) `instance` holds among `clusters`.
+pub async fn release(
+    redis: &Redis,
+    key: LeaseKey,
+    clusters: &[u64],
+    instance: &str,
+) -> Result<(), RedisError> {
     if clusters.is_empty() {
         return Ok(());
     }
-    let evals = per_lease(RELEASE, clusters, instance);
+    let evals = per_lease(RELEASE, key, clusters, instance);
     redis.batch("lease_release", evals).await.map(|_| ())
 }
 
 /// `script` on each cluster's lease, for `instance` (one slot each: the
 /// batch splits them per slot on Redis Cluster).
-fn per_lease(script: &str, clusters: &[u64], instance: &str) -> Vec<redis::Cmd> {
+fn per_lease(script: &str, key: LeaseKey, clusters: &[u64], instance: &str) -> Vec<redis::Cmd> {
     clusters
         .iter()
         .map(|&cluster| {
             let mut eval = redis::cmd("EVAL");
-            eval.arg(script)
-                .arg(1)
-                .arg(keys::watch_lease(cluster))
-                .arg(instance);
+            eval.arg(script).arg(1).arg(key(cluster)).arg(instance);
             eval
         })
         .collect()

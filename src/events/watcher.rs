@@ -20,7 +20,7 @@ use super::interest::{Wanted, share};
 use super::offload::Offload;
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
 use crate::breaker::CircuitState;
-use crate::cache::{Cache, CacheKey, Replacement, ReplacementTicket};
+use crate::cache::{Cache, CacheKey, Replacement, ReplacementTicket, keys};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClusterClient, ClusterError, HostList};
 use crate::deadline::Deadline;
@@ -304,8 +304,14 @@ impl Watcher {
                 continue;
             }
             if let Some(redis) = self.bus.redis() {
-                let renewed =
-                    lease::acquire(redis, held, self.bus.instance(), self.config.lease_ttl).await;
+                let renewed = lease::acquire(
+                    redis,
+                    keys::watch_lease,
+                    held,
+                    self.bus.instance(),
+                    self.config.lease_ttl,
+                )
+                .await;
                 if let Err(error) = renewed {
                     tracing::debug!(%error, "lease renewal during a long poll failed");
                 }
@@ -326,8 +332,14 @@ impl Watcher {
         let shared = async {
             let wanted = share(redis, local, self.config.lease_ttl).await?;
             let clusters: Vec<u64> = self.clusters_of(&wanted).into_iter().collect();
-            let held = lease::acquire(redis, &clusters, self.bus.instance(), self.config.lease_ttl)
-                .await?;
+            let held = lease::acquire(
+                redis,
+                keys::watch_lease,
+                &clusters,
+                self.bus.instance(),
+                self.config.lease_ttl,
+            )
+            .await?;
             Ok::<_, crate::redis::RedisError>((wanted, held))
         };
         let (wanted, held) = match shared.await {
@@ -428,7 +440,8 @@ impl Watcher {
             return;
         }
         if let Some(redis) = self.bus.redis()
-            && let Err(error) = lease::release(redis, &drop, self.bus.instance()).await
+            && let Err(error) =
+                lease::release(redis, keys::watch_lease, &drop, self.bus.instance()).await
         {
             tracing::debug!(%error, "lease not released; it lapses by itself");
         }

@@ -41,6 +41,17 @@ async fn client(addr: SocketAddr) -> SchedulerClient<Channel> {
         .max_decoding_message_size(usize::MAX)
 }
 
+/// Every host the scheduler at `addr` lists.
+async fn listed_hosts(addr: SocketAddr) -> Vec<dfgraph::proto::common::v2::Host> {
+    client(addr)
+        .await
+        .list_hosts(ListHostsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts
+}
+
 fn stat_task(task_id: &str) -> StatTaskRequest {
     StatTaskRequest {
         host_id: "any-host".into(),
@@ -668,17 +679,13 @@ async fn scales_to_many_hosts() {
         tasks: 400,
         peers_per_task: 10,
         tick_interval: None,
+        // One listening socket per host would pass the file limit.
+        host_health: false,
         ..SimConfig::default()
     })
     .await
     .unwrap();
-    let hosts = client(sim.schedulers()[0].addr)
-        .await
-        .list_hosts(ListHostsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .hosts;
+    let hosts = listed_hosts(sim.schedulers()[0].addr).await;
     assert_eq!(hosts.len(), 5_000);
     for _ in 0..3 {
         sim.tick();
@@ -699,6 +706,7 @@ async fn benchmark_scale_100k_hosts() {
         tasks: 10_000,
         peers_per_task: 10,
         tick_interval: None,
+        host_health: false,
         ..SimConfig::default()
     })
     .await
@@ -724,5 +732,95 @@ async fn benchmark_scale_100k_hosts() {
     let t = std::time::Instant::now();
     let n = sim.hosts(1).len();
     eprintln!("hosts snapshot ({n}): {:?}", t.elapsed());
+    sim.shutdown().await;
+}
+
+/// One `grpc.health.v1.Health/Check` to `addr` within `within`: the status
+/// code of the call, or `None` when nothing answered in time.
+async fn health_check(addr: SocketAddr, within: Duration) -> Option<Result<i32, Code>> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|_| Code::Unavailable)?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|s| s.code())
+    };
+    tokio::time::timeout(within, call).await.ok()
+}
+
+#[tokio::test]
+async fn hosts_serve_grpc_health_on_their_loopback_address() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let sim = SimCluster::start(small()).await.unwrap();
+    let hosts = sim.hosts(1);
+    assert_eq!(hosts.len(), 20);
+    let mut ips = BTreeSet::new();
+    for host in &hosts {
+        let ip: std::net::Ipv4Addr = host.ip.parse().unwrap();
+        assert!(ip.is_loopback(), "{ip} is not a loopback address");
+        assert!(ips.insert(ip), "{ip} is given to two hosts");
+        let addr = SocketAddr::from((ip, u16::try_from(host.port).unwrap()));
+        assert_eq!(sim.host_health_addr(&host.id), Some(addr));
+    }
+    let host = &hosts[3];
+    let addr = sim.host_health_addr(&host.id).unwrap();
+    let serving = Some(Ok(ServingStatus::Serving as i32));
+    let second = Duration::from_secs(1);
+    assert_eq!(health_check(addr, second).await, serving);
+    assert_eq!(sim.health_checks(&host.id), 1);
+
+    // Stopped silently: refused, still listed by every scheduler.
+    assert!(sim.stop_host(&host.id).await);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    assert_eq!(
+        health_check(addr, second).await,
+        Some(Err(Code::Unavailable))
+    );
+    let listed = listed_hosts(sim.schedulers()[0].addr).await;
+    assert!(listed.iter().any(|h| h.id == host.id));
+
+    // Back on the same address.
+    assert!(sim.resume_host(&host.id).await);
+    assert_eq!(health_check(addr, second).await, serving);
+
+    // Frozen: TCP is accepted, nothing answers; counted all the same.
+    sim.reset_health_checks();
+    assert!(sim.freeze_host(&host.id).await);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    assert_eq!(health_check(addr, Duration::from_millis(300)).await, None);
+    assert!(sim.resume_host(&host.id).await);
+    assert_eq!(health_check(addr, second).await, serving);
+    assert_eq!(
+        sim.host_mode(&host.id),
+        Some(dfgraph_sim::HostMode::Serving)
+    );
+
+    // Other hosts never noticed.
+    let other = sim.host_health_addr(&hosts[4].id).unwrap();
+    assert_eq!(health_check(other, second).await, serving);
+    assert!(!sim.stop_host("no-such-host").await);
+
+    // A host that leaves its cluster takes its health service with it.
+    assert!(sim.remove_host(1, &hosts[5].id));
+    let gone = SocketAddr::from((
+        hosts[5].ip.parse::<std::net::Ipv4Addr>().unwrap(),
+        u16::try_from(hosts[5].port).unwrap(),
+    ));
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(gone).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the health port of a removed host still accepts");
     sim.shutdown().await;
 }

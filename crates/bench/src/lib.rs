@@ -374,6 +374,9 @@ async fn start_in_process(args: &BenchArgs) -> Result<(SimCluster, Gateway), Ben
         tasks: args.tasks,
         peers_per_task: args.peers_per_task,
         tick_interval: None,
+        // These scenarios measure the gateway, not host probes: no
+        // listening socket per host.
+        host_health: false,
         ..SimConfig::default()
     })
     .await

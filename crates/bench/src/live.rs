@@ -533,6 +533,9 @@ async fn start_cluster_and_gateways(
         tasks: args.tasks,
         peers_per_task: args.peers_per_task,
         tick_interval: None,
+        // These scenarios measure the gateway, not host probes: no
+        // listening socket per host.
+        host_health: false,
         ..SimConfig::default()
     })
     .await

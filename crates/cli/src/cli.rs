@@ -81,6 +81,7 @@ impl SimulateArgs {
             tick_interval: (!self.tick.is_zero()).then_some(self.tick),
             listen_ip: self.listen.ip(),
             base_port: self.listen.port(),
+            host_health: true,
         }
     }
 }

@@ -190,9 +190,54 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         println!("cluster={} scheduler={}", s.cluster_id, s.addr);
     }
     println!("manager={}", sim.manager_addr());
+    tokio::spawn(host_control(sim.clone()));
     stop.await;
     sim.shutdown().await;
     Ok(())
+}
+
+/// `simulate`'s control surface on standard input, one command a line:
+/// `hosts` lists every host with its health address; `stop HOST_ID`,
+/// `freeze HOST_ID` and `resume HOST_ID` change what a host's health
+/// service does (the schedulers keep listing it). Each answers one line.
+async fn host_control(sim: SimCluster) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut words = line.split_whitespace();
+        let answer = match (words.next(), words.next()) {
+            (Some("hosts"), None) => {
+                for cluster in sim.cluster_ids() {
+                    for host in sim.hosts(cluster) {
+                        println!(
+                            "cluster={cluster} host={} health={}",
+                            host.id,
+                            sim.host_health_addr(&host.id)
+                                .map_or_else(|| "none".to_owned(), |a| a.to_string())
+                        );
+                    }
+                }
+                "ok".to_owned()
+            }
+            (Some(verb @ ("stop" | "freeze" | "resume")), Some(host)) => {
+                let done = match verb {
+                    "stop" => sim.stop_host(host).await,
+                    "freeze" => sim.freeze_host(host).await,
+                    _ => sim.resume_host(host).await,
+                };
+                if done {
+                    format!("ok {verb} {host}")
+                } else {
+                    format!("error no health service for host {host}")
+                }
+            }
+            (None, _) => continue,
+            _ => {
+                "error commands: hosts | stop HOST_ID | freeze HOST_ID | resume HOST_ID".to_owned()
+            }
+        };
+        println!("{answer}");
+    }
 }
 
 /// Parses `dfgraph ARGS...` and builds what it would start from, short of

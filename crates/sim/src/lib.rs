@@ -1,7 +1,9 @@
 //! A simulated Dragonfly cluster: real tonic gRPC servers on loopback TCP,
 //! one per scheduler plus one manager, serving a seeded, moving workload
 //! with per-server fault injection, RPC counters and the last request
-//! metadata each server saw.
+//! metadata each server saw; and each simulated host's own gRPC health
+//! service on its loopback `ip:port`, which can be stopped, frozen and
+//! brought back while the schedulers keep listing the host.
 //!
 //! The simulator depends only on [`dfgraph_proto`], so it is an honest test
 //! double of real Dragonfly schedulers: the gateway talks to it over the
@@ -19,12 +21,13 @@
 //! # }
 //! ```
 
+mod health;
 mod manager;
 mod ring;
 mod scheduler;
 mod workload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -39,6 +42,7 @@ use tonic::transport::server::Router;
 use dfgraph_proto::common::v2::{Host, Peer, Task};
 use dfgraph_proto::manager::v2::manager_server::ManagerServer;
 use dfgraph_proto::scheduler::v2::scheduler_server::SchedulerServer;
+pub use health::HostMode;
 use manager::ManagerService;
 use scheduler::{Faults, SchedulerService};
 use workload::{Shared, SharedWorkload, Workload, WorkloadParams, read, write};
@@ -65,6 +69,11 @@ pub struct SimConfig {
     /// 0 for ephemeral ports; otherwise schedulers listen on
     /// `base_port..` in order and the manager on the port after them.
     pub base_port: u16,
+    /// Each host serves `grpc.health.v1.Health` on its `ip:port` (a
+    /// loopback address of its own in 127.0.0.0/8, an ephemeral port):
+    /// one listening socket per host. Off, hosts keep their loopback
+    /// addresses with port 4000 and nothing answers there.
+    pub host_health: bool,
 }
 
 impl Default for SimConfig {
@@ -79,6 +88,7 @@ impl Default for SimConfig {
             tick_interval: Some(Duration::from_secs(1)),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             base_port: 0,
+            host_health: true,
         }
     }
 }
@@ -138,6 +148,7 @@ struct Inner {
     schedulers: Vec<SimScheduler>,
     manager_addr: SocketAddr,
     faults: HashMap<SocketAddr, Arc<Faults>>,
+    hosts: Arc<health::Hosts>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -257,9 +268,27 @@ fn spawn_server(
     })
 }
 
-/// Ticks the workload every `period` until shutdown.
+/// Every host id the schedulers list now.
+fn listed_hosts(state: &SharedWorkload) -> HashSet<String> {
+    let workload = read(state);
+    workload
+        .cluster_ids()
+        .into_iter()
+        .flat_map(|c| {
+            workload
+                .hosts(c)
+                .iter()
+                .map(|h| h.id.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Ticks the workload every `period` until shutdown, and gives hosts that
+/// joined their health service (and takes it from those that left).
 fn spawn_ticker(
     state: SharedWorkload,
+    hosts: Arc<health::Hosts>,
     period: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -273,8 +302,9 @@ fn spawn_ticker(
                 _ = stop.wait_for(|s| *s) => break,
             }
             // A big tick must not stall a runtime worker.
-            let state = Arc::clone(&state);
-            let _ = tokio::task::spawn_blocking(move || workload::tick(&state)).await;
+            let ticked = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || workload::tick(&ticked)).await;
+            hosts.sync(&listed_hosts(&state));
         }
     })
 }
@@ -289,6 +319,8 @@ impl SimCluster {
         let listeners = bind_all(&config, server_count).await?;
         let manager_addr = listeners[sched_count].0;
         let (schedulers, clusters) = place_schedulers(&config, &listeners);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let hosts = Arc::new(health::Hosts::new(shutdown_rx.clone()));
 
         let params = WorkloadParams {
             clusters,
@@ -296,13 +328,14 @@ impl SimCluster {
             tasks: config.tasks,
             peers_per_task: config.peers_per_task,
             seed: config.seed,
+            binder: config.host_health.then(|| hosts.binder()),
         };
         let workload = tokio::task::spawn_blocking(move || Workload::new(params))
             .await
             .map_err(|e| SimError::Workload(e.to_string()))?;
         let state: SharedWorkload = Arc::new(Shared::new(workload));
+        hosts.sync(&listed_hosts(&state));
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut faults = HashMap::with_capacity(server_count);
         let mut tasks = Vec::with_capacity(server_count + 1);
         let mut listeners = listeners.into_iter();
@@ -349,6 +382,7 @@ impl SimCluster {
         if let Some(period) = config.tick_interval {
             tasks.push(spawn_ticker(
                 Arc::clone(&state),
+                Arc::clone(&hosts),
                 period,
                 shutdown_rx.clone(),
             ));
@@ -365,6 +399,7 @@ impl SimCluster {
                 schedulers,
                 manager_addr,
                 faults,
+                hosts,
                 shutdown,
                 tasks: Mutex::new(tasks),
             }),
@@ -409,8 +444,61 @@ impl SimCluster {
     }
 
     /// Advances the workload one step (what the background ticker does).
+    /// Needs a runtime (hosts that join get their health service).
     pub fn tick(&self) {
         workload::tick(&self.inner.state);
+        self.sync_hosts();
+    }
+
+    fn sync_hosts(&self) {
+        self.inner.hosts.sync(&listed_hosts(&self.inner.state));
+    }
+
+    /// The address of a host's gRPC health service (its Host entry's
+    /// `ip:port`), if it has one.
+    pub fn host_health_addr(&self, host_id: &str) -> Option<SocketAddr> {
+        self.inner.hosts.addr(host_id)
+    }
+
+    /// What a host's health service does now (`None`: it has none).
+    pub fn host_mode(&self, host_id: &str) -> Option<HostMode> {
+        self.inner.hosts.mode(host_id)
+    }
+
+    /// Stops a host silently, as a crash does: its health port refuses
+    /// connections from when this returns, and the schedulers keep listing
+    /// it. False for a host without a health service.
+    pub async fn stop_host(&self, host_id: &str) -> bool {
+        self.inner.hosts.set_mode(host_id, HostMode::Stopped).await
+    }
+
+    /// Freezes a host: connections to its health port are still accepted
+    /// (by the kernel), no call is answered. False for a host without a
+    /// health service.
+    pub async fn freeze_host(&self, host_id: &str) -> bool {
+        self.inner.hosts.set_mode(host_id, HostMode::Frozen).await
+    }
+
+    /// Brings a stopped or frozen host back: it answers `SERVING` again on
+    /// the same `ip:port`. False for a host without a health service, or
+    /// whose port was taken meanwhile.
+    pub async fn resume_host(&self, host_id: &str) -> bool {
+        self.inner.hosts.set_mode(host_id, HostMode::Serving).await
+    }
+
+    /// Health `Check` calls a host received, answered or not.
+    pub fn health_checks(&self, host_id: &str) -> u64 {
+        self.inner.hosts.checks(host_id)
+    }
+
+    /// Health `Check` calls received by all hosts.
+    pub fn total_health_checks(&self) -> u64 {
+        self.inner.hosts.total_checks()
+    }
+
+    /// Zeroes every host's health check count.
+    pub fn reset_health_checks(&self) {
+        self.inner.hosts.reset_checks();
     }
 
     /// Inserts or replaces a host in cluster `host.scheduler_cluster_id`
@@ -420,11 +508,15 @@ impl SimCluster {
         if !write(&self.inner.state).upsert_host(host) {
             tracing::warn!(cluster, "upsert_host: no such scheduler cluster");
         }
+        self.sync_hosts();
     }
 
-    /// Removes a host and its peers. False when it was not there.
+    /// Removes a host and its peers (and closes its health service). False
+    /// when it was not there.
     pub fn remove_host(&self, cluster_id: u64, host_id: &str) -> bool {
-        write(&self.inner.state).remove_host(cluster_id, host_id)
+        let removed = write(&self.inner.state).remove_host(cluster_id, host_id);
+        self.sync_hosts();
+        removed
     }
 
     /// Sets a peer's state (any string), bumps its `updated_at` and
@@ -504,6 +596,7 @@ impl SimCluster {
     /// Stops every server and the ticker, and waits for them.
     pub async fn shutdown(self) {
         self.inner.shutdown.send_replace(true);
+        self.inner.hosts.shutdown().await;
         let tasks = std::mem::take(
             &mut *self
                 .inner

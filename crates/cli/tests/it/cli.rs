@@ -290,3 +290,76 @@ fn default_config_is_a_valid_file_of_every_default() {
     let defaults = serde_json::to_value(dfgraph::config::Config::default()).unwrap();
     assert_eq!(serde_json::to_value(loaded).unwrap(), defaults);
 }
+
+#[test]
+fn simulate_stops_and_resumes_a_hosts_health_service_on_stdin() {
+    use std::io::Write;
+    use std::net::{SocketAddr, TcpStream};
+    let mut child = Command::new(BIN)
+        .args([
+            "simulate",
+            "--clusters",
+            "1",
+            "--hosts",
+            "5",
+            "--tick",
+            "0s",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dfgraph starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _running = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("simulate answers")
+    };
+    // 3 schedulers and the manager.
+    for _ in 0..4 {
+        next();
+    }
+    writeln!(stdin, "hosts").unwrap();
+    let mut hosts = Vec::new();
+    loop {
+        let line = next();
+        if line == "ok" {
+            break;
+        }
+        let host = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("host="))
+            .unwrap()
+            .to_owned();
+        let addr: SocketAddr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("health="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(addr.ip().is_loopback(), "{line}");
+        hosts.push((host, addr));
+    }
+    assert_eq!(hosts.len(), 5);
+    let (host, addr) = &hosts[0];
+    assert!(TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok());
+    writeln!(stdin, "stop {host}").unwrap();
+    assert_eq!(next(), format!("ok stop {host}"));
+    assert!(TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_err());
+    writeln!(stdin, "resume {host}").unwrap();
+    assert_eq!(next(), format!("ok resume {host}"));
+    assert!(TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok());
+    writeln!(stdin, "stop nobody").unwrap();
+    assert!(next().starts_with("error"));
+}

@@ -4,10 +4,14 @@ use prost_types::{Duration as PbDuration, Timestamp};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
 use super::PeerEntry;
 use super::fsm::{PIECE_LENGTH, peer_state as ps, task_state};
 use super::host_load::{set_bandwidth, set_cpu_percent, set_disk_percent, set_mem_percent};
 use super::time::ts_minus;
+use crate::health::Binder;
 use dfgraph_proto::common::v2::{
     Build, Cpu, Disk, Host, Memory, Network, Peer, Priority, Range, SizeScope, Task, TaskType,
 };
@@ -30,8 +34,26 @@ const GIB: u64 = 1 << 30;
 /// Id generators and the random stream.
 pub(super) struct Gen {
     pub(super) rng: SmallRng,
+    /// Binds each new host's health listener (and so picks its port).
+    pub(super) binder: Option<Arc<Binder>>,
     pub(super) next_host: u64,
     pub(super) next_task: u64,
+}
+
+/// A host's port when nothing serves it (no health listener): dfdaemon's
+/// default upload port.
+const UNSERVED_PORT: i32 = 4000;
+
+/// The loopback address of the `g`-th generated host: all of 127.0.0.0/8
+/// is this machine, so a prober that dials a simulated host never leaves
+/// it. 127.0.x.x is skipped (the usual local services live there), and so
+/// are last octets 0 and 255.
+pub(super) fn host_ip(g: u64) -> Ipv4Addr {
+    let last = 1 + (g % 254) as u8;
+    let rest = g / 254;
+    let mid = (rest % 256) as u8;
+    let high = 1 + ((rest / 256) % 255) as u8;
+    Ipv4Addr::new(127, high, mid, last)
 }
 
 pub(super) fn pick<'a, T>(rng: &mut SmallRng, items: &'a [T]) -> &'a T {
@@ -63,8 +85,15 @@ impl Gen {
     pub(super) fn host(&mut self, cluster_id: u64, host_type: u32) -> Host {
         self.next_host += 1;
         let g = self.next_host;
-        let ip = format!("10.{}.{}.{}", (g >> 16) & 0xff, (g >> 8) & 0xff, g & 0xff);
+        let addr = host_ip(g);
+        let ip = addr.to_string();
         let hostname = format!("dfdaemon-{cluster_id}-{}", self.hex(6));
+        let id = format!("{ip}-{hostname}");
+        let port = self
+            .binder
+            .as_ref()
+            .and_then(|binder| binder.bind(&id, addr))
+            .unwrap_or(UNSERVED_PORT);
         let rng = &mut self.rng;
         let (platform, family, version, kernel) = *pick(rng, &PLATFORMS);
         let (git_version, git_commit) = *pick(rng, &BUILDS);
@@ -73,11 +102,11 @@ impl Gen {
         let disk_total = *pick(rng, &[500u64, 1000, 2000]) * GIB;
         let max_bw = *pick(rng, &[1_250_000_000u64, 3_125_000_000]);
         let mut host = Host {
-            id: format!("{ip}-{hostname}"),
+            id,
             r#type: host_type,
             hostname: hostname.clone(),
             ip,
-            port: 4000,
+            port,
             download_port: 4001,
             os: "linux".to_string(),
             platform: platform.to_string(),

@@ -23,6 +23,7 @@ impl Workload {
     pub(crate) fn new(params: WorkloadParams) -> Self {
         let mut generator = Gen {
             rng: SmallRng::seed_from_u64(params.seed),
+            binder: params.binder,
             next_host: 0,
             next_task: 0,
         };

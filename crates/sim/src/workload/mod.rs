@@ -47,6 +47,9 @@ pub(crate) struct WorkloadParams {
     pub(crate) tasks: usize,
     pub(crate) peers_per_task: usize,
     pub(crate) seed: u64,
+    /// Gives each generated host a health listener (its port); `None`
+    /// leaves hosts unserved.
+    pub(crate) binder: Option<Arc<crate::health::Binder>>,
 }
 
 /// One peer as stored: the message without its embedded task and host.
@@ -101,6 +104,7 @@ mod tests {
             tasks: 20,
             peers_per_task: 5,
             seed,
+            binder: None,
         }
     }
 
