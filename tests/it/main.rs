@@ -21,6 +21,7 @@ mod cache;
 mod cache_gateway;
 mod config_reference;
 mod docs;
+mod edge;
 mod gateway;
 mod limits;
 mod live;
