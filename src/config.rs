@@ -22,6 +22,7 @@ use crate::cache::CacheConfig;
 use crate::cluster::discovery::resolve_addr;
 use crate::cluster::{RetryConfig, Timeouts, TlsConfig};
 use crate::events::WatchConfig;
+use crate::events::log::EventLogConfig;
 use crate::graphql::Limits;
 use crate::http::browser::BrowserConfig;
 use crate::http::graphql::GraphqlConfig;
@@ -75,6 +76,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The change watcher behind subscriptions.
     pub watch: WatchConfig,
+    /// The history of published events: retention and size.
+    pub event_log: EventLogConfig,
     /// Bounds on websocket connections and their subscriptions.
     pub subscriptions: SubscriptionLimits,
     /// The simulated cluster started when no scheduler or manager is given.
@@ -117,6 +120,7 @@ impl Default for Config {
             enable_mutations: false,
             cache: CacheConfig::default(),
             watch: WatchConfig::default(),
+            event_log: EventLogConfig::default(),
             subscriptions: SubscriptionLimits::default(),
             simulator: SimulatorConfig::default(),
             auth: AuthConfig::default(),
@@ -191,6 +195,7 @@ const SECTIONS: &[(&str, Validate)] = &[
     ("retry", |c| c.retry.validate()),
     ("cache", |c| c.cache.validate()),
     ("watch", |c| c.watch.validate()),
+    ("event_log", |c| c.event_log.validate()),
     ("subscriptions", |c| c.subscriptions.validate()),
     ("simulator", |c| c.simulator.validate()),
     ("auth", |c| c.auth.validate()),
@@ -593,6 +598,11 @@ mod tests {
             "manager_proxy",
             "[manager_proxy]\nconnect_timeout = \"0s\"\n",
             "manager_proxy.connect_timeout",
+        ),
+        (
+            "event_log",
+            "[event_log]\nretention = \"0s\"\n",
+            "event_log.retention",
         ),
     ];
 

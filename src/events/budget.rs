@@ -232,7 +232,7 @@ mod tests {
             budget,
             ..WatchConfig::default()
         };
-        let events = Events::new(config, cache.clone(), None);
+        let events = Events::new(config, Default::default(), cache.clone(), None);
         let peers = sim.peers(cluster_id);
         assert!(peers.len() >= 250, "enough peers to overrun the budget");
         let _guards: Vec<_> = peers

@@ -23,6 +23,7 @@ mod config_reference;
 mod docs;
 mod edge;
 mod gateway;
+mod history;
 mod limits;
 mod live;
 mod persisted;
