@@ -19,6 +19,7 @@ mod auth;
 mod browser;
 mod cache;
 mod cache_gateway;
+mod config_reference;
 mod docs;
 mod edge;
 mod gateway;
