@@ -30,6 +30,7 @@ use crate::http::metrics::MetricsConfig;
 use crate::http::rate_limit::RateLimitConfig;
 use crate::http::response_cache::ResponseCacheConfig;
 use crate::http::ws::SubscriptionLimits;
+use crate::liveness::LivenessConfig;
 pub use crate::setting::Invalid;
 use crate::telemetry::{LogFormat, TracingConfig};
 
@@ -75,6 +76,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The change watcher behind subscriptions.
     pub watch: WatchConfig,
+    /// The probes of each listed host's gRPC health service.
+    pub liveness: LivenessConfig,
     /// Bounds on websocket connections and their subscriptions.
     pub subscriptions: SubscriptionLimits,
     /// The simulated cluster started when no scheduler or manager is given.
@@ -117,6 +120,7 @@ impl Default for Config {
             enable_mutations: false,
             cache: CacheConfig::default(),
             watch: WatchConfig::default(),
+            liveness: LivenessConfig::default(),
             subscriptions: SubscriptionLimits::default(),
             simulator: SimulatorConfig::default(),
             auth: AuthConfig::default(),
@@ -191,6 +195,7 @@ const SECTIONS: &[(&str, Validate)] = &[
     ("retry", |c| c.retry.validate()),
     ("cache", |c| c.cache.validate()),
     ("watch", |c| c.watch.validate()),
+    ("liveness", |c| c.liveness.validate()),
     ("subscriptions", |c| c.subscriptions.validate()),
     ("simulator", |c| c.simulator.validate()),
     ("auth", |c| c.auth.validate()),
@@ -544,6 +549,11 @@ mod tests {
             "cache.task.fresh",
         ),
         ("watch", "[watch]\ninterval = \"1ms\"\n", "watch.interval"),
+        (
+            "liveness",
+            "[liveness]\nnetworks = [\"10.0.0.0/33\"]\n",
+            "liveness.networks",
+        ),
         (
             "subscriptions",
             "[subscriptions]\nper_connection = 0\n",

@@ -45,6 +45,8 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
                 HostChange::Joined => EventKind::HostJoined,
                 HostChange::Left => EventKind::HostLeft,
                 HostChange::Updated => EventKind::HostUpdated,
+                HostChange::Unreachable => EventKind::HostUnreachable,
+                HostChange::Reachable => EventKind::HostReachable,
             });
             wire.host = Some(Host::clone(host));
             wire.changed_fields = changed_fields.clone();
@@ -112,6 +114,8 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
         Ok(EventKind::HostJoined) => host(HostChange::Joined)?,
         Ok(EventKind::HostLeft) => host(HostChange::Left)?,
         Ok(EventKind::HostUpdated) => host(HostChange::Updated)?,
+        Ok(EventKind::HostUnreachable) => host(HostChange::Unreachable)?,
+        Ok(EventKind::HostReachable) => host(HostChange::Reachable)?,
         Ok(EventKind::Peer) => What::Peer {
             key: PeerKey {
                 host_id: wire.host_id.clone(),
@@ -166,7 +170,14 @@ struct BusInner {
     /// never waits on Redis.
     outbox: tokio::sync::mpsc::Sender<Vec<u8>>,
     cache: Cache,
+    /// Sees each other replica's event before this replica's subscribers
+    /// do (see [`Bus::on_remote`]).
+    remote_hook: std::sync::OnceLock<RemoteHook>,
 }
+
+/// What a module does with another replica's event before subscribers
+/// hear of it.
+pub type RemoteHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// Events queued toward Redis before new ones are dropped (with a
 /// warning), at least; the bus makes room for twice the watch set, so a new
@@ -234,6 +245,9 @@ async fn deliver_remote(inner: &BusInner, event: Event) {
             inner.cache.forget_local(&key).await;
         }
     }
+    if let Some(hook) = inner.remote_hook.get() {
+        hook(&event);
+    }
     let _ = inner.local.send(Arc::new(event));
 }
 
@@ -253,6 +267,7 @@ impl Bus {
             redis,
             outbox,
             cache,
+            remote_hook: std::sync::OnceLock::new(),
         });
         if let Some(redis) = &inner.redis {
             tokio::spawn(publish_loop(Arc::downgrade(&inner), pending));
@@ -264,6 +279,15 @@ impl Bus {
             );
         }
         Bus { inner }
+    }
+
+    /// Runs `hook` on each other replica's event before handing it to
+    /// this replica's subscribers, so what they query on receipt reflects
+    /// it (the liveness records). One hook per bus; a second is ignored.
+    pub fn on_remote(&self, hook: RemoteHook) {
+        if self.inner.remote_hook.set(hook).is_err() {
+            tracing::warn!("a second remote-event hook was ignored");
+        }
     }
 
     /// This process's id on the bus (also its lease value).

@@ -91,6 +91,8 @@ pub struct GatewayState {
     pub host_memo: Arc<hosts::OrderMemo>,
     /// The event bus and what is watched.
     pub events: Events,
+    /// Whether each host answers its own health service.
+    pub liveness: crate::liveness::Liveness,
 }
 
 impl GatewayState {
@@ -101,6 +103,7 @@ impl GatewayState {
         request_timeout: std::time::Duration,
         enable_mutations: bool,
         events: Events,
+        liveness: crate::liveness::Liveness,
     ) -> Self {
         let origins = Arc::new(Origins::new(&cache, &cluster));
         Self {
@@ -112,6 +115,7 @@ impl GatewayState {
             enable_mutations,
             host_memo: Arc::default(),
             events,
+            liveness,
         }
     }
 

@@ -33,9 +33,14 @@ pub enum HostEventKind {
     Joined,
     Left,
     Updated,
+    /// Its gRPC health service stopped answering: `liveness.failures`
+    /// probes in a row failed (the scheduler may still list it).
+    Unreachable,
+    /// Its health service answers again.
+    Reachable,
 }
 
-/// A host joined, left or changed.
+/// A host joined, left, changed, became unreachable or reachable again.
 #[derive(SimpleObject)]
 pub struct HostEvent {
     pub kind: HostEventKind,
@@ -209,6 +214,8 @@ impl SelectedHostEvents {
                 HostChange::Joined => HostEventKind::Joined,
                 HostChange::Left => HostEventKind::Left,
                 HostChange::Updated => HostEventKind::Updated,
+                HostChange::Unreachable => HostEventKind::Unreachable,
+                HostChange::Reachable => HostEventKind::Reachable,
             },
             host: Host(host.clone()),
             changed_fields: changed_fields.clone(),

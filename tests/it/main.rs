@@ -23,6 +23,7 @@ mod docs;
 mod gateway;
 mod limits;
 mod live;
+mod liveness;
 mod persisted;
 mod redis_cluster;
 mod resilience;
