@@ -20,6 +20,7 @@
 //! (`dfgraph status`). [`clock`], [`breaker`] and [`ids`] are shared by
 //! `cluster`, `cache` and `events` and depend on nothing but each other;
 //! [`host_type`] names Dragonfly's host types for every view of a host;
+//! [`figure`] is the one rule for the doubles a scheduler reports;
 //! [`telemetry`] (OpenTelemetry export and W3C trace context) is used by
 //! `http` and `cluster` and depends on no other module.
 //!
@@ -35,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod deadline;
 pub mod events;
+pub mod figure;
 pub mod gateway;
 pub mod graphql;
 pub mod host_type;

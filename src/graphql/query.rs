@@ -105,7 +105,10 @@ impl Query {
 impl Query {
     /// Hosts (dfdaemons) of every served scheduler cluster, filtered,
     /// ordered (default: hostname ascending) and paginated. Without
-    /// `first` or `last`, the first 100.
+    /// `first` or `last`, the first 100. A cursor is an exact position in
+    /// the order it came from and is refused (`INVALID_ARGUMENT`) with any
+    /// other order; hosts joining or leaving between pages never make a
+    /// walk repeat or skip a host that stays.
     #[allow(clippy::too_many_arguments)]
     async fn hosts(
         &self,
@@ -129,23 +132,21 @@ impl Query {
                 Some(n) => Ok(Some(n as usize)),
             }
         };
+        let order = order_by.unwrap_or_default();
+        let cursor = |c: Option<String>| -> Result<Option<Cursor>> {
+            c.as_deref()
+                .map(|c| Cursor::decode(c, order.field))
+                .transpose()
+                .map_err(|e| bad_input(e.to_string()))
+        };
         let args = PageArgs {
             first: size("first", first)?,
             last: size("last", last)?,
-            after: after
-                .as_deref()
-                .map(Cursor::decode)
-                .transpose()
-                .map_err(bad_input)?,
-            before: before
-                .as_deref()
-                .map(Cursor::decode)
-                .transpose()
-                .map_err(bad_input)?,
+            after: cursor(after)?,
+            before: cursor(before)?,
         };
         let filter = filter.unwrap_or_default();
         let (lists, _, _) = Self::host_lists(ctx, &filter).await?;
-        let order = order_by.unwrap_or_default();
         let matching = state.host_memo.sorted(&lists, order, &filter);
         let result = page_sorted(
             &matching,

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use super::loaders::{Loaders, TaskKey};
 use super::scalars::UInt64;
 use crate::cluster::{HealthSnapshot, SchedulerHandle};
+use crate::figure::figure;
 use crate::proto::common::v2 as pb;
 
 fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -139,8 +140,12 @@ impl SizeScope {
 pub struct Cpu {
     pub logical_count: u32,
     pub physical_count: u32,
-    pub percent: f64,
-    pub process_percent: f64,
+    /// Host CPU in use, percent; null when the scheduler sent no finite figure (NaN
+    /// or +-Inf; see docs/real-world-data.md).
+    pub percent: Option<f64>,
+    /// CPU used by the dfdaemon process, percent; null when the scheduler sent no finite figure (NaN
+    /// or +-Inf; see docs/real-world-data.md).
+    pub process_percent: Option<f64>,
 }
 
 #[derive(SimpleObject)]
@@ -149,8 +154,12 @@ pub struct Memory {
     pub available: UInt64,
     pub used: UInt64,
     pub free: UInt64,
-    pub used_percent: f64,
-    pub process_used_percent: f64,
+    /// Memory in use, percent; null when the scheduler sent no finite
+    /// figure (NaN or +-Inf; see docs/real-world-data.md).
+    pub used_percent: Option<f64>,
+    /// Memory used by the dfdaemon process, percent; null when the scheduler sent no finite figure (NaN
+    /// or +-Inf; see docs/real-world-data.md).
+    pub process_used_percent: Option<f64>,
 }
 
 #[derive(SimpleObject)]
@@ -170,11 +179,15 @@ pub struct Disk {
     pub total: UInt64,
     pub free: UInt64,
     pub used: UInt64,
-    pub used_percent: f64,
+    /// Disk space in use, percent; null when the scheduler sent no
+    /// finite figure (NaN or +-Inf; see docs/real-world-data.md).
+    pub used_percent: Option<f64>,
     pub inodes_total: UInt64,
     pub inodes_used: UInt64,
     pub inodes_free: UInt64,
-    pub inodes_used_percent: f64,
+    /// Inodes in use, percent; null when the scheduler sent no finite figure (NaN
+    /// or +-Inf; see docs/real-world-data.md).
+    pub inodes_used_percent: Option<f64>,
     pub read_bandwidth: UInt64,
     pub write_bandwidth: UInt64,
 }
@@ -255,8 +268,8 @@ impl Host {
         self.0.cpu.as_ref().map(|c| Cpu {
             logical_count: c.logical_count,
             physical_count: c.physical_count,
-            percent: c.percent,
-            process_percent: c.process_percent,
+            percent: figure(c.percent),
+            process_percent: figure(c.process_percent),
         })
     }
     async fn memory(&self) -> Option<Memory> {
@@ -265,8 +278,8 @@ impl Host {
             available: m.available.into(),
             used: m.used.into(),
             free: m.free.into(),
-            used_percent: m.used_percent,
-            process_used_percent: m.process_used_percent,
+            used_percent: figure(m.used_percent),
+            process_used_percent: figure(m.process_used_percent),
         })
     }
     async fn network(&self) -> Option<Network> {
@@ -286,11 +299,11 @@ impl Host {
             total: d.total.into(),
             free: d.free.into(),
             used: d.used.into(),
-            used_percent: d.used_percent,
+            used_percent: figure(d.used_percent),
             inodes_total: d.inodes_total.into(),
             inodes_used: d.inodes_used.into(),
             inodes_free: d.inodes_free.into(),
-            inodes_used_percent: d.inodes_used_percent,
+            inodes_used_percent: figure(d.inodes_used_percent),
             read_bandwidth: d.read_bandwidth.into(),
             write_bandwidth: d.write_bandwidth.into(),
         })

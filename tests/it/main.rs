@@ -20,6 +20,7 @@ mod browser;
 mod cache;
 mod cache_gateway;
 mod docs;
+mod edge;
 mod gateway;
 mod limits;
 mod live;

@@ -7,11 +7,13 @@ mod memo;
 mod order;
 mod page;
 mod stats;
+#[cfg(test)]
+mod walk;
 
 pub use filter::{CompiledFilter, HostFilter};
 pub use memo::OrderMemo;
 pub use order::{HostOrder, HostOrderField, OrderDirection, SortValue, sort_hosts, sort_value};
-pub use page::{Cursor, Page, PageArgs, page, page_sorted};
+pub use page::{Cursor, CursorError, Page, PageArgs, page, page_sorted};
 pub use stats::{Bucket, HostStats, host_stats};
 
 #[cfg(test)]
@@ -247,8 +249,9 @@ mod tests {
 
     #[test]
     fn garbage_cursor_is_an_error_not_a_panic() {
-        assert!(Cursor::decode("not-a-cursor!").is_err());
-        assert!(Cursor::decode("").is_err());
-        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode(b"{\"x\":1}")).is_err());
+        let by = HostOrderField::Hostname;
+        assert!(Cursor::decode("not-a-cursor!", by).is_err());
+        assert!(Cursor::decode("", by).is_err());
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode(b"{\"x\":1}"), by).is_err());
     }
 }

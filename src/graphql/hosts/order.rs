@@ -4,6 +4,7 @@ use std::cmp::Ordering;
 
 use async_graphql::{Enum, InputObject};
 
+use crate::figure::{cmp_figures, figure};
 use crate::proto::common::v2::Host;
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -15,7 +16,11 @@ pub enum HostOrderField {
     Type,
     Version,
     SchedulerCluster,
+    /// `cpu.percent`; hosts without a figure (null) come last in both
+    /// directions.
     CpuPercent,
+    /// `memory.usedPercent`; hosts without a figure (null) come last in
+    /// both directions.
     MemoryUsedPercent,
 }
 
@@ -26,6 +31,8 @@ pub enum OrderDirection {
     Desc,
 }
 
+/// An order of hosts. Ties are broken by host id, then scheduler cluster
+/// id, so the order is total and a cursor is an exact position in it.
 #[derive(InputObject, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostOrder {
     #[graphql(default)]
@@ -34,78 +41,134 @@ pub struct HostOrder {
     pub direction: OrderDirection,
 }
 
-/// The value a host sorts by. Ties are broken by host id, so the order is
-/// total and cursors are stable.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
+/// The value a host sorts by, owned (a cursor keeps it). Ties are broken
+/// by host id, then scheduler cluster id, so the order is total and
+/// cursors are stable.
+#[derive(Clone, Debug, PartialEq)]
 pub enum SortValue {
-    Num(f64),
     Text(String),
+    Int(u64),
+    /// A figure ([`crate::figure`]): `None` when the scheduler sent none.
+    Figure(Option<f64>),
 }
 
 impl SortValue {
-    pub(super) fn cmp(&self, other: &Self) -> Ordering {
-        match (self, other) {
-            (Self::Num(a), Self::Num(b)) => a.total_cmp(b),
-            (Self::Text(a), Self::Text(b)) => a.cmp(b),
-            (Self::Num(_), Self::Text(_)) => Ordering::Less,
-            (Self::Text(_), Self::Num(_)) => Ordering::Greater,
+    pub(super) fn as_key(&self) -> SortKey<'_> {
+        match self {
+            Self::Text(s) => SortKey::Text(s),
+            Self::Int(n) => SortKey::Int(*n),
+            Self::Figure(f) => SortKey::Figure(*f),
         }
     }
 }
 
-pub fn sort_value(host: &Host, field: HostOrderField) -> SortValue {
+/// The value a host sorts by, borrowed from the host: sorting allocates
+/// nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum SortKey<'a> {
+    Text(&'a str),
+    Int(u64),
+    Figure(Option<f64>),
+}
+
+impl SortKey<'_> {
+    pub(super) fn to_value(self) -> SortValue {
+        match self {
+            Self::Text(s) => SortValue::Text(s.to_owned()),
+            Self::Int(n) => SortValue::Int(n),
+            Self::Figure(f) => SortValue::Figure(f),
+        }
+    }
+
+    /// A rank per kind; only compared when kinds differ, which a checked
+    /// cursor never causes.
+    fn kind(self) -> u8 {
+        match self {
+            Self::Text(_) => 0,
+            Self::Int(_) => 1,
+            Self::Figure(_) => 2,
+        }
+    }
+}
+
+/// What kind of value `field` sorts by.
+pub(super) fn key_kind(field: HostOrderField) -> SortKind {
     match field {
-        HostOrderField::Hostname => SortValue::Text(host.hostname.clone()),
-        HostOrderField::Ip => SortValue::Text(host.ip.clone()),
-        HostOrderField::Id => SortValue::Text(host.id.clone()),
-        HostOrderField::Type => SortValue::Num(f64::from(host.r#type)),
-        HostOrderField::Version => SortValue::Text(
+        HostOrderField::Hostname
+        | HostOrderField::Ip
+        | HostOrderField::Id
+        | HostOrderField::Version => SortKind::Text,
+        HostOrderField::Type | HostOrderField::SchedulerCluster => SortKind::Int,
+        HostOrderField::CpuPercent | HostOrderField::MemoryUsedPercent => SortKind::Figure,
+    }
+}
+
+/// The kinds of sort value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SortKind {
+    Text,
+    Int,
+    Figure,
+}
+
+/// The value `host` sorts by under `field`.
+pub(super) fn sort_key(host: &Host, field: HostOrderField) -> SortKey<'_> {
+    match field {
+        HostOrderField::Hostname => SortKey::Text(&host.hostname),
+        HostOrderField::Ip => SortKey::Text(&host.ip),
+        HostOrderField::Id => SortKey::Text(&host.id),
+        HostOrderField::Type => SortKey::Int(u64::from(host.r#type)),
+        HostOrderField::Version => SortKey::Text(
             host.build
                 .as_ref()
-                .map(|b| b.git_version.clone())
-                .unwrap_or_default(),
+                .map(|b| b.git_version.as_str())
+                .unwrap_or(""),
         ),
-        HostOrderField::SchedulerCluster => SortValue::Num(host.scheduler_cluster_id as f64),
+        HostOrderField::SchedulerCluster => SortKey::Int(host.scheduler_cluster_id),
         HostOrderField::CpuPercent => {
-            SortValue::Num(host.cpu.as_ref().map(|c| c.percent).unwrap_or(0.0))
+            SortKey::Figure(host.cpu.as_ref().and_then(|c| figure(c.percent)))
         }
         HostOrderField::MemoryUsedPercent => {
-            SortValue::Num(host.memory.as_ref().map(|m| m.used_percent).unwrap_or(0.0))
+            SortKey::Figure(host.memory.as_ref().and_then(|m| figure(m.used_percent)))
         }
     }
 }
 
-/// Compares two hosts by `field` without allocating; ties go to the id so
-/// the order is total.
-pub(super) fn cmp_hosts(a: &Host, b: &Host, order: HostOrder) -> Ordering {
-    fn version(h: &Host) -> &str {
-        h.build
-            .as_ref()
-            .map(|b| b.git_version.as_str())
-            .unwrap_or("")
-    }
-    fn cpu(h: &Host) -> f64 {
-        h.cpu.as_ref().map(|c| c.percent).unwrap_or(0.0)
-    }
-    fn memory(h: &Host) -> f64 {
-        h.memory.as_ref().map(|m| m.used_percent).unwrap_or(0.0)
-    }
-    let by_field = match order.field {
-        HostOrderField::Hostname => a.hostname.cmp(&b.hostname),
-        HostOrderField::Ip => a.ip.cmp(&b.ip),
-        HostOrderField::Id => Ordering::Equal,
-        HostOrderField::Type => a.r#type.cmp(&b.r#type),
-        HostOrderField::Version => version(a).cmp(version(b)),
-        HostOrderField::SchedulerCluster => a.scheduler_cluster_id.cmp(&b.scheduler_cluster_id),
-        HostOrderField::CpuPercent => cpu(a).total_cmp(&cpu(b)),
-        HostOrderField::MemoryUsedPercent => memory(a).total_cmp(&memory(b)),
-    };
-    let ordering = by_field.then_with(|| a.id.cmp(&b.id));
-    match order.direction {
+/// The value `host` sorts by under `field`, owned.
+pub fn sort_value(host: &Host, field: HostOrderField) -> SortValue {
+    sort_key(host, field).to_value()
+}
+
+/// The one comparison of list positions: by value in `direction` (a
+/// missing figure last either way), then by host id and cluster id in
+/// `direction`. Sorting and cursors both use it, so they agree.
+pub(super) fn cmp_positions(
+    a: (SortKey<'_>, &str, u64),
+    b: (SortKey<'_>, &str, u64),
+    direction: OrderDirection,
+) -> Ordering {
+    let directed = |ordering: Ordering| match direction {
         OrderDirection::Asc => ordering,
         OrderDirection::Desc => ordering.reverse(),
-    }
+    };
+    let by_value = match (a.0, b.0) {
+        (SortKey::Text(x), SortKey::Text(y)) => directed(x.cmp(y)),
+        (SortKey::Int(x), SortKey::Int(y)) => directed(x.cmp(&y)),
+        (SortKey::Figure(x), SortKey::Figure(y)) => {
+            cmp_figures(x, y, direction == OrderDirection::Desc)
+        }
+        (x, y) => directed(x.kind().cmp(&y.kind())),
+    };
+    by_value.then_with(|| directed(a.1.cmp(b.1).then(a.2.cmp(&b.2))))
+}
+
+/// Compares two hosts in `order` without allocating.
+pub(super) fn cmp_hosts(a: &Host, b: &Host, order: HostOrder) -> Ordering {
+    cmp_positions(
+        (sort_key(a, order.field), &a.id, a.scheduler_cluster_id),
+        (sort_key(b, order.field), &b.id, b.scheduler_cluster_id),
+        order.direction,
+    )
 }
 
 /// Every host, in `order`. This is the expensive step of a listing, so
