@@ -62,9 +62,13 @@ async fn two_replicas_share_cache_invalidations_events_and_leases_on_a_redis_clu
     // warms up from L2.
     let on_a = query(&a.url(), OVERVIEW, json!({})).await;
     assert_eq!(on_a["hostStats"]["total"], total);
-    for &c in &clusters {
-        assert!(get(&redis, &keys::entry(&CacheKey::hosts(c))).is_some());
-    }
+    // The leader of a load answers its waiters before its L2 write lands.
+    wait_until("A's host lists in Redis", Duration::from_secs(5), || {
+        clusters
+            .iter()
+            .all(|&c| get(&redis, &keys::entry(&CacheKey::hosts(c))).is_some())
+    })
+    .await;
     let b = Gateway::start(cluster_config(&sim, &redis)).await.unwrap();
     wait_until("B reads A's values", Duration::from_secs(5), || {
         b.state.cache.stats().l2_hits >= clusters.len() as u64
