@@ -22,6 +22,7 @@ use crate::cache::CacheConfig;
 use crate::cluster::discovery::resolve_addr;
 use crate::cluster::{RetryConfig, Timeouts, TlsConfig};
 use crate::events::WatchConfig;
+use crate::events::log::EventLogConfig;
 use crate::graphql::Limits;
 use crate::http::browser::BrowserConfig;
 use crate::http::graphql::GraphqlConfig;
@@ -78,6 +79,8 @@ pub struct Config {
     pub watch: WatchConfig,
     /// The probes of each listed host's gRPC health service.
     pub liveness: LivenessConfig,
+    /// The history of published events: retention and size.
+    pub event_log: EventLogConfig,
     /// Bounds on websocket connections and their subscriptions.
     pub subscriptions: SubscriptionLimits,
     /// The simulated cluster started when no scheduler or manager is given.
@@ -121,6 +124,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             watch: WatchConfig::default(),
             liveness: LivenessConfig::default(),
+            event_log: EventLogConfig::default(),
             subscriptions: SubscriptionLimits::default(),
             simulator: SimulatorConfig::default(),
             auth: AuthConfig::default(),
@@ -196,6 +200,7 @@ const SECTIONS: &[(&str, Validate)] = &[
     ("cache", |c| c.cache.validate()),
     ("watch", |c| c.watch.validate()),
     ("liveness", |c| c.liveness.validate()),
+    ("event_log", |c| c.event_log.validate()),
     ("subscriptions", |c| c.subscriptions.validate()),
     ("simulator", |c| c.simulator.validate()),
     ("auth", |c| c.auth.validate()),
@@ -603,6 +608,11 @@ mod tests {
             "manager_proxy",
             "[manager_proxy]\nconnect_timeout = \"0s\"\n",
             "manager_proxy.connect_timeout",
+        ),
+        (
+            "event_log",
+            "[event_log]\nretention = \"0s\"\n",
+            "event_log.retention",
         ),
     ];
 

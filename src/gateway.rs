@@ -137,7 +137,12 @@ async fn gateway_state(
     // persisted queries.
     let redis = crate::cache::connect_redis(&cache_config).await?;
     let cache = Cache::connect_with(cache_config, clock, redis.clone()).await?;
-    let events = Events::new(config.watch.clone(), cache.clone(), redis);
+    let events = Events::new(
+        config.watch.clone(),
+        config.event_log.clone(),
+        cache.clone(),
+        redis,
+    );
     events.start(client.clone(), cache.clone(), shutdown.child_token());
     let liveness = Liveness::new(&config.liveness);
     let remote = liveness.clone();

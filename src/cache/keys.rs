@@ -112,6 +112,12 @@ pub fn watch_lease(cluster_id: u64) -> String {
     format!("{}lease:watch", tagged(cluster_id))
 }
 
+/// The event log of one scheduler cluster: a stream (see
+/// [`crate::events::log`]).
+pub fn event_log(cluster_id: u64) -> String {
+    format!("{}events", tagged(cluster_id))
+}
+
 /// A persisted (APQ) query document, by its SHA-256 hex.
 pub fn persisted_query(sha256_hex: &str) -> String {
     format!("{PREFIX}apq:{sha256_hex}")
@@ -138,6 +144,7 @@ mod tests {
         assert_eq!(scope_pattern(Kind::Peer, None), "dfgraph:v1:{*}:peer:*");
         assert_eq!(scope_pattern(Kind::Peer, Some(2)), "dfgraph:v1:{2}:peer:*");
         assert_eq!(watch_lease(7), "dfgraph:v1:{7}:lease:watch");
+        assert_eq!(event_log(7), "dfgraph:v1:{7}:events");
         assert_eq!(persisted_query("ab12"), "dfgraph:v1:apq:ab12");
         assert_eq!(BUS_CHANNEL, "dfgraph:v1:bus");
         assert_eq!(WATCH_INTEREST, "dfgraph:v1:watch:interest");

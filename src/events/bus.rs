@@ -2,9 +2,15 @@
 //! and, with Redis, [`Topic::Event`] messages on the process's one
 //! listener ([`crate::redis::listener`]) that carry a replica's events to
 //! every other replica, in order with its cache invalidations. The
-//! publisher delivers to its own subscribers directly (so a Redis outage
+//! publisher delivers to its own subscribers itself (so a Redis outage
 //! does not silence them) and ignores its own messages when they come back
 //! from Redis.
+//!
+//! The publish point is also where the [event log](super::log) is
+//! written: an event published to every replica is appended to its
+//! cluster's stream first, so each replica (this one included) receives
+//! it with its cursor; should the log not answer, it goes out without one.
+//! Without Redis, events go to the in-process ring.
 
 use std::sync::{Arc, Weak};
 
@@ -12,6 +18,7 @@ use futures::future::BoxFuture;
 use prost::Message;
 use tokio::sync::broadcast;
 
+use super::log::{self, EventCursor, EventLog, LogId};
 use super::{Event, HostChange, What, metric};
 use crate::cache::{Cache, CacheKey, Kind};
 use crate::clock::{Clock, SystemClock};
@@ -33,6 +40,7 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
         instance: instance.to_owned(),
         cluster_id: event.cluster_id,
         observed_at_ms: event.observed_at_ms,
+        log_id: event.cursor.map(|c| c.id.to_string()).unwrap_or_default(),
         ..WireEvent::default()
     };
     match &event.what {
@@ -134,12 +142,20 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
         },
         Ok(EventKind::Unspecified) | Err(_) => return Err(DecodeError::Kind(wire.kind)),
     };
+    let cursor = match wire.log_id.as_str() {
+        "" => None,
+        id => Some(EventCursor {
+            cluster_id: wire.cluster_id,
+            id: LogId::parse(id).ok_or_else(|| DecodeError::Malformed(format!("log id {id:?}")))?,
+        }),
+    };
     Ok((
         wire.instance,
         Event {
             cluster_id: wire.cluster_id,
             observed_at_ms: wire.observed_at_ms,
             what,
+            cursor,
         },
     ))
 }
@@ -166,9 +182,11 @@ struct BusInner {
     local: broadcast::Sender<Arc<Event>>,
     instance: String,
     redis: Option<Redis>,
-    /// Events waiting to be published to Redis, in order; the watcher
-    /// never waits on Redis.
-    outbox: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Where published events are kept (`None`: switched off).
+    log: Option<EventLog>,
+    /// Events waiting to be logged and published to Redis, in order; the
+    /// watcher never waits on Redis.
+    outbox: tokio::sync::mpsc::Sender<Outgoing>,
     cache: Cache,
     /// Sees each other replica's event before this replica's subscribers
     /// do (see [`Bus::on_remote`]).
@@ -179,6 +197,14 @@ struct BusInner {
 /// hear of it.
 pub type RemoteHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// An event on its way to Redis.
+struct Outgoing {
+    event: Event,
+    /// Not yet handed to this replica's subscribers: they get it once the
+    /// log has given it its cursor.
+    deliver_here: bool,
+}
+
 /// Events queued toward Redis before new ones are dropped (with a
 /// warning), at least; the bus makes room for twice the watch set, so a new
 /// leader's baselines fit.
@@ -186,18 +212,28 @@ const MIN_OUTBOX_CAPACITY: usize = 4096;
 /// Most events sent to Redis in one pipelined round trip.
 const PUBLISH_BATCH: usize = 512;
 
-/// Publishes queued events in order, as many as are waiting in one
-/// pipelined round trip; ends with the bus (whose drop closes the outbox).
-/// Holds the bus weakly, so it does not keep it alive.
-async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+/// Logs and publishes queued events in order, as many as are waiting in
+/// one round trip each (the log's, then the channel's); ends with the bus
+/// (whose drop closes the outbox). Holds the bus weakly, so it does not
+/// keep it alive.
+async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Receiver<Outgoing>) {
     let mut failing = false;
+    let mut trims = Trims::default();
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while outbox.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let Some(inner) = inner.upgrade() else { return };
         let Some(redis) = &inner.redis else { return };
+        if let Some(log) = &inner.log {
+            trims.append(log, &mut batch).await;
+        }
         let mut pipe = redis::pipe();
-        for bytes in batch.drain(..) {
-            redis.add_publish(&mut pipe, Topic::Event, &bytes);
+        for outgoing in batch.drain(..) {
+            if let Some(bytes) = encode(&inner.instance, &outgoing.event) {
+                redis.add_publish(&mut pipe, Topic::Event, &bytes);
+            }
+            if outgoing.deliver_here {
+                let _ = inner.local.send(Arc::new(outgoing.event));
+            }
         }
         match redis.pipe::<()>("publish_events", &pipe).await {
             Ok(()) if failing => {
@@ -210,6 +246,48 @@ async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Rece
                 tracing::warn!(%error, "events not published to Redis; other replicas miss them until it answers");
             }
             Err(error) => tracing::debug!(%error, "events not published to Redis"),
+        }
+    }
+}
+
+/// The publish loop's side of the log: when each cluster's stream was
+/// last trimmed by age, and whether appending fails.
+#[derive(Default)]
+struct Trims {
+    last: std::collections::HashMap<u64, std::time::Instant>,
+    failing: bool,
+}
+
+impl Trims {
+    /// Appends the events of `batch` not yet delivered here (each then
+    /// has its cursor), trimming their streams by age when due.
+    async fn append(&mut self, log: &EventLog, batch: &mut [Outgoing]) {
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        let mut events: Vec<&mut Event> = Vec::new();
+        for outgoing in batch.iter_mut().filter(|o| o.deliver_here) {
+            let cluster = outgoing.event.cluster_id;
+            let last = self.last.entry(cluster).or_insert(now - log::TRIM_EVERY);
+            if now.duration_since(*last) >= log::TRIM_EVERY {
+                *last = now;
+                due.push(cluster);
+            }
+            events.push(&mut outgoing.event);
+        }
+        if events.is_empty() {
+            return;
+        }
+        match log.append(&mut events, &due).await {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("events are logged again");
+            }
+            Ok(()) => {}
+            Err(error) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(%error, "events not logged; they go out without a cursor until the log answers");
+            }
+            Err(error) => tracing::debug!(%error, "events not logged"),
         }
     }
 }
@@ -253,7 +331,13 @@ async fn deliver_remote(inner: &BusInner, event: Event) {
 
 impl Bus {
     /// A bus for this process. With `redis`, events also cross replicas.
-    pub fn new(cache: Cache, redis: Option<Redis>, max_watched: usize) -> Bus {
+    /// With `log`, what it publishes is kept (see [`super::log`]).
+    pub fn new(
+        cache: Cache,
+        redis: Option<Redis>,
+        log: Option<EventLog>,
+        max_watched: usize,
+    ) -> Bus {
         let (outbox, pending) =
             tokio::sync::mpsc::channel(MIN_OUTBOX_CAPACITY.max(max_watched.saturating_mul(2)));
         let (local, _) = broadcast::channel(
@@ -265,6 +349,7 @@ impl Bus {
             local,
             instance: format!("{:016x}", rand::random::<u64>()),
             redis,
+            log,
             outbox,
             cache,
             remote_hook: std::sync::OnceLock::new(),
@@ -293,6 +378,11 @@ impl Bus {
     /// This process's id on the bus (also its lease value).
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+
+    /// The event log, unless switched off.
+    pub fn log(&self) -> Option<&EventLog> {
+        self.inner.log.as_ref()
     }
 
     pub fn has_redis(&self) -> bool {
@@ -333,7 +423,7 @@ impl Bus {
         self.hand_out(event, false);
     }
 
-    fn hand_out(&self, event: Event, everywhere: bool) {
+    fn hand_out(&self, mut event: Event, everywhere: bool) {
         metrics::counter!(metric::PUBLISHED, "kind" => event.kind()).increment(1);
         let published_at = SystemClock.now_ms_signed();
         if let Some(changed_at) = event.changed_at_ms()
@@ -342,16 +432,32 @@ impl Bus {
             metrics::histogram!(metric::DETECTION_LAG, "kind" => event.kind())
                 .record((published_at - changed_at) as f64 / 1000.0);
         }
-        let wire = everywhere
-            .then(|| encode(&self.inner.instance, &event))
-            .flatten();
-        let _ = self.inner.local.send(Arc::new(event));
-        let (Some(_), Some(bytes)) = (&self.inner.redis, wire) else {
+        let logged = self.inner.log.as_ref().filter(|_| log::loggable(&event));
+        let crosses = everywhere && !matches!(event.what, What::Scheduler { .. });
+        let (Some(_), true) = (&self.inner.redis, crosses) else {
+            // Without Redis this replica is the only one: its ring is the
+            // log. With Redis, what stays here is not logged.
+            if let (None, Some(log)) = (&self.inner.redis, logged) {
+                log.append_local(&mut event);
+            }
+            let _ = self.inner.local.send(Arc::new(event));
             return;
         };
-        if self.inner.outbox.try_send(bytes).is_err() {
+        let deliver_here = logged.is_some();
+        if !deliver_here {
+            let _ = self.inner.local.send(Arc::new(event.clone()));
+        }
+        let outgoing = Outgoing {
+            event,
+            deliver_here,
+        };
+        if let Err(full) = self.inner.outbox.try_send(outgoing) {
             metrics::counter!(metric::DROPPED).increment(1);
             tracing::warn!("event outbox toward Redis full; event not sent to other replicas");
+            let outgoing = full.into_inner();
+            if outgoing.deliver_here {
+                let _ = self.inner.local.send(Arc::new(outgoing.event));
+            }
         }
     }
 }
@@ -382,6 +488,13 @@ mod tests {
                 }),
                 changed_fields: vec!["ip".into()],
             },
+            cursor: Some(EventCursor {
+                cluster_id: 3,
+                id: LogId {
+                    ms: 1_700_000_000_124,
+                    seq: 2,
+                },
+            }),
         });
         roundtrip(Event {
             cluster_id: 1,
@@ -396,6 +509,7 @@ mod tests {
                 from: Some("Running".into()),
                 baseline: false,
             },
+            cursor: None,
         });
         roundtrip(Event {
             cluster_id: 1,
@@ -410,6 +524,7 @@ mod tests {
                 changed_fields: vec!["state".into()],
                 baseline: true,
             },
+            cursor: None,
         });
     }
 

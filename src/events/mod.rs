@@ -9,6 +9,7 @@ pub mod bus;
 pub mod diff;
 pub mod interest;
 pub mod lease;
+pub mod log;
 mod offload;
 pub mod watcher;
 
@@ -111,6 +112,8 @@ pub struct Event {
     /// Unix milliseconds when the watcher saw the change.
     pub observed_at_ms: i64,
     pub what: What,
+    /// Where it is in the event log, once logged (see [`log`]).
+    pub cursor: Option<log::EventCursor>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -284,15 +287,17 @@ impl Drop for LiveSubscription {
 }
 
 impl Events {
-    /// With `redis`, events cross replicas and the watcher coordinates
-    /// through Redis.
+    /// With `redis`, events cross replicas, the watcher coordinates
+    /// through Redis and the event log is kept there.
     pub fn new(
         config: WatchConfig,
+        log: log::EventLogConfig,
         cache: crate::cache::Cache,
         redis: Option<crate::redis::Redis>,
     ) -> Events {
+        let log = log::EventLog::new(log, redis.clone());
         Events {
-            bus: Bus::new(cache, redis, config.max_watched),
+            bus: Bus::new(cache, redis, log, config.max_watched),
             interest: Interest::new(config.max_watched, config.hosts_query_window),
             config,
             live: Arc::default(),

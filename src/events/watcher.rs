@@ -89,6 +89,7 @@ fn event(cluster_id: u64, what: What) -> Event {
         cluster_id,
         observed_at_ms: SystemClock.now_ms_signed(),
         what,
+        cursor: None,
     }
 }
 
@@ -766,6 +767,7 @@ impl Watcher {
                         up: current.0,
                         circuit: current.1,
                     },
+                    cursor: None,
                 });
             }
         }

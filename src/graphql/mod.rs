@@ -4,6 +4,7 @@
 
 pub mod errors;
 pub mod freshness;
+pub mod history;
 pub mod hosts;
 pub mod ids;
 pub mod loaders;
@@ -26,7 +27,12 @@ pub use loaders::Loaders;
 use crate::origins::Origins;
 use crate::setting::{Invalid, positive};
 
-pub type DfSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
+pub type DfSchema = Schema<QueryRoot, mutation::Mutation, subscription::Subscription>;
+
+// The query root: the present (`query`) and the past (`history`).
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct QueryRoot(query::Query, history::HistoryQuery);
 
 /// The `[limits]` settings: bounds on what one client may ask for, and on
 /// what the gateway asks of one scheduler.
@@ -137,10 +143,14 @@ impl GatewayState {
 /// resolver.
 pub fn build_schema(state: Arc<GatewayState>, switches: SchemaSwitches) -> DfSchema {
     let limits = state.limits;
-    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .data(GatewayState::clone(&state))
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity);
+    let mut builder = Schema::build(
+        QueryRoot::default(),
+        mutation::Mutation,
+        subscription::Subscription,
+    )
+    .data(GatewayState::clone(&state))
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity);
     if !switches.introspection {
         builder = builder.disable_introspection();
     }
@@ -152,7 +162,11 @@ pub fn build_schema(state: Arc<GatewayState>, switches: SchemaSwitches) -> DfSch
 
 /// The SDL of the schema, as checked in at `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .finish()
-        .sdl()
+    Schema::build(
+        QueryRoot::default(),
+        mutation::Mutation,
+        subscription::Subscription,
+    )
+    .finish()
+    .sdl()
 }

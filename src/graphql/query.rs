@@ -14,6 +14,7 @@ use super::loaders::Loaders;
 use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
 use crate::cluster::HostList;
 
+#[derive(Default)]
 pub struct Query;
 
 /// Fields beside the edges of a host connection.
@@ -101,7 +102,9 @@ impl Query {
     }
 }
 
-#[Object]
+// Merged into the root `Query` ([`super::QueryRoot`]): its own name
+// never shows.
+#[Object(name = "PresentQuery")]
 impl Query {
     /// Hosts (dfdaemons) of every served scheduler cluster, filtered,
     /// ordered (default: hostname ascending) and paginated. Without

@@ -1,5 +1,5 @@
 //! Scalars GraphQL lacks: 64-bit unsigned counts (bytes, bandwidth), which
-//! overflow GraphQL's 32-bit `Int`.
+//! overflow GraphQL's 32-bit `Int`, and the event log's cursors.
 
 use async_graphql::{InputValueError, InputValueResult, Number, Scalar, ScalarType, Value};
 
@@ -26,6 +26,27 @@ impl ScalarType for UInt64 {
 
     fn to_value(&self) -> Value {
         Value::Number(Number::from(self.0))
+    }
+}
+
+/// Where an event is in the event log: an opaque string, passed back as
+/// `after` to page on or to resume a subscription from the event after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventCursor(pub crate::events::log::EventCursor);
+
+#[Scalar(name = "EventCursor")]
+impl ScalarType for EventCursor {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(s) => crate::events::log::EventCursor::decode(s)
+                .map(EventCursor)
+                .map_err(|e| InputValueError::custom(e.to_string())),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.encode())
     }
 }
 

@@ -17,6 +17,7 @@ use super::hosts::{CompiledFilter, HostFilter};
 use super::ids::check_id;
 use super::loaders::Loaders;
 use super::query::Query;
+use super::scalars::EventCursor;
 use super::types::{CircuitState, Host, Peer, PeerState, Scheduler, Task};
 use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
@@ -40,6 +41,18 @@ pub enum HostEventKind {
     Reachable,
 }
 
+impl From<HostChange> for HostEventKind {
+    fn from(change: HostChange) -> Self {
+        match change {
+            HostChange::Joined => HostEventKind::Joined,
+            HostChange::Left => HostEventKind::Left,
+            HostChange::Updated => HostEventKind::Updated,
+            HostChange::Unreachable => HostEventKind::Unreachable,
+            HostChange::Reachable => HostEventKind::Reachable,
+        }
+    }
+}
+
 /// A host joined, left, changed, became unreachable or reachable again.
 #[derive(SimpleObject)]
 pub struct HostEvent {
@@ -51,6 +64,29 @@ pub struct HostEvent {
     /// When dfgraph saw the change.
     pub observed_at: DateTime<Utc>,
     pub scheduler_cluster_id: ID,
+    /// Where it is in the event log (null when it was not logged: the log
+    /// is off or did not answer); pass it as `after` to resume after it.
+    pub cursor: Option<EventCursor>,
+}
+
+/// The GraphQL form of a host event (`None` for other events).
+pub(crate) fn host_event(event: &Event) -> Option<HostEvent> {
+    let What::Host {
+        change,
+        host,
+        changed_fields,
+    } = &event.what
+    else {
+        return None;
+    };
+    Some(HostEvent {
+        kind: (*change).into(),
+        host: Host(host.clone()),
+        changed_fields: changed_fields.clone(),
+        observed_at: at(event.observed_at_ms),
+        scheduler_cluster_id: ID(event.cluster_id.to_string()),
+        cursor: event.cursor.map(EventCursor),
+    })
 }
 
 /// A peer's state, then each change of it.
@@ -190,39 +226,22 @@ impl SelectedHostEvents {
     }
 
     fn select(&self, event: &Event) -> Option<(HostEvent, i64)> {
-        let What::Host {
-            change,
-            host,
-            changed_fields,
-        } = &event.what
-        else {
-            return None;
-        };
         if self
             .clusters
             .as_ref()
             .is_some_and(|c| !c.contains(&event.cluster_id))
-            || !self.filter.matches(host)
-            || (*change == HostChange::Updated
-                && !self.include_resource_changes
-                && only_resources(changed_fields))
         {
             return None;
         }
-        let host_event = HostEvent {
-            kind: match change {
-                HostChange::Joined => HostEventKind::Joined,
-                HostChange::Left => HostEventKind::Left,
-                HostChange::Updated => HostEventKind::Updated,
-                HostChange::Unreachable => HostEventKind::Unreachable,
-                HostChange::Reachable => HostEventKind::Reachable,
-            },
-            host: Host(host.clone()),
-            changed_fields: changed_fields.clone(),
-            observed_at: at(event.observed_at_ms),
-            scheduler_cluster_id: ID(event.cluster_id.to_string()),
-        };
-        Some((host_event, event.observed_at_ms))
+        let selected = host_event(event)?;
+        if !self.filter.matches(&selected.host.0)
+            || (selected.kind == HostEventKind::Updated
+                && !self.include_resource_changes
+                && only_resources(&selected.changed_fields))
+        {
+            return None;
+        }
+        Some((selected, event.observed_at_ms))
     }
 }
 

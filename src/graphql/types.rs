@@ -317,6 +317,22 @@ impl Host {
             platform: b.platform.clone(),
         })
     }
+    /// This host's newest events in the event log (joins, leaves, changes
+    /// other than of load figures), newest first, from every cluster.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] first: i32,
+    ) -> Result<Vec<super::subscription::HostEvent>> {
+        let max = ctx.data::<super::GatewayState>()?.limits.max_page_size;
+        let first = usize::try_from(first)
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                super::errors::bad_input(format!("`first` must be between 1 and {max}"))
+            })?;
+        super::history::events_of_host(ctx, &self.0.id, first).await
+    }
 }
 
 /// A byte range of the content.

@@ -171,6 +171,7 @@ impl ClusterProber {
                 host: Arc::clone(host),
                 changed_fields: vec!["liveness".to_owned()],
             },
+            cursor: None,
         });
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod live;
 pub mod scenario;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -86,7 +87,11 @@ pub struct BenchArgs {
     /// Live scenario: host changes made per second.
     #[arg(long, default_value_t = 100)]
     pub event_rate: u64,
-    /// Live scenario: the gateway's watch interval.
+    /// Watch scenario: the `dfgraph` binary to measure (default: the one
+    /// beside this tool), so two builds can be compared.
+    #[arg(long)]
+    pub dfgraph: Option<std::path::PathBuf>,
+    /// Live and watch scenarios: the gateway's watch interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
     /// Live scenario: run the subscribers in this process (their memory

@@ -54,7 +54,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let args = cli.bench;
-    if args.scenario == Scenario::Live {
+    if args.scenario == Scenario::Watch {
+        let report = dfgraph_bench::watch::run(&args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+    } else if args.scenario == Scenario::Live {
         let report = dfgraph_bench::live::run(&args).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

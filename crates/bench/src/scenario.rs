@@ -22,6 +22,9 @@ pub enum Scenario {
     /// simulated schedulers over gRPC, what one cold overview costs them
     /// (S2's floor).
     RawListHosts,
+    /// No queries: what watching the host lists costs an idle gateway,
+    /// simulator and gateway as processes of their own; see `bench::watch`.
+    Watch,
 }
 
 const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
@@ -37,7 +40,7 @@ impl Scenario {
         Ok(match self {
             Scenario::Overview => vec![json!({ "query": OVERVIEW })],
             Scenario::Trivial => vec![json!({ "query": "{ __typename }" })],
-            Scenario::Live | Scenario::RawListHosts => {
+            Scenario::Live | Scenario::RawListHosts | Scenario::Watch => {
                 return Err(BenchError::Scenario(format!(
                     "the {self:?} scenario sends no GraphQL queries"
                 )));

@@ -36,6 +36,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         in_process_subscribers: true,
         replicas: 1,
         batched: false,
+        dfgraph: None,
     }
 }
 

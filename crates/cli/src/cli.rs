@@ -45,6 +45,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Print every setting with its built-in default, as a TOML file
+    /// `--config` accepts (settings that are off by default are left out).
+    DefaultConfig,
     /// Fetch cluster state straight from the schedulers and print it.
     Status(StatusArgs),
     /// Check a command line (flags, `DFGRAPH_*` variables, config file)

@@ -62,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", dfgraph::graphql::sdl());
             Ok(())
         }
+        Some(Command::DefaultConfig) => {
+            print!("{}", toml::to_string(&Config::default())?);
+            Ok(())
+        }
         Some(Command::Status(args)) => status(args).await,
         Some(Command::CheckConfig(args)) => check_config(args),
     }

@@ -253,6 +253,44 @@ fn schema_prints_the_sdl() {
     );
 }
 
+/// `default-config` prints a file an operator can start from: it loads,
+/// passes the same validation as `serve`, and holds every default.
+#[test]
+fn default_config_is_a_valid_file_of_every_default() {
+    let output = Command::new(BIN).arg("default-config").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    for table in [
+        "[timeouts]",
+        "[cache.hosts]",
+        "[watch.budget]",
+        "[subscriptions]",
+    ] {
+        assert!(text.contains(table), "{table} missing from:\n{text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dfgraph.toml");
+    std::fs::write(&file, &text).unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let loaded = dfgraph::config::Config::load(Some(&file), serde_json::json!({})).unwrap();
+    let defaults = serde_json::to_value(dfgraph::config::Config::default()).unwrap();
+    assert_eq!(serde_json::to_value(loaded).unwrap(), defaults);
+}
+
 #[test]
 fn simulate_stops_and_resumes_a_hosts_health_service_on_stdin() {
     use std::io::Write;

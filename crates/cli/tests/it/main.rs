@@ -17,3 +17,4 @@ mod cli;
 mod deploy;
 mod replicas;
 mod trace_export;
+mod watch;
