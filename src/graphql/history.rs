@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use async_graphql::{Context, ErrorExtensions, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use super::GatewayState;
@@ -18,6 +18,7 @@ use super::subscription::{HostEvent, HostEventKind, host_event};
 use super::types::Host;
 use crate::clock::{Clock, SystemClock};
 use crate::events::log::{EventLog, LogError, LogId, Range};
+use crate::events::resume::ResumeError;
 use crate::events::{Event, HostChange, What};
 
 /// The queries of this module, merged into the query root.
@@ -92,7 +93,7 @@ pub struct EventLogInfo {
     pub clusters: Vec<EventLogCluster>,
 }
 
-fn log_of<'a>(ctx: &Context<'a>) -> Result<&'a EventLog> {
+pub(crate) fn log_of<'a>(ctx: &Context<'a>) -> Result<&'a EventLog> {
     ctx.data::<GatewayState>()?.events.bus.log().ok_or_else(|| {
         coded(
             "EVENT_LOG_DISABLED",
@@ -103,6 +104,21 @@ fn log_of<'a>(ctx: &Context<'a>) -> Result<&'a EventLog> {
 
 fn unavailable(error: LogError) -> async_graphql::Error {
     coded("EVENT_LOG_UNAVAILABLE", error.to_string())
+}
+
+/// Why a subscription could not resume, for its client: `CURSOR_EXPIRED`
+/// names the oldest cursor it could resume from instead.
+pub(crate) fn resume_error(error: ResumeError) -> async_graphql::Error {
+    match error {
+        ResumeError::Expired { oldest, .. } => {
+            let oldest = oldest.map(|c| c.encode());
+            async_graphql::Error::new(error.to_string()).extend_with(move |_, ext| {
+                ext.set("code", "CURSOR_EXPIRED");
+                ext.set("oldestCursor", oldest.clone());
+            })
+        }
+        ResumeError::Log(error) => unavailable(error),
+    }
 }
 
 fn at(ms: i64) -> DateTime<Utc> {

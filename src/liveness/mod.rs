@@ -398,10 +398,15 @@ impl Liveness {
         else {
             return;
         };
-        self.write()
-            .entry(event.cluster_id)
-            .or_default()
-            .insert(host.id.clone(), record);
+        let mut hosts = self.write();
+        let cluster = hosts.entry(event.cluster_id).or_default();
+        // An event replayed from the log may be older than what is known.
+        if cluster
+            .get(&host.id)
+            .is_none_or(|known| known.last_probe_ms <= record.last_probe_ms)
+        {
+            cluster.insert(host.id.clone(), record);
+        }
     }
 
     /// Hosts of a cluster with a record.
