@@ -7,6 +7,7 @@
 //! errors by code, scheduler RPCs by method, cache hit ratio and RSS.
 //! The live scenario ([`live`]) measures subscriptions instead.
 
+pub mod bus;
 pub mod live;
 pub mod scenario;
 pub mod watch;
