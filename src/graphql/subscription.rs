@@ -36,6 +36,11 @@ pub enum HostEventKind {
     Joined,
     Left,
     Updated,
+    /// Its gRPC health service stopped answering: `liveness.failures`
+    /// probes in a row failed (the scheduler may still list it).
+    Unreachable,
+    /// Its health service answers again.
+    Reachable,
 }
 
 impl From<HostChange> for HostEventKind {
@@ -44,11 +49,13 @@ impl From<HostChange> for HostEventKind {
             HostChange::Joined => HostEventKind::Joined,
             HostChange::Left => HostEventKind::Left,
             HostChange::Updated => HostEventKind::Updated,
+            HostChange::Unreachable => HostEventKind::Unreachable,
+            HostChange::Reachable => HostEventKind::Reachable,
         }
     }
 }
 
-/// A host joined, left or changed.
+/// A host joined, left, changed, became unreachable or reachable again.
 #[derive(SimpleObject)]
 pub struct HostEvent {
     pub kind: HostEventKind,

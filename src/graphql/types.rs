@@ -231,6 +231,18 @@ impl Host {
     async fn proxy_port(&self) -> i32 {
         self.0.proxy_port
     }
+    /// Whether the host answers its own gRPC health service (on
+    /// `ip:port`), as dfgraph last probed it; the scheduler may list a host
+    /// that stopped answering for 10-15 minutes.
+    async fn liveness(&self, ctx: &Context<'_>) -> Result<HostLiveness> {
+        if let Ok(loaders) = ctx.data::<Loaders>() {
+            loaders.freshness.record_uncacheable();
+        }
+        let liveness = &ctx.data::<super::GatewayState>()?.liveness;
+        Ok(HostLiveness::of(
+            liveness.get(self.0.scheduler_cluster_id, &self.0.id),
+        ))
+    }
     async fn os(&self) -> &str {
         &self.0.os
     }
@@ -578,4 +590,63 @@ pub struct SchedulerCluster {
     /// Some scheduler's hosts carry another scheduler cluster id than
     /// `id` (each scheduler's `clusterIdMismatch` says which).
     pub cluster_id_mismatch: bool,
+}
+
+/// Whether a host answers its health service.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LivenessState {
+    /// Its last probe was answered `SERVING`.
+    Reachable,
+    /// Its last `liveness.failures` probes in a row failed.
+    Unreachable,
+    /// Not probed (yet, or at all: probing off, or its address outside
+    /// `liveness.networks`), or failing fewer times than that since first
+    /// seen.
+    Unknown,
+}
+
+impl From<crate::liveness::State> for LivenessState {
+    fn from(state: crate::liveness::State) -> Self {
+        match state {
+            crate::liveness::State::Reachable => LivenessState::Reachable,
+            crate::liveness::State::Unreachable => LivenessState::Unreachable,
+            crate::liveness::State::Unknown => LivenessState::Unknown,
+        }
+    }
+}
+
+/// What dfgraph's probes of a host's gRPC health service found.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct HostLiveness {
+    pub state: LivenessState,
+    /// Since when `state` holds (null for `UNKNOWN` without a probe).
+    pub since: Option<DateTime<Utc>>,
+    /// When the last probe ended.
+    pub last_probe_at: Option<DateTime<Utc>>,
+    /// Round trip of the last answered probe, in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Failed probes since the last answered one.
+    pub consecutive_failures: u32,
+}
+
+impl HostLiveness {
+    fn of(record: Option<crate::liveness::Record>) -> HostLiveness {
+        let at = |ms: i64| DateTime::from_timestamp_millis(ms);
+        match record {
+            None => HostLiveness {
+                state: LivenessState::Unknown,
+                since: None,
+                last_probe_at: None,
+                latency_ms: None,
+                consecutive_failures: 0,
+            },
+            Some(r) => HostLiveness {
+                state: r.state.into(),
+                since: at(r.since_ms),
+                last_probe_at: at(r.last_probe_ms),
+                latency_ms: r.latency_us.map(|us| us as f64 / 1000.0),
+                consecutive_failures: r.consecutive_failures,
+            },
+        }
+    }
 }

@@ -76,13 +76,28 @@ struct Chromedriver {
 }
 
 impl Chromedriver {
+    /// Starts one, on another free port when the one picked was taken
+    /// meanwhile (with `--allowed-ips` chromedriver binds every address,
+    /// so a port any test holds on any loopback address is taken).
     async fn start() -> Chromedriver {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            if let Some(driver) = Self::start_once(attempt == ATTEMPTS).await {
+                return driver;
+            }
+        }
+        unreachable!("the last attempt panics instead of giving up")
+    }
+
+    /// `None` when chromedriver exited at start and `last` is false.
+    async fn start_once(last: bool) -> Option<Chromedriver> {
         let binary = required_binary(
             "CHROMEDRIVER",
             &["chromedriver", "/usr/bin/chromedriver"],
             "chromium-driver",
         );
-        let port = TcpListener::bind("127.0.0.1:0")
+        // A wildcard bind gets a port free on every address.
+        let port = TcpListener::bind("0.0.0.0:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
@@ -105,16 +120,18 @@ impl Chromedriver {
         let deadline = Instant::now() + LOAD;
         loop {
             if let Ok(Some(exit)) = driver.child.try_wait() {
-                panic!(
+                assert!(
+                    !last,
                     "chromedriver exited at start ({exit}); see {}",
                     log.display()
                 );
+                return None;
             }
             if let Ok(response) = reqwest::get(&status).await
                 && let Ok(body) = response.json::<Value>().await
                 && body["value"]["ready"] == true
             {
-                return driver;
+                return Some(driver);
             }
             assert!(
                 Instant::now() < deadline,

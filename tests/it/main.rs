@@ -30,6 +30,7 @@ mod gateway;
 mod history;
 mod limits;
 mod live;
+mod liveness;
 mod persisted;
 mod redis_cluster;
 mod resilience;

@@ -518,6 +518,13 @@ impl SimCluster {
         self.inner.hosts.set_mode(host_id, HostMode::Serving).await
     }
 
+    /// Makes a host's next `n` health checks fail (`UNAVAILABLE`), as
+    /// lost probes do, then answer again. False for a host without a
+    /// health service.
+    pub fn lose_health_checks(&self, host_id: &str, n: u64) -> bool {
+        self.inner.hosts.lose_checks(host_id, n)
+    }
+
     /// Health `Check` calls a host received, answered or not.
     pub fn health_checks(&self, host_id: &str) -> u64 {
         self.inner.hosts.checks(host_id)
