@@ -77,6 +77,13 @@ impl TestEnv {
 
     /// POSTs a query and returns the whole JSON response body.
     pub async fn query(&self, query: &str, variables: Value) -> Value {
+        let text = self.query_text(query, variables).await;
+        serde_json::from_str(&text).expect("JSON body")
+    }
+
+    /// POSTs a query and returns the response body as sent (the exact
+    /// digits of its numbers, which a JSON parser may round).
+    pub async fn query_text(&self, query: &str, variables: Value) -> String {
         let response = self
             .http
             .post(self.url("/graphql"))
@@ -85,7 +92,7 @@ impl TestEnv {
             .await
             .expect("request sent");
         assert_eq!(response.status(), 200, "status of {query}");
-        response.json().await.expect("JSON body")
+        response.text().await.expect("a body")
     }
 
     /// GETs `path` and returns the body as text, whatever the status.
