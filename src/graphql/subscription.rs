@@ -179,6 +179,8 @@ struct SelectedHostEvents {
     seen: Seen,
     clusters: Option<Vec<u64>>,
     filter: CompiledFilter<'static>,
+    /// For the filter's `liveness` criterion.
+    liveness: crate::liveness::Liveness,
     include_resource_changes: bool,
     /// Keeps the watcher polling host lists while the stream lives.
     _interest: crate::events::InterestGuard,
@@ -215,6 +217,7 @@ async fn select_host_events(
         seen,
         clusters,
         filter: filter.into_compiled(),
+        liveness: state.liveness.clone(),
         include_resource_changes,
         _interest: state.events.interest.watch_hosts(),
     })
@@ -270,6 +273,14 @@ impl SelectedHostEvents {
         }
         let selected = host_event(event)?;
         if !self.filter.matches(&selected.host.0)
+            || self.filter.liveness().is_some_and(|wanted| {
+                !wanted.contains(
+                    &self
+                        .liveness
+                        .state(event.cluster_id, &selected.host.0.id)
+                        .into(),
+                )
+            })
             || (selected.kind == HostEventKind::Updated
                 && !self.include_resource_changes
                 && only_resources(&selected.changed_fields))

@@ -260,6 +260,18 @@ impl Record {
     }
 }
 
+/// A host's record under `cluster_id`, else under any cluster.
+fn lookup<'a>(
+    hosts: &'a HashMap<u64, HashMap<String, Record>>,
+    cluster_id: u64,
+    host_id: &str,
+) -> Option<&'a Record> {
+    hosts
+        .get(&cluster_id)
+        .and_then(|c| c.get(host_id))
+        .or_else(|| hosts.values().find_map(|c| c.get(host_id)))
+}
+
 /// Loads the hosts a cluster's schedulers list now (the gateway gives one
 /// that goes through the cache).
 pub type HostSource =
@@ -308,9 +320,10 @@ impl Liveness {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A host's record, if it has one.
+    /// A host's record, if it has one: under `cluster_id`, else under
+    /// any cluster (a scheduler that leaves the host's cluster id unset).
     pub fn get(&self, cluster_id: u64, host_id: &str) -> Option<Record> {
-        self.read().get(&cluster_id)?.get(host_id).copied()
+        lookup(&self.read(), cluster_id, host_id).copied()
     }
 
     /// A host's state (`Unknown` without a record).
@@ -323,13 +336,10 @@ impl Liveness {
     /// and counts over a whole host list).
     pub fn with_states<T>(&self, f: impl FnOnce(&dyn Fn(u64, &str) -> State) -> T) -> T {
         let hosts = self.read();
-        let lookup = |cluster: u64, id: &str| {
-            hosts
-                .get(&cluster)
-                .and_then(|c| c.get(id))
-                .map_or(State::Unknown, |r| r.state)
+        let state_of = |cluster: u64, id: &str| {
+            lookup(&hosts, cluster, id).map_or(State::Unknown, |r| r.state)
         };
-        f(&lookup)
+        f(&state_of)
     }
 
     /// Unreachable hosts of a cluster.

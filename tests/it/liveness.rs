@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::live::{next_event, query, wait_until};
 use crate::support::redis::RedisServer;
-use crate::support::ws::WsClient;
+use crate::support::ws::{Received, WsClient};
 use crate::support::{TestEnv, gateway_config, small_sim};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -169,6 +169,33 @@ async fn a_stopped_host_is_unreachable_everywhere_while_its_scheduler_lists_it()
         1,
         "{listed:?}"
     );
+    // The filter and the counts agree.
+    let down = query(
+        &url,
+        "{ hosts(filter: { liveness: [UNREACHABLE] }) { totalCount edges { node { id } } }
+           all: hostStats { total byLiveness { value count } }
+           down: hostStats(filter: { liveness: [UNREACHABLE] }) { total bySchedulerCluster { value count } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(down["hosts"]["totalCount"], 1, "{down}");
+    assert_eq!(down["hosts"]["edges"][0]["node"]["id"], host.id.as_str());
+    let total = cluster_hosts(&env.sim) as u64;
+    assert_eq!(
+        down["all"]["byLiveness"],
+        json!([
+            { "value": "REACHABLE", "count": total - 1 },
+            { "value": "UNREACHABLE", "count": 1 },
+            { "value": "UNKNOWN", "count": 0 },
+        ]),
+        "{down}"
+    );
+    assert_eq!(down["all"]["total"], total);
+    assert_eq!(down["down"]["total"], 1);
+    assert_eq!(
+        down["down"]["bySchedulerCluster"],
+        json!([{ "value": "1", "count": 1 }])
+    );
 
     // Back: reachable at the next probe.
     assert!(env.sim.resume_host(&host.id).await);
@@ -189,11 +216,23 @@ async fn a_frozen_host_is_unreachable_and_reachable_once_it_thaws() {
     let host = env.sim.hosts(2)[3].clone();
     let mut ws = WsClient::ready(&url).await;
     ws.subscribe("l", LIVENESS_EVENTS, json!({})).await;
+    // A subscriber to unreachable hosts only.
+    let mut down = WsClient::ready(&url).await;
+    down.subscribe(
+        "down",
+        "subscription { hostEvents(filter: { liveness: [UNREACHABLE] }) { kind host { id } } }",
+        json!({}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     assert!(env.sim.freeze_host(&host.id).await);
+    // Both subscriptions hear it.
     let event = next_about(&mut ws, "l", &host.id, BOUND).await;
     assert_eq!(event["kind"], "UNREACHABLE", "{event}");
+    let event = next_event(&mut down, "down", BOUND).await["hostEvents"].clone();
+    assert_eq!(event["kind"], "UNREACHABLE", "{event}");
+    assert_eq!(event["host"]["id"], host.id.as_str());
     let query =
         "query($id: ID!) { host(id: $id, schedulerClusterId: \"2\") { liveness { state } } }";
     let now = crate::support::live::query(&url, query, json!({ "id": host.id })).await;
@@ -204,6 +243,12 @@ async fn a_frozen_host_is_unreachable_and_reachable_once_it_thaws() {
     assert!(env.sim.resume_host(&host.id).await);
     let event = next_about(&mut ws, "l", &host.id, BOUND).await;
     assert_eq!(event["kind"], "REACHABLE", "{event}");
+    // A reachable host is not what the filtered subscriber asked for.
+    let nothing = down.receive(Duration::from_millis(500)).await;
+    assert!(
+        matches!(nothing, Received::Nothing),
+        "the filtered subscription heard {nothing:?}"
+    );
     env.stop().await;
 }
 
