@@ -60,6 +60,8 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
                 HostChange::Joined => EventKind::HostJoined,
                 HostChange::Left => EventKind::HostLeft,
                 HostChange::Updated => EventKind::HostUpdated,
+                HostChange::Unreachable => EventKind::HostUnreachable,
+                HostChange::Reachable => EventKind::HostReachable,
             });
             wire.host = Some(Host::clone(host));
             wire.changed_fields = changed_fields.clone();
@@ -127,6 +129,8 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
         Ok(EventKind::HostJoined) => host(HostChange::Joined)?,
         Ok(EventKind::HostLeft) => host(HostChange::Left)?,
         Ok(EventKind::HostUpdated) => host(HostChange::Updated)?,
+        Ok(EventKind::HostUnreachable) => host(HostChange::Unreachable)?,
+        Ok(EventKind::HostReachable) => host(HostChange::Reachable)?,
         Ok(EventKind::Peer) => What::Peer {
             key: PeerKey {
                 host_id: wire.host_id.clone(),
@@ -191,6 +195,9 @@ struct BusInner {
     /// watcher never waits on Redis.
     outbox: tokio::sync::mpsc::Sender<Outgoing>,
     cache: Cache,
+    /// Sees each other replica's event before this replica's subscribers
+    /// do (see [`Bus::on_remote`]).
+    remote_hook: std::sync::OnceLock<RemoteHook>,
     /// The newest logged event delivered here, per cluster; its lock keeps
     /// a catch-up from the log and live messages in order.
     heard: tokio::sync::Mutex<Seen>,
@@ -203,6 +210,10 @@ struct BusInner {
     /// The clusters served (set when the gateway starts its events).
     clusters: OnceLock<crate::cluster::ClusterClient>,
 }
+
+/// What a module does with another replica's event before subscribers
+/// hear of it.
+pub type RemoteHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// An event on its way to Redis.
 struct Outgoing {
@@ -387,6 +398,9 @@ async fn deliver_remote(inner: &BusInner, event: Event) {
             inner.cache.forget_local(&key).await;
         }
     }
+    if let Some(hook) = inner.remote_hook.get() {
+        hook(&event);
+    }
     let _ = inner.local.send(Arc::new(event));
 }
 
@@ -413,6 +427,7 @@ impl Bus {
             log,
             outbox,
             cache,
+            remote_hook: std::sync::OnceLock::new(),
             heard: tokio::sync::Mutex::default(),
             catch_up_due: AtomicBool::new(false),
             started_ms: SystemClock.now_ms_signed(),
@@ -428,6 +443,15 @@ impl Bus {
             );
         }
         Bus { inner }
+    }
+
+    /// Runs `hook` on each other replica's event before handing it to
+    /// this replica's subscribers, so what they query on receipt reflects
+    /// it (the liveness records). One hook per bus; a second is ignored.
+    pub fn on_remote(&self, hook: RemoteHook) {
+        if self.inner.remote_hook.set(hook).is_err() {
+            tracing::warn!("a second remote-event hook was ignored");
+        }
     }
 
     /// This process's id on the bus (also its lease value).

@@ -99,6 +99,11 @@ pub enum HostChange {
     Joined,
     Left,
     Updated,
+    /// Its health service stopped answering (see `liveness`); the
+    /// scheduler may still list it.
+    Unreachable,
+    /// Its health service answers again.
+    Reachable,
 }
 
 /// One observed change.

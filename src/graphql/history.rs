@@ -50,6 +50,9 @@ pub struct HostChurn {
     pub leaves: i32,
     /// Changes other than of load figures.
     pub updates: i32,
+    /// Times it stopped answering its health service (`UNREACHABLE`
+    /// events; see `Host.liveness`).
+    pub outages: i32,
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
 }
@@ -59,7 +62,7 @@ pub struct HostChurn {
 pub struct HostChurnReport {
     /// The window's start (its end is now).
     pub since: DateTime<Utc>,
-    /// Ordered by joins plus leaves, then updates, most first.
+    /// Ordered by joins plus leaves plus outages, then updates, most first.
     pub hosts: Vec<HostChurn>,
     /// A cluster had more entries in the window than one query reads
     /// (`[event_log] max_scan`): the counts cover the oldest part of it.
@@ -313,11 +316,11 @@ impl HistoryQuery {
         }
         let mut hosts: Vec<HostChurn> = churn
             .into_values()
-            .filter(|c| c.joins + c.leaves + c.updates >= min_changes)
+            .filter(|c| c.joins + c.leaves + c.outages + c.updates >= min_changes)
             .collect();
         hosts.sort_by(|a, b| {
-            (b.joins + b.leaves, b.updates, &a.host.0.id).cmp(&(
-                a.joins + a.leaves,
+            (b.joins + b.leaves + b.outages, b.updates, &a.host.0.id).cmp(&(
+                a.joins + a.leaves + a.outages,
                 a.updates,
                 &b.host.0.id,
             ))
@@ -379,6 +382,7 @@ fn count(churn: &mut HashMap<(u64, String), HostChurn>, event: &Event, filter: &
             joins: 0,
             leaves: 0,
             updates: 0,
+            outages: 0,
             first_at: when,
             last_at: when,
         });
@@ -386,6 +390,9 @@ fn count(churn: &mut HashMap<(u64, String), HostChurn>, event: &Event, filter: &
         HostChange::Joined => entry.joins += 1,
         HostChange::Left => entry.leaves += 1,
         HostChange::Updated => entry.updates += 1,
+        HostChange::Unreachable => entry.outages += 1,
+        // Its end is implied by the outage it ends.
+        HostChange::Reachable => {}
     }
     entry.host = Host(host.clone());
     entry.last_at = when;

@@ -36,6 +36,11 @@ pub enum HostEventKind {
     Joined,
     Left,
     Updated,
+    /// Its gRPC health service stopped answering: `liveness.failures`
+    /// probes in a row failed (the scheduler may still list it).
+    Unreachable,
+    /// Its health service answers again.
+    Reachable,
 }
 
 impl From<HostChange> for HostEventKind {
@@ -44,11 +49,13 @@ impl From<HostChange> for HostEventKind {
             HostChange::Joined => HostEventKind::Joined,
             HostChange::Left => HostEventKind::Left,
             HostChange::Updated => HostEventKind::Updated,
+            HostChange::Unreachable => HostEventKind::Unreachable,
+            HostChange::Reachable => HostEventKind::Reachable,
         }
     }
 }
 
-/// A host joined, left or changed.
+/// A host joined, left, changed, became unreachable or reachable again.
 #[derive(SimpleObject)]
 pub struct HostEvent {
     pub kind: HostEventKind,
@@ -204,6 +211,8 @@ struct SelectedHostEvents {
     seen: Seen,
     clusters: Option<Vec<u64>>,
     filter: CompiledFilter<'static>,
+    /// For the filter's `liveness` criterion.
+    liveness: crate::liveness::Liveness,
     include_resource_changes: bool,
     /// Keeps the watcher polling host lists while the stream lives.
     _interest: crate::events::InterestGuard,
@@ -240,6 +249,7 @@ async fn select_host_events(
         seen,
         clusters,
         filter: filter.into_compiled(),
+        liveness: state.liveness.clone(),
         include_resource_changes,
         _interest: state.events.interest.watch_hosts(),
     })
@@ -295,6 +305,14 @@ impl SelectedHostEvents {
         }
         let selected = host_event(event)?;
         if !self.filter.matches(&selected.host.0)
+            || self.filter.liveness().is_some_and(|wanted| {
+                !wanted.contains(
+                    &self
+                        .liveness
+                        .state(event.cluster_id, &selected.host.0.id)
+                        .into(),
+                )
+            })
             || (selected.kind == HostEventKind::Updated
                 && !self.include_resource_changes
                 && only_resources(&selected.changed_fields))
