@@ -36,7 +36,7 @@ impl Origin<HostList> for HostsOrigin {
             .await;
             keys.into_iter()
                 .zip(results)
-                .map(|(key, result)| (key, result.map(|hosts| Some(HostList::new(hosts)))))
+                .map(|(key, result)| (key, result.map(Some)))
                 .collect()
         };
         load.boxed()

@@ -44,9 +44,9 @@ pub async fn collect(client: &ClusterClient) -> Vec<ClusterStatus> {
             error: None,
         };
         match hosts {
-            Ok(hosts) => {
-                status.hosts = Some(hosts.len());
-                for host in &hosts {
+            Ok(list) => {
+                status.hosts = Some(list.hosts.len());
+                for host in &list.hosts {
                     *status
                         .hosts_by_type
                         .entry(HostType::from_wire(host.r#type).as_str().to_owned())

@@ -12,10 +12,11 @@ use prost::encoding::{DecodeContext, WireType};
 
 use crate::proto::common::v2::Host;
 
-/// `ListHostsResponse.hosts` and `Host.id`: field 1 in both (upstream
-/// dragonfly-api numbers).
+/// `ListHostsResponse.hosts` and `Host.id`: field 1 in both;
+/// `Host.scheduler_cluster_id`: field 17 (upstream dragonfly-api numbers).
 const HOSTS_FIELD: u32 = 1;
 const HOST_ID_FIELD: u32 = 1;
+const HOST_CLUSTER_ID_FIELD: u32 = 17;
 
 /// The hosts of one cluster, in the scheduler's order. Encodes and decodes
 /// as a `ListHostsResponse`, so L2 holds the same bytes as before.
@@ -29,6 +30,15 @@ impl HostList {
         Self {
             hosts: hosts.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// The list of a cluster dfgraph serves as `cluster_id`: every host
+    /// stamped with it (see [`super::announced`]).
+    pub fn of_cluster(mut hosts: Vec<Host>, cluster_id: u64) -> Self {
+        for host in &mut hosts {
+            super::announced::stamp(host, cluster_id);
+        }
+        Self::new(hosts)
     }
 }
 
@@ -73,14 +83,21 @@ impl prost::Message for HostList {
 pub struct HostEntry {
     /// `Host.id` (the last one in the entry, as a decoder would keep).
     pub id: String,
+    /// `Host.scheduler_cluster_id` as the scheduler wrote it (0 when
+    /// absent): its own idea of its cluster, only checked.
+    pub cluster_id: u64,
     /// The entry's `Host` message bytes (a slice of the response buffer).
     pub bytes: Bytes,
 }
 
 impl HostEntry {
-    pub fn decode(&self) -> Result<Host, WireError> {
-        <Host as prost::Message>::decode(self.bytes.clone())
-            .map_err(|e| WireError(format!("host {:?}: {e}", self.id)))
+    /// The host, stamped with `cluster_id`, the id dfgraph serves its
+    /// cluster under.
+    pub fn decode(&self, cluster_id: u64) -> Result<Host, WireError> {
+        let mut host = <Host as prost::Message>::decode(self.bytes.clone())
+            .map_err(|e| WireError(format!("host {:?}: {e}", self.id)))?;
+        super::announced::stamp(&mut host, cluster_id);
+        Ok(host)
     }
 }
 
@@ -90,7 +107,7 @@ impl HostEntry {
 pub struct WireError(String);
 
 /// The host entries of an encoded `ListHostsResponse`, in order, each with
-/// its id. Unknown fields are skipped; a truncated or malformed message is
+/// its id and the cluster id it carries. Unknown fields are skipped; a truncated or malformed message is
 /// an error (never a panic).
 pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
     let mut entries = Vec::new();
@@ -103,27 +120,38 @@ pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
             return Err(WireError("hosts is not length-delimited".into()));
         };
         let bytes = response.slice(start..end);
-        let id = host_id(&bytes)?;
-        entries.push(HostEntry { id, bytes });
+        let (id, cluster_id) = host_keys(&bytes)?;
+        entries.push(HostEntry {
+            id,
+            cluster_id,
+            bytes,
+        });
     }
     Ok(entries)
 }
 
-/// The id in one `Host` message's bytes (empty when absent, as decoded).
-fn host_id(host: &[u8]) -> Result<String, WireError> {
+/// The id and scheduler cluster id in one `Host` message's bytes (empty
+/// and 0 when absent, as decoded; the last of each wins, as decoded).
+fn host_keys(host: &[u8]) -> Result<(String, u64), WireError> {
     let mut id: &[u8] = &[];
+    let mut cluster_id = 0;
     for field in Fields::new(host) {
-        if let (HOST_ID_FIELD, Value::Delimited(start, end)) = field? {
-            id = &host[start..end];
+        match field? {
+            (HOST_ID_FIELD, Value::Delimited(start, end)) => id = &host[start..end],
+            (HOST_CLUSTER_ID_FIELD, Value::Varint(value)) => cluster_id = value,
+            _ => {}
         }
     }
-    std::str::from_utf8(id)
+    let id = std::str::from_utf8(id)
         .map(str::to_owned)
-        .map_err(|_| WireError("host id is not UTF-8".into()))
+        .map_err(|_| WireError("host id is not UTF-8".into()))?;
+    Ok((id, cluster_id))
 }
 
-/// A field's value: a scalar (skipped) or the range of a delimited one.
+/// A field's value: a varint, another scalar (skipped) or the range of a
+/// delimited one.
 enum Value {
+    Varint(u64),
     Scalar,
     Delimited(usize, usize),
 }
@@ -163,7 +191,7 @@ impl<'a> Fields<'a> {
         let key = self.varint()?;
         let number = u32::try_from(key >> 3).unwrap_or(u32::MAX);
         let value = match key & 7 {
-            0 => self.varint().map(|_| Value::Scalar)?,
+            0 => self.varint().map(Value::Varint)?,
             1 => self.skip(8).map(|_| Value::Scalar)?,
             2 => {
                 let len = self.varint()?;
@@ -227,8 +255,23 @@ mod tests {
         let entries = split(&wire).expect("well formed");
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["a", "bb", "", "ccc"]);
-        let decoded: Vec<Host> = entries.iter().map(|e| e.decode().unwrap()).collect();
-        assert_eq!(decoded, hosts);
+        let carried: Vec<u64> = entries.iter().map(|e| e.cluster_id).collect();
+        assert_eq!(carried, [7, 7, 0, 7]);
+        let decoded: Vec<Host> = entries.iter().map(|e| e.decode(7).unwrap()).collect();
+        let stamped: Vec<Host> = hosts
+            .iter()
+            .cloned()
+            .map(|mut h| {
+                h.scheduler_cluster_id = 7;
+                h
+            })
+            .collect();
+        assert_eq!(decoded, stamped);
+        let served_as_3 = entries[0].decode(3).unwrap();
+        assert_eq!(
+            served_as_3.scheduler_cluster_id, 3,
+            "stamped with dfgraph's id"
+        );
     }
 
     #[test]
@@ -243,7 +286,7 @@ mod tests {
         prost::encoding::bytes::encode(HOSTS_FIELD, &bytes, &mut wire);
         let entries = split(&Bytes::from(wire)).unwrap();
         assert_eq!(entries[0].id, "second");
-        assert_eq!(entries[0].decode().unwrap().id, "second");
+        assert_eq!(entries[0].decode(7).unwrap().id, "second");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Depends on `proto`, `setting`, `breaker` and `clock` only; knows
 //! nothing of caching or GraphQL.
 
+pub mod announced;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -62,12 +63,13 @@ pub mod metric {
             CALL_SECONDS,
             "Seconds of scheduler gRPC calls, by method and result."
         );
+        super::announced::metric::describe();
     }
 }
 
 use crate::deadline::Deadline;
 use crate::ids::PeerKey;
-use crate::proto::common::v2::{Host, Peer, Task};
+use crate::proto::common::v2::{Peer, Task};
 use crate::proto::scheduler::v2::{
     DeleteHostRequest, DeletePeerRequest, DeleteTaskRequest, ListHostsRequest, StatPeerRequest,
     StatTaskRequest,
@@ -87,6 +89,12 @@ enum Idempotent {
 /// The `host_id` dfgraph sends with `StatTask`. Schedulers look tasks up by
 /// task id alone, but some versions validate `host_id` as non-empty.
 pub const GATEWAY_HOST_ID: &str = "dfgraph";
+
+/// A `ListHostsResponse` as received, and the scheduler that sent it.
+pub struct RawHostList {
+    pub bytes: bytes::Bytes,
+    pub from: Arc<SchedulerHandle>,
+}
 
 /// One scheduler cluster as currently known.
 pub struct ClusterView {
@@ -271,32 +279,41 @@ impl ClusterClient {
             .collect()
     }
 
-    /// All hosts of a cluster. Every scheduler of a cluster knows every
-    /// host, so one healthy scheduler answers (see [`Self::any_scheduler`]).
+    /// All hosts of a cluster, each stamped with `cluster_id` (what the
+    /// scheduler wrote is checked, see [`announced`]). Every scheduler of a
+    /// cluster knows every host, so one healthy scheduler answers (see
+    /// [`Self::any_scheduler`]).
     pub async fn list_hosts(
         &self,
         cluster_id: u64,
         deadline: Deadline,
-    ) -> Result<Vec<Host>, ClusterError> {
+    ) -> Result<HostList, ClusterError> {
         let timeout = self.inner.settings.timeouts.list_hosts;
         self.any_scheduler(cluster_id, move |scheduler| async move {
             let call = |mut client: scheduler::Client| async move {
                 client.list_hosts(ListHostsRequest { r#type: None }).await
             };
             let response = scheduler.call("ListHosts", timeout, deadline, call).await;
-            response.map(|r| r.hosts)
+            response.map(|r| {
+                let carried = announced::carried(&r.hosts);
+                scheduler
+                    .announced
+                    .note(scheduler.addr, cluster_id, &carried);
+                HostList::of_cluster(r.hosts, cluster_id)
+            })
         })
         .await
     }
 
     /// [`Self::list_hosts`], answered as the encoded `ListHostsResponse`
-    /// (split it with [`host_list::split`]): the watcher decodes only what
-    /// changed since its last poll.
+    /// (split it with [`host_list::split`]) and the scheduler that sent it:
+    /// the watcher decodes only what changed since its last poll, and
+    /// tells the scheduler's [`announced`] what its hosts carried.
     pub async fn list_hosts_raw(
         &self,
         cluster_id: u64,
         deadline: Deadline,
-    ) -> Result<bytes::Bytes, ClusterError> {
+    ) -> Result<RawHostList, ClusterError> {
         let timeout = self.inner.settings.timeouts.list_hosts;
         self.any_scheduler(cluster_id, move |scheduler| async move {
             let call = |mut grpc: scheduler::RawClient| async move {
@@ -313,9 +330,13 @@ impl ClusterClient {
                 );
                 grpc.unary(request, path, raw::BytesCodec::default()).await
             };
-            scheduler
+            let bytes = scheduler
                 .call_raw("ListHosts", timeout, deadline, call)
-                .await
+                .await?;
+            Ok(RawHostList {
+                bytes,
+                from: scheduler,
+            })
         })
         .await
     }

@@ -94,6 +94,8 @@ pub struct SchedulerHandle {
     raw: RawClient,
     pub health: Health,
     pub breaker: Breaker,
+    /// The cluster id its hosts carry, checked against `cluster_id`.
+    pub announced: super::announced::Announced,
     backoff: Backoff,
     /// What the breaker and the backoff read time from.
     clock: Arc<dyn Clock>,
@@ -135,6 +137,7 @@ impl SchedulerHandle {
             raw,
             health: Health::default(),
             breaker: Breaker::new(guards.breaker, guards.clock.clone()),
+            announced: super::announced::Announced::default(),
             backoff: Backoff::new(&guards.retry),
             clock: guards.clock.clone(),
             permits: Semaphore::new(guards.concurrency),

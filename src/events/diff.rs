@@ -6,8 +6,8 @@
 //! hashed and only the entries whose hash differs from the last poll's are
 //! decoded and compared field by field ([`HostSnapshot::update`]).
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,6 +67,9 @@ pub struct HostPoll {
     pub list: HostList,
     /// Entries decoded (new or changed bytes).
     pub decoded: usize,
+    /// The scheduler cluster ids the entries carry, as the scheduler wrote
+    /// them (the hosts in `list` carry the served id instead).
+    pub carried: BTreeSet<u64>,
 }
 
 impl HostSnapshot {
@@ -79,11 +82,19 @@ impl HostSnapshot {
         self.hosts.is_empty()
     }
 
-    /// Takes in an encoded `ListHostsResponse` and reports what changed
-    /// since the last one (nothing when `first`: there is nothing to
-    /// compare with). A malformed response leaves the snapshot as it was.
-    pub fn update(&mut self, response: &Bytes, first: bool) -> Result<HostPoll, WireError> {
+    /// Takes in an encoded `ListHostsResponse` of the cluster served as
+    /// `cluster_id` and reports what changed since the last one (nothing
+    /// when `first`: there is nothing to compare with). Decoded hosts are
+    /// stamped with `cluster_id`. A malformed response leaves the snapshot
+    /// as it was.
+    pub fn update(
+        &mut self,
+        response: &Bytes,
+        first: bool,
+        cluster_id: u64,
+    ) -> Result<HostPoll, WireError> {
         let entries = split(response)?;
+        let carried: BTreeSet<u64> = entries.iter().map(|e| e.cluster_id).collect();
         // Decode every new or changed entry before touching the snapshot,
         // so one bad entry fails the poll as a whole.
         let mut hosts = Vec::with_capacity(entries.len());
@@ -94,7 +105,7 @@ impl HostSnapshot {
                 Some(known) if known.hash == hash => hosts.push((hash, known.host.clone())),
                 _ => {
                     decoded += 1;
-                    hosts.push((hash, Arc::new(entry.decode()?)));
+                    hosts.push((hash, Arc::new(entry.decode(cluster_id)?)));
                 }
             }
         }
@@ -149,6 +160,7 @@ impl HostSnapshot {
                 diffs: Vec::new(),
                 list,
                 decoded,
+                carried,
             });
         }
         let mut changed: Vec<(&str, Option<Arc<Host>>)> = before.into_iter().collect();
@@ -172,25 +184,40 @@ impl HostSnapshot {
             diffs,
             list,
             decoded,
+            carried,
         })
     }
 }
 
 /// How `host` differs from what it was (`None`: it joined).
 fn host_diff(before: Option<&Arc<Host>>, host: &Arc<Host>) -> Option<HostDiff> {
-    match before {
-        None => Some(HostDiff {
+    let Some(before) = before else {
+        return Some(HostDiff {
             change: HostChange::Joined,
             host: host.clone(),
             changed_fields: Vec::new(),
-        }),
-        Some(before) if Arc::ptr_eq(before, host) || before == host => None,
-        Some(before) => Some(HostDiff {
-            change: HostChange::Updated,
-            host: host.clone(),
-            changed_fields: host_fields(before, host),
-        }),
+        });
+    };
+    if Arc::ptr_eq(before, host) {
+        return None;
     }
+    let changed_fields = host_fields(before, host);
+    (!changed_fields.is_empty()).then(|| HostDiff {
+        change: HostChange::Updated,
+        host: host.clone(),
+        changed_fields,
+    })
+}
+
+/// Whether two load figures' messages are the same. A NaN is not equal to
+/// itself, so messages that differ as values are compared as bytes: a
+/// dfdaemon that keeps sending NaN has not changed.
+fn same_load<M: prost::Message + PartialEq>(a: &Option<M>, b: &Option<M>) -> bool {
+    a == b
+        || match (a, b) {
+            (Some(a), Some(b)) => a.encode_to_vec() == b.encode_to_vec(),
+            _ => false,
+        }
 }
 
 /// What turned `old` into `new` when both are decoded whole: joined and
@@ -233,10 +260,10 @@ pub fn host_fields(a: &Host, b: &Host) -> Vec<String> {
         ("platformFamily", a.platform_family != b.platform_family),
         ("platformVersion", a.platform_version != b.platform_version),
         ("kernelVersion", a.kernel_version != b.kernel_version),
-        ("cpu", a.cpu != b.cpu),
-        ("memory", a.memory != b.memory),
+        ("cpu", !same_load(&a.cpu, &b.cpu)),
+        ("memory", !same_load(&a.memory, &b.memory)),
         ("network", a.network != b.network),
-        ("disk", a.disk != b.disk),
+        ("disk", !same_load(&a.disk, &b.disk)),
         ("build", a.build != b.build),
         (
             "schedulerClusterId",
@@ -379,7 +406,8 @@ mod tests {
             let bytes = client
                 .list_hosts_raw(cluster_id, Deadline::NONE)
                 .await
-                .expect("ListHosts answers");
+                .expect("ListHosts answers")
+                .bytes;
             let hosts = ListHostsResponse::decode(bytes.clone())
                 .expect("decodes")
                 .hosts;
@@ -388,7 +416,9 @@ mod tests {
                 .as_ref()
                 .map(|old| diff_hosts(old, &new))
                 .unwrap_or_default();
-            let polled = snapshot.update(&bytes, old.is_none()).expect("well formed");
+            let polled = snapshot
+                .update(&bytes, old.is_none(), cluster_id)
+                .expect("well formed");
             assert_eq!(polled.diffs, expected, "tick {tick}");
             assert_eq!(polled.list, HostList::new(hosts), "tick {tick}");
             assert_eq!(snapshot.len(), new.len());

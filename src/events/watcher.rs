@@ -569,25 +569,36 @@ impl Watcher {
         let previous = state.hosts.take();
         let fetched = self.cache.replacement_ticket();
         let poll = async move {
-            let response = match client.list_hosts_raw(cluster_id, Deadline::NONE).await {
-                Ok(response) => response,
+            let raw = match client.list_hosts_raw(cluster_id, Deadline::NONE).await {
+                Ok(raw) => raw,
                 Err(error) => return Err((error.to_string(), previous)),
             };
+            let response = raw.bytes;
             let first = previous.is_none();
             let mut snapshot = previous.unwrap_or_default();
             let started = std::time::Instant::now();
-            let polled = match snapshot.update(&response, first) {
+            let polled = match snapshot.update(&response, first, cluster_id) {
                 Ok(polled) => polled,
                 Err(error) => {
                     return Err((error.to_string(), (!first).then_some(snapshot)));
                 }
             };
+            raw.from
+                .announced
+                .note(raw.from.addr, cluster_id, &polled.carried);
             metric::record_host_poll(cluster_id, response.len(), polled.decoded, started);
             // A first sight has nothing to compare with: the cached list
             // (if any) stays until something changes. A changed list goes
-            // to L2 as the bytes just received.
+            // to L2 as the bytes just received when its hosts carry the
+            // served cluster id (as they do unless the scheduler is
+            // misconfigured); otherwise as the stamped list, encoded.
             let replacement = (!polled.diffs.is_empty()).then(|| {
-                cache.replacement_encoded(CacheKey::hosts(cluster_id), polled.list, &response)
+                let key = CacheKey::hosts(cluster_id);
+                if polled.carried.iter().all(|&id| id == cluster_id) {
+                    cache.replacement_encoded(key, polled.list, &response)
+                } else {
+                    cache.replacement(key, polled.list)
+                }
             });
             Ok((snapshot, polled.diffs, replacement))
         };

@@ -304,10 +304,13 @@ impl Query {
                 let reachable = schedulers
                     .iter()
                     .any(|s| s.handle.health_snapshot().is_up());
+                let cluster_id_mismatch =
+                    schedulers.iter().any(|s| s.handle.announced.mismatched(id));
                 SchedulerCluster {
                     id: ID(id.to_string()),
                     schedulers,
                     reachable,
+                    cluster_id_mismatch,
                 }
             })
             .collect())

@@ -392,7 +392,9 @@ impl Peer {
     /// or the cluster's host list when the scheduler left it out.
     async fn host(&self, ctx: &Context<'_>) -> Result<Option<Host>> {
         if let Some(host) = &self.peer.host {
-            return Ok(Some(Host(Arc::new(host.clone()))));
+            let mut host = host.clone();
+            crate::cluster::announced::stamp(&mut host, self.cluster_id);
+            return Ok(Some(Host(Arc::new(host))));
         }
         ctx.data::<Loaders>()?
             .host(self.cluster_id, &self.host_id)
@@ -541,6 +543,19 @@ impl Scheduler {
     async fn health(&self) -> SchedulerHealth {
         self.handle.health_snapshot().into()
     }
+    /// The scheduler cluster id this scheduler writes in the hosts it
+    /// lists (its own configuration), as last read; null until dfgraph has
+    /// read a host list from it. Only checked: `schedulerClusterId` is the
+    /// id its hosts are served under everywhere.
+    async fn announced_cluster_id(&self) -> Option<ID> {
+        self.handle.announced.get().map(|id| ID(id.to_string()))
+    }
+    /// True while its hosts carry another scheduler cluster id than
+    /// `schedulerClusterId`: a configuration error (see
+    /// docs/real-world-data.md).
+    async fn cluster_id_mismatch(&self) -> bool {
+        self.handle.announced.mismatched(self.handle.cluster_id)
+    }
 }
 
 impl From<Arc<SchedulerHandle>> for Scheduler {
@@ -560,4 +575,7 @@ pub struct SchedulerCluster {
     pub schedulers: Vec<Scheduler>,
     /// At least one scheduler answered its latest call.
     pub reachable: bool,
+    /// Some scheduler's hosts carry another scheduler cluster id than
+    /// `id` (each scheduler's `clusterIdMismatch` says which).
+    pub cluster_id_mismatch: bool,
 }

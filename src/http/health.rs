@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers) and `/readyz` (every served scheduler
-//! cluster has at least one reachable scheduler).
+//! cluster has at least one reachable scheduler; schedulers whose hosts
+//! carry another cluster id are reported, not counted against readiness).
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let schedulers = client.schedulers();
     let probes = join_all(schedulers.iter().map(|s| async move {
         let reachable = s.probe(PROBE_TIMEOUT).await.is_ok();
-        (s.cluster_id, s.addr, reachable)
+        (s.cluster_id, s.addr, reachable, s.announced.get())
     }))
     .await;
     let mut ready = true;
@@ -34,14 +35,18 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .cluster_ids()
         .into_iter()
         .map(|id| {
-            let members: Vec<_> = probes.iter().filter(|(c, _, _)| *c == id).collect();
-            let reachable = members.iter().any(|(_, _, up)| *up);
+            let members: Vec<_> = probes.iter().filter(|(c, ..)| *c == id).collect();
+            let reachable = members.iter().any(|(_, _, up, _)| *up);
+            let mismatch = |announced: &Option<u64>| announced.is_some_and(|a| a != id);
             ready &= reachable;
             serde_json::json!({
                 "id": id,
                 "reachable": reachable,
-                "schedulers": members.iter().map(|(_, addr, up)| serde_json::json!({
+                "cluster_id_mismatch": members.iter().any(|(.., a)| mismatch(a)),
+                "schedulers": members.iter().map(|(_, addr, up, announced)| serde_json::json!({
                     "address": addr.to_string(), "reachable": up,
+                    "announced_cluster_id": announced,
+                    "cluster_id_mismatch": mismatch(announced),
                 })).collect::<Vec<_>>(),
             })
         })

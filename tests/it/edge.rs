@@ -2,10 +2,19 @@
 //! percentages, ties, hosts without load figures) reach the console
 //! without breaking the schema, and every page walk ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use crate::support::{TestEnv, small_sim};
+use crate::support::live::{
+    HOST_EVENTS, INTERVAL, live_config, next_event, query as live_query, wait_until,
+};
+use crate::support::redis::RedisServer;
+use crate::support::ws::WsClient;
+use crate::support::{TestEnv, gateway_config, small_sim};
+use dfgraph::config::Config;
+use dfgraph::gateway::Gateway;
 use dfgraph::proto::common::v2::{Cpu, Disk, Host, Memory};
+use dfgraph_sim::SimCluster;
 use serde_json::{Value, json};
 
 const ORDERS: [&str; 8] = [
@@ -241,4 +250,180 @@ async fn a_cursor_is_checked_against_the_order_it_is_used_with() {
     let message = body["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("CPU_PERCENT"), "{message}");
     env.stop().await;
+}
+
+/// dfgraph told the simulator's clusters 1 and 2 are clusters 11 and 12:
+/// every scheduler's hosts carry an id other than the one it is served as.
+fn served_as_plus_ten(sim: &SimCluster, config: &mut Config) {
+    config.schedulers = sim
+        .schedulers()
+        .iter()
+        .map(|s| format!("{}={}", s.cluster_id + 10, s.addr))
+        .collect();
+}
+
+async fn misconfigured(cache: bool) -> TestEnv {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let mut config = gateway_config(&sim);
+    served_as_plus_ten(&sim, &mut config);
+    config.cache.enabled = cache;
+    let gateway = Gateway::start(config).await.unwrap();
+    TestEnv {
+        sim,
+        gateway,
+        http: reqwest::Client::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_served_cluster_id_is_the_id_everywhere() {
+    let env = misconfigured(false).await;
+    let in_1: BTreeSet<String> = env.sim.hosts(1).into_iter().map(|h| h.id).collect();
+    let data = env
+        .data(
+            r#"{ hosts(first: 1000, orderBy: { field: SCHEDULER_CLUSTER }) {
+                   edges { node { id schedulerClusterId } } }
+                 only11: hosts(first: 1000, filter: { schedulerClusterIds: ["11"] }) {
+                   totalCount edges { node { schedulerClusterId } } }
+                 hostStats { bySchedulerCluster { value count } countedClusters } }"#,
+            json!({}),
+        )
+        .await;
+    let edges = data["hosts"]["edges"].as_array().unwrap();
+    for edge in edges {
+        let node = &edge["node"];
+        let expected = if in_1.contains(node["id"].as_str().unwrap()) {
+            "11"
+        } else {
+            "12"
+        };
+        assert_eq!(node["schedulerClusterId"], expected, "{node}");
+    }
+    // Ordered by the served id: 11's hosts first.
+    assert_eq!(edges[0]["node"]["schedulerClusterId"], "11");
+    assert_eq!(data["only11"]["totalCount"], in_1.len());
+    let in_2 = env.sim.hosts(2).len();
+    let mut buckets = vec![
+        json!({ "value": "11", "count": in_1.len() }),
+        json!({ "value": "12", "count": in_2 }),
+    ];
+    // Largest count first; a tie keeps 11 first (by value).
+    buckets.sort_by_key(|b| std::cmp::Reverse(b["count"].as_u64()));
+    assert_eq!(
+        data["hostStats"]["bySchedulerCluster"],
+        Value::Array(buckets)
+    );
+    assert_eq!(data["hostStats"]["countedClusters"], json!(["11", "12"]));
+    // The scheduler's own id is not a cluster dfgraph serves.
+    let body = env
+        .query(
+            r#"{ hosts(filter: { schedulerClusterIds: ["1"] }) { totalCount } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(body.get("errors").is_some(), "{body}");
+    // REST: the same id.
+    let rest: Value =
+        serde_json::from_str(&env.get_text("/api/v1/peers?per_page=1000").await).unwrap();
+    let rows = rest.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), in_1.len() + in_2);
+    let of_1: BTreeSet<(String, String)> = env
+        .sim
+        .hosts(1)
+        .into_iter()
+        .map(|h| (h.hostname, h.ip))
+        .collect();
+    for row in rows {
+        let name = row["host_name"].as_str().unwrap().to_owned();
+        let ip = row["ip"].as_str().unwrap().to_owned();
+        let expected = if of_1.contains(&(name, ip)) { 11 } else { 12 };
+        assert_eq!(row["scheduler_cluster_id"], expected, "{row}");
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_scheduler_whose_hosts_carry_another_cluster_id_is_reported() {
+    let env = misconfigured(false).await;
+    env.data("{ hosts(first: 1) { totalCount } }", json!({}))
+        .await;
+    let data = env
+        .data(
+            r#"{ schedulerClusters { id clusterIdMismatch
+                   schedulers { address schedulerClusterId announcedClusterId clusterIdMismatch } } }"#,
+            json!({}),
+        )
+        .await;
+    for cluster in data["schedulerClusters"].as_array().unwrap() {
+        let id = cluster["id"].as_str().unwrap();
+        assert_eq!(cluster["clusterIdMismatch"], true, "{cluster}");
+        let asked: Vec<&Value> = cluster["schedulers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| !s["announcedClusterId"].is_null())
+            .collect();
+        assert!(!asked.is_empty(), "{cluster}");
+        for scheduler in asked {
+            assert_eq!(scheduler["schedulerClusterId"], id);
+            let own = (id.parse::<u64>().unwrap() - 10).to_string();
+            assert_eq!(scheduler["announcedClusterId"], own.as_str());
+            assert_eq!(scheduler["clusterIdMismatch"], true);
+        }
+    }
+    let ready: Value = serde_json::from_str(&env.get_text("/readyz").await).unwrap();
+    assert_eq!(ready["ready"], true, "a mismatch is reported, not unready");
+    for cluster in ready["clusters"].as_array().unwrap() {
+        assert_eq!(cluster["cluster_id_mismatch"], true, "{cluster}");
+    }
+    let metrics = env.get_text("/metrics").await;
+    let scheduler = env.sim.schedulers()[0].addr;
+    let flagged = metrics.lines().any(|l| {
+        l.starts_with("dfgraph_scheduler_cluster_id_mismatch{")
+            && l.contains("cluster=\"11\"")
+            && l.ends_with(" 1")
+    });
+    assert!(
+        flagged,
+        "no mismatch gauge for cluster 11 ({scheduler}):\n{metrics}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_cached_lists_carry_the_served_cluster_id() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let mut config = live_config(&sim, Some(&redis));
+    served_as_plus_ten(&sim, &mut config);
+    let watcher = Gateway::start(config.clone()).await.unwrap();
+    let mut client = WsClient::ready(&watcher.url()).await;
+    client.subscribe("h", HOST_EVENTS, json!({})).await;
+    wait_until("subscription live", Duration::from_secs(5), || {
+        watcher.state.events.live_subscriptions() == 1
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 4).await;
+    let mut host = sim.hosts(1).remove(0);
+    host.id = "joins-misconfigured".into();
+    sim.upsert_host(host);
+    let event = loop {
+        let event = next_event(&mut client, "h", Duration::from_secs(5)).await;
+        if event["hostEvents"]["host"]["id"] == "joins-misconfigured" {
+            break event;
+        }
+    };
+    assert_eq!(event["hostEvents"]["schedulerClusterId"], "11");
+    // A second replica reads the list the watcher put in Redis.
+    let reader = Gateway::start(config).await.unwrap();
+    let data = live_query(
+        &reader.url(),
+        r#"{ host(id: "joins-misconfigured") { schedulerClusterId } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(data["host"]["schedulerClusterId"], "11");
+    reader.shutdown().await;
+    watcher.shutdown().await;
+    sim.shutdown().await;
 }

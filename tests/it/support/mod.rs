@@ -84,6 +84,16 @@ impl TestEnv {
         response.json().await.expect("JSON body")
     }
 
+    /// GETs `path` and returns the body as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await;
+        response
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a body")
+    }
+
     /// Like [`TestEnv::query`], asserting the response has no errors.
     pub async fn data(&self, query: &str, variables: Value) -> Value {
         let body = self.query(query, variables).await;
