@@ -80,7 +80,8 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
         Some(path) => path.clone(),
         None => sibling_dfgraph()?,
     };
-    let (mut simulator, schedulers) = start_simulator(&dfgraph, args).await?;
+    let simulator_binary = args.simulator.as_ref().unwrap_or(&dfgraph);
+    let (mut simulator, schedulers) = start_simulator(simulator_binary, args).await?;
     let (mut gateway, url) = start_gateway(&dfgraph, args, &schedulers).await?;
     let http = reqwest::Client::new();
     let total = host_total(&http, &url).await?;
