@@ -31,6 +31,7 @@ use crate::http::metrics::MetricsConfig;
 use crate::http::rate_limit::RateLimitConfig;
 use crate::http::response_cache::ResponseCacheConfig;
 use crate::http::ws::SubscriptionLimits;
+use crate::liveness::LivenessConfig;
 pub use crate::setting::Invalid;
 use crate::telemetry::{LogFormat, TracingConfig};
 
@@ -76,6 +77,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The change watcher behind subscriptions.
     pub watch: WatchConfig,
+    /// The probes of each listed host's gRPC health service.
+    pub liveness: LivenessConfig,
     /// The history of published events: retention and size.
     pub event_log: EventLogConfig,
     /// Bounds on websocket connections and their subscriptions.
@@ -120,6 +123,7 @@ impl Default for Config {
             enable_mutations: false,
             cache: CacheConfig::default(),
             watch: WatchConfig::default(),
+            liveness: LivenessConfig::default(),
             event_log: EventLogConfig::default(),
             subscriptions: SubscriptionLimits::default(),
             simulator: SimulatorConfig::default(),
@@ -195,6 +199,7 @@ const SECTIONS: &[(&str, Validate)] = &[
     ("retry", |c| c.retry.validate()),
     ("cache", |c| c.cache.validate()),
     ("watch", |c| c.watch.validate()),
+    ("liveness", |c| c.liveness.validate()),
     ("event_log", |c| c.event_log.validate()),
     ("subscriptions", |c| c.subscriptions.validate()),
     ("simulator", |c| c.simulator.validate()),
@@ -549,6 +554,11 @@ mod tests {
             "cache.task.fresh",
         ),
         ("watch", "[watch]\ninterval = \"1ms\"\n", "watch.interval"),
+        (
+            "liveness",
+            "[liveness]\nnetworks = [\"10.0.0.0/33\"]\n",
+            "liveness.networks",
+        ),
         (
             "subscriptions",
             "[subscriptions]\nper_connection = 0\n",

@@ -17,6 +17,7 @@ use crate::events::Events;
 use crate::graphql::{GatewayState, build_schema};
 use crate::http::metrics::MetricsHandle;
 use crate::http::{AppState, router};
+use crate::liveness::{HostSource, Liveness, Runner};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,14 +144,55 @@ async fn gateway_state(
         redis,
     );
     events.start(client.clone(), cache.clone(), shutdown.child_token());
-    Ok(Arc::new(GatewayState::new(
-        client,
+    let liveness = Liveness::new(&config.liveness);
+    let remote = liveness.clone();
+    events
+        .bus
+        .on_remote(Arc::new(move |event| remote.apply_remote(event)));
+    let state = Arc::new(GatewayState::new(
+        client.clone(),
         cache,
         config.limits,
         config.timeouts.request,
         config.enable_mutations,
         events,
-    )))
+        liveness.clone(),
+    ));
+    Runner {
+        config: config.liveness.clone(),
+        cluster: client,
+        hosts: host_source(&state),
+        bus: state.events.bus.clone(),
+        liveness,
+        tls: config.tls.client_config().map_err(|e| e.within("tls"))?,
+    }
+    .start(shutdown.child_token())
+    .map_err(|e| e.within("liveness"))?;
+    Ok(state)
+}
+
+/// The host lists the liveness prober walks: through the cache, shared
+/// with queries and the watcher.
+fn host_source(state: &Arc<GatewayState>) -> HostSource {
+    let origins = Arc::clone(&state.origins);
+    Arc::new(move |cluster_id| {
+        let origins = Arc::clone(&origins);
+        Box::pin(async move {
+            let key = crate::cache::CacheKey::hosts(cluster_id);
+            let mut found = origins
+                .hosts
+                .get_many(std::slice::from_ref(&key), crate::deadline::Deadline::NONE)
+                .await;
+            match found.remove(&key) {
+                Some(Ok(fetched)) => Ok(fetched
+                    .value
+                    .map(|list| list.hosts.clone())
+                    .unwrap_or_default()),
+                Some(Err(error)) => Err(error.to_string()),
+                None => Ok(Vec::new()),
+            }
+        })
+    })
 }
 
 /// Warms the host lists in the background so the console's first

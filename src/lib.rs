@@ -10,7 +10,9 @@
 //! is the glue that hands the cache its scheduler loaders.
 //!
 //! The way of one change: [`events`] polls what someone watches, diffs it,
-//! publishes events between replicas and invalidates the cache.
+//! publishes events between replicas and invalidates the cache;
+//! [`liveness`] asks each listed host's own health service and publishes
+//! the hosts that stop (or start again) answering on the same bus.
 //!
 //! Around them: [`config`] (one typed configuration composed of each
 //! module's settings, each validated into the one [`setting::Invalid`]), [`auth`] (credentials to principals and roles),
@@ -40,6 +42,7 @@ pub mod graphql;
 pub mod host_type;
 pub mod http;
 pub mod ids;
+pub mod liveness;
 pub mod origins;
 pub mod redis;
 pub mod setting;

@@ -373,6 +373,7 @@ const STATS_QUERY = `query ConsoleStats {
     byType { value count }
     byIdc { value count }
     bySchedulerCluster { value count }
+    byLiveness { value count }
     countedClusters
     missingClusters
   }
@@ -433,6 +434,11 @@ function renderStats() {
   const s = lastStats;
   if (!s) return;
   $('#host-total').textContent = String(s.total);
+  // Listed by the schedulers, not answering their health service.
+  const unreachable = s.byLiveness?.find((b) => b.value === 'UNREACHABLE')?.count ?? 0;
+  const down = $('#host-unreachable');
+  down.textContent = String(unreachable);
+  down.closest('.total').dataset.state = unreachable ? 'alert' : 'ok';
   const clusterLabel = (v) => `cluster ${v}`;
   renderBars($('#chart-version'), s.byVersion);
   renderBars($('#chart-type'), s.byType);
@@ -469,6 +475,7 @@ const HOST_FIELDS = `fragment ConsoleHost on Host {
   network { idc location }
   cpu { percent }
   memory { usedPercent }
+  liveness { state since }
 }`;
 
 const HOSTS_QUERY = `query ConsoleHosts($filter: HostFilter, $orderBy: HostOrder, $first: Int, $after: String, $last: Int, $before: String) {
@@ -515,8 +522,14 @@ function meterCell(cls, v) {
 }
 
 function fillRow(tr, host) {
+  const liveness = host.liveness?.state ?? 'UNKNOWN';
+  const down = liveness === 'UNREACHABLE';
+  const name = cell('hostname', host.hostname, {
+    title: down ? `${host.id}: not answering its health service since ${fmtTime(host.liveness.since)}` : host.id,
+  });
+  if (down) name.prepend(h('span', { class: 'badge unreachable', text: 'unreachable' }), ' ');
   tr.replaceChildren(
-    cell('hostname', host.hostname, { title: host.id }),
+    name,
     cell('ip', host.ip),
     cell('type', host.type),
     cell('cluster', host.schedulerClusterId),
@@ -527,11 +540,14 @@ function fillRow(tr, host) {
     meterCell('mem', host.memory?.usedPercent),
   );
   tr.dataset.type = host.type;
+  tr.dataset.liveness = liveness;
+  tr.classList.toggle('unreachable', down);
 }
 
 const FIELD_CELLS = {
   hostname: ['hostname'], ip: ['ip'], type: ['type'], schedulerClusterId: ['cluster'],
   build: ['version'], network: ['idc', 'location'], cpu: ['cpu'], memory: ['mem'],
+  liveness: ['hostname'],
 };
 
 function flash(tr, changedFields) {

@@ -11,14 +11,21 @@
 //! cluster's stream first, so each replica (this one included) receives
 //! it with its cursor; should the log not answer, it goes out without one.
 //! Without Redis, events go to the in-process ring.
+//!
+//! Events with a cursor are delivered here once: a replica remembers the
+//! newest it delivered per cluster ([`Seen`]), drops what comes again, and
+//! when its listener (re)subscribes reads what it missed from the log
+//! before the next live message (see [`super::resume`]).
 
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use futures::future::BoxFuture;
 use prost::Message;
 use tokio::sync::broadcast;
 
 use super::log::{self, EventCursor, EventLog, LogId};
+use super::resume::{self, Seen};
 use super::{Event, HostChange, What, metric};
 use crate::cache::{Cache, CacheKey, Kind};
 use crate::clock::{Clock, SystemClock};
@@ -53,6 +60,8 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
                 HostChange::Joined => EventKind::HostJoined,
                 HostChange::Left => EventKind::HostLeft,
                 HostChange::Updated => EventKind::HostUpdated,
+                HostChange::Unreachable => EventKind::HostUnreachable,
+                HostChange::Reachable => EventKind::HostReachable,
             });
             wire.host = Some(Host::clone(host));
             wire.changed_fields = changed_fields.clone();
@@ -120,6 +129,8 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
         Ok(EventKind::HostJoined) => host(HostChange::Joined)?,
         Ok(EventKind::HostLeft) => host(HostChange::Left)?,
         Ok(EventKind::HostUpdated) => host(HostChange::Updated)?,
+        Ok(EventKind::HostUnreachable) => host(HostChange::Unreachable)?,
+        Ok(EventKind::HostReachable) => host(HostChange::Reachable)?,
         Ok(EventKind::Peer) => What::Peer {
             key: PeerKey {
                 host_id: wire.host_id.clone(),
@@ -184,7 +195,25 @@ struct BusInner {
     /// watcher never waits on Redis.
     outbox: tokio::sync::mpsc::Sender<Outgoing>,
     cache: Cache,
+    /// Sees each other replica's event before this replica's subscribers
+    /// do (see [`Bus::on_remote`]).
+    remote_hook: std::sync::OnceLock<RemoteHook>,
+    /// The newest logged event delivered here, per cluster; its lock keeps
+    /// a catch-up from the log and live messages in order.
+    heard: tokio::sync::Mutex<Seen>,
+    /// The listener (re)subscribed: what was missed meanwhile is read from
+    /// the log before the next live message is delivered.
+    catch_up_due: AtomicBool,
+    /// When this bus started (unix ms): a cluster this replica heard
+    /// nothing of is caught up from then.
+    started_ms: i64,
+    /// The clusters served (set when the gateway starts its events).
+    clusters: OnceLock<crate::cluster::ClusterClient>,
 }
+
+/// What a module does with another replica's event before subscribers
+/// hear of it.
+pub type RemoteHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// An event on its way to Redis.
 struct Outgoing {
@@ -216,14 +245,16 @@ async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Rece
             trims.append(log, &mut batch).await;
         }
         let mut pipe = redis::pipe();
+        let mut heard = inner.heard.lock().await;
         for outgoing in batch.drain(..) {
             if let Some(bytes) = encode(&inner.instance, &outgoing.event) {
                 redis.add_publish(&mut pipe, Topic::Event, &bytes);
             }
-            if outgoing.deliver_here {
+            if outgoing.deliver_here && heard.fresh(&outgoing.event) {
                 let _ = inner.local.send(Arc::new(outgoing.event));
             }
         }
+        drop(heard);
         match redis.pipe::<()>("publish_events", &pipe).await {
             Ok(()) if failing => {
                 failing = false;
@@ -294,10 +325,65 @@ impl crate::redis::Handler for Listener {
             };
             match decode(body) {
                 Ok((from, _)) if from == inner.instance => {}
-                Ok((_, event)) => deliver_remote(&inner, event).await,
+                Ok((_, event)) => {
+                    catch_up(&inner).await;
+                    if inner.heard.lock().await.fresh(&event) {
+                        deliver_remote(&inner, event).await;
+                    }
+                }
                 Err(error) => tracing::warn!(%error, "event message ignored"),
             }
         })
+    }
+
+    fn subscribed(&self) {
+        let Some(inner) = self.bus.upgrade() else {
+            return;
+        };
+        inner.catch_up_due.store(true, Ordering::Release);
+        // Now, not only at the next message: a quiet channel must not
+        // leave what was missed undelivered.
+        tokio::spawn(async move { catch_up(&inner).await });
+    }
+}
+
+/// Delivers what this replica missed while it could not hear the bus, if
+/// its listener resubscribed since the last catch-up: every logged event
+/// after the newest it delivered of each cluster, oldest first, each once.
+async fn catch_up(inner: &BusInner) {
+    if !inner.catch_up_due.load(Ordering::Acquire) {
+        return;
+    }
+    let mut heard = inner.heard.lock().await;
+    if !inner.catch_up_due.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let (Some(log), Some(cluster)) = (&inner.log, inner.clusters.get()) else {
+        return;
+    };
+    if !log.in_redis() {
+        return;
+    }
+    let missed = match resume::missed(log, &cluster.cluster_ids(), &heard, inner.started_ms).await {
+        Ok(missed) => missed,
+        Err(error) => {
+            tracing::warn!(%error, "events missed while the bus was unheard cannot be read from the log");
+            return;
+        }
+    };
+    let mut replayed = 0u64;
+    for event in missed {
+        if heard.fresh(&event) {
+            deliver_remote(inner, Event::clone(&event)).await;
+            replayed += 1;
+        }
+    }
+    if replayed > 0 {
+        metrics::counter!(metric::REPLAYED).increment(replayed);
+        tracing::info!(
+            replayed,
+            "delivered the events published while this replica could not hear the bus"
+        );
     }
 }
 
@@ -311,6 +397,9 @@ async fn deliver_remote(inner: &BusInner, event: Event) {
         if key.kind() != Kind::Hosts {
             inner.cache.forget_local(&key).await;
         }
+    }
+    if let Some(hook) = inner.remote_hook.get() {
+        hook(&event);
     }
     let _ = inner.local.send(Arc::new(event));
 }
@@ -338,6 +427,11 @@ impl Bus {
             log,
             outbox,
             cache,
+            remote_hook: std::sync::OnceLock::new(),
+            heard: tokio::sync::Mutex::default(),
+            catch_up_due: AtomicBool::new(false),
+            started_ms: SystemClock.now_ms_signed(),
+            clusters: OnceLock::new(),
         });
         if let Some(redis) = &inner.redis {
             tokio::spawn(publish_loop(Arc::downgrade(&inner), pending));
@@ -351,9 +445,24 @@ impl Bus {
         Bus { inner }
     }
 
+    /// Runs `hook` on each other replica's event before handing it to
+    /// this replica's subscribers, so what they query on receipt reflects
+    /// it (the liveness records). One hook per bus; a second is ignored.
+    pub fn on_remote(&self, hook: RemoteHook) {
+        if self.inner.remote_hook.set(hook).is_err() {
+            tracing::warn!("a second remote-event hook was ignored");
+        }
+    }
+
     /// This process's id on the bus (also its lease value).
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+
+    /// Which clusters a catch-up after a lost subscription reads (once;
+    /// the gateway's cluster client).
+    pub fn serve(&self, cluster: crate::cluster::ClusterClient) {
+        let _ = self.inner.clusters.set(cluster);
     }
 
     /// The event log, unless switched off.

@@ -11,6 +11,7 @@ pub mod interest;
 pub mod lease;
 pub mod log;
 mod offload;
+pub mod resume;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -98,6 +99,11 @@ pub enum HostChange {
     Joined,
     Left,
     Updated,
+    /// Its health service stopped answering (see `liveness`); the
+    /// scheduler may still list it.
+    Unreachable,
+    /// Its health service answers again.
+    Reachable,
 }
 
 /// One observed change.
@@ -191,6 +197,7 @@ pub mod metric {
     pub const LEADER: &str = "dfgraph_watch_leader";
     pub const POLLS: &str = "dfgraph_watch_polls_total";
     pub const DROPPED: &str = "dfgraph_events_dropped_total";
+    pub const REPLAYED: &str = "dfgraph_events_replayed_total";
     pub const STRETCH: &str = "dfgraph_watch_stretch";
     pub const HOST_LIST_BYTES: &str = "dfgraph_watch_host_list_bytes_total";
     pub const HOSTS_DECODED: &str = "dfgraph_watch_hosts_decoded_total";
@@ -238,6 +245,10 @@ pub mod metric {
         metrics::describe_counter!(
             DROPPED,
             "Events not sent to other replicas because the outbox toward Redis was full."
+        );
+        metrics::describe_counter!(
+            REPLAYED,
+            "Events this replica read from the event log after its bus listener resubscribed (missed while it could not hear)."
         );
         metrics::describe_gauge!(
             STRETCH,
@@ -319,6 +330,7 @@ impl Events {
         cache: crate::cache::Cache,
         stop: tokio_util::sync::CancellationToken,
     ) {
+        self.bus.serve(cluster.clone());
         if self.config.enabled {
             let offload = offload::Offload::start(stop.clone())
                 .inspect_err(|error| {

@@ -58,6 +58,12 @@ impl Freshness {
         state.stale |= fetched.stale;
     }
 
+    /// Something was read that the host lists do not determine (a host's
+    /// liveness): the response must not be kept.
+    pub fn record_uncacheable(&self) {
+        self.lock().read_other = true;
+    }
+
     pub fn record_failure(&self, scheduler: Option<std::net::SocketAddr>) {
         let mut state = self.lock();
         state.failed = true;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use async_graphql::{Context, ErrorExtensions, ID, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use super::GatewayState;
@@ -18,6 +18,7 @@ use super::subscription::{HostEvent, HostEventKind, host_event};
 use super::types::Host;
 use crate::clock::{Clock, SystemClock};
 use crate::events::log::{EventLog, LogError, LogId, Range};
+use crate::events::resume::ResumeError;
 use crate::events::{Event, HostChange, What};
 
 /// The queries of this module, merged into the query root.
@@ -49,6 +50,9 @@ pub struct HostChurn {
     pub leaves: i32,
     /// Changes other than of load figures.
     pub updates: i32,
+    /// Times it stopped answering its health service (`UNREACHABLE`
+    /// events; see `Host.liveness`).
+    pub outages: i32,
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
 }
@@ -58,7 +62,7 @@ pub struct HostChurn {
 pub struct HostChurnReport {
     /// The window's start (its end is now).
     pub since: DateTime<Utc>,
-    /// Ordered by joins plus leaves, then updates, most first.
+    /// Ordered by joins plus leaves plus outages, then updates, most first.
     pub hosts: Vec<HostChurn>,
     /// A cluster had more entries in the window than one query reads
     /// (`[event_log] max_scan`): the counts cover the oldest part of it.
@@ -89,7 +93,7 @@ pub struct EventLogInfo {
     pub clusters: Vec<EventLogCluster>,
 }
 
-fn log_of<'a>(ctx: &Context<'a>) -> Result<&'a EventLog> {
+pub(crate) fn log_of<'a>(ctx: &Context<'a>) -> Result<&'a EventLog> {
     ctx.data::<GatewayState>()?.events.bus.log().ok_or_else(|| {
         coded(
             "EVENT_LOG_DISABLED",
@@ -100,6 +104,21 @@ fn log_of<'a>(ctx: &Context<'a>) -> Result<&'a EventLog> {
 
 fn unavailable(error: LogError) -> async_graphql::Error {
     coded("EVENT_LOG_UNAVAILABLE", error.to_string())
+}
+
+/// Why a subscription could not resume, for its client: `CURSOR_EXPIRED`
+/// names the oldest cursor it could resume from instead.
+pub(crate) fn resume_error(error: ResumeError) -> async_graphql::Error {
+    match error {
+        ResumeError::Expired { oldest, .. } => {
+            let oldest = oldest.map(|c| c.encode());
+            async_graphql::Error::new(error.to_string()).extend_with(move |_, ext| {
+                ext.set("code", "CURSOR_EXPIRED");
+                ext.set("oldestCursor", oldest.clone());
+            })
+        }
+        ResumeError::Log(error) => unavailable(error),
+    }
 }
 
 fn at(ms: i64) -> DateTime<Utc> {
@@ -297,11 +316,11 @@ impl HistoryQuery {
         }
         let mut hosts: Vec<HostChurn> = churn
             .into_values()
-            .filter(|c| c.joins + c.leaves + c.updates >= min_changes)
+            .filter(|c| c.joins + c.leaves + c.outages + c.updates >= min_changes)
             .collect();
         hosts.sort_by(|a, b| {
-            (b.joins + b.leaves, b.updates, &a.host.0.id).cmp(&(
-                a.joins + a.leaves,
+            (b.joins + b.leaves + b.outages, b.updates, &a.host.0.id).cmp(&(
+                a.joins + a.leaves + a.outages,
                 a.updates,
                 &b.host.0.id,
             ))
@@ -363,6 +382,7 @@ fn count(churn: &mut HashMap<(u64, String), HostChurn>, event: &Event, filter: &
             joins: 0,
             leaves: 0,
             updates: 0,
+            outages: 0,
             first_at: when,
             last_at: when,
         });
@@ -370,6 +390,9 @@ fn count(churn: &mut HashMap<(u64, String), HostChurn>, event: &Event, filter: &
         HostChange::Joined => entry.joins += 1,
         HostChange::Left => entry.leaves += 1,
         HostChange::Updated => entry.updates += 1,
+        HostChange::Unreachable => entry.outages += 1,
+        // Its end is implied by the outage it ends.
+        HostChange::Reachable => {}
     }
     entry.host = Host(host.clone());
     entry.last_at = when;

@@ -97,6 +97,8 @@ pub struct GatewayState {
     pub host_memo: Arc<hosts::OrderMemo>,
     /// The event bus and what is watched.
     pub events: Events,
+    /// Whether each host answers its own health service.
+    pub liveness: crate::liveness::Liveness,
 }
 
 impl GatewayState {
@@ -107,6 +109,7 @@ impl GatewayState {
         request_timeout: std::time::Duration,
         enable_mutations: bool,
         events: Events,
+        liveness: crate::liveness::Liveness,
     ) -> Self {
         let origins = Arc::new(Origins::new(&cache, &cluster));
         Self {
@@ -118,6 +121,7 @@ impl GatewayState {
             enable_mutations,
             host_memo: Arc::default(),
             events,
+            liveness,
         }
     }
 

@@ -8,10 +8,12 @@ use async_graphql::{Context, ID, Object, Result, SimpleObject};
 
 use super::GatewayState;
 use super::errors::{bad_input, cluster_error};
-use super::hosts::{Cursor, HostFilter, HostOrder, HostStats, PageArgs, page_sorted};
+use super::hosts::{
+    Bucket, Cursor, HostFilter, HostOrder, HostStats, PageArgs, host_stats, page_sorted,
+};
 use super::ids::{PeerKeyInput, check_id, cluster_id, peer_key};
 use super::loaders::Loaders;
-use super::types::{Host, Peer, Scheduler, SchedulerCluster, Task};
+use super::types::{Host, LivenessState, Peer, Scheduler, SchedulerCluster, Task};
 use crate::cluster::HostList;
 
 #[derive(Default)]
@@ -150,7 +152,11 @@ impl Query {
         };
         let filter = filter.unwrap_or_default();
         let (lists, _, _) = Self::host_lists(ctx, &filter).await?;
-        let matching = state.host_memo.sorted(&lists, order, &filter);
+        let (filter, liveness) = filter.split_liveness();
+        let mut matching = state.host_memo.sorted(&lists, order, &filter);
+        if let Some(wanted) = &liveness {
+            matching = with_liveness(ctx, state, matching, wanted);
+        }
         let result = page_sorted(
             &matching,
             &HostFilter::default(),
@@ -202,7 +208,27 @@ impl Query {
         let filter = filter.unwrap_or_default();
         let (lists, counted, missing) = Self::host_lists(ctx, &filter).await?;
         let state = ctx.data::<GatewayState>()?;
-        let mut stats = state.host_memo.stats(&lists, &filter);
+        let (filter, liveness) = filter.split_liveness();
+        let by_liveness = ctx.look_ahead().field("byLiveness").exists();
+        let mut stats = if liveness.is_none() && !by_liveness {
+            state.host_memo.stats(&lists, &filter)
+        } else {
+            let mut matching = state
+                .host_memo
+                .sorted(&lists, HostOrder::default(), &filter);
+            if let Some(wanted) = &liveness {
+                matching = with_liveness(ctx, state, matching, wanted);
+            }
+            let mut stats = match liveness {
+                None => state.host_memo.stats(&lists, &filter),
+                Some(_) => host_stats(matching.iter().copied(), &HostFilter::default()),
+            };
+            if by_liveness {
+                uncacheable(ctx);
+                stats.by_liveness = liveness_buckets(state, &matching);
+            }
+            stats
+        };
         stats.counted_clusters = counted.into_iter().map(|c| ID(c.to_string())).collect();
         stats.missing_clusters = missing.into_iter().map(|c| ID(c.to_string())).collect();
         Ok(stats)
@@ -315,4 +341,55 @@ impl Query {
             })
             .collect())
     }
+}
+
+/// The response reads liveness, which the host lists do not determine:
+/// the response cache must not keep it.
+fn uncacheable(ctx: &Context<'_>) {
+    if let Ok(loaders) = ctx.data::<Loaders>() {
+        loaders.freshness.record_uncacheable();
+    }
+}
+
+/// The hosts whose liveness is one of `wanted`, in their order.
+fn with_liveness<'a>(
+    ctx: &Context<'_>,
+    state: &GatewayState,
+    hosts: Vec<&'a crate::proto::common::v2::Host>,
+    wanted: &[LivenessState],
+) -> Vec<&'a crate::proto::common::v2::Host> {
+    uncacheable(ctx);
+    state.liveness.with_states(|state_of| {
+        hosts
+            .into_iter()
+            .filter(|h| wanted.contains(&state_of(h.scheduler_cluster_id, &h.id).into()))
+            .collect()
+    })
+}
+
+/// `hosts` counted by liveness state, every state present (0 included),
+/// in the order REACHABLE, UNREACHABLE, UNKNOWN.
+fn liveness_buckets(
+    state: &GatewayState,
+    hosts: &[&crate::proto::common::v2::Host],
+) -> Vec<Bucket> {
+    let mut counts = [0u64; 3];
+    state.liveness.with_states(|state_of| {
+        for h in hosts {
+            let i = match LivenessState::from(state_of(h.scheduler_cluster_id, &h.id)) {
+                LivenessState::Reachable => 0,
+                LivenessState::Unreachable => 1,
+                LivenessState::Unknown => 2,
+            };
+            counts[i] += 1;
+        }
+    });
+    ["REACHABLE", "UNREACHABLE", "UNKNOWN"]
+        .into_iter()
+        .zip(counts)
+        .map(|(value, count)| Bucket {
+            value: value.to_owned(),
+            count,
+        })
+        .collect()
 }

@@ -55,3 +55,33 @@ impl From<u64> for UInt64 {
         UInt64(v)
     }
 }
+
+/// An unsigned 32-bit count as a scheduler sends it (`uint32` on the
+/// wire), as a JSON number from 0 to 4294967295. GraphQL's `Int` stops at
+/// 2147483647, so a count above it would break `Int`'s contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UInt32(pub u32);
+
+#[Scalar(name = "UInt32")]
+impl ScalarType for UInt32 {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(UInt32)
+                .ok_or_else(|| InputValueError::custom("expected an integer from 0 to 4294967295")),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Number(Number::from(self.0))
+    }
+}
+
+impl From<u32> for UInt32 {
+    fn from(v: u32) -> Self {
+        UInt32(v)
+    }
+}

@@ -13,6 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::GatewayState;
 use super::errors::{bad_input, coded};
+use super::history::{log_of, resume_error};
 use super::hosts::{CompiledFilter, HostFilter};
 use super::ids::check_id;
 use super::loaders::Loaders;
@@ -22,6 +23,7 @@ use super::types::{CircuitState, Host, Peer, PeerState, Scheduler, Task};
 use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 use crate::events::diff::{only_resources, task_fields};
+use crate::events::resume::{self, Seen};
 use crate::events::{Event, HostChange, Watched, What};
 use crate::ids::PeerKey;
 use crate::proto::common::v2::{Peer as WirePeer, Task as WireTask};
@@ -34,6 +36,11 @@ pub enum HostEventKind {
     Joined,
     Left,
     Updated,
+    /// Its gRPC health service stopped answering: `liveness.failures`
+    /// probes in a row failed (the scheduler may still list it).
+    Unreachable,
+    /// Its health service answers again.
+    Reachable,
 }
 
 impl From<HostChange> for HostEventKind {
@@ -42,11 +49,13 @@ impl From<HostChange> for HostEventKind {
             HostChange::Joined => HostEventKind::Joined,
             HostChange::Left => HostEventKind::Left,
             HostChange::Updated => HostEventKind::Updated,
+            HostChange::Unreachable => HostEventKind::Unreachable,
+            HostChange::Reachable => HostEventKind::Reachable,
         }
     }
 }
 
-/// A host joined, left or changed.
+/// A host joined, left, changed, became unreachable or reachable again.
 #[derive(SimpleObject)]
 pub struct HostEvent {
     pub kind: HostEventKind,
@@ -159,28 +168,56 @@ const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long a batch waits in all, however steadily events keep coming.
 const BATCH_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The host events a `hostEvents` subscription selects, off the bus.
+/// The host events a `hostEvents` subscription selects: those replayed
+/// from the log after its `after` cursor, then those off the bus.
 struct SelectedHostEvents {
     rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    /// Logged events after the cursor, oldest first, told before live ones.
+    replay: std::collections::VecDeque<Arc<Event>>,
+    /// What was told, per cluster: the live copy of a replayed event, and
+    /// an event the bus hands twice, are dropped.
+    seen: Seen,
     clusters: Option<Vec<u64>>,
     filter: CompiledFilter<'static>,
+    /// For the filter's `liveness` criterion.
+    liveness: crate::liveness::Liveness,
     include_resource_changes: bool,
     /// Keeps the watcher polling host lists while the stream lives.
     _interest: crate::events::InterestGuard,
 }
 
-fn select_host_events(
+/// Live events first (buffered), then the log after `after`: nothing
+/// published between the two is missed (see [`crate::events::resume`]).
+async fn select_host_events(
     ctx: &Context<'_>,
     filter: Option<HostFilter>,
     include_resource_changes: bool,
+    after: Option<EventCursor>,
 ) -> Result<SelectedHostEvents> {
     let state = ctx.data::<GatewayState>()?;
     let filter = filter.unwrap_or_default();
     let clusters = filter.cluster_ids().map_err(bad_input)?;
+    let rx = state.events.bus.subscribe();
+    let (replay, seen) = match after {
+        None => (Vec::new(), Seen::default()),
+        Some(after) => {
+            let served = Query::clusters(ctx, None)?;
+            let selected: Vec<u64> = served
+                .into_iter()
+                .filter(|c| clusters.as_ref().is_none_or(|only| only.contains(c)))
+                .collect();
+            resume::replay(log_of(ctx)?, &selected, after.0)
+                .await
+                .map_err(resume_error)?
+        }
+    };
     Ok(SelectedHostEvents {
-        rx: state.events.bus.subscribe(),
+        rx,
+        replay: replay.into(),
+        seen,
         clusters,
         filter: filter.into_compiled(),
+        liveness: state.liveness.clone(),
         include_resource_changes,
         _interest: state.events.interest.watch_hosts(),
     })
@@ -191,10 +228,14 @@ impl SelectedHostEvents {
     /// bus is gone, an error once this subscriber fell too far behind.
     async fn next(&mut self) -> Result<Option<(HostEvent, i64)>> {
         loop {
-            let event = match self.rx.recv().await {
-                Ok(event) => event,
-                Err(RecvError::Lagged(missed)) => return Err(lagged(missed)),
-                Err(RecvError::Closed) => return Ok(None),
+            let event = match self.replay.pop_front() {
+                Some(event) => event,
+                None => match self.rx.recv().await {
+                    Ok(event) if !self.seen.fresh(&event) => continue,
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => return Err(lagged(missed)),
+                    Err(RecvError::Closed) => return Ok(None),
+                },
             };
             if let Some(selected) = self.select(&event) {
                 return Ok(Some(selected));
@@ -207,10 +248,14 @@ impl SelectedHostEvents {
     fn ready(&mut self) -> Result<Option<(HostEvent, i64)>> {
         use tokio::sync::broadcast::error::TryRecvError;
         loop {
-            let event = match self.rx.try_recv() {
-                Ok(event) => event,
-                Err(TryRecvError::Lagged(missed)) => return Err(lagged(missed)),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(None),
+            let event = match self.replay.pop_front() {
+                Some(event) => event,
+                None => match self.rx.try_recv() {
+                    Ok(event) if !self.seen.fresh(&event) => continue,
+                    Ok(event) => event,
+                    Err(TryRecvError::Lagged(missed)) => return Err(lagged(missed)),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(None),
+                },
             };
             if let Some(selected) = self.select(&event) {
                 return Ok(Some(selected));
@@ -228,6 +273,14 @@ impl SelectedHostEvents {
         }
         let selected = host_event(event)?;
         if !self.filter.matches(&selected.host.0)
+            || self.filter.liveness().is_some_and(|wanted| {
+                !wanted.contains(
+                    &self
+                        .liveness
+                        .state(event.cluster_id, &selected.host.0.id)
+                        .into(),
+                )
+            })
             || (selected.kind == HostEventKind::Updated
                 && !self.include_resource_changes
                 && only_resources(&selected.changed_fields))
@@ -314,14 +367,19 @@ impl Subscription {
     /// Hosts joining, leaving or changing, in the clusters and with the
     /// properties `filter` selects. Changes of load figures alone (cpu,
     /// memory, network, disk) are left out unless
-    /// `includeResourceChanges`.
+    /// `includeResourceChanges`. With `after` (an event's `cursor`), first
+    /// every logged event after it, then live ones, none missed or told
+    /// twice at the seam; a cursor the log no longer reaches is refused
+    /// (`CURSOR_EXPIRED`, with `extensions.oldestCursor`). Load-figure
+    /// changes are not logged, so not replayed.
     async fn host_events(
         &self,
         ctx: &Context<'_>,
         filter: Option<HostFilter>,
         #[graphql(default = false)] include_resource_changes: bool,
+        after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<HostEvent>> + use<>> {
-        let mut selected = select_host_events(ctx, filter, include_resource_changes)?;
+        let mut selected = select_host_events(ctx, filter, include_resource_changes, after).await?;
         let stamp = stamp(ctx);
         Ok(async_stream::stream! {
             loop {
@@ -346,14 +404,17 @@ impl Subscription {
     /// came within 10 ms of the last one, and at the latest 50 ms after
     /// its first. For consoles watching many hosts change at once: each
     /// subscriber gets one message per burst instead of one per host.
+    /// `after` resumes as in `hostEvents` (replayed events come in batches
+    /// of `maxBatch`).
     async fn host_event_batches(
         &self,
         ctx: &Context<'_>,
         filter: Option<HostFilter>,
         #[graphql(default = false)] include_resource_changes: bool,
         #[graphql(default = 1000, validator(minimum = 1, maximum = 10000))] max_batch: i32,
+        after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<Vec<HostEvent>>> + use<>> {
-        let mut selected = select_host_events(ctx, filter, include_resource_changes)?;
+        let mut selected = select_host_events(ctx, filter, include_resource_changes, after).await?;
         let stamp = stamp(ctx);
         let max_batch = max_batch.max(1) as usize;
         Ok(async_stream::stream! {

@@ -7,7 +7,7 @@ use async_graphql::{ComplexObject, Context, Enum, ID, Object, Result, SimpleObje
 use chrono::{DateTime, Utc};
 
 use super::loaders::{Loaders, TaskKey};
-use super::scalars::UInt64;
+use super::scalars::{UInt32, UInt64};
 use crate::cluster::{HealthSnapshot, SchedulerHandle};
 use crate::figure::figure;
 use crate::proto::common::v2 as pb;
@@ -138,8 +138,8 @@ impl SizeScope {
 
 #[derive(SimpleObject)]
 pub struct Cpu {
-    pub logical_count: u32,
-    pub physical_count: u32,
+    pub logical_count: UInt32,
+    pub physical_count: UInt32,
     /// Host CPU in use, percent; null when the scheduler sent no finite figure (NaN
     /// or +-Inf; see docs/real-world-data.md).
     pub percent: Option<f64>,
@@ -164,8 +164,8 @@ pub struct Memory {
 
 #[derive(SimpleObject)]
 pub struct Network {
-    pub tcp_connection_count: u32,
-    pub upload_tcp_connection_count: u32,
+    pub tcp_connection_count: UInt32,
+    pub upload_tcp_connection_count: UInt32,
     pub idc: Option<String>,
     pub location: Option<String>,
     pub max_rx_bandwidth: UInt64,
@@ -231,6 +231,18 @@ impl Host {
     async fn proxy_port(&self) -> i32 {
         self.0.proxy_port
     }
+    /// Whether the host answers its own gRPC health service (on
+    /// `ip:port`), as dfgraph last probed it; the scheduler may list a host
+    /// that stopped answering for 10-15 minutes.
+    async fn liveness(&self, ctx: &Context<'_>) -> Result<HostLiveness> {
+        if let Ok(loaders) = ctx.data::<Loaders>() {
+            loaders.freshness.record_uncacheable();
+        }
+        let liveness = &ctx.data::<super::GatewayState>()?.liveness;
+        Ok(HostLiveness::of(
+            liveness.get(self.0.scheduler_cluster_id, &self.0.id),
+        ))
+    }
     async fn os(&self) -> &str {
         &self.0.os
     }
@@ -254,8 +266,8 @@ impl Host {
     }
     async fn cpu(&self) -> Option<Cpu> {
         self.0.cpu.as_ref().map(|c| Cpu {
-            logical_count: c.logical_count,
-            physical_count: c.physical_count,
+            logical_count: c.logical_count.into(),
+            physical_count: c.physical_count.into(),
             percent: figure(c.percent),
             process_percent: figure(c.process_percent),
         })
@@ -272,8 +284,8 @@ impl Host {
     }
     async fn network(&self) -> Option<Network> {
         self.0.network.as_ref().map(|n| Network {
-            tcp_connection_count: n.tcp_connection_count,
-            upload_tcp_connection_count: n.upload_tcp_connection_count,
+            tcp_connection_count: n.tcp_connection_count.into(),
+            upload_tcp_connection_count: n.upload_tcp_connection_count.into(),
             idc: n.idc.clone(),
             location: n.location.clone(),
             max_rx_bandwidth: n.max_rx_bandwidth.into(),
@@ -367,8 +379,8 @@ impl Peer {
         self.peer.pieces.len()
     }
     /// Pieces the task has in total.
-    async fn piece_count(&self) -> Option<u32> {
-        self.peer.task.as_ref().map(|t| t.piece_count)
+    async fn piece_count(&self) -> Option<UInt32> {
+        self.peer.task.as_ref().map(|t| t.piece_count.into())
     }
     async fn cost_ms(&self) -> Option<f64> {
         duration_ms(self.peer.cost.as_ref())
@@ -376,8 +388,8 @@ impl Peer {
     async fn need_back_to_source(&self) -> bool {
         self.peer.need_back_to_source
     }
-    async fn concurrent_piece_count(&self) -> Option<u32> {
-        self.peer.concurrent_piece_count
+    async fn concurrent_piece_count(&self) -> Option<UInt32> {
+        self.peer.concurrent_piece_count.map(UInt32)
     }
     async fn created_at(&self) -> Option<DateTime<Utc>> {
         timestamp(self.peer.created_at.as_ref())
@@ -448,8 +460,8 @@ impl Task {
     async fn content_length(&self) -> UInt64 {
         self.task.content_length.into()
     }
-    async fn piece_count(&self) -> u32 {
-        self.task.piece_count
+    async fn piece_count(&self) -> UInt32 {
+        self.task.piece_count.into()
     }
     async fn size_scope(&self) -> SizeScope {
         SizeScope::from_wire(self.task.size_scope)
@@ -460,8 +472,8 @@ impl Task {
     async fn raw_state(&self) -> &str {
         &self.task.state
     }
-    async fn peer_count(&self) -> u32 {
-        self.task.peer_count
+    async fn peer_count(&self) -> UInt32 {
+        self.task.peer_count.into()
     }
     async fn has_available_peer(&self) -> bool {
         self.task.has_available_peer
@@ -578,4 +590,63 @@ pub struct SchedulerCluster {
     /// Some scheduler's hosts carry another scheduler cluster id than
     /// `id` (each scheduler's `clusterIdMismatch` says which).
     pub cluster_id_mismatch: bool,
+}
+
+/// Whether a host answers its health service.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LivenessState {
+    /// Its last probe was answered `SERVING`.
+    Reachable,
+    /// Its last `liveness.failures` probes in a row failed.
+    Unreachable,
+    /// Not probed (yet, or at all: probing off, or its address outside
+    /// `liveness.networks`), or failing fewer times than that since first
+    /// seen.
+    Unknown,
+}
+
+impl From<crate::liveness::State> for LivenessState {
+    fn from(state: crate::liveness::State) -> Self {
+        match state {
+            crate::liveness::State::Reachable => LivenessState::Reachable,
+            crate::liveness::State::Unreachable => LivenessState::Unreachable,
+            crate::liveness::State::Unknown => LivenessState::Unknown,
+        }
+    }
+}
+
+/// What dfgraph's probes of a host's gRPC health service found.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct HostLiveness {
+    pub state: LivenessState,
+    /// Since when `state` holds (null for `UNKNOWN` without a probe).
+    pub since: Option<DateTime<Utc>>,
+    /// When the last probe ended.
+    pub last_probe_at: Option<DateTime<Utc>>,
+    /// Round trip of the last answered probe, in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Failed probes since the last answered one.
+    pub consecutive_failures: u32,
+}
+
+impl HostLiveness {
+    fn of(record: Option<crate::liveness::Record>) -> HostLiveness {
+        let at = |ms: i64| DateTime::from_timestamp_millis(ms);
+        match record {
+            None => HostLiveness {
+                state: LivenessState::Unknown,
+                since: None,
+                last_probe_at: None,
+                latency_ms: None,
+                consecutive_failures: 0,
+            },
+            Some(r) => HostLiveness {
+                state: r.state.into(),
+                since: at(r.since_ms),
+                last_probe_at: at(r.last_probe_ms),
+                latency_ms: r.latency_us.map(|us| us as f64 / 1000.0),
+                consecutive_failures: r.consecutive_failures,
+            },
+        }
+    }
 }

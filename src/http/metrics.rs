@@ -186,6 +186,7 @@ pub fn describe_all() {
     crate::cache::metric::describe();
     crate::cluster::metric::describe();
     crate::events::metric::describe();
+    crate::liveness::metric::describe();
     crate::redis::metric::describe();
     super::metric::describe();
 }

@@ -1,10 +1,14 @@
 //! Real schedulers' data: the values real dfdaemons send (non-finite
-//! percentages, ties, hosts without load figures) reach the console
-//! without breaking the schema, and every page walk ends.
+//! percentages, ties, hosts without load figures, maximal counters, odd
+//! names, schedulers whose own cluster id differs from dfgraph's) reach
+//! the console without breaking the schema, every page walk ends, and one
+//! cluster id is used everywhere. Much of it against the simulator's
+//! `edge` profile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::nullness::Schema;
 use crate::support::live::{
     HOST_EVENTS, INTERVAL, live_config, next_event, query as live_query, wait_until,
 };
@@ -14,7 +18,7 @@ use crate::support::{TestEnv, gateway_config, small_sim};
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
 use dfgraph::proto::common::v2::{Cpu, Disk, Host, Memory};
-use dfgraph_sim::SimCluster;
+use dfgraph_sim::{Profile, SimCluster, SimConfig};
 use serde_json::{Value, json};
 
 const ORDERS: [&str; 8] = [
@@ -425,5 +429,310 @@ async fn events_and_cached_lists_carry_the_served_cluster_id() {
     assert_eq!(data["host"]["schedulerClusterId"], "11");
     reader.shutdown().await;
     watcher.shutdown().await;
+    sim.shutdown().await;
+}
+
+// ----- the `edge` profile: a simulated cluster at its oddest -----
+
+/// A frozen cluster of the `edge` profile: cluster 2's schedulers write
+/// 102 in their hosts.
+fn edge_sim() -> SimConfig {
+    SimConfig {
+        clusters: 2,
+        schedulers_per_cluster: 2,
+        hosts: 64,
+        tasks: 16,
+        peers_per_task: 4,
+        seed: 11,
+        tick_interval: None,
+        profile: Profile::Edge,
+        ..SimConfig::default()
+    }
+}
+
+/// Room for the queries that ask for every field.
+fn roomy(config: &mut Config) {
+    config.limits.max_depth = 40;
+    config.limits.max_complexity = 10_000_000;
+}
+
+/// One of the console's own queries, from `assets/console/console.js`,
+/// with the fragments it interpolates.
+fn console_query(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/console/console.js");
+    let js = std::fs::read_to_string(path).expect("console.js is readable");
+    let constant = |name: &str| -> String {
+        let start = js
+            .find(&format!("const {name} = `"))
+            .unwrap_or_else(|| panic!("console.js has no {name}"));
+        let body = &js[start..];
+        let open = body.find('`').unwrap() + 1;
+        let close = open + body[open..].find('`').unwrap();
+        body[open..close].to_owned()
+    };
+    let mut query = constant(name);
+    while let Some(at) = query.find("${") {
+        let end = at + query[at..].find('}').unwrap();
+        let inner = constant(&query[at + 2..end]);
+        query.replace_range(at..=end, &inner);
+    }
+    query
+}
+
+async fn edge_env() -> TestEnv {
+    TestEnv::start(edge_sim(), roomy).await
+}
+
+/// The data of `query`, asserting no errors and every promise of the
+/// schema kept.
+async fn kept(env: &TestEnv, schema: &Schema, query: &str, variables: Value) -> Value {
+    let data = env.data(query, variables).await;
+    let broken = schema.broken_promises("Query", &data);
+    assert!(broken.is_empty(), "{query}:\n{}", broken.join("\n"));
+    data
+}
+
+#[tokio::test]
+async fn every_field_keeps_the_schemas_promise_for_what_the_edge_profile_sends() {
+    let env = edge_env().await;
+    let schema = Schema::exported();
+    let host = schema.every_field("Host", 2);
+    let data = kept(
+        &env,
+        &schema,
+        &format!("{{ hosts(first: 1000) {{ totalCount edges {{ cursor node {{ {host} }} }} }} }}"),
+        json!({}),
+    )
+    .await;
+    let nodes: Vec<&Value> = data["hosts"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["node"])
+        .collect();
+    assert_eq!(nodes.len(), 64);
+    // What makes the profile odd did reach the console.
+    let some = |what: &str, test: &dyn Fn(&Value) -> bool| {
+        assert!(nodes.iter().any(|n| test(n)), "no host with {what}");
+    };
+    some("no cpu at all", &|n| n["cpu"].is_null());
+    some("a NaN cpu figure", &|n| {
+        n["cpu"].is_object() && n["cpu"]["percent"].is_null()
+    });
+    some("memory.total at u64::MAX", &|n| {
+        n["memory"]["total"].as_u64() == Some(u64::MAX)
+    });
+    some("u32::MAX connections", &|n| {
+        n["network"]["tcpConnectionCount"].as_u64() == Some(u64::from(u32::MAX))
+    });
+    some("an IPv6 address", &|n| {
+        n["ip"].as_str().unwrap().contains(':')
+    });
+    some("a non-ASCII hostname", &|n| {
+        !n["hostname"].as_str().unwrap().is_ascii()
+    });
+    some("port 0", &|n| n["port"] == 0);
+    // The float whose decimal form is easy to get wrong, as sent (read
+    // as text: a JSON parser may round it).
+    let raw = env
+        .query_text(
+            "{ hosts(first: 1000) { nodes { memory { usedPercent } } } }",
+            json!({}),
+        )
+        .await;
+    assert!(raw.contains("98.36355994880891"), "{raw}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["schedulerClusterId"] == "1" || n["schedulerClusterId"] == "2"),
+        "cluster 2's hosts say 102 on the wire, 2 here"
+    );
+
+    let task = schema.every_field("Task", 1);
+    let peer = schema.every_field("Peer", 2);
+    let (mut bare, mut peerless) = (0, 0);
+    for cluster in env.sim.cluster_ids() {
+        let ids: Vec<String> = env.sim.tasks(cluster).into_iter().map(|t| t.id).collect();
+        let data = kept(
+            &env,
+            &schema,
+            &format!("query($ids: [ID!]!, $c: ID) {{ tasks(ids: $ids, schedulerClusterId: $c) {{ {task} }} }}"),
+            json!({ "ids": ids, "c": cluster.to_string() }),
+        )
+        .await;
+        let tasks = data["tasks"].as_array().unwrap();
+        assert!(tasks.iter().all(Value::is_object), "every task found");
+        peerless += tasks.iter().filter(|t| t["peerCount"] == 0).count();
+        let keys: Vec<Value> = env
+            .sim
+            .peer_keys(cluster)
+            .into_iter()
+            .map(|(host, task, peer)| json!({ "hostId": host, "taskId": task, "peerId": peer }))
+            .collect();
+        let data = kept(
+            &env,
+            &schema,
+            &format!("query($keys: [PeerKeyInput!]!, $c: ID) {{ peers(keys: $keys, schedulerClusterId: $c) {{ {peer} }} }}"),
+            json!({ "keys": keys, "c": cluster.to_string() }),
+        )
+        .await;
+        let peers = data["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), keys.len());
+        bare += peers.iter().filter(|p| p["task"].is_null()).count();
+    }
+    assert!(bare > 0, "some peers came without their task");
+    assert!(peerless > 0, "some tasks have no peers");
+    let stats = schema.every_field("HostStats", 1);
+    let clusters = schema.every_field("SchedulerCluster", 2);
+    kept(
+        &env,
+        &schema,
+        &format!("{{ hostStats {{ {stats} }} schedulerClusters {{ {clusters} }} }}"),
+        json!({}),
+    )
+    .await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn the_consoles_own_queries_answer_the_edge_profile_in_full() {
+    let env = edge_env().await;
+    let schema = Schema::exported();
+    let stats = kept(&env, &schema, &console_query("STATS_QUERY"), json!({})).await;
+    let stats = &stats["hostStats"];
+    assert_eq!(stats["total"], 64);
+    assert_eq!(stats["countedClusters"], json!(["1", "2"]));
+    let served: BTreeSet<&str> = stats["bySchedulerCluster"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(served, BTreeSet::from(["1", "2"]), "never the wire's 102");
+    assert!(
+        stats["byIdc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["value"] == "机房-α"),
+        "{stats}"
+    );
+    let hosts_query = console_query("HOSTS_QUERY");
+    for field in ORDERS {
+        for direction in ["ASC", "DESC"] {
+            let order = json!({ "field": field, "direction": direction });
+            let page = kept(
+                &env,
+                &schema,
+                &hosts_query,
+                json!({ "first": 50, "orderBy": order }),
+            )
+            .await;
+            assert_eq!(page["hosts"]["totalCount"], 64);
+        }
+    }
+    let health = kept(&env, &schema, &console_query("HEALTH_QUERY"), json!({})).await;
+    assert_eq!(health["schedulerClusters"].as_array().unwrap().len(), 2);
+    let mismatched = env
+        .data(
+            "{ schedulerClusters { id clusterIdMismatch schedulers { announcedClusterId } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        mismatched["schedulerClusters"][1]["clusterIdMismatch"], true,
+        "{mismatched}"
+    );
+    let tasks: Vec<String> = env.sim.tasks(1).into_iter().map(|t| t.id).collect();
+    kept(
+        &env,
+        &schema,
+        &console_query("TASK_QUERY"),
+        json!({ "ids": tasks, "schedulerClusterId": "1" }),
+    )
+    .await;
+    for (host, task, peer) in env.sim.peer_keys(2) {
+        let variables = json!({ "hostId": host, "taskId": task, "peerId": peer,
+                                "schedulerClusterId": "2" });
+        let data = kept(&env, &schema, &console_query("PEER_QUERY"), variables).await;
+        assert!(data["peer"].is_object(), "{data}");
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn every_order_pages_the_edge_profile_to_its_end() {
+    let env = edge_env().await;
+    for field in ORDERS {
+        for direction in ["ASC", "DESC"] {
+            let order = json!({ "field": field, "direction": direction });
+            let whole = walk(&env, &order, 1000, true).await;
+            assert_eq!(whole.len(), 64, "{order}");
+            let distinct: BTreeSet<&String> = whole.iter().collect();
+            assert_eq!(distinct.len(), 64, "{order}: a host listed twice");
+            for (size, forward) in [(1, true), (7, true), (7, false), (1, false)] {
+                let met = walk(&env, &order, size, forward).await;
+                assert_eq!(met, whole, "{order}, pages of {size}, forward {forward}");
+            }
+        }
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn the_rest_peers_list_serves_the_edge_profile() {
+    let env = edge_env().await;
+    let rows: Value =
+        serde_json::from_str(&env.get_text("/api/v1/peers?per_page=1000").await).unwrap();
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 64);
+    let clusters: BTreeSet<u64> = rows
+        .iter()
+        .map(|r| r["scheduler_cluster_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(clusters, BTreeSet::from([1, 2]));
+    assert!(rows.iter().any(|r| r["ip"].as_str().unwrap().contains(':')));
+    assert!(
+        rows.iter()
+            .any(|r| !r["host_name"].as_str().unwrap().is_ascii())
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_events_of_the_edge_profile_keep_the_schemas_promise() {
+    let schema = Schema::exported();
+    let sim = SimCluster::start(edge_sim()).await.unwrap();
+    let mut config = live_config(&sim, None);
+    roomy(&mut config);
+    let gateway = Gateway::start(config).await.unwrap();
+    let host = schema.every_field("Host", 2);
+    let mut client = WsClient::ready(&gateway.url()).await;
+    let subscription = format!(
+        "subscription {{ hostEvents(includeResourceChanges: true) {{ kind changedFields observedAt schedulerClusterId host {{ {host} }} }} }}"
+    );
+    client.subscribe("h", &subscription, json!({})).await;
+    wait_until("subscription live", Duration::from_secs(5), || {
+        gateway.state.events.live_subscriptions() == 1
+    })
+    .await;
+    tokio::time::sleep(INTERVAL * 4).await;
+    // A NaN host joins cluster 2, whose other hosts say 102.
+    let mut joining = non_finite("edge-joins", f64::NAN, f64::INFINITY, f64::NAN);
+    joining.scheduler_cluster_id = 2;
+    sim.upsert_host(joining);
+    let event = loop {
+        let event = next_event(&mut client, "h", Duration::from_secs(5)).await;
+        let broken = schema.broken_promises("Subscription", &event);
+        assert!(broken.is_empty(), "{}", broken.join("\n"));
+        if event["hostEvents"]["host"]["id"] == "edge-joins" {
+            break event;
+        }
+    };
+    assert_eq!(event["hostEvents"]["kind"], "JOINED");
+    assert_eq!(event["hostEvents"]["schedulerClusterId"], "2");
+    assert_eq!(event["hostEvents"]["host"]["schedulerClusterId"], "2");
+    assert_eq!(event["hostEvents"]["host"]["cpu"]["percent"], Value::Null);
+    gateway.shutdown().await;
     sim.shutdown().await;
 }

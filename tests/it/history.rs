@@ -1,13 +1,16 @@
 //! The event log end to end: what subscribers were told is kept (in Redis,
 //! once however many replicas; in process without Redis), and the past
 //! can be asked for: the host event log paged by cursor, one host's
-//! events, the hosts that churned, how far back the log reaches.
+//! events, the hosts that churned, how far back the log reaches. A
+//! subscriber resumes from its last cursor on any replica, and a replica
+//! that could not hear the bus catches up from the log: every event once,
+//! in order.
 
 use std::time::Duration;
 
 use crate::support::live::{INTERVAL, live_config, next_event, query, wait_until};
 use crate::support::redis::RedisServer;
-use crate::support::ws::WsClient;
+use crate::support::ws::{Received, WsClient};
 use crate::support::{TestEnv, small_sim};
 use dfgraph::gateway::Gateway;
 use dfgraph_sim::SimCluster;
@@ -30,7 +33,12 @@ async fn restart_host(
     subscriber: &mut WsClient,
     times: usize,
 ) -> (String, Vec<Value>) {
-    let host = sim.hosts(1).remove(0);
+    // The same host every time: the one with the lowest id.
+    let host = sim
+        .hosts(1)
+        .into_iter()
+        .min_by(|a, b| a.id.cmp(&b.id))
+        .expect("cluster 1 has hosts");
     let mut told = Vec::new();
     for _ in 0..times {
         assert!(sim.remove_host(1, &host.id));
@@ -42,6 +50,18 @@ async fn restart_host(
     assert_eq!(kinds, ["LEFT", "JOINED"].repeat(times), "{told:?}");
     assert!(told.iter().all(|e| e["host"]["id"] == host.id.as_str()));
     (host.id, told)
+}
+
+/// A simulated cluster and two replicas sharing `redis`.
+async fn two_replicas(redis: &RedisServer) -> (SimCluster, Gateway, Gateway) {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let a = Gateway::start(live_config(&sim, Some(redis)))
+        .await
+        .unwrap();
+    let b = Gateway::start(live_config(&sim, Some(redis)))
+        .await
+        .unwrap();
+    (sim, a, b)
 }
 
 /// A gateway with a `hostEvents` subscriber (id "h") past its first poll.
@@ -72,13 +92,7 @@ fn cursors(events: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarting_host_is_logged_once_across_replicas_and_its_history_pages_by_cursor() {
     let redis = RedisServer::start();
-    let sim = SimCluster::start(small_sim()).await.unwrap();
-    let a = Gateway::start(live_config(&sim, Some(&redis)))
-        .await
-        .unwrap();
-    let b = Gateway::start(live_config(&sim, Some(&redis)))
-        .await
-        .unwrap();
+    let (sim, a, b) = two_replicas(&redis).await;
     let mut on_a = subscribed(&a).await;
     let mut on_b = subscribed(&b).await;
 
@@ -201,4 +215,123 @@ async fn a_cursor_dfgraph_did_not_make_is_refused() {
     let message = body["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("not an event cursor"), "{body}");
     env.stop().await;
+}
+
+const RESUME: &str = "subscription($after: EventCursor) {
+  hostEvents(after: $after) { kind host { id } cursor }
+}";
+
+/// The next `n` host events of subscription "h".
+async fn host_events(client: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    for _ in 0..n {
+        events.push(next_event(client, "h", Duration::from_secs(5)).await["hostEvents"].clone());
+    }
+    events
+}
+
+/// Every logged event of `host_id`, oldest first.
+async fn logged(gateway: &Gateway, host_id: &str) -> Vec<Value> {
+    let page = query(&gateway.url(), LOG, json!({"host": host_id, "first": 100})).await;
+    let mut events = page["hostEventLog"]["events"].as_array().unwrap().clone();
+    events.reverse();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resuming_on_another_replica_gets_what_it_missed_once_in_order_then_live() {
+    let redis = RedisServer::start();
+    let (sim, a, b) = two_replicas(&redis).await;
+    // Someone stays subscribed, so host lists stay watched meanwhile.
+    let mut keeper = subscribed(&b).await;
+    let mut client = subscribed(&a).await;
+    let (host_id, before) = restart_host(&sim, &mut client, 1).await;
+    let last_told = before[1]["cursor"].clone();
+    drop(client);
+    assert_eq!(host_events(&mut keeper, 2).await, before);
+
+    // Away: the host restarts three more times.
+    let (_, missed) = restart_host(&sim, &mut keeper, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Back, on the other replica, from its last cursor.
+    let mut back = WsClient::ready(&b.url()).await;
+    back.subscribe("h", RESUME, json!({"after": last_told}))
+        .await;
+    let replayed = host_events(&mut back, missed.len()).await;
+    assert_eq!(cursors(&replayed), cursors(&missed));
+    // Then live, without a seam: the next change comes once.
+    assert!(sim.remove_host(1, &host_id));
+    let live = host_events(&mut back, 1).await;
+    assert_eq!(live[0]["kind"], "LEFT");
+    assert_eq!(back.receive(INTERVAL * 5).await, Received::Nothing);
+
+    // What it was told, before and after, is the log: every event once.
+    let mut told = before;
+    told.extend(replayed);
+    told.extend(live);
+    assert_eq!(cursors(&told), cursors(&logged(&a, &host_id).await));
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_the_log_is_refused_with_the_oldest_one_available() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let mut config = live_config(&sim, None);
+    config.event_log.max_entries = 2;
+    let gateway = Gateway::start(config).await.unwrap();
+    let mut client = subscribed(&gateway).await;
+    let (_, told) = restart_host(&sim, &mut client, 2).await;
+
+    let mut late = WsClient::ready(&gateway.url()).await;
+    late.subscribe("h", RESUME, json!({"after": told[0]["cursor"]}))
+        .await;
+    let refused = late.message(Duration::from_secs(5)).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    let error = &refused["payload"][0];
+    assert_eq!(error["extensions"]["code"], "CURSOR_EXPIRED", "{error}");
+    assert_eq!(error["extensions"]["oldestCursor"], told[2]["cursor"]);
+    // From the oldest available, the rest comes.
+    late.subscribe("h", RESUME, json!({"after": told[2]["cursor"]}))
+        .await;
+    let rest = host_events(&mut late, 1).await;
+    assert_eq!(cursors(&rest), cursors(&told[3..]));
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_could_not_hear_the_bus_delivers_what_it_missed_from_the_log() {
+    let redis = RedisServer::start();
+    // Its commands work, but its listener may not subscribe: the leader's
+    // events do not reach it, as when its pub/sub connection is down.
+    redis.add_deaf_user("deaf");
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let leader = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
+    let mut on_leader = subscribed(&leader).await;
+    let mut config = live_config(&sim, Some(&redis));
+    config.redis = Some(redis.url_as("deaf", "pw"));
+    let follower = Gateway::start(config).await.unwrap();
+    let mut on_follower = subscribed(&follower).await;
+    assert!(!follower.state.events.bus.listening().0);
+
+    let (host_id, told) = restart_host(&sim, &mut on_leader, 2).await;
+    assert_eq!(on_follower.receive(INTERVAL * 3).await, Received::Nothing);
+
+    // It hears again: what it missed comes first, once, in order.
+    redis.acl_setuser("deaf", &["+subscribe"]);
+    let caught_up = host_events(&mut on_follower, told.len()).await;
+    assert_eq!(cursors(&caught_up), cursors(&told));
+    // Then the live ones, once.
+    assert!(sim.remove_host(1, &host_id));
+    let live = host_events(&mut on_follower, 1).await;
+    assert_eq!(live, host_events(&mut on_leader, 1).await);
+    assert_eq!(on_follower.receive(INTERVAL * 5).await, Received::Nothing);
+    leader.shutdown().await;
+    follower.shutdown().await;
+    sim.shutdown().await;
 }

@@ -441,19 +441,7 @@ async fn a_replica_that_cannot_hear_the_leader_polls_its_own_subscriptions() {
     // but its listener may not subscribe: the leader's events cannot
     // reach it, as when its pub/sub connection is down and the rest is
     // not.
-    redis.acl_setuser(
-        "deaf",
-        &[
-            "on",
-            ">pw",
-            "resetchannels",
-            "&dfgraph:*",
-            "~dfgraph:*",
-            "+@all",
-            "-@dangerous",
-            "-subscribe",
-        ],
-    );
+    redis.add_deaf_user("deaf");
     let sim = SimCluster::start(small_sim()).await.unwrap();
     let clusters = sim.cluster_ids();
     let (leader, on_leader, leader_id) =

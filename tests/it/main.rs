@@ -14,6 +14,10 @@ mod support;
 // CLI's tests share and which has no axum there.
 #[path = "support/manager.rs"]
 mod manager;
+// The schema's promises checked against responses: not in `support`
+// either, the CLI's tests have no async-graphql.
+#[path = "support/nullness.rs"]
+mod nullness;
 
 mod auth;
 mod browser;
@@ -26,6 +30,7 @@ mod gateway;
 mod history;
 mod limits;
 mod live;
+mod liveness;
 mod persisted;
 mod redis_cluster;
 mod resilience;

@@ -7,6 +7,7 @@
 //! errors by code, scheduler RPCs by method, cache hit ratio and RSS.
 //! The live scenario ([`live`]) measures subscriptions instead.
 
+pub mod bus;
 pub mod live;
 pub mod scenario;
 pub mod watch;
@@ -405,6 +406,9 @@ async fn start_in_process(args: &BenchArgs) -> Result<(SimCluster, Gateway), Ben
     };
     config.cache.enabled = !args.no_cache;
     config.watch.enabled = !args.no_watch;
+    // Not what these scenarios measure (and their hosts serve no health).
+    config.liveness.enabled = false;
+    config.liveness.networks = vec!["127.0.0.0/8".into()];
     config.response_cache.enabled = !args.no_response_cache;
     config.limits.max_complexity = 1_000_000;
     let gateway = Gateway::start(config).await?;

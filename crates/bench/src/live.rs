@@ -554,6 +554,8 @@ async fn start_cluster_and_gateways(
     };
     config.watch.interval = args.watch_interval;
     config.watch.lease_ttl = args.watch_interval * 3;
+    config.liveness.enabled = false;
+    config.liveness.networks = vec!["127.0.0.0/8".into()];
     config.subscriptions.total = args.subscribers.max(1) + 100;
     let mut gateways = Vec::with_capacity(replicas);
     for _ in 0..replicas {

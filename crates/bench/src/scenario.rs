@@ -25,6 +25,10 @@ pub enum Scenario {
     /// No queries: what watching the host lists costs an idle gateway,
     /// simulator and gateway as processes of their own; see `bench::watch`.
     Watch,
+    /// No gateway: pub/sub against a Redis stream read with `XREAD BLOCK`
+    /// as the bus between replicas, and the event log's replay rate and
+    /// memory; see `bench::bus`.
+    Bus,
 }
 
 const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
@@ -40,7 +44,7 @@ impl Scenario {
         Ok(match self {
             Scenario::Overview => vec![json!({ "query": OVERVIEW })],
             Scenario::Trivial => vec![json!({ "query": "{ __typename }" })],
-            Scenario::Live | Scenario::RawListHosts | Scenario::Watch => {
+            Scenario::Live | Scenario::RawListHosts | Scenario::Watch | Scenario::Bus => {
                 return Err(BenchError::Scenario(format!(
                     "the {self:?} scenario sends no GraphQL queries"
                 )));

@@ -82,8 +82,25 @@ impl SimulateArgs {
             listen_ip: self.listen.ip(),
             base_port: self.listen.port(),
             host_health: true,
+            profile: match self.profile {
+                SimProfile::Standard => dfgraph_sim::Profile::Standard,
+                SimProfile::Edge => dfgraph_sim::Profile::Edge,
+            },
         }
     }
+}
+
+/// What the simulated data looks like (`simulate --profile`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimProfile {
+    /// Tidy: every field set, every figure finite.
+    #[default]
+    Standard,
+    /// What real schedulers send at their oddest: NaN and +-Inf
+    /// percentages, sparse hosts, IPv6 and non-ASCII names, maximal
+    /// counters, ports 0, duplicate hostnames, a cluster whose hosts carry
+    /// another cluster id, peers without host or task, tasks with no peers.
+    Edge,
 }
 
 /// Where the schedulers are; shared by `serve` and `status`.
@@ -192,6 +209,9 @@ pub struct SimulateArgs {
     /// How often the workload moves, e.g. 1s; 0s for a frozen cluster.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub tick: std::time::Duration,
+    /// The data's look: `standard`, or `edge` for real-world oddities.
+    #[arg(long, value_enum, default_value_t = SimProfile::Standard)]
+    pub profile: SimProfile,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -173,6 +173,9 @@ async fn embed_simulator(config: &mut Config) -> anyhow::Result<SimCluster> {
         .iter()
         .map(|s| format!("{}={}", s.cluster_id, s.addr))
         .collect();
+    // The simulated hosts live on loopback addresses: the demo's probes
+    // never leave this machine, whatever the configuration says.
+    config.liveness.networks = vec!["127.0.0.0/8".into()];
     tracing::info!(
         schedulers = config.schedulers.len(),
         manager = %sim.manager_addr(),

@@ -79,6 +79,8 @@ struct Endpoint {
     addr: SocketAddr,
     mode: Arc<watch::Sender<HostMode>>,
     checks: Arc<AtomicU64>,
+    /// Checks still to fail (`UNAVAILABLE`) before answering again.
+    lose: Arc<AtomicU64>,
     server: Option<JoinHandle<()>>,
 }
 
@@ -93,6 +95,7 @@ pub(crate) struct Hosts {
 struct HostHealth {
     mode: Arc<watch::Sender<HostMode>>,
     checks: Arc<AtomicU64>,
+    lose: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -102,6 +105,13 @@ impl Health for HostHealth {
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         self.checks.fetch_add(1, Ordering::Relaxed);
+        let lost = self
+            .lose
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            return Err(Status::unavailable("simulated lost probe"));
+        }
         let mut mode = self.mode.subscribe();
         loop {
             match *mode.borrow_and_update() {
@@ -137,13 +147,11 @@ impl Health for HostHealth {
 fn serve(
     listener: TcpListener,
     addr: SocketAddr,
-    mode: Arc<watch::Sender<HostMode>>,
-    checks: Arc<AtomicU64>,
+    service: HostHealth,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let mut stopped = mode.subscribe();
-    let gate = mode.subscribe();
-    let service = HostHealth { mode, checks };
+    let mut stopped = service.mode.subscribe();
+    let gate = service.mode.subscribe();
     tokio::spawn(async move {
         let incoming =
             futures::stream::unfold((listener, gate), |(listener, mut gate)| async move {
@@ -171,7 +179,26 @@ fn serve(
     })
 }
 
+impl Endpoint {
+    fn service(&self) -> HostHealth {
+        HostHealth {
+            mode: Arc::clone(&self.mode),
+            checks: Arc::clone(&self.checks),
+            lose: Arc::clone(&self.lose),
+        }
+    }
+}
+
 impl Hosts {
+    /// Makes a host's next `n` checks fail with `UNAVAILABLE` (lost
+    /// probes); false for a host without a health service.
+    pub(crate) fn lose_checks(&self, host_id: &str, n: u64) -> bool {
+        self.endpoints()
+            .get(host_id)
+            .map(|e| e.lose.store(n, Ordering::Relaxed))
+            .is_some()
+    }
+
     pub(crate) fn new(shutdown: watch::Receiver<bool>) -> Self {
         Self {
             binder: Arc::default(),
@@ -208,24 +235,20 @@ impl Hosts {
                     continue;
                 }
             };
-            let mode = Arc::new(watch::Sender::new(HostMode::Serving));
-            let checks = Arc::new(AtomicU64::new(0));
-            let server = serve(
+            let mut endpoint = Endpoint {
+                addr,
+                mode: Arc::new(watch::Sender::new(HostMode::Serving)),
+                checks: Arc::default(),
+                lose: Arc::default(),
+                server: None,
+            };
+            endpoint.server = Some(serve(
                 listener,
                 addr,
-                Arc::clone(&mode),
-                Arc::clone(&checks),
+                endpoint.service(),
                 self.shutdown.clone(),
-            );
-            endpoints.insert(
-                host_id,
-                Endpoint {
-                    addr,
-                    mode,
-                    checks,
-                    server: Some(server),
-                },
-            );
+            ));
+            endpoints.insert(host_id, endpoint);
         }
         endpoints.retain(|host_id, endpoint| {
             let keep = listed.contains(host_id);
@@ -272,7 +295,7 @@ impl Hosts {
     /// Returns once the change holds: a stopped host refuses connections,
     /// a host back from being stopped accepts them.
     pub(crate) async fn set_mode(&self, host_id: &str, to: HostMode) -> bool {
-        let (from, old_server, addr, mode, checks) = {
+        let (from, old_server, addr, service) = {
             let mut endpoints = self.endpoints();
             let Some(endpoint) = endpoints.get_mut(host_id) else {
                 return false;
@@ -281,13 +304,7 @@ impl Hosts {
             let old_server = (to == HostMode::Stopped)
                 .then(|| endpoint.server.take())
                 .flatten();
-            (
-                from,
-                old_server,
-                endpoint.addr,
-                Arc::clone(&endpoint.mode),
-                Arc::clone(&endpoint.checks),
-            )
+            (from, old_server, endpoint.addr, endpoint.service())
         };
         if let Some(mut server) = old_server
             && tokio::time::timeout(STOP_GRACE, &mut server).await.is_err()
@@ -299,11 +316,11 @@ impl Hosts {
                 Ok(l) => l,
                 Err(error) => {
                     tracing::warn!(%addr, %error, "a simulated host cannot come back");
-                    mode.send_replace(HostMode::Stopped);
+                    service.mode.send_replace(HostMode::Stopped);
                     return false;
                 }
             };
-            let server = serve(listener, addr, mode, checks, self.shutdown.clone());
+            let server = serve(listener, addr, service, self.shutdown.clone());
             if let Some(endpoint) = self.endpoints().get_mut(host_id) {
                 endpoint.server = Some(server);
             } else {

@@ -45,6 +45,7 @@ use dfgraph_proto::scheduler::v2::scheduler_server::SchedulerServer;
 pub use health::HostMode;
 use manager::ManagerService;
 use scheduler::{Faults, SchedulerService};
+pub use workload::ANNOUNCED_CLUSTER_OFFSET;
 use workload::{Shared, SharedWorkload, Workload, WorkloadParams, read, write};
 
 /// How to build a simulated cluster.
@@ -74,6 +75,22 @@ pub struct SimConfig {
     /// one listening socket per host. Off, hosts keep their loopback
     /// addresses with port 4000 and nothing answers there.
     pub host_health: bool,
+    /// What the data looks like: tidy, or real-world at its oddest.
+    pub profile: Profile,
+}
+
+/// What the simulated data looks like.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// Every field set, every figure finite, ids as configured.
+    #[default]
+    Standard,
+    /// The values real schedulers send (see `workload/edge.rs`): sparse
+    /// hosts, NaN and +-Inf percentages, IPv6 and non-ASCII names,
+    /// counters at their maximum, ports 0, duplicate hostnames, the last
+    /// cluster's hosts carrying its id plus [`ANNOUNCED_CLUSTER_OFFSET`],
+    /// peers without host or task, tasks with no peers.
+    Edge,
 }
 
 impl Default for SimConfig {
@@ -89,6 +106,7 @@ impl Default for SimConfig {
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             base_port: 0,
             host_health: true,
+            profile: Profile::Standard,
         }
     }
 }
@@ -330,9 +348,17 @@ impl SimCluster {
             seed: config.seed,
             binder: config.host_health.then(|| hosts.binder()),
         };
-        let workload = tokio::task::spawn_blocking(move || Workload::new(params))
-            .await
-            .map_err(|e| SimError::Workload(e.to_string()))?;
+        let edge = config.profile == Profile::Edge;
+        let workload = tokio::task::spawn_blocking(move || {
+            let mut workload = Workload::new(params);
+            if edge {
+                workload.edge = true;
+                workload.roughen();
+            }
+            workload
+        })
+        .await
+        .map_err(|e| SimError::Workload(e.to_string()))?;
         let state: SharedWorkload = Arc::new(Shared::new(workload));
         hosts.sync(&listed_hosts(&state));
 
@@ -438,6 +464,12 @@ impl SimCluster {
         read(&self.inner.state).peers(cluster_id)
     }
 
+    /// Every peer of a cluster as (host id, task id, peer id): what a
+    /// lookup needs, also for peers served without their host and task.
+    pub fn peer_keys(&self, cluster_id: u64) -> Vec<(String, String, String)> {
+        read(&self.inner.state).peer_keys(cluster_id)
+    }
+
     /// The scheduler that holds `task_id` now.
     pub fn task_owner(&self, task_id: &str) -> Option<SocketAddr> {
         read(&self.inner.state).task_owner(task_id)
@@ -484,6 +516,13 @@ impl SimCluster {
     /// whose port was taken meanwhile.
     pub async fn resume_host(&self, host_id: &str) -> bool {
         self.inner.hosts.set_mode(host_id, HostMode::Serving).await
+    }
+
+    /// Makes a host's next `n` health checks fail (`UNAVAILABLE`), as
+    /// lost probes do, then answer again. False for a host without a
+    /// health service.
+    pub fn lose_health_checks(&self, host_id: &str, n: u64) -> bool {
+        self.inner.hosts.lose_checks(host_id, n)
     }
 
     /// Health `Check` calls a host received, answered or not.

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use async_graphql::InputObject;
 
-use crate::graphql::types::HostType;
+use crate::graphql::types::{HostType, LivenessState};
 use crate::proto::common::v2::Host;
 
 /// Which hosts to list. Every given criterion must match.
@@ -22,6 +22,9 @@ pub struct HostFilter {
     pub commits: Option<Vec<String>>,
     /// Case-insensitive substring of hostname or ip.
     pub search: Option<String>,
+    /// Only hosts whose liveness (dfgraph's probes of their health
+    /// service) is one of these.
+    pub liveness: Option<Vec<LivenessState>>,
 }
 
 fn any_of(wanted: &Option<Vec<String>>, value: Option<&str>) -> bool {
@@ -61,6 +64,22 @@ impl HostFilter {
             .filter(|s| !s.is_empty())
     }
 
+    /// The filter without its `liveness` criterion, and that criterion:
+    /// liveness is not a property of the host lists, so listings apply it
+    /// apart (and their memo never sees it).
+    pub fn split_liveness(&self) -> (Cow<'_, HostFilter>, Option<Vec<LivenessState>>) {
+        match &self.liveness {
+            None => (Cow::Borrowed(self), None),
+            Some(wanted) => (
+                Cow::Owned(HostFilter {
+                    liveness: None,
+                    ..self.clone()
+                }),
+                Some(wanted.clone()),
+            ),
+        }
+    }
+
     /// The cluster ids the filter names, if any; unparsable ids are kept
     /// as an error for the caller to report.
     pub fn cluster_ids(&self) -> Result<Option<Vec<u64>>, String> {
@@ -76,7 +95,12 @@ impl HostFilter {
 }
 
 impl CompiledFilter<'_> {
-    /// True when the filter lets every host through.
+    /// The `liveness` criterion, if any (not part of [`Self::matches`]).
+    pub fn liveness(&self) -> Option<&[LivenessState]> {
+        self.filter.liveness.as_deref()
+    }
+
+    /// True when the filter lets every host through (`liveness` aside).
     pub fn is_empty(&self) -> bool {
         let f = &*self.filter;
         self.search.is_none()
@@ -88,6 +112,7 @@ impl CompiledFilter<'_> {
             && f.commits.is_none()
     }
 
+    /// Whether `host` matches every criterion but `liveness`.
     pub fn matches(&self, host: &Host) -> bool {
         let f = &*self.filter;
         if let Some(types) = &f.types

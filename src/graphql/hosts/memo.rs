@@ -185,6 +185,8 @@ fn filter_key(filter: &HostFilter) -> String {
         versions,
         commits,
         search,
+        // Applied apart from the memo (see `HostFilter::split_liveness`).
+        liveness: _,
     } = filter;
     format!("{types:?}|{idcs:?}|{locations:?}|{os:?}|{versions:?}|{commits:?}|{search:?}")
 }

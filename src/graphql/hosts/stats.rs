@@ -26,6 +26,10 @@ pub struct HostStats {
     pub by_location: Vec<Bucket>,
     pub by_os: Vec<Bucket>,
     pub by_scheduler_cluster: Vec<Bucket>,
+    /// By liveness state (`REACHABLE`, `UNREACHABLE`, `UNKNOWN`, each
+    /// present): whether the hosts answer dfgraph's probes of their
+    /// health service.
+    pub by_liveness: Vec<Bucket>,
     /// Clusters whose hosts are in these counts.
     pub counted_clusters: Vec<async_graphql::ID>,
     /// Clusters that could not be counted (their error is in `errors`).
@@ -80,6 +84,9 @@ pub fn host_stats<'a>(hosts: impl IntoIterator<Item = &'a Host>, filter: &HostFi
         by_location: location.buckets(),
         by_os: os.buckets(),
         by_scheduler_cluster: by_cluster,
+        // Liveness is not a property of the host lists: the resolver
+        // counts it when asked.
+        by_liveness: Vec::new(),
         counted_clusters: Vec::new(),
         missing_clusters: Vec::new(),
     }

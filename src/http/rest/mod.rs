@@ -212,15 +212,28 @@ struct ClusterList {
 }
 
 impl Snapshot {
-    /// Every host as a row, in the manager's order, with its first sighting.
-    async fn rows(&self, first_seen: &first_seen::FirstSeen) -> Vec<Row<'_>> {
+    /// Every host as a row, in the manager's order, with its first
+    /// sighting; a host whose health service does not answer is inactive
+    /// (as the manager marks a host it lost).
+    async fn rows(
+        &self,
+        first_seen: &first_seen::FirstSeen,
+        liveness: &crate::liveness::Liveness,
+    ) -> Vec<Row<'_>> {
         let mut rows = Vec::new();
         for c in &self.lists {
             let Some(list) = &c.list else { continue };
             let ids: Vec<&str> = list.hosts.iter().map(|h| h.id.as_str()).collect();
             let first = first_seen.of(c.cluster_id, &ids, self.now).await;
             rows.extend(list.hosts.iter().zip(first).map(|(host, first)| {
-                let mut row = Row::new(c.cluster_id, host, c.state, c.read_at);
+                let state = if liveness.state(c.cluster_id, &host.id)
+                    == crate::liveness::State::Unreachable
+                {
+                    INACTIVE
+                } else {
+                    c.state
+                };
+                let mut row = Row::new(c.cluster_id, host, state, c.read_at);
                 row.created_at = DateTime::from_timestamp_millis(first).unwrap_or(c.read_at);
                 row
             }));
@@ -347,7 +360,8 @@ async fn snapshot(app: &AppState, clusters: Vec<u64>) -> Result<Snapshot, Respon
 
 /// A host its scheduler lists now (the manager: seen by the last sync).
 const ACTIVE: &str = "active";
-/// A host of a list served while its cluster's schedulers fail.
+/// A host of a list served while its cluster's schedulers fail, or one
+/// whose health service does not answer.
 const INACTIVE: &str = "inactive";
 
 /// True when the latest call to any scheduler of the cluster failed.
@@ -394,7 +408,9 @@ async fn list_peers(
     if let Some(failure) = snapshot.all_failed() {
         return failure;
     }
-    let rows = snapshot.rows(&app.rest.first_seen).await;
+    let rows = snapshot
+        .rows(&app.rest.first_seen, &app.gateway.liveness)
+        .await;
     let matching: Vec<&Row<'_>> = rows.iter().filter(|r| r.matches(&query.filter)).collect();
     let on_page: Vec<&Row<'_>> = matching
         .iter()
@@ -454,7 +470,9 @@ async fn get_peer(
         Ok(snapshot) => snapshot,
         Err(refused) => return refused,
     };
-    let rows = snapshot.rows(&app.rest.first_seen).await;
+    let rows = snapshot
+        .rows(&app.rest.first_seen, &app.gateway.liveness)
+        .await;
     match rows.iter().find(|r| r.id == id) {
         Some(row) => match serde_json::to_string(&row.to_json(
             &app.rest.describe(&app, &principal, &headers, &[row]).await[&row.scheduler_cluster_id],

@@ -142,6 +142,26 @@ impl RedisServer {
         panic!("could not restart redis-server on port {}", self.port);
     }
 
+    /// Adds user `name` (password `pw`) whose commands all work on
+    /// dfgraph's keys but who may not `SUBSCRIBE`: a replica connecting
+    /// as it cannot hear the bus, as when its pub/sub connection is down
+    /// and the rest is not (`acl_setuser(name, &["+subscribe"])` ends it).
+    pub fn add_deaf_user(&self, name: &str) {
+        self.acl_setuser(
+            name,
+            &[
+                "on",
+                ">pw",
+                "resetchannels",
+                "&dfgraph:*",
+                "~dfgraph:*",
+                "+@all",
+                "-@dangerous",
+                "-subscribe",
+            ],
+        );
+    }
+
     /// Runs `ACL SETUSER name rules...` as the default user.
     pub fn acl_setuser(&self, name: &str, rules: &[&str]) {
         let mut cmd = redis::cmd("ACL");

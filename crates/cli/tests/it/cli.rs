@@ -188,16 +188,7 @@ fn status_prints_a_table_and_json_for_static_schedulers() {
         3,
     );
     let scheduler = lines[0].split_once("scheduler=").unwrap().1.to_owned();
-    let output = Command::new(BIN)
-        .args(["status", "--json", "--scheduler", &format!("1={scheduler}")])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json = status_json(&format!("1={scheduler}"));
     assert_eq!(json[0]["id"], 1);
     assert_eq!(json[0]["hosts"], 30);
     let by_type: u64 = json[0]["hosts_by_type"]
@@ -362,4 +353,46 @@ fn simulate_stops_and_resumes_a_hosts_health_service_on_stdin() {
     assert!(TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok());
     writeln!(stdin, "stop nobody").unwrap();
     assert!(next().starts_with("error"));
+}
+
+#[test]
+fn simulate_with_the_edge_profile_serves_real_world_oddities() {
+    let (_sim, lines) = start(
+        &[
+            "simulate",
+            "--clusters",
+            "1",
+            "--schedulers-per-cluster",
+            "1",
+            "--hosts",
+            "16",
+            "--tick",
+            "0s",
+            "--profile",
+            "edge",
+        ],
+        2,
+    );
+    let scheduler = lines[0].split_once("scheduler=").unwrap().1.to_owned();
+    // The scheduler writes cluster 101 in its hosts; served as 1, they
+    // are all counted under 1.
+    let json = status_json(&format!("1={scheduler}"));
+    assert_eq!(json[0]["id"], 1);
+    assert_eq!(json[0]["hosts"], 16);
+    // Sparse hosts have no build: counted under the empty version.
+    assert!(json[0]["hosts_by_version"].get("").is_some(), "{json}");
+}
+
+/// `dfgraph status --json --scheduler SCHEDULER`, which must succeed.
+fn status_json(scheduler: &str) -> serde_json::Value {
+    let output = Command::new(BIN)
+        .args(["status", "--json", "--scheduler", scheduler])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -37,6 +37,9 @@ impl ClusterState {
 
     pub(super) fn full_peer(&self, entry: &PeerEntry, task: &Task) -> Peer {
         let mut peer = entry.peer.clone();
+        if self.bare_peers.contains(&peer.id) {
+            return peer;
+        }
         peer.task = Some(task.clone());
         peer.host = self.host(&entry.host_id).cloned();
         peer

@@ -41,6 +41,7 @@ impl Workload {
                 hosts: Arc::new(Vec::with_capacity(host_count)),
                 host_index: HashMap::with_capacity(host_count),
                 tasks: BTreeMap::new(),
+                bare_peers: Default::default(),
             };
             for h in 0..host_count {
                 let host_type = if h < seeds { (h % 3) as u32 + 1 } else { 0 };
@@ -93,6 +94,7 @@ impl Workload {
             task_index,
             peer_index,
             peers_per_task: params.peers_per_task,
+            edge: false,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! `hooks` (direct changes), `shared` (the lock), `host_load`, `time`.
 
 mod cluster;
+mod edge;
 mod fsm;
 mod generate;
 mod hooks;
@@ -29,7 +30,7 @@ mod shared;
 mod tick;
 mod time;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use super::ring::Ring;
 use dfgraph_proto::common::v2::{Host, Peer, Task};
 use generate::Gen;
 
+pub use edge::ANNOUNCED_CLUSTER_OFFSET;
 pub(crate) use shared::{Shared, SharedWorkload, read, tick, write};
 
 /// Parameters for [`Workload::new`].
@@ -72,6 +74,8 @@ pub(crate) struct ClusterState {
     hosts: Arc<Vec<Host>>,
     host_index: HashMap<String, usize>,
     tasks: BTreeMap<String, TaskEntry>,
+    /// Peers served without their host and task (the `edge` profile).
+    bare_peers: HashSet<String>,
 }
 
 /// peer id -> (cluster id, task id)
@@ -85,6 +89,8 @@ pub(crate) struct Workload {
     task_index: HashMap<String, u64>,
     peer_index: PeerIndex,
     peers_per_task: usize,
+    /// The `edge` profile: [`Workload::roughen`] after every tick.
+    pub(crate) edge: bool,
 }
 
 #[cfg(test)]

@@ -40,6 +40,21 @@ impl Workload {
             .collect()
     }
 
+    pub(crate) fn peer_keys(&self, cluster_id: u64) -> Vec<(String, String, String)> {
+        let Some(cluster) = self.clusters.get(&cluster_id) else {
+            return Vec::new();
+        };
+        cluster
+            .tasks
+            .values()
+            .flat_map(|e| {
+                e.peers
+                    .iter()
+                    .map(|p| (p.host_id.clone(), e.task.id.clone(), p.peer.id.clone()))
+            })
+            .collect()
+    }
+
     pub(crate) fn task_owner(&self, task_id: &str) -> Option<SocketAddr> {
         let cluster_id = self.task_index.get(task_id)?;
         Some(self.clusters.get(cluster_id)?.tasks.get(task_id)?.owner)

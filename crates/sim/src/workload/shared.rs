@@ -52,4 +52,8 @@ pub(crate) fn tick(state: &SharedWorkload) {
     for id in ids {
         write(state).tick_cluster(id, &now);
     }
+    let mut workload = write(state);
+    if workload.edge {
+        workload.roughen();
+    }
 }

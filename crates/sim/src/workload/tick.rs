@@ -44,6 +44,9 @@ impl Workload {
         for cluster_id in self.cluster_ids() {
             self.tick_cluster(cluster_id, &now);
         }
+        if self.edge {
+            self.roughen();
+        }
     }
 
     /// Advances one cluster one step: host load drifts, hosts come and go,
