@@ -583,6 +583,13 @@ async fn every_field_keeps_the_schemas_promise_for_what_the_edge_profile_sends()
         let peers = data["peers"].as_array().unwrap();
         assert_eq!(peers.len(), keys.len());
         bare += peers.iter().filter(|p| p["task"].is_null()).count();
+        // A peer's own copy of its host says what the scheduler wrote
+        // (102 for cluster 2); shown, it says the served id.
+        for peer in peers {
+            let host = &peer["host"];
+            assert!(host.is_object(), "{peer}");
+            assert_eq!(host["schedulerClusterId"], cluster.to_string(), "{peer}");
+        }
     }
     assert!(bare > 0, "some peers came without their task");
     assert!(peerless > 0, "some tasks have no peers");
