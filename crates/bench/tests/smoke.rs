@@ -37,6 +37,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         replicas: 1,
         batched: false,
         dfgraph: None,
+        simulator: None,
     }
 }
 
