@@ -176,7 +176,11 @@ async function gql(query, variables, panel) {
 // ---------- graphql-transport-ws client ----------
 // https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md
 // Keeps a registry of active operations and re-subscribes them after each
-// reconnect (exponential backoff with jitter).
+// reconnect (exponential backoff with jitter). A payload may be a function:
+// it is called at each (re)subscribe, so a resumed subscription can pass
+// the cursor of the last event it received as `after`.
+
+const payloadOf = (p) => (typeof p === 'function' ? p() : p);
 
 class WsClient {
   constructor(url, initPayload) {
@@ -209,7 +213,7 @@ class WsClient {
   subscribe(payload, sink) {
     const id = String(this.nextId++);
     this.subs.set(id, { id, payload, sink });
-    if (this.acked) this.send({ id, type: 'subscribe', payload });
+    if (this.acked) this.send({ id, type: 'subscribe', payload: payloadOf(payload) });
     else this.connect();
     return () => {
       if (this.subs.delete(id) && this.acked) this.send({ id, type: 'complete' });
@@ -255,7 +259,7 @@ class WsClient {
         this.everAcked = true;
         this.attempt = 0;
         this.setState('connected');
-        for (const s of this.subs.values()) this.send({ id: s.id, type: 'subscribe', payload: s.payload });
+        for (const s of this.subs.values()) this.send({ id: s.id, type: 'subscribe', payload: payloadOf(s.payload) });
         this.startHeartbeat(socket);
         if (reconnected) for (const fn of this.reconnectListeners) fn();
         break;
@@ -342,13 +346,14 @@ ws.onState((state, detail) => {
 });
 
 // Runs a subscription and keeps it running: re-subscribes after an `error`
-// (with a pause) unless the sink says stop. Returns a stop function.
+// (with a pause) unless the sink says stop. `variables` may be a function,
+// called at each (re)subscribe. Returns a stop function.
 function live(query, variables, handlers) {
   let stop = null;
   let stopped = false;
   let retry = null;
   const start = () => {
-    stop = ws.subscribe({ query, variables }, {
+    stop = ws.subscribe(() => ({ query, variables: payloadOf(variables) }), {
       next: (payload) => {
         freshness.touch();
         handlers.next(payload);
@@ -587,7 +592,7 @@ async function loadHosts() {
   hostState.left = 0;
   hostState.rows.clear();
   const rows = conn.nodes.map((host) => {
-    const tr = h('tr', { 'data-host-id': host.id });
+    const tr = h('tr', { 'data-host-id': host.id, 'data-cluster': host.schedulerClusterId, class: 'pick' });
     fillRow(tr, host);
     hostState.rows.set(host.id, tr);
     return tr;
@@ -705,9 +710,12 @@ function wireHosts() {
 
 // Batches: a poll that finds many hosts changed is one message, not one
 // per host (README, hostEventBatches).
-const HOST_EVENTS = `subscription ConsoleHostEvents($includeResourceChanges: Boolean!) {
-  hostEventBatches(includeResourceChanges: $includeResourceChanges) {
-    kind changedFields observedAt schedulerClusterId
+// Resumed with `after`: the cursor of the last event shown (first the
+// newest of the log read on load), so a reconnect or a restart of the
+// subscription neither misses nor repeats an event (docs/history.md).
+const HOST_EVENTS = `subscription ConsoleHostEvents($includeResourceChanges: Boolean!, $after: EventCursor) {
+  hostEventBatches(includeResourceChanges: $includeResourceChanges, after: $after) {
+    kind changedFields observedAt schedulerClusterId cursor
     host { ...ConsoleHost }
   }
 }
@@ -717,8 +725,24 @@ const RESOURCE_FIELDS = new Set(['cpu', 'memory', 'network', 'disk']);
 const FEED_MAX = 200;
 let eventCount = 0;
 let stopHostEvents = null;
+// The last logged event shown (resume point) and the cursors shown, to
+// drop an event told twice.
+const feedState = { lastCursor: null, seen: new Set() };
+
+// False when the event was already shown.
+function markSeen(ev) {
+  if (!ev.cursor) return true;
+  if (feedState.seen.has(ev.cursor)) return false;
+  feedState.seen.add(ev.cursor);
+  if (feedState.seen.size > 4 * FEED_MAX) feedState.seen.delete(feedState.seen.values().next().value);
+  feedState.lastCursor = ev.cursor;
+  return true;
+}
 
 function onHostEvent(ev) {
+  if (!markSeen(ev)) return;
+  onDetailEvent(ev);
+  if (ev.kind !== 'UPDATED') scheduleChurn();
   eventCount++;
   $('#event-count').textContent = String(eventCount);
   addFeedItem(ev);
@@ -743,28 +767,217 @@ function onHostEvent(ev) {
   if (ev.kind !== 'UPDATED' || ev.changedFields.some((f) => !RESOURCE_FIELDS.has(f))) scheduleStats();
 }
 
-function addFeedItem(ev) {
-  if ($('#opt-pause').checked) return;
+function eventItem(ev, source) {
+  return h('li', {
+    class: `event kind-${ev.kind.toLowerCase()}`, 'data-kind': ev.kind, 'data-host-id': ev.host.id,
+    'data-cluster': ev.schedulerClusterId, 'data-source': source, 'data-cursor': ev.cursor,
+  },
+  h('time', { datetime: ev.observedAt, text: fmtTime(ev.observedAt), title: ev.observedAt }),
+  h('span', { class: 'kind', text: ev.kind }),
+  h('span', { class: 'host', text: ev.host.hostname, title: ev.host.id }),
+  h('span', { class: 'muted', text: `c${ev.schedulerClusterId}` }),
+  ev.changedFields.length ? h('span', { class: 'fields', text: ev.changedFields.join(', ') }) : null);
+}
+
+function addFeedItem(ev, source = 'live') {
+  if (source === 'live' && $('#opt-pause').checked) return;
   const feed = $('#event-feed');
-  const li = h('li', { class: `event kind-${ev.kind.toLowerCase()}`, 'data-kind': ev.kind, 'data-host-id': ev.host.id },
-    h('time', { datetime: ev.observedAt, text: fmtTime(ev.observedAt) }),
-    h('span', { class: 'kind', text: ev.kind }),
-    h('span', { class: 'host', text: ev.host.hostname, title: ev.host.id }),
-    h('span', { class: 'muted', text: `c${ev.schedulerClusterId}` }),
-    ev.changedFields.length ? h('span', { class: 'fields', text: ev.changedFields.join(', ') }) : null);
-  feed.prepend(li);
+  feed.prepend(eventItem(ev, source));
   while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
 }
 
 function startHostEvents() {
   stopHostEvents?.();
-  stopHostEvents = live(HOST_EVENTS, { includeResourceChanges: $('#opt-resource-changes').checked }, {
+  const includeResourceChanges = $('#opt-resource-changes').checked;
+  stopHostEvents = live(HOST_EVENTS, () => ({ includeResourceChanges, after: feedState.lastCursor }), {
     next: (p) => {
-      if (p.errors?.length) showErrors('hostEvents', p.errors);
+      if (p.errors?.length) hostEventsFailed(p.errors);
       for (const ev of p.data?.hostEventBatches ?? []) onHostEvent(ev);
     },
-    error: (errs) => showErrors('hostEvents', Array.isArray(errs) ? errs : [{ message: String(errs) }]),
+    error: (errs) => hostEventsFailed(Array.isArray(errs) ? errs : [{ message: String(errs) }]),
   });
+}
+
+// The log no longer reaches the last event shown (away longer than its
+// retention): say so, and start again from what the log holds now.
+function hostEventsFailed(errs) {
+  showErrors('hostEvents', errs);
+  if (!errs.some((e) => e.extensions?.code === 'CURSOR_EXPIRED')) return;
+  feedState.lastCursor = null;
+  $('#event-feed').prepend(h('li', { class: 'event gap', 'data-kind': 'GAP', text: 'gap: events older than the log\'s retention were missed' }));
+  loadRecent();
+}
+
+// ---------- recent changes: the log, newest first ----------
+
+const RECENT_QUERY = `query ConsoleRecent($first: Int!) {
+  hostEventLog(first: $first) {
+    events { kind changedFields observedAt schedulerClusterId cursor host { id hostname } }
+  }
+}`;
+
+// Fills the feed from the log; the live subscription continues after its
+// newest event. Without a log (disabled, unavailable) the feed is live only.
+async function loadRecent() {
+  const note = $('#feed-source');
+  let r;
+  try {
+    r = await gql(RECENT_QUERY, { first: FEED_MAX }, 'recent');
+  } catch (e) {
+    showErrors('recent', [{ message: e.message }]);
+    note.textContent = 'live only';
+    return;
+  }
+  showErrors('recent', r.errors);
+  const events = r.data?.hostEventLog?.events;
+  if (!events) { note.textContent = 'live only (no event log)'; return; }
+  // Oldest first, each on top: the newest ends up first.
+  for (const ev of [...events].reverse()) {
+    if (!markSeen(ev)) continue;
+    addFeedItem(ev, 'log');
+  }
+  const feed = $('#event-feed');
+  feed.dataset.loaded = String(events.length);
+  note.textContent = events.length ? `from the log, then live` : 'live (the log is empty)';
+}
+
+// ---------- flapping hosts: hostChurn over the last hour ----------
+
+const CHURN_QUERY = `query ConsoleChurn {
+  hostChurn(windowSeconds: 3600, first: 20, minChanges: 2) {
+    scanLimitReached
+    hosts { host { id hostname } schedulerClusterId joins leaves updates outages lastAt }
+  }
+}`;
+let churnTimer = null;
+let churnSeq = 0;
+
+function scheduleChurn() {
+  clearTimeout(churnTimer);
+  churnTimer = setTimeout(loadChurn, 1000);
+}
+
+async function loadChurn() {
+  const seq = ++churnSeq;
+  const table = $('#churn-table');
+  let r;
+  try {
+    r = await gql(CHURN_QUERY, {}, 'churn');
+  } catch (e) {
+    if (seq === churnSeq) { table.dataset.state = 'error'; showErrors('churn', [{ message: e.message }]); }
+    return;
+  }
+  if (seq !== churnSeq) return;
+  showErrors('churn', r.errors);
+  const report = r.data?.hostChurn;
+  if (!report) { table.dataset.state = 'error'; return; }
+  const rows = report.hosts.map((c) => h('tr', { 'data-host-id': c.host.id, 'data-cluster': c.schedulerClusterId, class: 'pick' },
+    cell('hostname', c.host.hostname, { title: c.host.id }),
+    cell('cluster', c.schedulerClusterId),
+    cell('joins num', String(c.joins)),
+    cell('leaves num', String(c.leaves)),
+    cell('outages num', String(c.outages)),
+    cell('updates num', String(c.updates)),
+    cell('last', fmtTime(c.lastAt), { title: c.lastAt })));
+  const tbody = table.tBodies[0];
+  if (rows.length) tbody.replaceChildren(...rows);
+  else tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 7, class: 'muted', text: 'no host changed twice in the last hour' })));
+  table.dataset.state = 'ready';
+  table.dataset.rows = String(rows.length);
+  $('#churn-note').textContent = report.scanLimitReached ? 'partial: the log holds more than one query reads' : '';
+}
+
+// ---------- host detail: the host and its recent history ----------
+
+const DETAIL_QUERY = `query ConsoleHostDetail($id: ID!, $cluster: ID, $first: Int!) {
+  host(id: $id, schedulerClusterId: $cluster) {
+    ...ConsoleHost
+    events(first: $first) { kind changedFields observedAt schedulerClusterId cursor host { id hostname } }
+  }
+}
+${HOST_FIELDS}`;
+// A host that is gone is not in the schedulers' lists: its history comes
+// from the log alone.
+const GONE_QUERY = `query ConsoleGoneHost($id: ID!, $first: Int!) {
+  hostEventLog(hostId: $id, first: $first) {
+    events { kind changedFields observedAt schedulerClusterId cursor host { id hostname ip type schedulerClusterId } }
+  }
+}`;
+const HISTORY_MAX = 20;
+const detailState = { id: null, seq: 0 };
+
+async function openHostDetail(id, cluster) {
+  const seq = ++detailState.seq;
+  detailState.id = id;
+  const card = $('#host-detail');
+  card.hidden = false;
+  card.dataset.hostId = id;
+  card.dataset.state = 'loading';
+  let host = null;
+  let events = null;
+  try {
+    const r = await gql(DETAIL_QUERY, { id, cluster: cluster || null, first: HISTORY_MAX }, 'host');
+    if (seq !== detailState.seq) return;
+    showErrors('host', r.errors);
+    host = r.data?.host ?? null;
+    events = host?.events ?? null;
+    if (!host) {
+      const g = await gql(GONE_QUERY, { id, first: HISTORY_MAX }, 'host');
+      if (seq !== detailState.seq) return;
+      showErrors('host', g.errors);
+      events = g.data?.hostEventLog?.events ?? null;
+      host = events?.[0]?.host ?? null;
+    }
+  } catch (e) {
+    if (seq !== detailState.seq) return;
+    showErrors('host', [{ message: e.message }]);
+  }
+  if (seq !== detailState.seq) return;
+  renderHostDetail(id, host, events);
+}
+
+function renderHostDetail(id, host, events) {
+  const card = $('#host-detail');
+  $('#detail-title').textContent = host?.hostname ?? id;
+  $('#detail-fields').replaceChildren(host ? kv(host, [
+    ['id', host.id, 'mono'], ['ip', host.ip, 'mono'], ['type', host.type],
+    ['schedulerClusterId', host.schedulerClusterId], ['version', host.build?.gitVersion],
+    ['idc', host.network?.idc], ['location', host.network?.location],
+    ['liveness', host.liveness ? `${host.liveness.state}${host.liveness.since ? ` since ${fmtTime(host.liveness.since)}` : ''}` : null],
+  ]) : h('p', { class: 'muted', text: `${id}: not known to the schedulers nor to the log` }));
+  const list = $('#detail-history');
+  list.replaceChildren(...(events ?? []).map((ev) => eventItem(ev, 'log')));
+  if (events && !events.length) list.replaceChildren(h('li', { class: 'muted', text: 'nothing in the log' }));
+  card.dataset.state = events ? 'ready' : 'error';
+  card.dataset.events = String(events?.length ?? 0);
+}
+
+// A live event of the host shown: on top of its history.
+function onDetailEvent(ev) {
+  if (ev.host.id !== detailState.id || $('#host-detail').dataset.state !== 'ready') return;
+  if (ev.kind === 'UPDATED' && ev.changedFields.every((f) => RESOURCE_FIELDS.has(f))) return;
+  const list = $('#detail-history');
+  list.querySelector('li.muted')?.remove();
+  list.prepend(eventItem(ev, 'live'));
+  while (list.children.length > HISTORY_MAX) list.lastElementChild.remove();
+  $('#host-detail').dataset.events = String(list.children.length);
+}
+
+function closeHostDetail() {
+  detailState.seq++;
+  detailState.id = null;
+  $('#host-detail').hidden = true;
+}
+
+// Clicking a host (table, feed, flapping list) opens its detail.
+function wireHostDetail() {
+  for (const sel of ['#hosts-table tbody', '#event-feed', '#churn-table tbody']) {
+    $(sel).addEventListener('click', (e) => {
+      const el = e.target.closest('[data-host-id]');
+      if (el) openHostDetail(el.dataset.hostId, el.dataset.cluster);
+    });
+  }
+  $('#detail-close').addEventListener('click', closeHostDetail);
 }
 
 // ---------- scheduler health ----------
@@ -1246,11 +1459,14 @@ function start() {
 
   wireHosts();
   wireLookup();
-  startHostEvents();
+  wireHostDetail();
+  // The log first, then live events after its newest.
+  loadRecent().finally(startHostEvents);
   startHealth();
   refreshAll();
 
-  // Missed events while the socket was down: fetch everything again.
+  // Missed events while the socket was down: host events resume from the
+  // last cursor (startHostEvents); the rest is fetched again.
   ws.onReconnect(refreshAll);
   setInterval(renderFreshness, 1000);
   // Events cover joins, leaves and changes; these keep load figures (not
@@ -1258,12 +1474,14 @@ function start() {
   setInterval(() => { if (!document.hidden) loadStats(); }, 30000);
   setInterval(() => { if (!document.hidden) loadHealth(); }, 15000);
   setInterval(() => { if (!document.hidden) loadHosts(); }, 30000);
+  setInterval(() => { if (!document.hidden) loadChurn(); }, 60000);
 }
 
 function refreshAll() {
   loadStats();
   loadHosts();
   loadHealth();
+  loadChurn();
 }
 
 if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);

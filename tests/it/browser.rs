@@ -4,20 +4,24 @@
 //! front of a simulated cluster. What a user sees: the page loads offline
 //! from the gateway alone, the host count is the cluster's, a host changed
 //! in a scheduler changes in the table without a reload, task and peer
-//! lookups follow their changes, and GraphiQL runs a query and a
-//! subscription. Screenshots of each step land in
-//! `target/browser-artifacts/`.
+//! lookups follow their changes, GraphiQL runs a query and a
+//! subscription, and a host that left and rejoined shows in the console's
+//! history (recent changes from the log, flapping hosts, its detail), whose
+//! feed resumes after a websocket cut without losing or repeating an
+//! event. Screenshots of each step land in `target/browser-artifacts/`.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`,
 //! `chromium-driver`); `scripts/test.sh` installs them. `CHROMIUM` and
 //! `CHROMEDRIVER` point at other binaries.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::live::query;
+use crate::support::proxy::{Mode, Proxy};
 use crate::support::{TestEnv, small_sim};
 use dfgraph_sim::{Method, SimCluster};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -433,6 +437,8 @@ async fn console_and_graphiql_work_offline_and_live_in_a_browser() {
     an_unreachable_host_is_marked_and_counted(&env, &page).await;
     task_and_peer_lookup_follow_changes(&env, &page).await;
     graphiql_runs_a_query_and_a_subscription(&env, &page, &origin).await;
+    let flapping = a_restarting_host_shows_in_the_history(&env, &page, &origin).await;
+    the_feed_resumes_after_a_websocket_cut(&env, &page, &flapping).await;
 
     page.client.close().await.expect("close the browser");
     drop(driver);
@@ -791,4 +797,301 @@ async fn set_graphiql_query(page: &Page, query: &str) {
         vec![json!(query)],
     )
     .await;
+}
+
+// ---------- history ----------
+
+/// A hostname a scheduler could report: non-ASCII, and markup that would
+/// run if the console put it into the page as HTML.
+const HOSTILE: &str = "<img src=x onerror=\"window.dfgraphPwned=1\">höst-ß-日本";
+
+/// The `JOINED`/`LEFT` events of host `id` in the log, oldest first, and
+/// whether an `UPDATED` event changed its hostname.
+async fn logged_moves(env: &TestEnv, id: &str) -> (Vec<String>, bool) {
+    let data = query(
+        &env.gateway.url(),
+        "query($id: ID) { hostEventLog(hostId: $id, first: 100) { events { kind changedFields } } }",
+        json!({"id": id}),
+    )
+    .await;
+    let events = data["hostEventLog"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let renamed = events.iter().any(|e| {
+        e["kind"] == "UPDATED"
+            && e["changedFields"]
+                .as_array()
+                .is_some_and(|f| f.contains(&json!("hostname")))
+    });
+    let mut moves: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| matches!(*k, "JOINED" | "LEFT"))
+        .map(str::to_owned)
+        .collect();
+    moves.reverse();
+    (moves, renamed)
+}
+
+/// Waits until the log holds `moves` (oldest first) for host `id`.
+async fn wait_logged(env: &TestEnv, id: &str, moves: &[&str]) {
+    let deadline = Instant::now() + LOAD;
+    loop {
+        let (logged, _) = logged_moves(env, id).await;
+        if logged == moves {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log did not reach {moves:?} for {id} within {LOAD:?}: {logged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The host the history steps restart.
+struct Flapping {
+    cluster: u64,
+    host: dfgraph::proto::common::v2::Host,
+}
+
+/// The console's feed entries of host `arguments[0]` from `arguments[1]`
+/// ('log' or 'live'), newest first: kind, hostname shown, cursor.
+const FEED_OF_HOST: &str = "return [...document.querySelectorAll('#event-feed li')] \
+       .filter((li) => li.dataset.hostId === arguments[0] && li.dataset.source === arguments[1] \
+                       && (li.dataset.kind === 'JOINED' || li.dataset.kind === 'LEFT')) \
+       .map((li) => ({ kind: li.dataset.kind, host: li.querySelector('.host').textContent, \
+                       cursor: li.dataset.cursor }));";
+
+/// Step 6: a host (with a hostile, non-ASCII hostname) left and rejoined
+/// three times while no console was open. Opened, the console shows it in
+/// its recent changes (from the log), first among the flapping hosts of
+/// the last hour, and, clicked there, in its detail's history; its name is
+/// shown as text, never run as markup.
+async fn a_restarting_host_shows_in_the_history(
+    env: &TestEnv,
+    page: &Page,
+    origin: &str,
+) -> Flapping {
+    let cluster = env.sim.cluster_ids()[0];
+    let mut host = env
+        .sim
+        .hosts(cluster)
+        .into_iter()
+        .max_by(|a, b| a.hostname.cmp(&b.hostname))
+        .expect("cluster has hosts");
+    let id = host.id.clone();
+    host.hostname = HOSTILE.into();
+    env.sim.upsert_host(host.clone());
+    let deadline = Instant::now() + LOAD;
+    while !logged_moves(env, &id).await.1 {
+        assert!(
+            Instant::now() < deadline,
+            "the rename of {id} not logged within {LOAD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut moves = Vec::new();
+    for _ in 0..3 {
+        assert!(env.sim.remove_host(cluster, &id), "{id} leaves");
+        moves.push("LEFT");
+        wait_logged(env, &id, &moves).await;
+        env.sim.upsert_host(host.clone());
+        moves.push("JOINED");
+        wait_logged(env, &id, &moves).await;
+    }
+
+    page.goto(&format!("{origin}/")).await;
+    let newest_first: Vec<Value> = ["JOINED", "LEFT"]
+        .repeat(3)
+        .into_iter()
+        .map(|k| json!({"kind": k, "host": HOSTILE}))
+        .collect();
+    let shown = page
+        .wait_for(
+            "the host's three leaves and joins in the recent changes, from the log",
+            LOAD,
+            &format!(
+                "const feed = document.querySelector('#event-feed'); \
+                 if (!feed.dataset.loaded) return null; \
+                 const items = (() => {{ {FEED_OF_HOST} }})(); \
+                 return items.length >= 6 ? items : null;"
+            ),
+            vec![json!(id), json!("log")],
+        )
+        .await;
+    let shown: Vec<Value> = serde_json::from_value(shown).expect("feed items");
+    let kinds: Vec<Value> = shown
+        .iter()
+        .map(|e| json!({"kind": e["kind"], "host": e["host"]}))
+        .collect();
+    assert_eq!(kinds, newest_first, "the recent changes, newest first");
+
+    let row = page
+        .wait_for(
+            "the host first among the flapping hosts, 3 joins and 3 leaves",
+            LOAD,
+            "const tr = document.querySelector('#churn-table tbody tr'); \
+             return tr?.dataset.hostId === arguments[0] \
+               && tr.querySelector('td.joins').textContent === '3' \
+               && tr.querySelector('td.leaves').textContent === '3' \
+               && { hostname: tr.querySelector('td.hostname').textContent, \
+                    updates: tr.querySelector('td.updates').textContent };",
+            vec![json!(id)],
+        )
+        .await;
+    assert_eq!(row["hostname"], HOSTILE, "the flapping list's hostname");
+    assert_ne!(row["updates"], "0", "the rename counted as an update");
+
+    page.click("#churn-table tbody tr").await;
+    let history = page
+        .wait_for(
+            "the host's detail with its history",
+            LOAD,
+            "const card = document.querySelector('#host-detail'); \
+             if (card.hidden || card.dataset.state !== 'ready' || card.dataset.hostId !== arguments[0]) return null; \
+             return { title: document.querySelector('#detail-title').textContent, \
+                      kinds: [...document.querySelectorAll('#detail-history li')].map((li) => li.dataset.kind), \
+                      renamed: [...document.querySelectorAll('#detail-history li[data-kind=UPDATED] .fields')] \
+                                 .some((f) => f.textContent.split(', ').includes('hostname')) };",
+            vec![json!(id)],
+        )
+        .await;
+    assert_eq!(history["title"], HOSTILE, "the detail's title");
+    let moves_shown: Vec<&str> = history["kinds"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|k| matches!(*k, "JOINED" | "LEFT"))
+        .collect();
+    assert_eq!(
+        moves_shown,
+        ["JOINED", "LEFT"].repeat(3),
+        "the detail's history, newest first"
+    );
+    assert_eq!(
+        history["renamed"], true,
+        "the rename in the detail's history"
+    );
+
+    let injected = page
+        .js(
+            "return window.dfgraphPwned !== undefined \
+               || !!document.querySelector('#event-feed img, #churn-table img, #host-detail img');",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        injected, false,
+        "a hostname was put into the page as markup"
+    );
+    page.screenshot("06-history").await;
+    Flapping { cluster, host }
+}
+
+/// Step 7: the console, its websocket through a proxy, loses the
+/// connection; meanwhile the host leaves and rejoins. Reconnected, the
+/// feed resumes after the last event it showed: the two missed events
+/// appear once each, in order, and nothing shown before repeats.
+async fn the_feed_resumes_after_a_websocket_cut(env: &TestEnv, page: &Page, flapping: &Flapping) {
+    let id = flapping.host.id.clone();
+    let gateway: SocketAddr = env
+        .gateway
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the gateway's address");
+    let proxy = Proxy::start(gateway).await;
+    page.goto(&format!("http://{}/", proxy.addr)).await;
+    page.wait_for(
+        "the console through the proxy, its feed loaded and its websocket connected",
+        LOAD,
+        "return !!document.querySelector('#event-feed').dataset.loaded \
+           && document.querySelector('#ws-status').dataset.state === 'connected';",
+        vec![],
+    )
+    .await;
+    // The console subscribes right after the websocket's ack.
+    wait_for_live_subscriptions(env, page, "the console's subscriptions live", |n| n >= 2).await;
+    let before = page.js(FEED_OF_HOST, vec![json!(id), json!("log")]).await;
+    page.js("window.dfgraphTestMarker = 'before the cut';", vec![])
+        .await;
+
+    // The next bytes either way (the LEFT event) reset the connection.
+    proxy.set_mode(Mode::Reset);
+    assert!(env.sim.remove_host(flapping.cluster, &id), "{id} leaves");
+    page.wait_for(
+        "the console's websocket cut",
+        LOAD,
+        "return document.querySelector('#ws-status').dataset.state !== 'connected';",
+        vec![],
+    )
+    .await;
+    let mut moves = ["LEFT", "JOINED"].repeat(3);
+    moves.push("LEFT");
+    wait_logged(env, &id, &moves).await;
+    env.sim.upsert_host(flapping.host.clone());
+    moves.push("JOINED");
+    wait_logged(env, &id, &moves).await;
+    let cut_for = Instant::now();
+    proxy.set_mode(Mode::Pass);
+
+    page.wait_for(
+        "the missed LEFT and JOINED shown after the reconnect",
+        LOAD,
+        &format!(
+            "if (document.querySelector('#ws-status').dataset.state !== 'connected') return null; \
+             const items = (() => {{ {FEED_OF_HOST} }})(); \
+             return items.length >= 2;"
+        ),
+        vec![json!(id), json!("live")],
+    )
+    .await;
+    println!(
+        "feed resumed {:?} after the proxy let the console through",
+        cut_for.elapsed()
+    );
+    // Anything told twice would arrive within a few watch intervals.
+    tokio::time::sleep(WATCH_INTERVAL * 4).await;
+    let resumed = page.js(FEED_OF_HOST, vec![json!(id), json!("live")]).await;
+    let resumed: Vec<Value> = serde_json::from_value(resumed).expect("feed items");
+    let kinds: Vec<&str> = resumed.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["JOINED", "LEFT"],
+        "the missed events, once each, newest first"
+    );
+    let log = query(
+        &env.gateway.url(),
+        "query($id: ID) { hostEventLog(hostId: $id, kinds: [JOINED, LEFT], first: 2) { events { cursor } } }",
+        json!({"id": id}),
+    )
+    .await;
+    let logged: Vec<&Value> = log["hostEventLog"]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["cursor"])
+        .collect();
+    let shown: Vec<&Value> = resumed.iter().map(|e| &e["cursor"]).collect();
+    assert_eq!(shown, logged, "the resumed events are the logged ones");
+    let after = page.js(FEED_OF_HOST, vec![json!(id), json!("log")]).await;
+    assert_eq!(after, before, "the events shown before the cut, unchanged");
+    let state = page
+        .js(
+            "const cursors = [...document.querySelectorAll('#event-feed li[data-cursor]')] \
+               .map((li) => li.dataset.cursor); \
+             return { same: window.dfgraphTestMarker === 'before the cut', \
+                      unique: new Set(cursors).size === cursors.length };",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        state,
+        json!({"same": true, "unique": true}),
+        "no reload, no event twice"
+    );
+    page.screenshot("07-resumed").await;
 }
