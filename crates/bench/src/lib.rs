@@ -9,6 +9,7 @@
 
 pub mod bus;
 pub mod live;
+pub mod liveness;
 pub mod scenario;
 pub mod watch;
 
@@ -92,6 +93,10 @@ pub struct BenchArgs {
     /// beside this tool), so two builds can be compared.
     #[arg(long)]
     pub dfgraph: Option<std::path::PathBuf>,
+    /// Liveness scenario: hosts stopped (spread over `--duration`), each
+    /// timed to its UNREACHABLE event.
+    #[arg(long, default_value_t = 100)]
+    pub kills: usize,
     /// Live and watch scenarios: the gateway's watch interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,

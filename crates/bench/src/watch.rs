@@ -133,7 +133,7 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
 }
 
 /// The `dfgraph` binary built beside this one (`target/release/`).
-fn sibling_dfgraph() -> Result<PathBuf, BenchError> {
+pub(crate) fn sibling_dfgraph() -> Result<PathBuf, BenchError> {
     let exe = std::env::current_exe().map_err(|e| BenchError::Scenario(e.to_string()))?;
     let path = exe.with_file_name("dfgraph");
     if path.exists() {
@@ -276,7 +276,7 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
 }
 
 /// User plus system CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| BenchError::Scenario(format!("/proc/{pid}/stat: {e}")))?;
     // The command name (field 2) may hold spaces: count from its `)`.
