@@ -9,6 +9,7 @@ pub mod hosts;
 pub mod ids;
 pub mod loaders;
 pub mod mutation;
+pub mod pieces;
 pub mod query;
 pub mod scalars;
 pub mod subscription;

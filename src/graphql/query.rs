@@ -26,6 +26,16 @@ pub struct HostConnectionFields {
     pub total_count: usize,
 }
 
+/// A page size argument (`first`, `last`) checked against `max`.
+pub(super) fn page_size(name: &str, value: Option<i32>, max: usize) -> Result<Option<usize>> {
+    match value {
+        None => Ok(None),
+        Some(n) if n < 0 => Err(bad_input(format!("`{name}` must not be negative"))),
+        Some(n) if n as usize > max => Err(bad_input(format!("`{name}` must be at most {max}"))),
+        Some(n) => Ok(Some(n as usize)),
+    }
+}
+
 /// Refuses batches larger than the configured limit.
 fn check_batch(ctx: &Context<'_>, len: usize) -> Result<()> {
     let max = ctx.data::<GatewayState>()?.limits.max_batch_keys;
@@ -127,16 +137,7 @@ impl Query {
     ) -> Result<Connection<String, Host, HostConnectionFields, EmptyFields>> {
         let state = ctx.data::<GatewayState>()?;
         let max = state.limits.max_page_size;
-        let size = |name: &str, v: Option<i32>| -> Result<Option<usize>> {
-            match v {
-                None => Ok(None),
-                Some(n) if n < 0 => Err(bad_input(format!("`{name}` must not be negative"))),
-                Some(n) if n as usize > max => {
-                    Err(bad_input(format!("`{name}` must be at most {max}")))
-                }
-                Some(n) => Ok(Some(n as usize)),
-            }
-        };
+        let size = |name: &str, v: Option<i32>| page_size(name, v, max);
         let order = order_by.unwrap_or_default();
         let cursor = |c: Option<String>| -> Result<Option<Cursor>> {
             c.as_deref()

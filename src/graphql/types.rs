@@ -12,12 +12,12 @@ use crate::cluster::{HealthSnapshot, SchedulerHandle};
 use crate::figure::figure;
 use crate::proto::common::v2 as pb;
 
-fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+pub(super) fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     let ts = ts?;
     DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
 }
 
-fn duration_ms(d: Option<&prost_types::Duration>) -> Option<f64> {
+pub(super) fn duration_ms(d: Option<&prost_types::Duration>) -> Option<f64> {
     let d = d?;
     Some(d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0)
 }
@@ -486,6 +486,26 @@ impl Task {
     }
     async fn scheduler_cluster_id(&self) -> ID {
         ID(self.cluster_id.to_string())
+    }
+    /// The pieces its scheduler reports (`StatTask`), by number, `first`
+    /// (default 100, at most the page size limit) after the piece numbered
+    /// `after` (a piece's cursor is its number).
+    async fn pieces(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<
+        async_graphql::connection::Connection<
+            String,
+            super::pieces::Piece,
+            super::pieces::PieceConnectionFields,
+            async_graphql::connection::EmptyFields,
+        >,
+    > {
+        let max = ctx.data::<super::GatewayState>()?.limits.max_page_size;
+        let first = super::query::page_size("first", first, max)?.unwrap_or(100.min(max));
+        super::pieces::page(&self.task.pieces, first, after.as_deref())
     }
 }
 

@@ -562,6 +562,10 @@ async fn every_field_keeps_the_schemas_promise_for_what_the_edge_profile_sends()
         .await;
         let tasks = data["tasks"].as_array().unwrap();
         assert!(tasks.iter().all(Value::is_object), "every task found");
+        assert!(
+            !data.to_string().contains(dfgraph_sim::EDGE_SECRET),
+            "a task's request headers (credentials) are never shown"
+        );
         peerless += tasks.iter().filter(|t| t["peerCount"] == 0).count();
         let keys: Vec<Value> = env
             .sim
@@ -579,6 +583,13 @@ async fn every_field_keeps_the_schemas_promise_for_what_the_edge_profile_sends()
         let peers = data["peers"].as_array().unwrap();
         assert_eq!(peers.len(), keys.len());
         bare += peers.iter().filter(|p| p["task"].is_null()).count();
+        // A peer's own copy of its host says what the scheduler wrote
+        // (102 for cluster 2); shown, it says the served id.
+        for peer in peers {
+            let host = &peer["host"];
+            assert!(host.is_object(), "{peer}");
+            assert_eq!(host["schedulerClusterId"], cluster.to_string(), "{peer}");
+        }
     }
     assert!(bare > 0, "some peers came without their task");
     assert!(peerless > 0, "some tasks have no peers");
@@ -735,4 +746,64 @@ async fn host_events_of_the_edge_profile_keep_the_schemas_promise() {
     assert_eq!(event["hostEvents"]["host"]["cpu"]["percent"], Value::Null);
     gateway.shutdown().await;
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tasks_pieces_are_shown_as_its_scheduler_reports_them_page_by_page() {
+    let env = TestEnv::start(small_sim(), |_| {}).await;
+    let task = env
+        .sim
+        .tasks(1)
+        .into_iter()
+        .max_by_key(|t| t.pieces.len())
+        .unwrap();
+    assert!(task.pieces.len() > 1, "the simulator fills pieces");
+    let query = r#"query($id: ID!, $after: String) { task(id: $id, schedulerClusterId: "1") {
+        pieces(first: 1, after: $after) { totalCount pageInfo { hasNextPage }
+          edges { cursor node { number parentId offset length digest trafficType costMs createdAt } } } } }"#;
+    let mut shown = Vec::new();
+    let mut after = Value::Null;
+    for _ in 0..=task.pieces.len() {
+        let data = env
+            .data(query, json!({ "id": task.id, "after": after }))
+            .await;
+        let pieces = &data["task"]["pieces"];
+        assert_eq!(pieces["totalCount"], task.pieces.len());
+        let edge = &pieces["edges"][0];
+        shown.push(edge["node"].clone());
+        if pieces["pageInfo"]["hasNextPage"] == false {
+            break;
+        }
+        after = edge["cursor"].clone();
+    }
+    assert_eq!(
+        shown.len(),
+        task.pieces.len(),
+        "one page per piece, then the end"
+    );
+    for (node, piece) in shown.iter().zip(&task.pieces) {
+        assert_eq!(node["number"], piece.number);
+        assert_eq!(node["parentId"].as_str(), piece.parent_id.as_deref());
+        assert_eq!(node["offset"], piece.offset);
+        assert_eq!(node["length"], piece.length);
+        assert_eq!(node["digest"], piece.digest.as_str());
+        let cost = piece.cost.unwrap();
+        let ms = cost.seconds as f64 * 1000.0 + f64::from(cost.nanos) / 1e6;
+        assert!(
+            (node["costMs"].as_f64().unwrap() - ms).abs() < 1e-9,
+            "{node}"
+        );
+        assert!(node["createdAt"].is_string(), "{node}");
+        let expected = if piece.parent_id.is_some() {
+            "REMOTE_PEER"
+        } else {
+            "BACK_TO_SOURCE"
+        };
+        assert_eq!(node["trafficType"], expected);
+    }
+    let body = env
+        .query(query, json!({ "id": task.id, "after": "not-a-number" }))
+        .await;
+    assert_eq!(crate::support::error_codes(&body), ["INVALID_ARGUMENT"]);
+    env.stop().await;
 }

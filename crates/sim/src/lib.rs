@@ -45,7 +45,7 @@ use dfgraph_proto::scheduler::v2::scheduler_server::SchedulerServer;
 pub use health::HostMode;
 use manager::ManagerService;
 use scheduler::{Faults, SchedulerService};
-pub use workload::ANNOUNCED_CLUSTER_OFFSET;
+pub use workload::{ANNOUNCED_CLUSTER_OFFSET, EDGE_SECRET};
 use workload::{Shared, SharedWorkload, Workload, WorkloadParams, read, write};
 
 /// How to build a simulated cluster.

@@ -6,7 +6,7 @@
 //! non-ASCII hostnames and locations, counters at `u64::MAX` and `u32::MAX`,
 //! ports 0, duplicate hostnames, a scheduler cluster whose schedulers write
 //! another cluster id in their hosts, peers served without host or task,
-//! and tasks with no peers.
+//! tasks with no peers, and request headers holding a credential.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use dfgraph_proto::common::v2::{Disk, Host, Memory};
 /// What the last cluster's schedulers write as their cluster id: theirs
 /// plus this (a static list that does not match their configuration).
 pub const ANNOUNCED_CLUSTER_OFFSET: u64 = 100;
+
+/// The credential every task's `request_header` carries.
+pub const EDGE_SECRET: &str = "Bearer edge-profile-secret";
 
 /// One kind of odd host, by position in its cluster's list.
 fn roughen_host(host: &mut Host, position: usize, first_hostname: &str) {
@@ -131,6 +134,14 @@ impl Workload {
                 if Some(cluster_id) == last {
                     host.scheduler_cluster_id = cluster_id + ANNOUNCED_CLUSTER_OFFSET;
                 }
+            }
+            // Tasks carry the headers they were downloaded with, credentials
+            // included (dfgraph must never show them).
+            for entry in cluster.tasks.values_mut() {
+                entry
+                    .task
+                    .request_header
+                    .insert("Authorization".into(), EDGE_SECRET.into());
             }
             // The last task of each cluster has no peers.
             if let Some(entry) = cluster.tasks.values_mut().next_back() {

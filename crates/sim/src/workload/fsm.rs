@@ -207,7 +207,16 @@ pub(super) fn refresh_task(entry: &mut TaskEntry, now: &Timestamp) {
         // Only peers in states set by hooks: keep the task's state.
         None
     };
+    // The task's pieces, as a scheduler reports them: each piece number
+    // once, from the first peer that has it.
+    let mut pieces: std::collections::BTreeMap<u32, Piece> = std::collections::BTreeMap::new();
+    for peer in &entry.peers {
+        for piece in &peer.peer.pieces {
+            pieces.entry(piece.number).or_insert_with(|| piece.clone());
+        }
+    }
     let task = &mut entry.task;
+    task.pieces = pieces.into_values().collect();
     let state_changed = state.is_some_and(|s| task.state != s);
     if state_changed || task.peer_count != live || task.has_available_peer != has_available {
         if let Some(state) = state {

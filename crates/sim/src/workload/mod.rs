@@ -38,7 +38,7 @@ use super::ring::Ring;
 use dfgraph_proto::common::v2::{Host, Peer, Task};
 use generate::Gen;
 
-pub use edge::ANNOUNCED_CLUSTER_OFFSET;
+pub use edge::{ANNOUNCED_CLUSTER_OFFSET, EDGE_SECRET};
 pub(crate) use shared::{Shared, SharedWorkload, read, tick, write};
 
 /// Parameters for [`Workload::new`].
