@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::watch::{cpu_seconds, sibling_dfgraph};
+use crate::watch::{cpu_seconds, sibling_dfgraph, simulate_command};
 use crate::{BenchArgs, BenchError};
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
@@ -95,17 +95,9 @@ struct Simulator {
 
 impl Simulator {
     async fn start(dfgraph: &std::path::Path, args: &BenchArgs) -> Result<Simulator, BenchError> {
-        let mut child = Command::new(dfgraph)
-            .args(["simulate", "--listen", "127.0.0.1:0", "--tick", "0s"])
-            .args(["--clusters", &args.clusters.to_string()])
-            .args([
-                "--schedulers-per-cluster",
-                &args.schedulers_per_cluster.to_string(),
-            ])
-            .args(["--hosts", &args.hosts.to_string()])
-            .args(["--tasks", &args.tasks.to_string()])
+        let mut child = simulate_command(dfgraph, args)
+            .args(["--tick", "0s"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()

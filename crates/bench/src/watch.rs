@@ -152,12 +152,11 @@ fn pid(child: &Child) -> Result<u32, BenchError> {
         .ok_or_else(|| BenchError::Scenario("a child process exited early".into()))
 }
 
-/// Starts `dfgraph simulate` and reads its `cluster=ID scheduler=ADDR` lines.
-async fn start_simulator(
-    dfgraph: &Path,
-    args: &BenchArgs,
-) -> Result<(Child, Vec<String>), BenchError> {
-    let mut child = Command::new(dfgraph)
+/// `dfgraph simulate` shaped by `args` (clusters, schedulers, hosts,
+/// tasks), on ephemeral loopback ports, its stdout piped.
+pub(crate) fn simulate_command(dfgraph: &Path, args: &BenchArgs) -> Command {
+    let mut command = Command::new(dfgraph);
+    command
         .args(["simulate", "--listen", "127.0.0.1:0"])
         .args(["--clusters", &args.clusters.to_string()])
         .args([
@@ -166,7 +165,16 @@ async fn start_simulator(
         ])
         .args(["--hosts", &args.hosts.to_string()])
         .args(["--tasks", &args.tasks.to_string()])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    command
+}
+
+/// Starts `dfgraph simulate` and reads its `cluster=ID scheduler=ADDR` lines.
+async fn start_simulator(
+    dfgraph: &Path,
+    args: &BenchArgs,
+) -> Result<(Child, Vec<String>), BenchError> {
+    let mut child = simulate_command(dfgraph, args)
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
