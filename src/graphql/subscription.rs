@@ -138,6 +138,38 @@ impl DeliveryStamp {
     }
 }
 
+/// Where an SSE response wants the log cursor of the event behind the
+/// message it is about to send (its `id:`); see `http::sse`.
+#[derive(Clone, Default)]
+pub struct CursorStamp(Arc<std::sync::Mutex<Option<crate::events::log::EventCursor>>>);
+
+impl CursorStamp {
+    fn set(&self, cursor: Option<crate::events::log::EventCursor>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = cursor;
+        }
+    }
+
+    /// The cursor of the last message, once.
+    pub fn take(&self) -> Option<crate::events::log::EventCursor> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// Where to resume when the operation names no `after`: the SSE
+/// `Last-Event-ID` of a reconnecting `EventSource`.
+#[derive(Clone, Copy, Debug)]
+pub struct ResumeFrom(pub crate::events::log::EventCursor);
+
+fn cursor_stamp(ctx: &Context<'_>) -> CursorStamp {
+    ctx.data_opt::<CursorStamp>().cloned().unwrap_or_default()
+}
+
+/// `after`, or the connection's `Last-Event-ID`.
+fn resume_point(ctx: &Context<'_>, after: Option<EventCursor>) -> Option<EventCursor> {
+    after.or_else(|| ctx.data_opt::<ResumeFrom>().map(|r| EventCursor(r.0)))
+}
+
 /// True when `seen` is known to be earlier than `told`.
 fn older(seen: Option<&prost_types::Timestamp>, told: Option<&prost_types::Timestamp>) -> bool {
     match (seen, told) {
@@ -379,13 +411,16 @@ impl Subscription {
         #[graphql(default = false)] include_resource_changes: bool,
         after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<HostEvent>> + use<>> {
+        let after = resume_point(ctx, after);
         let mut selected = select_host_events(ctx, filter, include_resource_changes, after).await?;
         let stamp = stamp(ctx);
+        let cursors = cursor_stamp(ctx);
         Ok(async_stream::stream! {
             loop {
                 match selected.next().await {
                     Ok(Some((event, observed_at_ms))) => {
                         stamp.set(observed_at_ms);
+                        cursors.set(event.cursor.map(|c| c.0));
                         yield Ok(event);
                     }
                     Ok(None) => break,
@@ -414,8 +449,10 @@ impl Subscription {
         #[graphql(default = 1000, validator(minimum = 1, maximum = 10000))] max_batch: i32,
         after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<Vec<HostEvent>>> + use<>> {
+        let after = resume_point(ctx, after);
         let mut selected = select_host_events(ctx, filter, include_resource_changes, after).await?;
         let stamp = stamp(ctx);
+        let cursors = cursor_stamp(ctx);
         let max_batch = max_batch.max(1) as usize;
         Ok(async_stream::stream! {
             loop {
@@ -453,8 +490,10 @@ impl Subscription {
                         }
                     }
                 }
-                // The oldest event's lag is the batch's.
+                // The oldest event's lag is the batch's; its newest event's
+                // cursor is where it resumes.
                 stamp.set(observed_at_ms);
+                cursors.set(batch.iter().rev().find_map(|e| e.cursor.map(|c| c.0)));
                 yield Ok(batch);
                 if let Some(lagged) = ended {
                     yield Err(lagged);

@@ -96,7 +96,15 @@ pub fn share_key(request: &async_graphql::Request, role: crate::auth::Role) -> O
     let items = &operation.node.selection_set.node.items;
     let shareable = !items.is_empty()
         && items.iter().all(|item| match &item.node {
-            Selection::Field(field) => SHAREABLE.contains(&field.node.name.node.as_str()),
+            // A resumed one starts with its own replay.
+            Selection::Field(field) => {
+                SHAREABLE.contains(&field.node.name.node.as_str())
+                    && !field
+                        .node
+                        .arguments
+                        .iter()
+                        .any(|(name, _)| name.node == "after")
+            }
             _ => false,
         });
     if !shareable || !document.fragments.is_empty() {

@@ -231,7 +231,8 @@ pub async fn get(
     admitted: Option<Extension<super::rate_limit::Admitted>>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let Some(accept) = negotiate(&headers) else {
+    let sse = super::sse::wanted(&headers);
+    let Some(accept) = negotiate(&headers).or(sse.then_some(Accept::Json)) else {
         return not_acceptable();
     };
     let admitted = admitted.map(|a| a.0);
@@ -271,6 +272,9 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
+    if sse {
+        return super::sse::respond(&app, request, principal, &headers);
+    }
     let role = principal.role;
     let gzip = accepts_gzip(&headers);
     execute(&app, accept, gzip, request.data(principal), role, outline).await
@@ -282,7 +286,8 @@ pub async fn post(
     admitted: Option<Extension<super::rate_limit::Admitted>>,
     body: Bytes,
 ) -> Response {
-    let Some(accept) = negotiate(&headers) else {
+    let sse = super::sse::wanted(&headers);
+    let Some(accept) = negotiate(&headers).or(sse.then_some(Accept::Json)) else {
         return not_acceptable();
     };
     let admitted = admitted.map(|a| a.0);
@@ -324,6 +329,9 @@ pub async fn post(
     };
     if let Err(refused) = persisted(&app, accept, &mut request).await {
         return refused;
+    }
+    if sse {
+        return super::sse::respond(&app, request, principal, &headers);
     }
     let role = principal.role;
     let gzip = accepts_gzip(&headers);

@@ -20,6 +20,7 @@ pub mod rate_limit;
 pub mod request_span;
 pub mod response_cache;
 pub mod rest;
+pub mod sse;
 pub mod ws;
 
 use std::sync::Arc;

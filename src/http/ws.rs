@@ -161,7 +161,8 @@ impl Limits {
         self.active.load(Ordering::Acquire)
     }
 
-    fn try_take(&self) -> Option<Slot> {
+    /// One operation's share of `total`, unless all are taken.
+    pub(crate) fn try_take(&self) -> Option<Slot> {
         let taken = self
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -172,7 +173,7 @@ impl Limits {
 }
 
 /// One operation's share of the global limit.
-struct Slot(Arc<AtomicUsize>);
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {

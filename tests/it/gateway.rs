@@ -370,12 +370,7 @@ async fn a_hung_scheduler_costs_one_timeout_not_a_hang() {
     let body = env
         .query("{ hosts(first: 1) { totalCount } }", json!({}))
         .await;
-    let total: usize = env
-        .sim
-        .cluster_ids()
-        .iter()
-        .map(|&c| env.sim.hosts(c).len())
-        .sum();
+    let total = env.total_hosts();
     assert_eq!(body["data"]["hosts"]["totalCount"], total, "{body:#}");
     env.sim.set_hang(first.addr, false);
     env.stop().await;
@@ -693,12 +688,7 @@ async fn discovers_schedulers_from_the_manager() {
         .collect();
     expected.sort();
     assert_eq!(got, expected);
-    let total: usize = env
-        .sim
-        .cluster_ids()
-        .iter()
-        .map(|&c| env.sim.hosts(c).len())
-        .sum();
+    let total = env.total_hosts();
     assert_eq!(body["data"]["hostStats"]["total"], total);
     discovered.shutdown().await;
     env.stop().await;

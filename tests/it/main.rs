@@ -38,6 +38,7 @@ mod response_cache;
 mod rest;
 mod schema;
 mod sim;
+mod sse;
 mod telemetry;
 mod tls;
 mod websocket;

@@ -68,12 +68,7 @@ async fn graphql_transport_ws_runs_a_query() {
     let next = next_json(&mut socket).await;
     assert_eq!(next["type"], "next");
     assert_eq!(next["id"], "1");
-    let total: usize = env
-        .sim
-        .cluster_ids()
-        .iter()
-        .map(|&c| env.sim.hosts(c).len())
-        .sum();
+    let total = env.total_hosts();
     assert_eq!(next["payload"]["data"]["hostStats"]["total"], total);
     let complete = next_json(&mut socket).await;
     assert_eq!(complete["type"], "complete");

@@ -6,6 +6,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod redis;
 pub mod redis_cluster;
+pub mod sse;
 pub mod ws;
 
 use std::time::Duration;
@@ -69,6 +70,15 @@ impl TestEnv {
             gateway,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Hosts in every cluster of the simulator.
+    pub fn total_hosts(&self) -> usize {
+        self.sim
+            .cluster_ids()
+            .iter()
+            .map(|&c| self.sim.hosts(c).len())
+            .sum()
     }
 
     pub fn url(&self, path: &str) -> String {
