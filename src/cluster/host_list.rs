@@ -81,8 +81,10 @@ impl prost::Message for HostList {
 /// One host's entry in a `ListHostsResponse`, undecoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostEntry {
-    /// `Host.id` (the last one in the entry, as a decoder would keep).
-    pub id: String,
+    /// `Host.id` (the last one in the entry, as a decoder would keep),
+    /// checked UTF-8, a slice of the response: a poll allocates nothing
+    /// for the hosts it already knows.
+    id: Bytes,
     /// `Host.scheduler_cluster_id` as the scheduler wrote it (0 when
     /// absent): its own idea of its cluster, only checked.
     pub cluster_id: u64,
@@ -91,11 +93,17 @@ pub struct HostEntry {
 }
 
 impl HostEntry {
+    /// `Host.id`.
+    pub fn id(&self) -> &str {
+        // Checked in `split`; an empty id is what a decoder would give.
+        std::str::from_utf8(&self.id).unwrap_or_default()
+    }
+
     /// The host, stamped with `cluster_id`, the id dfgraph serves its
     /// cluster under.
     pub fn decode(&self, cluster_id: u64) -> Result<Host, WireError> {
         let mut host = <Host as prost::Message>::decode(self.bytes.clone())
-            .map_err(|e| WireError(format!("host {:?}: {e}", self.id)))?;
+            .map_err(|e| WireError(format!("host {:?}: {e}", self.id())))?;
         super::announced::stamp(&mut host, cluster_id);
         Ok(host)
     }
@@ -122,7 +130,7 @@ pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
         let bytes = response.slice(start..end);
         let (id, cluster_id) = host_keys(&bytes)?;
         entries.push(HostEntry {
-            id,
+            id: bytes.slice(id),
             cluster_id,
             bytes,
         });
@@ -130,21 +138,20 @@ pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
     Ok(entries)
 }
 
-/// The id and scheduler cluster id in one `Host` message's bytes (empty
-/// and 0 when absent, as decoded; the last of each wins, as decoded).
-fn host_keys(host: &[u8]) -> Result<(String, u64), WireError> {
-    let mut id: &[u8] = &[];
+/// Where the id is in one `Host` message's bytes, and its scheduler
+/// cluster id (empty and 0 when absent, as decoded; the last of each wins,
+/// as decoded).
+fn host_keys(host: &[u8]) -> Result<(std::ops::Range<usize>, u64), WireError> {
+    let mut id = 0..0;
     let mut cluster_id = 0;
     for field in Fields::new(host) {
         match field? {
-            (HOST_ID_FIELD, Value::Delimited(start, end)) => id = &host[start..end],
+            (HOST_ID_FIELD, Value::Delimited(start, end)) => id = start..end,
             (HOST_CLUSTER_ID_FIELD, Value::Varint(value)) => cluster_id = value,
             _ => {}
         }
     }
-    let id = std::str::from_utf8(id)
-        .map(str::to_owned)
-        .map_err(|_| WireError("host id is not UTF-8".into()))?;
+    std::str::from_utf8(&host[id.clone()]).map_err(|_| WireError("host id is not UTF-8".into()))?;
     Ok((id, cluster_id))
 }
 
@@ -253,7 +260,7 @@ mod tests {
             .encode_to_vec(),
         );
         let entries = split(&wire).expect("well formed");
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let ids: Vec<&str> = entries.iter().map(HostEntry::id).collect();
         assert_eq!(ids, ["a", "bb", "", "ccc"]);
         let carried: Vec<u64> = entries.iter().map(|e| e.cluster_id).collect();
         assert_eq!(carried, [7, 7, 0, 7]);
@@ -285,7 +292,7 @@ mod tests {
         let mut wire = Vec::new();
         prost::encoding::bytes::encode(HOSTS_FIELD, &bytes, &mut wire);
         let entries = split(&Bytes::from(wire)).unwrap();
-        assert_eq!(entries[0].id, "second");
+        assert_eq!(entries[0].id(), "second");
         assert_eq!(entries[0].decode(7).unwrap().id, "second");
     }
 
@@ -298,7 +305,7 @@ mod tests {
         let wire = Bytes::from(wire);
         let entries = split(&wire).unwrap();
         assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].id, "x");
+        assert_eq!(entries[0].id(), "x");
         for cut in 1..wire.len() {
             let cut = wire.slice(..cut);
             // Any prefix is either a shorter valid message or an error.

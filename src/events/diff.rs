@@ -6,7 +6,6 @@
 //! hashed and only the entries whose hash differs from the last poll's are
 //! decoded and compared field by field ([`HostSnapshot::update`]).
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -43,7 +42,9 @@ pub fn decoded_hosts(hosts: impl IntoIterator<Item = Host>) -> DecodedHosts {
 /// the cached list) and the hash of its entry's bytes, by id.
 #[derive(Default)]
 pub struct HostSnapshot {
-    hosts: HashMap<String, Known>,
+    /// Looked up twice per listed host per poll: foldhash, not SipHash
+    /// (ids come from the schedulers, and the seed is still random).
+    hosts: HashMap<Box<str>, Known, foldhash::fast::RandomState>,
     /// Polls applied; stamps which hosts the latest one listed.
     polls: u64,
 }
@@ -94,14 +95,22 @@ impl HostSnapshot {
         cluster_id: u64,
     ) -> Result<HostPoll, WireError> {
         let entries = split(response)?;
-        let carried: BTreeSet<u64> = entries.iter().map(|e| e.cluster_id).collect();
+        let mut carried = BTreeSet::new();
+        let mut last_carried = None;
+        for entry in &entries {
+            // Runs of one id are the rule: insert only where it changes.
+            if last_carried != Some(entry.cluster_id) {
+                carried.insert(entry.cluster_id);
+                last_carried = Some(entry.cluster_id);
+            }
+        }
         // Decode every new or changed entry before touching the snapshot,
         // so one bad entry fails the poll as a whole.
         let mut hosts = Vec::with_capacity(entries.len());
         let mut decoded = 0;
         for entry in &entries {
             let hash = xxhash_rust::xxh3::xxh3_128(&entry.bytes);
-            match self.hosts.get(entry.id.as_str()) {
+            match self.hosts.get(entry.id()) {
                 Some(known) if known.hash == hash => hosts.push((hash, known.host.clone())),
                 _ => {
                     decoded += 1;
@@ -116,24 +125,27 @@ impl HostSnapshot {
         let mut before: HashMap<&str, Option<Arc<Host>>> = HashMap::new();
         let mut listed = 0;
         for (entry, (hash, host)) in entries.iter().zip(&hosts) {
-            match self.hosts.entry(entry.id.clone()) {
-                Entry::Vacant(vacant) => {
+            // Known hosts are the rule: no key is allocated for them.
+            match self.hosts.get_mut(entry.id()) {
+                None => {
                     listed += 1;
-                    before.entry(&entry.id).or_insert(None);
-                    vacant.insert(Known {
-                        hash: *hash,
-                        host: host.clone(),
-                        seen: poll,
-                    });
+                    before.entry(entry.id()).or_insert(None);
+                    self.hosts.insert(
+                        entry.id().into(),
+                        Known {
+                            hash: *hash,
+                            host: host.clone(),
+                            seen: poll,
+                        },
+                    );
                 }
-                Entry::Occupied(occupied) => {
-                    let known = occupied.into_mut();
+                Some(known) => {
                     if known.seen != poll {
                         listed += 1;
                     }
                     if !Arc::ptr_eq(&known.host, host) {
                         before
-                            .entry(&entry.id)
+                            .entry(entry.id())
                             .or_insert_with(|| Some(known.host.clone()));
                     }
                     known.hash = *hash;

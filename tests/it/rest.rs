@@ -1387,3 +1387,62 @@ async fn replicas_sharing_redis_agree_on_when_each_host_was_first_seen() {
     b.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A churning cluster does not grow the shared first-sighting hash without
+/// end: once departed hosts outnumber the current list (plus a slack),
+/// they are forgotten, and the hosts still listed keep their first sighting.
+#[tokio::test]
+async fn first_sightings_of_departed_hosts_are_forgotten() {
+    let redis = crate::support::redis::RedisServer::start();
+    let sim = dfgraph_sim::SimCluster::start(small_sim()).await.unwrap();
+    let key = "dfgraph:v1:first-seen:{1}";
+    let mut conn = redis.conn();
+    let departed: Vec<(String, i64)> = (0..3000).map(|i| (format!("gone-{i}"), 1)).collect();
+    redis::cmd("HSET")
+        .arg(key)
+        .arg(&departed)
+        .query::<()>(&mut conn)
+        .unwrap();
+    let mut config = crate::support::gateway_config(&sim);
+    config.redis = Some(redis.url());
+    let gateway = dfgraph::gateway::Gateway::start(config).await.unwrap();
+    let url = format!(
+        "{}/api/v1/peers?per_page=1000&scheduler_cluster_id=1",
+        gateway.url()
+    );
+    let listed = |rows: &Vec<Value>| {
+        rows.iter()
+            .map(|p| {
+                (
+                    p["id"].as_u64().unwrap(),
+                    p["created_at"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<BTreeMap<u64, String>>()
+    };
+    let rows: Vec<Value> = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let first = listed(&rows);
+    let current = sim.hosts(1).len();
+    assert_eq!(first.len(), current);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let remembered: usize = redis::cmd("HLEN").arg(key).query(&mut conn).unwrap();
+        if remembered == current {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{remembered} sightings kept, {current} hosts listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: Vec<Value> = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        listed(&rows),
+        first,
+        "current hosts keep their first sighting"
+    );
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}

@@ -97,6 +97,11 @@ pub struct BenchArgs {
     /// timed to its UNREACHABLE event.
     #[arg(long, default_value_t = 100)]
     pub kills: usize,
+    /// Watch scenario: the `dfgraph` binary whose `simulate` plays the
+    /// schedulers (default: `--dfgraph`); one simulator for both sides
+    /// keeps the scheduler side constant when comparing gateways.
+    #[arg(long)]
+    pub simulator: Option<std::path::PathBuf>,
     /// Live and watch scenarios: the gateway's watch interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,

@@ -38,6 +38,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         batched: false,
         dfgraph: None,
         kills: 100,
+        simulator: None,
     }
 }
 

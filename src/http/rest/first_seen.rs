@@ -5,8 +5,13 @@
 //! replica to write wins, every replica reads the same answer back), and
 //! in memory without Redis. Each replica asks Redis once per host (one
 //! round trip per list with new hosts), then answers from memory.
+//!
+//! Hosts that left are forgotten, in memory and in Redis, once they
+//! outnumber the current list (plus a slack), so a churning cluster does
+//! not grow the hash without end; a host that comes back after that is
+//! first seen again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -16,6 +21,13 @@ use crate::redis::Redis;
 
 /// Cluster id -> host id -> first sighting, unix milliseconds.
 type Sightings = HashMap<u64, HashMap<Box<str>, i64>>;
+
+/// Sightings of hosts no longer listed that are kept before they are
+/// forgotten: beyond `2 * current + FORGET_SLACK` the rest go.
+const FORGET_SLACK: usize = 1024;
+
+/// Fields removed by one `HDEL`, so a large prune does not hold Redis up.
+const FORGET_CHUNK: usize = 1000;
 
 /// First sightings of hosts, shared through Redis when there is one.
 #[derive(Clone)]
@@ -52,7 +64,13 @@ impl FirstSeen {
         let names: Vec<&str> = new.iter().map(|&i| hosts[i]).collect();
         let stored = match &self.redis {
             Some(redis) => match shared(redis, cluster_id, &names, at).await {
-                Some(stored) => Some(stored),
+                Some((stored, remembered)) => {
+                    if remembered > 2 * hosts.len() + FORGET_SLACK {
+                        let current = hosts.iter().map(|h| Box::<str>::from(*h)).collect();
+                        tokio::spawn(forget_departed(redis.clone(), cluster_id, current));
+                    }
+                    Some(stored)
+                }
                 // Not remembered: the shared answer is asked for again
                 // next time, so replicas come to agree.
                 None => return known.into_iter().map(|k| k.unwrap_or(at)).collect(),
@@ -68,8 +86,8 @@ impl FirstSeen {
         }
         // Hosts that left are forgotten here (Redis keeps them) once they
         // outnumber the current list.
-        if cluster.len() > 2 * hosts.len() + 64 {
-            let current: std::collections::HashSet<&str> = hosts.iter().copied().collect();
+        if cluster.len() > 2 * hosts.len() + FORGET_SLACK {
+            let current: HashSet<&str> = hosts.iter().copied().collect();
             cluster.retain(|host, _| current.contains(&**host));
         }
         known.into_iter().map(|k| k.unwrap_or(at)).collect()
@@ -93,25 +111,30 @@ impl FirstSeen {
     }
 }
 
-/// `HSETNX` each host at `at`, then reads every host's stored sighting, in
-/// one round trip. `None` when Redis could not answer (the caller uses
-/// `at`, and asks again next time it meets the host in a new process).
+/// `HSETNX` each host at `at`, then reads every host's stored sighting
+/// and how many hosts the hash remembers, in one round trip. `None` when
+/// Redis could not answer (the caller uses `at`, and asks again next time
+/// it meets the host in a new process).
 async fn shared(
     redis: &Redis,
     cluster_id: u64,
     hosts: &[&str],
     at: i64,
-) -> Option<Vec<Option<i64>>> {
+) -> Option<(Vec<Option<i64>>, usize)> {
     let key = key(cluster_id);
     let mut pipe = redis::pipe();
     for host in hosts {
         pipe.hset_nx(&key, *host, at).ignore();
     }
-    pipe.hmget(&key, hosts);
+    pipe.hmget(&key, hosts).hlen(&key);
     let answer: Result<Vec<Value>, _> = redis.pipe("first_seen", &pipe).await;
-    let values = match answer {
-        Ok(mut replies) => match replies.pop() {
-            Some(Value::Array(values)) if values.len() == hosts.len() => values,
+    let (values, remembered) = match answer {
+        Ok(mut replies) => match (replies.pop(), replies.pop()) {
+            (Some(Value::Int(remembered)), Some(Value::Array(values)))
+                if values.len() == hosts.len() =>
+            {
+                (values, usize::try_from(remembered).unwrap_or(0))
+            }
             other => {
                 tracing::warn!(?other, "first sightings: unexpected answer from Redis");
                 return None;
@@ -122,12 +145,44 @@ async fn shared(
             return None;
         }
     };
-    Some(
-        values
-            .into_iter()
-            .map(|v| redis::from_redis_value::<Option<i64>>(v).ok().flatten())
-            .collect(),
-    )
+    let stored = values
+        .into_iter()
+        .map(|v| redis::from_redis_value::<Option<i64>>(v).ok().flatten())
+        .collect();
+    Some((stored, remembered))
+}
+
+/// Removes from the cluster's hash every host not in `current`, in
+/// chunks. Replicas doing so at once remove the same fields, which is
+/// harmless; a failure leaves the rest for the next time.
+async fn forget_departed(redis: Redis, cluster_id: u64, current: HashSet<Box<str>>) {
+    let key = key(cluster_id);
+    let remembered: Vec<String> = match redis.cmd("first_seen", redis::cmd("HKEYS").arg(&key)).await
+    {
+        Ok(fields) => fields,
+        Err(error) => {
+            tracing::debug!(%error, "first sightings: could not list departed hosts");
+            return;
+        }
+    };
+    let departed: Vec<String> = remembered
+        .into_iter()
+        .filter(|host| !current.contains(host.as_str()))
+        .collect();
+    for chunk in departed.chunks(FORGET_CHUNK) {
+        if let Err(error) = redis
+            .cmd::<()>("first_seen", redis::cmd("HDEL").arg(&key).arg(chunk))
+            .await
+        {
+            tracing::debug!(%error, "first sightings: could not forget departed hosts");
+            return;
+        }
+    }
+    tracing::debug!(
+        cluster_id,
+        forgotten = departed.len(),
+        "first sightings of departed hosts forgotten"
+    );
 }
 
 #[cfg(test)]
