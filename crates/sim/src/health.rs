@@ -39,11 +39,34 @@ pub enum HostMode {
 /// before it is abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// File descriptors kept for everything but health listeners: the
+/// schedulers' and manager's listeners and the gateways' connections.
+const RESERVED_FDS: usize = 4096;
+
 /// Health listeners bound while hosts are generated (synchronously, under
-/// the workload's lock), waiting to be served.
+/// the workload's lock), waiting to be served. One per host until the
+/// process's open-file limit (less [`RESERVED_FDS`]) would be reached;
+/// hosts beyond it get port 0, which a prober does not dial (their
+/// liveness is unknown), instead of starving the schedulers of sockets.
 #[derive(Default)]
 pub(crate) struct Binder {
     pending: Mutex<Vec<(String, SocketAddr, std::net::TcpListener)>>,
+    bound: AtomicU64,
+    /// Set once a host went without a listener, so that is said once.
+    exhausted: std::sync::atomic::AtomicBool,
+}
+
+/// How many health listeners this process may hold: its soft open-file
+/// limit (from /proc; 8192 where that cannot be read) less [`RESERVED_FDS`].
+fn listener_capacity() -> u64 {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<u64>().ok()
+        })
+        .unwrap_or(8192 + RESERVED_FDS as u64);
+    soft.saturating_sub(RESERVED_FDS as u64)
 }
 
 impl Binder {
@@ -51,11 +74,23 @@ impl Binder {
     /// simulators with the same seed do not collide); its port, or `None`
     /// (logged) when the address cannot be bound.
     pub(crate) fn bind(&self, host_id: &str, ip: Ipv4Addr) -> Option<i32> {
+        static CAPACITY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let capacity = *CAPACITY.get_or_init(listener_capacity);
+        if self.bound.load(Ordering::Relaxed) >= capacity {
+            if !self.exhausted.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    listeners = capacity,
+                    "open-file limit: further simulated hosts get no health service (port 0, liveness unknown)"
+                );
+            }
+            return Some(0);
+        }
         let bound = std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(|l| l.local_addr().map(|a| (l, a)));
         match bound {
             Ok((listener, addr)) => {
+                self.bound.fetch_add(1, Ordering::Relaxed);
                 self.pending
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -257,6 +292,16 @@ impl Hosts {
             }
             keep
         });
+        // Hosts that left gave their listeners back.
+        let pending = self
+            .binder
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        self.binder
+            .bound
+            .store((endpoints.len() + pending) as u64, Ordering::Relaxed);
     }
 
     /// The address of a host's health service.
