@@ -99,6 +99,9 @@ pub struct PeerStateEvent {
     pub from: Option<PeerState>,
     pub to: PeerState,
     pub observed_at: DateTime<Utc>,
+    /// Where the change is in the event log (null for the current state
+    /// and for what was not logged); pass it as `after` to resume.
+    pub cursor: Option<EventCursor>,
 }
 
 /// A task as it is, then after each change.
@@ -108,6 +111,9 @@ pub struct TaskEvent {
     /// Empty in the first message (the current state).
     pub changed_fields: Vec<String>,
     pub observed_at: DateTime<Utc>,
+    /// Where the change is in the event log (null for the current state
+    /// and for what was not logged); pass it as `after` to resume.
+    pub cursor: Option<EventCursor>,
 }
 
 /// A scheduler's reachability or circuit, as this replica sees it.
@@ -506,6 +512,9 @@ impl Subscription {
     /// One peer's state: first the current state (`from` null), then every
     /// change the watcher sees, in order. Completes when the peer
     /// disappears.
+    /// With `after` (a message's `cursor`), first every logged change of
+    /// the peer after it, then the current state unless the last of those
+    /// already is it, then live ones, none told twice.
     async fn peer_state_changed(
         &self,
         ctx: &Context<'_>,
@@ -513,6 +522,7 @@ impl Subscription {
         task_id: ID,
         peer_id: ID,
         scheduler_cluster_id: Option<ID>,
+        after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<PeerStateEvent>> + use<>> {
         check_id("host id", &host_id)?;
         check_id("task id", &task_id)?;
@@ -536,20 +546,49 @@ impl Subscription {
                 key: key.clone(),
             })
             .map_err(too_many)?;
+        // Resumed: the logged changes after the cursor come first.
+        let (replay, mut seen) = match resume_point(ctx, after) {
+            None => (Vec::new(), Seen::default()),
+            Some(after) => resume::replay(log_of(ctx)?, &[cluster_id], after.0)
+                .await
+                .map_err(resume_error)?,
+        };
         let stamp = stamp(ctx);
+        let cursors = cursor_stamp(ctx);
         let host_id = key.host_id.clone();
         Ok(async_stream::stream! {
             let _interest = interest;
+            let mut told: Option<String> = None;
+            for event in replay {
+                let What::Peer { key: changed, peer: Some(peer), from, baseline: false } = &event.what else { continue };
+                if *changed != key {
+                    continue;
+                }
+                told = Some(peer.state.clone());
+                cursors.set(event.cursor);
+                yield Ok(PeerStateEvent {
+                    from: from.as_deref().map(PeerState::from_wire),
+                    to: PeerState::from_wire(&peer.state),
+                    peer: Peer { cluster_id, host_id: host_id.clone(), peer: peer.clone() },
+                    observed_at: at(event.observed_at_ms),
+                    cursor: event.cursor.map(EventCursor),
+                });
+            }
             let mut last = current.state.clone();
             let mut seen_at = current.updated_at;
-            yield Ok(PeerStateEvent {
-                to: PeerState::from_wire(&last),
-                from: None,
-                peer: Peer { cluster_id, host_id: host_id.clone(), peer: current },
-                observed_at: Utc::now(),
-            });
+            // The current state, unless the replay ended on it.
+            if told.as_ref() != Some(&last) {
+                yield Ok(PeerStateEvent {
+                    to: PeerState::from_wire(&last),
+                    from: told.as_deref().map(PeerState::from_wire),
+                    peer: Peer { cluster_id, host_id: host_id.clone(), peer: current },
+                    observed_at: Utc::now(),
+                    cursor: None,
+                });
+            }
             loop {
                 let event = match rx.recv().await {
+                    Ok(event) if !seen.fresh(&event) => continue,
                     Ok(event) => event,
                     Err(RecvError::Lagged(missed)) => {
                         yield Err(lagged(missed));
@@ -573,11 +612,13 @@ impl Subscription {
                 }
                 let from = std::mem::replace(&mut last, peer.state.clone());
                 stamp.set(event.observed_at_ms);
+                cursors.set(event.cursor);
                 yield Ok(PeerStateEvent {
                     from: Some(PeerState::from_wire(&from)),
                     to: PeerState::from_wire(&last),
                     peer: Peer { cluster_id, host_id: host_id.clone(), peer: peer.clone() },
                     observed_at: at(event.observed_at_ms),
+                    cursor: event.cursor.map(EventCursor),
                 });
             }
         })
@@ -585,12 +626,15 @@ impl Subscription {
 
     /// One task: first as it is (`changedFields` empty), then after every
     /// change of its state, peer count or other fields. Completes when the
-    /// task disappears.
+    /// task disappears. With `after` (a message's `cursor`), first every
+    /// logged change of the task after it, then the task as it is unless
+    /// the last of those already is, then live ones, none told twice.
     async fn task_changed(
         &self,
         ctx: &Context<'_>,
         id: ID,
         scheduler_cluster_id: Option<ID>,
+        after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<TaskEvent>> + use<>> {
         check_id("task id", &id)?;
         let state = ctx.data::<GatewayState>()?;
@@ -605,18 +649,46 @@ impl Subscription {
                 task_id: id.0.clone(),
             })
             .map_err(too_many)?;
+        let (replay, mut seen) = match resume_point(ctx, after) {
+            None => (Vec::new(), Seen::default()),
+            Some(after) => resume::replay(log_of(ctx)?, &[cluster_id], after.0)
+                .await
+                .map_err(resume_error)?,
+        };
         let stamp = stamp(ctx);
+        let cursors = cursor_stamp(ctx);
         let task_id = id.0;
         Ok(async_stream::stream! {
             let _interest = interest;
+            let mut told: Option<Arc<WireTask>> = None;
+            for event in replay {
+                let What::Task { task_id: changed, task: Some(task), changed_fields, baseline: false } = &event.what else { continue };
+                if *changed != task_id {
+                    continue;
+                }
+                told = Some(task.clone());
+                cursors.set(event.cursor);
+                yield Ok(TaskEvent {
+                    task: Task { cluster_id, task: task.clone() },
+                    changed_fields: changed_fields.clone(),
+                    observed_at: at(event.observed_at_ms),
+                    cursor: event.cursor.map(EventCursor),
+                });
+            }
             let mut last = current.clone();
-            yield Ok(TaskEvent {
-                task: Task { cluster_id, task: current },
-                changed_fields: Vec::new(),
-                observed_at: Utc::now(),
-            });
+            // The task as it is, unless the replay ended on it.
+            let since_told = told.as_ref().map(|t| task_fields(t, &current));
+            if since_told.as_ref().is_none_or(|fields| !fields.is_empty()) {
+                yield Ok(TaskEvent {
+                    task: Task { cluster_id, task: current },
+                    changed_fields: since_told.unwrap_or_default(),
+                    observed_at: Utc::now(),
+                    cursor: None,
+                });
+            }
             loop {
                 let event = match rx.recv().await {
+                    Ok(event) if !seen.fresh(&event) => continue,
                     Ok(event) => event,
                     Err(RecvError::Lagged(missed)) => {
                         yield Err(lagged(missed));
@@ -638,10 +710,12 @@ impl Subscription {
                 }
                 last = task.clone();
                 stamp.set(event.observed_at_ms);
+                cursors.set(event.cursor);
                 yield Ok(TaskEvent {
                     task: Task { cluster_id, task: task.clone() },
                     changed_fields,
                     observed_at: at(event.observed_at_ms),
+                    cursor: event.cursor.map(EventCursor),
                 });
             }
         })

@@ -335,3 +335,117 @@ async fn a_replica_that_could_not_hear_the_bus_delivers_what_it_missed_from_the_
     follower.shutdown().await;
     sim.shutdown().await;
 }
+
+const PEER: &str = "subscription($h: ID!, $t: ID!, $p: ID!, $after: EventCursor) {
+  peerStateChanged(hostId: $h, taskId: $t, peerId: $p, after: $after) { from to cursor }
+}";
+
+/// The next `peerStateChanged` message of subscription `id`.
+async fn peer_change(client: &mut WsClient, id: &str) -> Value {
+    next_event(client, id, Duration::from_secs(5)).await["peerStateChanged"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_subscriber_resumes_with_the_changes_it_missed_then_live_ones() {
+    let redis = RedisServer::start();
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, Some(&redis)))
+        .await
+        .unwrap();
+    let peer = sim.peers(1).remove(0);
+    let vars = json!({
+        "h": peer.host.as_ref().map(|h| h.id.clone()),
+        "t": peer.task.as_ref().map(|t| t.id.clone()),
+        "p": peer.id,
+    });
+    assert!(sim.set_peer_state(&peer.id, "Pending"));
+    // Someone keeps watching the peer while the client is away.
+    let mut keeper = WsClient::ready(&gateway.url()).await;
+    keeper.subscribe("k", PEER, vars.clone()).await;
+    let mut client = WsClient::ready(&gateway.url()).await;
+    client.subscribe("p", PEER, vars.clone()).await;
+    assert_eq!(peer_change(&mut keeper, "k").await["to"], "PENDING");
+    assert_eq!(peer_change(&mut client, "p").await["to"], "PENDING");
+    tokio::time::sleep(INTERVAL * 3).await;
+
+    assert!(sim.set_peer_state(&peer.id, "Running"));
+    let running = peer_change(&mut client, "p").await;
+    assert_eq!(
+        (running["from"].as_str(), running["to"].as_str()),
+        (Some("PENDING"), Some("RUNNING"))
+    );
+    assert!(running["cursor"].is_string(), "{running}");
+    assert_eq!(peer_change(&mut keeper, "k").await, running);
+    drop(client);
+
+    // Away: it finishes.
+    assert!(sim.set_peer_state(&peer.id, "Succeeded"));
+    let missed = peer_change(&mut keeper, "k").await;
+
+    let mut back = WsClient::ready(&gateway.url()).await;
+    let mut resume = vars.clone();
+    resume["after"] = running["cursor"].clone();
+    back.subscribe("p", PEER, resume).await;
+    // What it missed, and no current-state message repeating it.
+    assert_eq!(peer_change(&mut back, "p").await, missed);
+    assert_eq!(back.receive(INTERVAL * 3).await, Received::Nothing);
+    // Then live.
+    assert!(sim.set_peer_state(&peer.id, "Failed"));
+    let failed = peer_change(&mut back, "p").await;
+    assert_eq!(
+        (failed["from"].as_str(), failed["to"].as_str()),
+        (Some("SUCCEEDED"), Some("FAILED"))
+    );
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
+
+const TASK: &str = "subscription($id: ID!, $after: EventCursor) {
+  taskChanged(id: $id, after: $after) { task { id state } changedFields cursor }
+}";
+
+/// The next `taskChanged` message of subscription `id`.
+async fn task_change(client: &mut WsClient, id: &str) -> Value {
+    next_event(client, id, Duration::from_secs(5)).await["taskChanged"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_subscriber_resumes_with_the_changes_it_missed() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    // Without Redis: the log is the process's ring.
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let task = sim.tasks(1).remove(0);
+    assert!(sim.set_task_state(&task.id, "Running"));
+    let vars = json!({"id": task.id});
+    let mut keeper = WsClient::ready(&gateway.url()).await;
+    keeper.subscribe("k", TASK, vars.clone()).await;
+    let mut client = WsClient::ready(&gateway.url()).await;
+    client.subscribe("t", TASK, vars.clone()).await;
+    assert_eq!(
+        task_change(&mut keeper, "k").await["task"]["state"],
+        "RUNNING"
+    );
+    assert_eq!(
+        task_change(&mut client, "t").await["task"]["state"],
+        "RUNNING"
+    );
+    tokio::time::sleep(INTERVAL * 3).await;
+
+    assert!(sim.set_task_state(&task.id, "Failed"));
+    let failed = task_change(&mut client, "t").await;
+    assert_eq!(failed["changedFields"], json!(["state"]));
+    assert!(failed["cursor"].is_string(), "{failed}");
+    assert_eq!(task_change(&mut keeper, "k").await, failed);
+    drop(client);
+
+    assert!(sim.set_task_state(&task.id, "Succeeded"));
+    let missed = task_change(&mut keeper, "k").await;
+    let mut back = WsClient::ready(&gateway.url()).await;
+    let mut resume = vars.clone();
+    resume["after"] = failed["cursor"].clone();
+    back.subscribe("t", TASK, resume).await;
+    assert_eq!(task_change(&mut back, "t").await, missed);
+    assert_eq!(back.receive(INTERVAL * 3).await, Received::Nothing);
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
