@@ -99,19 +99,36 @@ impl ClusterProber {
             share.forget(self.cluster_id, gone).await;
         }
         let count = targets.len();
-        futures::stream::iter(targets)
-            .for_each_concurrent(self.config.concurrency, |(host, addr)| {
-                self.probe_host(limiter, host, addr)
-            })
-            .await;
+        // Paced in order: each host's first probe takes its token before it
+        // takes a place among the `concurrency` in flight, so a host that
+        // fails competes for its retries with the pacing alone, not with
+        // every probe waiting its turn.
+        let mut waiting = targets.into_iter();
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            let room = running.len() < self.config.concurrency && waiting.len() > 0;
+            if !room && running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(()) = running.next(), if !running.is_empty() => {}
+                () = limiter.until_ready(), if room => {
+                    if let Some((host, addr)) = waiting.next() {
+                        running.push(self.probe_host(limiter, host, addr));
+                    }
+                }
+            }
+        }
         if let Some(share) = &self.share {
             share.flush(self.cluster_id, &self.liveness).await;
         }
         count
     }
 
-    /// Probes one host until it answers or has failed `failures` times in
-    /// a row; records and publishes what changed.
+    /// Probes one host (its first probe's token already taken) until it
+    /// answers or has failed `failures` times in a row; records and
+    /// publishes what changed.
     async fn probe_host(
         &self,
         limiter: &DefaultDirectRateLimiter,
@@ -119,8 +136,12 @@ impl ClusterProber {
         addr: SocketAddr,
     ) {
         let cluster = self.cluster_id.to_string();
+        let mut retry = false;
         loop {
-            limiter.until_ready().await;
+            if retry {
+                limiter.until_ready().await;
+            }
+            retry = true;
             let outcome = self.dialer.check(addr).await;
             metrics::counter!(metric::PROBES, "cluster" => cluster.clone()).increment(1);
             match &outcome {

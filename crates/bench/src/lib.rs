@@ -9,6 +9,7 @@
 
 pub mod bus;
 pub mod live;
+pub mod liveness;
 pub mod scenario;
 pub mod watch;
 
@@ -92,6 +93,10 @@ pub struct BenchArgs {
     /// beside this tool), so two builds can be compared.
     #[arg(long)]
     pub dfgraph: Option<std::path::PathBuf>,
+    /// Liveness scenario: hosts stopped (spread over `--duration`), each
+    /// timed to its UNREACHABLE event.
+    #[arg(long, default_value_t = 100)]
+    pub kills: usize,
     /// Watch scenario: the `dfgraph` binary whose `simulate` plays the
     /// schedulers (default: `--dfgraph`); one simulator for both sides
     /// keeps the scheduler side constant when comparing gateways.

@@ -248,12 +248,26 @@ pub async fn subscribe_all(
 }
 
 /// One subscriber's websocket.
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A websocket to the gateway at `url`, initialised and subscribed to
 /// [`SUBSCRIPTION`] (or [`BATCHED_SUBSCRIPTION`]).
 async fn connect_and_subscribe(url: &str, batched: bool) -> Result<Socket, String> {
+    connect_and_subscribe_to(
+        url,
+        if batched {
+            BATCHED_SUBSCRIPTION
+        } else {
+            SUBSCRIPTION
+        },
+    )
+    .await
+}
+
+/// A websocket to the gateway at `url`, initialised and subscribed (id
+/// "1") to `query`.
+pub(crate) async fn connect_and_subscribe_to(url: &str, query: &str) -> Result<Socket, String> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     let protocol = "graphql-transport-ws".parse().map_err(|_| "header")?;
     request
@@ -272,7 +286,8 @@ async fn connect_and_subscribe(url: &str, batched: bool) -> Result<Socket, Strin
         .send(Message::text(init.to_string()))
         .await
         .map_err(|e| e.to_string())?;
-    let subscribe = serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": if batched { BATCHED_SUBSCRIPTION } else { SUBSCRIPTION }}});
+    let subscribe =
+        serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": query}});
     socket
         .send(Message::text(subscribe.to_string()))
         .await

@@ -54,7 +54,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let args = cli.bench;
-    if args.scenario == Scenario::Bus {
+    if args.scenario == Scenario::Liveness {
+        let report = dfgraph_bench::liveness::run(&args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+    } else if args.scenario == Scenario::Bus {
         let report = dfgraph_bench::bus::run(&args).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -29,6 +29,9 @@ pub enum Scenario {
     /// as the bus between replicas, and the event log's replay rate and
     /// memory; see `bench::bus`.
     Bus,
+    /// No queries: how long a stopped host takes to show as UNREACHABLE
+    /// at a subscriber, and what probing costs; see `bench::liveness`.
+    Liveness,
 }
 
 const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
@@ -44,7 +47,11 @@ impl Scenario {
         Ok(match self {
             Scenario::Overview => vec![json!({ "query": OVERVIEW })],
             Scenario::Trivial => vec![json!({ "query": "{ __typename }" })],
-            Scenario::Live | Scenario::RawListHosts | Scenario::Watch | Scenario::Bus => {
+            Scenario::Live
+            | Scenario::RawListHosts
+            | Scenario::Watch
+            | Scenario::Bus
+            | Scenario::Liveness => {
                 return Err(BenchError::Scenario(format!(
                     "the {self:?} scenario sends no GraphQL queries"
                 )));

@@ -134,7 +134,7 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
 }
 
 /// The `dfgraph` binary built beside this one (`target/release/`).
-fn sibling_dfgraph() -> Result<PathBuf, BenchError> {
+pub(crate) fn sibling_dfgraph() -> Result<PathBuf, BenchError> {
     let exe = std::env::current_exe().map_err(|e| BenchError::Scenario(e.to_string()))?;
     let path = exe.with_file_name("dfgraph");
     if path.exists() {
@@ -153,12 +153,11 @@ fn pid(child: &Child) -> Result<u32, BenchError> {
         .ok_or_else(|| BenchError::Scenario("a child process exited early".into()))
 }
 
-/// Starts `dfgraph simulate` and reads its `cluster=ID scheduler=ADDR` lines.
-async fn start_simulator(
-    dfgraph: &Path,
-    args: &BenchArgs,
-) -> Result<(Child, Vec<String>), BenchError> {
-    let mut child = Command::new(dfgraph)
+/// `dfgraph simulate` shaped by `args` (clusters, schedulers, hosts,
+/// tasks), on ephemeral loopback ports, its stdout piped.
+pub(crate) fn simulate_command(dfgraph: &Path, args: &BenchArgs) -> Command {
+    let mut command = Command::new(dfgraph);
+    command
         .args(["simulate", "--listen", "127.0.0.1:0"])
         .args(["--clusters", &args.clusters.to_string()])
         .args([
@@ -167,7 +166,16 @@ async fn start_simulator(
         ])
         .args(["--hosts", &args.hosts.to_string()])
         .args(["--tasks", &args.tasks.to_string()])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    command
+}
+
+/// Starts `dfgraph simulate` and reads its `cluster=ID scheduler=ADDR` lines.
+async fn start_simulator(
+    dfgraph: &Path,
+    args: &BenchArgs,
+) -> Result<(Child, Vec<String>), BenchError> {
+    let mut child = simulate_command(dfgraph, args)
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
@@ -292,7 +300,7 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
 }
 
 /// User plus system CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| BenchError::Scenario(format!("/proc/{pid}/stat: {e}")))?;
     // The command name (field 2) may hold spaces: count from its `)`.

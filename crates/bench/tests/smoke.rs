@@ -37,6 +37,7 @@ fn args(scenario: Scenario) -> BenchArgs {
         replicas: 1,
         batched: false,
         dfgraph: None,
+        kills: 100,
         simulator: None,
     }
 }
@@ -123,4 +124,25 @@ async fn raw_list_hosts_measures_the_schedulers_alone() {
         "{report:?}"
     );
     assert_eq!(report.cache_hits + report.origin_loads, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_scenario_times_every_stopped_host_to_its_event() {
+    // The `dfgraph` binary cargo built beside this test's directory.
+    let dfgraph = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("dfgraph")))
+        .filter(|path| path.exists())
+        .expect("the dfgraph binary is built (cargo test --workspace builds it)");
+    let mut args = args(Scenario::Liveness);
+    args.clusters = 1;
+    args.kills = 20;
+    args.dfgraph = Some(dfgraph);
+    let report = dfgraph_bench::liveness::run(&args).await.unwrap();
+    assert_eq!((report.kills, report.detected), (20, 20), "{report:?}");
+    // 200 hosts at 500 probes/s: a cycle every second (the interval);
+    // a stopped host refuses, so its confirmations take milliseconds.
+    let p99 = report.detection_p99_s.expect("detections");
+    assert!(p99 < 2.5, "{report:?}");
+    assert!(report.cpu_percent > 0.0, "{report:?}");
 }
