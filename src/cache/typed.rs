@@ -192,7 +192,35 @@ where
         keys: &[CacheKey],
         deadline: Deadline,
     ) -> HashMap<CacheKey, Result<Fetched<V>, O::Error>> {
+        self.lookup(keys, deadline, None).await
+    }
+
+    /// [`get_many`], but a value fetched more than `max_age` ago counts as
+    /// a miss even when fresh (it is still the fallback if the origin
+    /// fails), in L1 and in L2: for a first look at values nobody was
+    /// keeping current.
+    ///
+    /// [`get_many`]: TypedCache::get_many
+    pub async fn get_many_younger_than(
+        &self,
+        keys: &[CacheKey],
+        deadline: Deadline,
+        max_age: Duration,
+    ) -> HashMap<CacheKey, Result<Fetched<V>, O::Error>> {
+        let now = self.cache.inner.clock.now_ms();
+        let newer_than =
+            now.saturating_sub(Millis::try_from(max_age.as_millis()).unwrap_or(Millis::MAX));
+        self.lookup(keys, deadline, Some(newer_than)).await
+    }
+
+    async fn lookup(
+        &self,
+        keys: &[CacheKey],
+        deadline: Deadline,
+        newer_than: Option<Millis>,
+    ) -> HashMap<CacheKey, Result<Fetched<V>, O::Error>> {
         let inner = &self.cache.inner;
+        let too_old = |entry: &Entry| newer_than.is_some_and(|t| entry.header.fetched_at <= t);
         if !inner.config.enabled {
             return self
                 .load_uncached(keys, deadline)
@@ -217,6 +245,10 @@ where
                 .as_ref()
                 .and_then(|e| e.typed::<V>().map(|value| (e, value)));
             match found {
+                Some((entry, value)) if too_old(entry) && now < entry.header.stale_until => {
+                    stats.lookup(Tier::L1, Found::Miss, 1);
+                    misses.push((key.clone(), Some(fallback_of(entry, value))));
+                }
                 Some((entry, value)) if now < entry.header.fresh_until => {
                     out.insert(
                         key.clone(),
@@ -249,7 +281,7 @@ where
             self.reload_in_background(ahead, Mode::RefreshAhead);
         }
         if !misses.is_empty() {
-            out.extend(self.load(misses, deadline).await);
+            out.extend(self.load(misses, deadline, newer_than).await);
         }
         out
     }
@@ -346,6 +378,7 @@ where
         &self,
         misses: Vec<(CacheKey, Option<Fallback<V>>)>,
         deadline: Deadline,
+        newer_than: Option<Millis>,
     ) -> Vec<(CacheKey, Outcome<V, O::Error>)> {
         let local = &self.cache.inner.local;
         let mut waits = Vec::with_capacity(misses.len());
@@ -362,7 +395,7 @@ where
                     jobs.push(Job {
                         leader,
                         fallback,
-                        newer_than: None,
+                        newer_than,
                     });
                 }
                 None => alone.push(key),

@@ -180,16 +180,21 @@ impl Interest {
         *lock(&self.last_hosts_query) = Some(Instant::now());
     }
 
+    /// Whether this replica keeps host lists watched now: a host
+    /// subscription runs or hosts were queried within the window.
+    pub fn hosts_wanted(&self) -> bool {
+        self.host_subscribers.load(Ordering::Acquire) > 0
+            || lock(&self.last_hosts_query).is_some_and(|at| at.elapsed() < self.hosts_query_window)
+    }
+
     pub fn wants_health(&self) -> bool {
         self.health_subscribers.load(Ordering::Acquire) > 0
     }
 
     /// What this replica wants now.
     pub fn local(&self) -> Wanted {
-        let queried_lately =
-            lock(&self.last_hosts_query).is_some_and(|at| at.elapsed() < self.hosts_query_window);
         Wanted {
-            hosts: self.host_subscribers.load(Ordering::Acquire) > 0 || queried_lately,
+            hosts: self.hosts_wanted(),
             watched: lock(&self.watched).keys().cloned().collect(),
         }
     }

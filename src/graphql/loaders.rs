@@ -82,6 +82,9 @@ pub struct HostListLoader {
     origins: Arc<Origins>,
     freshness: Arc<Freshness>,
     deadline: Deadline,
+    /// Set when this request is the first look at host lists nobody was
+    /// watching: lists fetched longer ago than this are loaded again.
+    max_age: Arc<std::sync::OnceLock<std::time::Duration>>,
 }
 
 impl Loader<u64> for HostListLoader {
@@ -93,10 +96,18 @@ impl Loader<u64> for HostListLoader {
             .iter()
             .map(|&cluster| CacheKey::hosts(cluster))
             .collect();
-        let results = self
-            .origins
-            .hosts
-            .get_many(&cache_keys, self.deadline)
+        let hosts = &self.origins.hosts;
+        let lookup = async {
+            match self.max_age.get() {
+                Some(&max_age) => {
+                    hosts
+                        .get_many_younger_than(&cache_keys, self.deadline, max_age)
+                        .await
+                }
+                None => hosts.get_many(&cache_keys, self.deadline).await,
+            }
+        };
+        let results = lookup
             .instrument(batch_span("host lists", keys.len()))
             .await;
         Ok(account(&self.freshness, results, |k| k.cluster))
@@ -173,6 +184,8 @@ impl Loader<PeerLookup> for PeerLoader {
 /// The loaders of one GraphQL request (or one subscription).
 pub struct Loaders {
     hosts: DataLoader<HostListLoader, HashMapCache>,
+    /// See [`Loaders::host_lists_younger_than`].
+    hosts_max_age: Arc<std::sync::OnceLock<std::time::Duration>>,
     tasks: DataLoader<TaskLoader, HashMapCache>,
     peers: DataLoader<PeerLoader, HashMapCache>,
     pub freshness: Arc<Freshness>,
@@ -194,12 +207,15 @@ impl Loaders {
     /// Loaders whose scheduler calls end by `deadline` at the latest.
     pub fn with_deadline(origins: Arc<Origins>, deadline: Deadline) -> Self {
         let freshness = Arc::new(Freshness::default());
+        let hosts_max_age = Arc::new(std::sync::OnceLock::new());
         Self {
+            hosts_max_age: Arc::clone(&hosts_max_age),
             hosts: DataLoader::with_cache(
                 HostListLoader {
                     origins: origins.clone(),
                     freshness: freshness.clone(),
                     deadline,
+                    max_age: Arc::clone(&hosts_max_age),
                 },
                 spawn_in_span,
                 HashMapCache::default(),
@@ -237,6 +253,14 @@ impl Loaders {
 
     /// Host lists of `clusters`, each its own result so one failed cluster
     /// does not hide the others.
+    /// Host lists this request loads from now on are at most `max_age`
+    /// old (fetched again otherwise): for the first look at lists nobody
+    /// was watching, whose cached copies nobody kept current.
+    pub fn host_lists_younger_than(&self, max_age: std::time::Duration) {
+        // Only the first setting counts; every caller asks the same.
+        let _ = self.hosts_max_age.set(max_age);
+    }
+
     pub async fn host_lists(&self, clusters: &[u64]) -> Result<BTreeMap<u64, Loaded<HostList>>> {
         let loaded = self
             .hosts

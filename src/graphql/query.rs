@@ -88,9 +88,15 @@ impl Query {
             Some(ids) => ids,
             None => state.cluster.cluster_ids(),
         };
+        let loaders = ctx.data::<Loaders>()?;
+        // A first look at lists nobody here was watching: their cached
+        // copies may be as old as their TTL, so they are loaded again
+        // unless younger than one watch interval (fresh on first sight).
+        if state.events.config.enabled && !state.events.interest.hosts_wanted() {
+            loaders.host_lists_younger_than(state.events.config.interval);
+        }
         // Someone looks at hosts: keep their lists watched (and so fresh).
         state.events.interest.touch_hosts();
-        let loaders = ctx.data::<Loaders>()?;
         let lists = loaders.host_lists(&clusters).await?;
         let (mut ok, mut counted, mut missing) = (Vec::new(), Vec::new(), Vec::new());
         for cluster_id in clusters {

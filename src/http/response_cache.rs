@@ -390,7 +390,11 @@ impl ResponseCache {
                 Served::Miss,
             );
         };
-        if let Some(kept) = inner.kept.get(&key).await
+        // Nobody was watching the host lists: the first look executes, so
+        // its lists are loaded fresh (see `Loaders::host_lists_younger_than`).
+        let first_sight = gateway.events.config.enabled && !gateway.events.interest.hosts_wanted();
+        if !first_sight
+            && let Some(kept) = inner.kept.get(&key).await
             && let Some(freshness) = current(&kept, gateway).await
         {
             // The hosts resolvers would have noted the interest.

@@ -231,3 +231,46 @@ async fn requests_keep_answering_while_redis_dies_and_returns() {
     gateway.shutdown().await;
     sim.shutdown().await;
 }
+
+/// Fresh on first sight: host lists nobody was watching are cached for
+/// their whole TTL with nothing keeping them current, so the first query
+/// after idle loads them again (once, for everyone asking) instead of
+/// answering with a list up to 30 s old; the watch then keeps them fresh.
+#[tokio::test]
+async fn the_first_host_query_after_idle_is_as_fresh_as_a_watched_one() {
+    let env = crate::support::TestEnv::start(small_sim(), |config| {
+        config.cache.enabled = true;
+        config.watch.interval = Duration::from_millis(200);
+        config.watch.hosts_query_window = Duration::from_millis(300);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let overview = "{ hostStats { total } hosts(first: 1) { totalCount } }";
+    let answer = post(&http, &env.gateway, overview, json!({})).await;
+    assert_eq!(answer["data"]["hostStats"]["total"], env.total_hosts());
+
+    // Nobody looks for a while: the watch ends; then a host joins.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut host = env.sim.hosts(1).remove(0);
+    host.id = "joined-while-nobody-watched".into();
+    env.sim.upsert_host(host);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = env.sim.total_rpc_count(Method::ListHosts);
+    let answer = post(&http, &env.gateway, overview, json!({})).await;
+    assert_eq!(
+        answer["data"]["hostStats"]["total"],
+        env.total_hosts(),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["data"]["hosts"]["totalCount"],
+        env.total_hosts(),
+        "{answer}"
+    );
+    assert!(
+        env.sim.total_rpc_count(Method::ListHosts) > before,
+        "the lists were loaded again"
+    );
+    env.stop().await;
+}

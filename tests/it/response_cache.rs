@@ -259,14 +259,21 @@ async fn identical_concurrent_queries_execute_once() {
             .set_latency(scheduler.addr, Duration::from_millis(400));
     }
     let bodies = join_all((0..8).map(|_| env.query(OVERVIEW, json!({})))).await;
-    let mut labels: Vec<&str> = bodies.iter().map(label).collect();
-    labels.sort_unstable();
+    let labels: Vec<&str> = bodies.iter().map(label).collect();
+    // One executes; the rest join it, or, when a loaded machine starts one
+    // after the execution ended, are served what it kept.
     assert_eq!(
-        labels,
-        [
-            "miss", "shared", "shared", "shared", "shared", "shared", "shared", "shared"
-        ]
+        labels.iter().filter(|&&l| l == "miss").count(),
+        1,
+        "{labels:?}"
     );
+    assert!(
+        labels
+            .iter()
+            .all(|&l| matches!(l, "miss" | "shared" | "hit")),
+        "{labels:?}"
+    );
+    assert!(labels.contains(&"shared"), "{labels:?}");
     for body in &bodies {
         assert!(body.get("errors").is_none(), "{body:#}");
         assert_eq!(body["data"], bodies[0]["data"]);
