@@ -814,6 +814,7 @@ const RECENT_QUERY = `query ConsoleRecent($first: Int!) {
   hostEventLog(first: $first) {
     events { kind changedFields observedAt schedulerClusterId cursor host { id hostname } }
   }
+  eventLog { retentionSeconds oldestAt }
 }`;
 
 // Fills the feed from the log; the live subscription continues after its
@@ -835,10 +836,16 @@ async function loadRecent() {
   for (const ev of [...events].reverse()) {
     if (!markSeen(ev)) continue;
     addFeedItem(ev, 'log');
+    eventCount++;
   }
+  $('#event-count').textContent = String(eventCount);
   const feed = $('#event-feed');
   feed.dataset.loaded = String(events.length);
-  note.textContent = events.length ? `from the log, then live` : 'live (the log is empty)';
+  const info = r.data.eventLog;
+  const kept = info ? `kept ${fmtAge(Number(info.retentionSeconds) * 1000)}` : '';
+  note.dataset.retention = info ? String(info.retentionSeconds) : '';
+  note.title = info?.oldestAt ? `the log reaches back to ${info.oldestAt}` : '';
+  note.textContent = events.length ? `from the log (${kept}), then live` : `live (the log, ${kept}, is empty)`;
 }
 
 // ---------- flapping hosts: hostChurn over the last hour ----------

@@ -927,6 +927,18 @@ async fn a_restarting_host_shows_in_the_history(
         .map(|e| json!({"kind": e["kind"], "host": e["host"]}))
         .collect();
     assert_eq!(kinds, newest_first, "the recent changes, newest first");
+    let note = page
+        .js(
+            "const n = document.querySelector('#feed-source'); \
+             return { retention: n.dataset.retention, text: n.textContent };",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        note,
+        json!({"retention": "86400", "text": "from the log (kept 24h00m), then live"}),
+        "the feed says where it comes from and how far the log reaches"
+    );
 
     let row = page
         .wait_for(
