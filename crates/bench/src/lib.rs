@@ -194,7 +194,12 @@ impl Report {
 
 /// Resident memory of this process, from /proc (Linux only).
 pub fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_mib_of("self")
+}
+
+/// Resident memory of process `pid` (`self`: this one), from /proc.
+pub fn rss_mib_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)

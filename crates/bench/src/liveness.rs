@@ -206,14 +206,7 @@ async fn reachable(http: &reqwest::Client, url: &str) -> Result<u64, BenchError>
 
 /// The value of a gauge in the gateway's `/metrics`.
 async fn gauge(http: &reqwest::Client, url: &str, line_start: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = crate::watch::metrics(http, url).await.ok()?;
     text.lines()
         .find(|l| l.starts_with(line_start))?
         .rsplit(' ')

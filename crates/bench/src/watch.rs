@@ -103,7 +103,7 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
     let gateway_cpu = cpu_seconds(gateway_pid)? - gateway_cpu;
     let simulator_cpu = cpu_seconds(simulator_pid)? - simulator_cpu;
     let metrics_after = metrics(&http, &url).await?;
-    let rss = rss_mib(gateway_pid);
+    let rss = crate::rss_mib_of(&gateway_pid.to_string());
 
     let delta = |name: &str, label: Option<&str>| {
         Some(sum(&metrics_after, name, label)? - sum(&metrics_before, name, label)?)
@@ -273,7 +273,8 @@ async fn host_total(http: &reqwest::Client, url: &str) -> Result<u64, BenchError
         .ok_or_else(|| failed(body.to_string()))
 }
 
-async fn metrics(http: &reqwest::Client, url: &str) -> Result<String, BenchError> {
+/// The text of the gateway's `/metrics`.
+pub(crate) async fn metrics(http: &reqwest::Client, url: &str) -> Result<String, BenchError> {
     let failed = |e: reqwest::Error| BenchError::Scenario(format!("/metrics: {e}"));
     http.get(format!("{url}/metrics"))
         .send()
@@ -314,13 +315,6 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
         (Some(user), Some(system)) => Ok((user + system) / USER_HZ),
         _ => Err(BenchError::Scenario(format!("/proc/{pid}/stat: {stat}"))),
     }
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 #[cfg(test)]
