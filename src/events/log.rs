@@ -513,6 +513,41 @@ impl EventLog {
         }
     }
 
+    /// Whether the log still holds the entry `cursor` names (within the
+    /// retention). False when it was trimmed, and when the log lost it: a
+    /// Redis restarted without persistence, another deployment's log, or
+    /// (without Redis) another process's ring. Entries are not decoded, so
+    /// an event kind this replica does not know still counts.
+    pub async fn holds(&self, cursor: EventCursor) -> Result<bool, LogError> {
+        if cursor.id < self.floor() {
+            return Ok(false);
+        }
+        match &self.inner.store {
+            Store::Ring(ring) => Ok(ring.lock().ok().is_some_and(|ring| {
+                ring.get(&cursor.cluster_id).is_some_and(|c| {
+                    c.events
+                        .binary_search_by_key(&Some(cursor.id), |e| e.cursor.map(|c| c.id))
+                        .is_ok()
+                })
+            })),
+            Store::Redis(redis) => {
+                let id = cursor.id.to_string();
+                let mut xrange = redis::cmd("XRANGE");
+                xrange
+                    .arg(keys::event_log(cursor.cluster_id))
+                    .arg(&id)
+                    .arg(&id)
+                    .arg("COUNT")
+                    .arg(1);
+                let reply: Value = redis.cmd("event_log_holds", &xrange).await?;
+                match reply {
+                    Value::Array(items) => Ok(!items.is_empty()),
+                    other => Err(LogError::Entry(format!("XRANGE answered {other:?}"))),
+                }
+            }
+        }
+    }
+
     /// The oldest event of `cluster` still answered, and how many the log
     /// holds for it.
     pub async fn extent(&self, cluster: u64) -> Result<(Option<EventCursor>, u64), LogError> {

@@ -45,9 +45,10 @@ impl Seen {
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
     /// The cursor's event is gone from the log (older than the retention,
-    /// or trimmed by size): events after it may be lost.
+    /// trimmed by size, or lost with the log itself): events after it may
+    /// be lost.
     #[error(
-        "the event log no longer reaches this cursor (it keeps {retention}); subscribe without `after`, or from the oldest cursor available"
+        "the event log no longer holds this cursor's event (it keeps {retention}, unless the log itself was lost); subscribe without `after`, or from the oldest cursor available"
     )]
     Expired {
         oldest: Option<EventCursor>,
@@ -57,11 +58,13 @@ pub enum ResumeError {
     Log(#[from] LogError),
 }
 
-/// Checks that the log still holds `after` (or everything after it).
+/// Checks that the log still holds `after`'s own event, so it holds
+/// everything after it: a log that was trimmed past it, or lost (Redis
+/// restarted without persistence, even before anything new was logged), is
+/// refused rather than replayed with a silent gap.
 pub async fn check(log: &EventLog, after: EventCursor) -> Result<(), ResumeError> {
-    let (oldest, _) = log.extent(after.cluster_id).await?;
-    let expired = after.id < log.floor() || oldest.is_some_and(|o| o.id > after.id);
-    if expired {
+    if !log.holds(after).await? {
+        let (oldest, _) = log.extent(after.cluster_id).await?;
         return Err(ResumeError::Expired {
             oldest,
             retention: humantime::format_duration(log.config().retention).to_string(),
@@ -218,5 +221,29 @@ mod tests {
         }
         // The oldest kept still resumes.
         assert!(replay(&log, &[1], logged[2]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cursor_of_a_log_that_was_lost_is_expired_even_before_anything_new_is_logged() {
+        let lost = EventLog::new(EventLogConfig::default(), None).expect("enabled");
+        let mut event = joined(1);
+        lost.append_local(&mut event);
+        let cursor = event.cursor.expect("logged");
+        // The same deployment's log started again empty (a Redis restarted
+        // without persistence): nothing to replay is not "nothing missed".
+        let empty = EventLog::new(EventLogConfig::default(), None).expect("enabled");
+        match replay(&empty, &[1], cursor).await {
+            Err(ResumeError::Expired { oldest, .. }) => assert_eq!(oldest, None),
+            other => panic!("expected expiry, got {other:?}"),
+        }
+        // Once it logs again (a later millisecond), its oldest event is the
+        // place to resume from.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let mut next = joined(1);
+        empty.append_local(&mut next);
+        match replay(&empty, &[1], cursor).await {
+            Err(ResumeError::Expired { oldest, .. }) => assert_eq!(oldest, next.cursor),
+            other => panic!("expected expiry, got {other:?}"),
+        }
     }
 }

@@ -238,30 +238,37 @@ async fn logged(gateway: &Gateway, host_id: &str) -> Vec<Value> {
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_resuming_on_another_replica_gets_what_it_missed_once_in_order_then_live() {
-    let redis = RedisServer::start();
-    let (sim, a, b) = two_replicas(&redis).await;
-    // Someone stays subscribed, so host lists stay watched meanwhile.
-    let mut keeper = subscribed(&b).await;
-    let mut client = subscribed(&a).await;
-    let (host_id, before) = restart_host(&sim, &mut client, 1).await;
-    let last_told = before[1]["cursor"].clone();
+/// A client on `a` that was told a host's restart, then went away, and a
+/// keeper on `b` that stays (so host lists stay watched) and was told the
+/// same: the keeper, the host's id and what the client was told.
+async fn gone_away(sim: &SimCluster, a: &Gateway, b: &Gateway) -> (WsClient, String, Vec<Value>) {
+    let mut keeper = subscribed(b).await;
+    let mut client = subscribed(a).await;
+    let (host_id, told) = restart_host(sim, &mut client, 1).await;
     drop(client);
-    assert_eq!(host_events(&mut keeper, 2).await, before);
+    assert_eq!(host_events(&mut keeper, 2).await, told);
+    (keeper, host_id, told)
+}
 
-    // Away: the host restarts three more times.
-    let (_, missed) = restart_host(&sim, &mut keeper, 3).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    // Back, on the other replica, from its last cursor.
-    let mut back = WsClient::ready(&b.url()).await;
+/// A client back on `gateway` with the last cursor of `before` (what it
+/// was told before it went away): asserts it is told `missed` once, in
+/// order, then the next change of `host_id` (it leaves) once, and that all
+/// it was told is the log. Returns that live event.
+async fn resume_once(
+    sim: &SimCluster,
+    gateway: &Gateway,
+    host_id: &str,
+    before: Vec<Value>,
+    missed: &[Value],
+) -> Value {
+    let mut back = WsClient::ready(&gateway.url()).await;
+    let last_told = &before[before.len() - 1]["cursor"];
     back.subscribe("h", RESUME, json!({"after": last_told}))
         .await;
     let replayed = host_events(&mut back, missed.len()).await;
-    assert_eq!(cursors(&replayed), cursors(&missed));
+    assert_eq!(cursors(&replayed), cursors(missed));
     // Then live, without a seam: the next change comes once.
-    assert!(sim.remove_host(1, &host_id));
+    assert!(sim.remove_host(1, host_id));
     let live = host_events(&mut back, 1).await;
     assert_eq!(live[0]["kind"], "LEFT");
     assert_eq!(back.receive(INTERVAL * 5).await, Received::Nothing);
@@ -269,8 +276,196 @@ async fn a_subscriber_resuming_on_another_replica_gets_what_it_missed_once_in_or
     // What it was told, before and after, is the log: every event once.
     let mut told = before;
     told.extend(replayed);
-    told.extend(live);
-    assert_eq!(cursors(&told), cursors(&logged(&a, &host_id).await));
+    told.extend(live.clone());
+    assert_eq!(cursors(&told), cursors(&logged(gateway, host_id).await));
+    live[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resuming_on_another_replica_gets_what_it_missed_once_in_order_then_live() {
+    let redis = RedisServer::start();
+    let (sim, a, b) = two_replicas(&redis).await;
+    let (mut keeper, host_id, before) = gone_away(&sim, &a, &b).await;
+
+    // Away: the host restarts three more times.
+    let (_, missed) = restart_host(&sim, &mut keeper, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Back, on the other replica, from its last cursor.
+    resume_once(&sim, &b, &host_id, before, &missed).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Waits until every gateway uses Redis again after it came back: its
+/// listener subscribed again (after `subscribed_before` subscriptions) and
+/// its commands' circuit closed.
+async fn redis_back(gateways: &[(&Gateway, u64)]) {
+    wait_until("replicas use Redis again", Duration::from_secs(20), || {
+        gateways.iter().all(|(g, before)| {
+            let (listening, subscriptions) = g.state.events.bus.listening();
+            listening && subscriptions > *before && g.state.cache.redis_available()
+        })
+    })
+    .await;
+}
+
+/// How many times each gateway's listener has subscribed so far.
+fn subscriptions(gateways: &[&Gateway]) -> Vec<u64> {
+    gateways
+        .iter()
+        .map(|g| g.state.events.bus.listening().1)
+        .collect()
+}
+
+/// Restarts `redis` and waits until both replicas use it again.
+async fn restart_redis(redis: &mut RedisServer, a: &Gateway, b: &Gateway) {
+    let before = subscriptions(&[a, b]);
+    redis.restart();
+    redis_back(&[(a, before[0]), (b, before[1])]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_through_a_redis_restart_when_the_log_is_persisted() {
+    // What an operator who wants the history to outlive a Redis restart
+    // runs: an append-only file, synced on every write (the test servers
+    // otherwise keep nothing on disk).
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let mut redis = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir_arg,
+    ]);
+    let (sim, a, b) = two_replicas(&redis).await;
+    let (mut keeper, host_id, before) = gone_away(&sim, &a, &b).await;
+
+    // Away: the host restarts twice, Redis crashes and comes back with its
+    // log, the host restarts twice more.
+    let (_, mut missed) = restart_host(&sim, &mut keeper, 2).await;
+    restart_redis(&mut redis, &a, &b).await;
+    let (_, after_restart) = restart_host(&sim, &mut keeper, 2).await;
+    missed.extend(after_restart);
+
+    // Back, with its cursor: everything it missed (before and after the
+    // restart), once, in order, then live.
+    let live = resume_once(&sim, &a, &host_id, before, &missed).await;
+    assert_eq!(
+        cursors(&host_events(&mut keeper, 1).await),
+        cursors(&[live])
+    );
+    assert_eq!(keeper.receive(INTERVAL * 2).await, Received::Nothing);
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The error a resume from `after` on `gateway` is refused with.
+async fn resume_refused(gateway: &Gateway, after: &Value) -> Value {
+    let mut client = WsClient::ready(&gateway.url()).await;
+    client.subscribe("h", RESUME, json!({"after": after})).await;
+    let refused = client.message(Duration::from_secs(5)).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    let error = refused["payload"][0].clone();
+    assert_eq!(error["extensions"]["code"], "CURSOR_EXPIRED", "{error}");
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_of_a_log_lost_with_redis_is_refused_rather_than_resumed_with_a_gap() {
+    // No persistence: a restart loses the stream.
+    let mut redis = RedisServer::start();
+    let (sim, a, b) = two_replicas(&redis).await;
+    let (mut keeper, _, before) = gone_away(&sim, &a, &b).await;
+    let last_told = before[1]["cursor"].clone();
+
+    // Away: the host restarts once more (logged), then Redis crashes and
+    // comes back empty.
+    restart_host(&sim, &mut keeper, 1).await;
+    restart_redis(&mut redis, &a, &b).await;
+
+    // Nothing logged since: an empty log is not "nothing was missed".
+    let refused = resume_refused(&a, &last_told).await;
+    assert_eq!(
+        refused["extensions"]["oldestCursor"],
+        Value::Null,
+        "{refused}"
+    );
+    // Once the log takes events again, it names the oldest it holds, from
+    // which the rest comes.
+    let (_, since) = restart_host(&sim, &mut keeper, 1).await;
+    let refused = resume_refused(&b, &last_told).await;
+    assert_eq!(refused["extensions"]["oldestCursor"], since[0]["cursor"]);
+    let mut back = WsClient::ready(&a.url()).await;
+    back.subscribe("h", RESUME, json!({"after": since[0]["cursor"]}))
+        .await;
+    assert_eq!(
+        cursors(&host_events(&mut back, 1).await),
+        cursors(&since[1..])
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Records every message on the bus channel, from a connection of its own.
+fn record_bus(redis: &RedisServer) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut conn = redis.conn();
+    std::thread::spawn(move || {
+        let mut pubsub = conn.as_pubsub();
+        pubsub.subscribe(dfgraph::cache::keys::BUS_CHANNEL).unwrap();
+        // Ends when the server goes away.
+        while let Ok(message) = pubsub.get_message() {
+            if tx.send(message.get_payload_bytes().to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_bus_repeats_after_a_redis_restart_are_dropped_by_their_cursor() {
+    let mut redis = RedisServer::start();
+    let (sim, a, b) = two_replicas(&redis).await;
+    let mut on_a = subscribed(&a).await;
+    let mut on_b = subscribed(&b).await;
+    let recorded = record_bus(&redis);
+    tokio::time::sleep(INTERVAL).await;
+
+    let (host_id, told) = restart_host(&sim, &mut on_a, 1).await;
+    assert_eq!(host_events(&mut on_b, 2).await, told);
+    tokio::time::sleep(INTERVAL).await;
+    let heard: Vec<Vec<u8>> = recorded.try_iter().collect();
+    assert!(!heard.is_empty(), "the leader published its events");
+
+    // Redis restarts (empty), and then the bus hands every message of
+    // before again: neither replica tells its subscriber twice.
+    restart_redis(&mut redis, &a, &b).await;
+    let mut conn = redis.conn();
+    for message in &heard {
+        redis::cmd("PUBLISH")
+            .arg(dfgraph::cache::keys::BUS_CHANNEL)
+            .arg(message.as_slice())
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    assert_eq!(on_a.receive(INTERVAL * 5).await, Received::Nothing);
+    assert_eq!(on_b.receive(INTERVAL).await, Received::Nothing);
+
+    // The next change comes once to each, with its cursor.
+    assert!(sim.remove_host(1, &host_id));
+    let live = host_events(&mut on_a, 1).await;
+    assert_eq!(live[0]["kind"], "LEFT");
+    assert!(live[0]["cursor"].is_string(), "{live:?}");
+    assert_eq!(host_events(&mut on_b, 1).await, live);
+    assert_eq!(on_a.receive(INTERVAL * 3).await, Received::Nothing);
+    assert_eq!(on_b.receive(INTERVAL).await, Received::Nothing);
     a.shutdown().await;
     b.shutdown().await;
     sim.shutdown().await;
