@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 
 use super::log::{self, EventCursor, EventLog, LogId};
 use super::resume::{self, Seen};
+use super::told::Told;
 use super::{Event, HostChange, What, metric};
 use crate::cache::{Cache, CacheKey, Kind};
 use crate::clock::{Clock, SystemClock};
@@ -201,6 +202,9 @@ struct BusInner {
     /// The newest logged event delivered here, per cluster; its lock keeps
     /// a catch-up from the log and live messages in order.
     heard: tokio::sync::Mutex<Seen>,
+    /// What subscribers here were told of each host: a copy of a change
+    /// that came another way is not told again.
+    told: std::sync::Mutex<Told>,
     /// The listener (re)subscribed: what was missed meanwhile is read from
     /// the log before the next live message is delivered.
     catch_up_due: AtomicBool,
@@ -251,7 +255,7 @@ async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Rece
                 redis.add_publish(&mut pipe, Topic::Event, &bytes);
             }
             if outgoing.deliver_here && heard.fresh(&outgoing.event) {
-                let _ = inner.local.send(Arc::new(outgoing.event));
+                inner.tell(outgoing.event);
             }
         }
         drop(heard);
@@ -326,7 +330,12 @@ impl crate::redis::Handler for Listener {
             match decode(body) {
                 Ok((from, _)) if from == inner.instance => {}
                 Ok((_, event)) => {
-                    catch_up(&inner).await;
+                    // While what was missed cannot be read yet, a logged
+                    // event waits in the log for the catch-up, which tells
+                    // it in order after them.
+                    if !catch_up(&inner).await && event.cursor.is_some() {
+                        return;
+                    }
                     if inner.heard.lock().await.fresh(&event) {
                         deliver_remote(&inner, event).await;
                     }
@@ -342,33 +351,61 @@ impl crate::redis::Handler for Listener {
         };
         inner.catch_up_due.store(true, Ordering::Release);
         // Now, not only at the next message: a quiet channel must not
-        // leave what was missed undelivered.
-        tokio::spawn(async move { catch_up(&inner).await });
+        // leave what was missed undelivered. Retried until the log
+        // answers (Redis may take its pub/sub connection back before its
+        // commands' circuit closes).
+        let bus = Arc::downgrade(&inner);
+        drop(inner);
+        tokio::spawn(async move {
+            let mut attempts = 0u32;
+            while let Some(inner) = bus.upgrade() {
+                if catch_up(&inner).await {
+                    if attempts > 0 {
+                        tracing::info!(attempts, "the event log answered: missed events caught up");
+                    }
+                    return;
+                }
+                attempts += 1;
+                if attempts == 1 {
+                    tracing::warn!(
+                        "events missed while the bus was unheard cannot be read from the log yet; logged events wait there until it answers (retrying)"
+                    );
+                }
+                drop(inner);
+                tokio::time::sleep(CATCH_UP_RETRY).await;
+            }
+        });
     }
 }
+
+/// How often a catch-up the log did not answer is tried again.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Delivers what this replica missed while it could not hear the bus, if
 /// its listener resubscribed since the last catch-up: every logged event
 /// after the newest it delivered of each cluster, oldest first, each once.
-async fn catch_up(inner: &BusInner) {
+/// False when the log did not answer: the catch-up stays due, and the
+/// marks stay where they were, so what it will read is still all of it.
+async fn catch_up(inner: &BusInner) -> bool {
     if !inner.catch_up_due.load(Ordering::Acquire) {
-        return;
+        return true;
     }
     let mut heard = inner.heard.lock().await;
     if !inner.catch_up_due.swap(false, Ordering::AcqRel) {
-        return;
+        return true;
     }
     let (Some(log), Some(cluster)) = (&inner.log, inner.clusters.get()) else {
-        return;
+        return true;
     };
     if !log.in_redis() {
-        return;
+        return true;
     }
     let missed = match resume::missed(log, &cluster.cluster_ids(), &heard, inner.started_ms).await {
         Ok(missed) => missed,
         Err(error) => {
-            tracing::warn!(%error, "events missed while the bus was unheard cannot be read from the log");
-            return;
+            tracing::debug!(%error, "events missed while the bus was unheard cannot be read from the log");
+            inner.catch_up_due.store(true, Ordering::Release);
+            return false;
         }
     };
     let mut replayed = 0u64;
@@ -385,6 +422,7 @@ async fn catch_up(inner: &BusInner) {
             "delivered the events published while this replica could not hear the bus"
         );
     }
+    true
 }
 
 /// Another replica's event: this replica's L1 copies of peers and tasks
@@ -401,7 +439,22 @@ async fn deliver_remote(inner: &BusInner, event: Event) {
     if let Some(hook) = inner.remote_hook.get() {
         hook(&event);
     }
-    let _ = inner.local.send(Arc::new(event));
+    inner.tell(event);
+}
+
+impl BusInner {
+    /// Hands `event` to this replica's subscribers, unless it changes
+    /// nothing they were told (see [`Told`]).
+    fn tell(&self, event: Event) {
+        let Ok(mut told) = self.told.lock() else {
+            return;
+        };
+        if told.changes(&event) {
+            let _ = self.local.send(Arc::new(event));
+        } else {
+            metrics::counter!(metric::REPEATS_DROPPED).increment(1);
+        }
+    }
 }
 
 impl Bus {
@@ -429,6 +482,7 @@ impl Bus {
             cache,
             remote_hook: std::sync::OnceLock::new(),
             heard: tokio::sync::Mutex::default(),
+            told: std::sync::Mutex::default(),
             catch_up_due: AtomicBool::new(false),
             started_ms: SystemClock.now_ms_signed(),
             clusters: OnceLock::new(),
@@ -525,12 +579,12 @@ impl Bus {
             if let (None, Some(log)) = (&self.inner.redis, logged) {
                 log.append_local(&mut event);
             }
-            let _ = self.inner.local.send(Arc::new(event));
+            self.inner.tell(event);
             return;
         };
         let deliver_here = logged.is_some();
         if !deliver_here {
-            let _ = self.inner.local.send(Arc::new(event.clone()));
+            self.inner.tell(event.clone());
         }
         let outgoing = Outgoing {
             event,
@@ -541,7 +595,7 @@ impl Bus {
             tracing::warn!("event outbox toward Redis full; event not sent to other replicas");
             let outgoing = full.into_inner();
             if outgoing.deliver_here {
-                let _ = self.inner.local.send(Arc::new(outgoing.event));
+                self.inner.tell(outgoing.event);
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod log;
 mod offload;
 pub mod resume;
+pub mod told;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -198,6 +199,7 @@ pub mod metric {
     pub const POLLS: &str = "dfgraph_watch_polls_total";
     pub const DROPPED: &str = "dfgraph_events_dropped_total";
     pub const REPLAYED: &str = "dfgraph_events_replayed_total";
+    pub const REPEATS_DROPPED: &str = "dfgraph_events_repeats_dropped_total";
     pub const STRETCH: &str = "dfgraph_watch_stretch";
     pub const HOST_LIST_BYTES: &str = "dfgraph_watch_host_list_bytes_total";
     pub const HOSTS_DECODED: &str = "dfgraph_watch_hosts_decoded_total";
@@ -249,6 +251,10 @@ pub mod metric {
         metrics::describe_counter!(
             REPLAYED,
             "Events this replica read from the event log after its bus listener resubscribed (missed while it could not hear)."
+        );
+        metrics::describe_counter!(
+            REPEATS_DROPPED,
+            "Host events not told to this replica's subscribers because they changed nothing they were told (a copy of a change that came another way)."
         );
         metrics::describe_gauge!(
             STRETCH,

@@ -226,7 +226,7 @@ async fn stream(
 }
 
 /// `(id, bytes of field e)` of each entry of an XREAD/XRANGE reply.
-fn stream_entries(reply: redis::Value) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn stream_entries(reply: redis::Value) -> Vec<(String, Vec<u8>)> {
     use redis::Value;
     fn text(v: &Value) -> Option<String> {
         match v {

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod live;
 pub mod liveness;
 pub mod scenario;
+pub mod soak;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -117,6 +118,13 @@ pub struct BenchArgs {
     /// arrived together in one message) instead of `hostEvents`.
     #[arg(long)]
     pub batched: bool,
+    /// Soak scenario: one fault (in rotation) this often.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub fault_every: Duration,
+    /// Soak scenario: how often the simulator moves (each step a host may
+    /// join or leave each cluster).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub sim_tick: Duration,
 }
 
 /// What one run measured.

@@ -61,6 +61,16 @@ async fn main() -> anyhow::Result<()> {
         } else {
             print!("{}", report.render());
         }
+    } else if args.scenario == Scenario::Soak {
+        let report = dfgraph_bench::soak::run(&args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+        if report.violations() > 0 {
+            anyhow::bail!("events told twice, missed or out of order: see the report");
+        }
     } else if args.scenario == Scenario::Bus {
         let report = dfgraph_bench::bus::run(&args).await?;
         if args.json {

@@ -32,6 +32,10 @@ pub enum Scenario {
     /// No queries: how long a stopped host takes to show as UNREACHABLE
     /// at a subscriber, and what probing costs; see `bench::liveness`.
     Liveness,
+    /// Exactly once under faults: two replicas, one Redis killed, frozen
+    /// and cut off in rotation, subscribers checked against the event log
+    /// (pass `--duration 10m`); see `bench::soak`.
+    Soak,
 }
 
 const OVERVIEW: &str = "{ hostStats { total byVersion { value count } byType { value count } byIdc { value count } }
@@ -51,7 +55,8 @@ impl Scenario {
             | Scenario::RawListHosts
             | Scenario::Watch
             | Scenario::Bus
-            | Scenario::Liveness => {
+            | Scenario::Liveness
+            | Scenario::Soak => {
                 return Err(BenchError::Scenario(format!(
                     "the {self:?} scenario sends no GraphQL queries"
                 )));

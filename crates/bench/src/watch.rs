@@ -81,7 +81,7 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
         None => sibling_dfgraph()?,
     };
     let simulator_binary = args.simulator.as_ref().unwrap_or(&dfgraph);
-    let (mut simulator, schedulers) = start_simulator(simulator_binary, args).await?;
+    let (mut simulator, schedulers) = start_simulator(simulator_binary, args, None).await?;
     let (mut gateway, url) = start_gateway(&dfgraph, args, &schedulers).await?;
     let http = reqwest::Client::new();
     let total = host_total(&http, &url).await?;
@@ -170,12 +170,18 @@ pub(crate) fn simulate_command(dfgraph: &Path, args: &BenchArgs) -> Command {
     command
 }
 
-/// Starts `dfgraph simulate` and reads its `cluster=ID scheduler=ADDR` lines.
-async fn start_simulator(
+/// Starts `dfgraph simulate` (moving every `tick`, when given, instead of
+/// its default second) and reads its `cluster=ID scheduler=ADDR` lines.
+pub(crate) async fn start_simulator(
     dfgraph: &Path,
     args: &BenchArgs,
+    tick: Option<Duration>,
 ) -> Result<(Child, Vec<String>), BenchError> {
-    let mut child = simulate_command(dfgraph, args)
+    let mut command = simulate_command(dfgraph, args);
+    if let Some(tick) = tick {
+        command.args(["--tick", &humantime::format_duration(tick).to_string()]);
+    }
+    let mut child = command
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
@@ -208,22 +214,8 @@ async fn start_gateway(
     args: &BenchArgs,
     schedulers: &[String],
 ) -> Result<(Child, String), BenchError> {
-    let mut command = Command::new(dfgraph);
-    command.args(["serve", "--listen", "127.0.0.1:0"]);
-    // Watching alone is measured: a binary that probes hosts' liveness
-    // (whose cost the liveness scenario measures) is told not to, which
-    // also keeps it from dialling the addresses a simulator lists.
-    if has_liveness(dfgraph).await {
-        command.env("DFGRAPH_LIVENESS__ENABLED", "false");
-    }
-    for scheduler in schedulers {
-        command.args(["--scheduler", scheduler]);
-    }
-    let mut child = command
-        .env(
-            "DFGRAPH_WATCH__INTERVAL",
-            humantime::format_duration(args.watch_interval).to_string(),
-        )
+    let mut child = serve_command(dfgraph, args, schedulers)
+        .await
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -234,11 +226,44 @@ async fn start_gateway(
         .stdout
         .take()
         .ok_or_else(|| BenchError::Scenario("no stdout".into()))?;
+    let url = listening(stdout).await?;
+    Ok((child, url))
+}
+
+/// `dfgraph serve` on ephemeral loopback ports, on `schedulers`, watching
+/// every `--watch-interval`. Host events alone are measured: a binary that
+/// probes hosts' liveness (whose cost the liveness scenario measures) is
+/// told not to, which also keeps it from dialling the addresses a
+/// simulator lists.
+pub(crate) async fn serve_command(
+    dfgraph: &Path,
+    args: &BenchArgs,
+    schedulers: &[String],
+) -> Command {
+    let mut command = Command::new(dfgraph);
+    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    if has_liveness(dfgraph).await {
+        command.env("DFGRAPH_LIVENESS__ENABLED", "false");
+    }
+    for scheduler in schedulers {
+        command.args(["--scheduler", scheduler]);
+    }
+    command.env(
+        "DFGRAPH_WATCH__INTERVAL",
+        humantime::format_duration(args.watch_interval).to_string(),
+    );
+    command
+}
+
+/// Reads a starting `dfgraph serve`'s standard output until it says where
+/// it listens (its base URL); the rest of the output is drained.
+pub(crate) async fn listening(stdout: tokio::process::ChildStdout) -> Result<String, BenchError> {
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Duration::from_secs(120);
     while let Ok(Ok(Some(line))) = tokio::time::timeout(deadline, lines.next_line()).await {
         if let Some(url) = line.strip_prefix("listening on ") {
-            return Ok((child, url.trim_end_matches('/').to_owned()));
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(url.trim_end_matches('/').to_owned());
         }
     }
     Err(BenchError::Scenario(

@@ -39,6 +39,8 @@ fn args(scenario: Scenario) -> BenchArgs {
         dfgraph: None,
         kills: 100,
         simulator: None,
+        fault_every: Duration::from_secs(60),
+        sim_tick: Duration::from_millis(100),
     }
 }
 

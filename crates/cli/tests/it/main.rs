@@ -16,5 +16,6 @@ mod support;
 mod cli;
 mod deploy;
 mod replicas;
+mod soak;
 mod trace_export;
 mod watch;
