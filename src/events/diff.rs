@@ -6,7 +6,7 @@
 //! hashed and only the entries whose bytes the last poll did not list are
 //! read, decoded and compared field by field ([`HostSnapshot::update`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -58,6 +58,8 @@ pub struct HostSnapshot {
     by_id: HashMap<Box<str>, u128, foldhash::fast::RandomState>,
     /// Polls applied; stamps which hosts the latest one listed.
     polls: u64,
+    /// The entries of the poll being applied; kept for its capacity.
+    scratch: Vec<Listed>,
 }
 
 struct Known {
@@ -83,7 +85,7 @@ pub struct HostPoll {
     pub carried: BTreeSet<u64>,
 }
 
-/// One listed entry after the read-only pass of a poll.
+/// One listed entry after the first pass of a poll.
 struct Listed {
     hash: u128,
     host: Arc<Host>,
@@ -113,20 +115,38 @@ impl HostSnapshot {
         first: bool,
         cluster_id: u64,
     ) -> Result<HostPoll, WireError> {
-        // Read every entry, decoding the new ones, before touching the
-        // snapshot, so one bad entry fails the poll as a whole.
-        let mut listed = Vec::with_capacity(self.by_bytes.len());
+        // A failed poll uses up its number too, so the marks it left on
+        // known hosts never count for a later poll.
+        self.polls += 1;
+        let poll = self.polls;
+        // Read every entry, decoding the new ones, before changing any
+        // host, so one bad entry fails the poll as a whole. Known bytes
+        // are only marked as listed by this poll (the one lookup most
+        // entries cost).
+        let mut listed = std::mem::take(&mut self.scratch);
+        listed.clear();
+        listed.reserve(self.by_bytes.len());
         let mut decoded = 0;
+        // Known hosts this poll listed.
+        let mut seen = 0;
+        let mut carried = BTreeSet::new();
+        let mut last_carried = None;
         for range in entries(response) {
             let bytes = &response[range?];
             let hash = xxhash_rust::xxh3::xxh3_128(bytes);
-            listed.push(match self.by_bytes.get(&hash) {
-                Some(known) => Listed {
-                    hash,
-                    host: known.host.clone(),
-                    carried: known.carried,
-                    fresh: false,
-                },
+            let entry = match self.by_bytes.get_mut(&hash) {
+                Some(known) => {
+                    if known.seen != poll {
+                        known.seen = poll;
+                        seen += 1;
+                    }
+                    Listed {
+                        hash,
+                        host: known.host.clone(),
+                        carried: known.carried,
+                        fresh: false,
+                    }
+                }
                 None => {
                     decoded += 1;
                     let (_, carried) = keys(bytes)?;
@@ -137,37 +157,26 @@ impl HostSnapshot {
                         fresh: true,
                     }
                 }
-            });
-        }
-        let mut carried = BTreeSet::new();
-        let mut last_carried = None;
-        for entry in &listed {
+            };
             // Runs of one id are the rule: insert only where it changes.
             if last_carried != Some(entry.carried) {
                 carried.insert(entry.carried);
                 last_carried = Some(entry.carried);
             }
+            listed.push(entry);
         }
-        self.polls += 1;
-        let poll = self.polls;
         // What each joined or changed host was before this poll (`None`:
         // it joined); the first value recorded is the one before the poll.
         let mut before: HashMap<&str, Option<Arc<Host>>> = HashMap::new();
-        // Known hosts this poll listed.
-        let mut seen = 0;
+        // Entries listed earlier in this poll that a later one of the same
+        // id replaced (a scheduler listing one id twice, with different
+        // bytes): listed again further on, they are back (the last wins).
+        let mut replaced_in_poll: HashSet<u128, foldhash::fast::RandomState> = HashSet::default();
         for entry in &listed {
-            if !entry.fresh
-                && let Some(known) = self.by_bytes.get_mut(&entry.hash)
-            {
-                if known.seen != poll {
-                    known.seen = poll;
-                    seen += 1;
-                }
+            if !entry.fresh && !replaced_in_poll.remove(&entry.hash) {
                 continue;
             }
-            // New bytes (or, when one id is listed twice with different
-            // bytes, bytes this poll already replaced): the host joined
-            // or changed.
+            // New bytes: the host joined or changed.
             let id = entry.host.id.as_str();
             let previous = self.by_id.get(id).copied();
             if previous == Some(entry.hash) {
@@ -175,8 +184,11 @@ impl HostSnapshot {
                 continue;
             }
             let replaced = previous.and_then(|hash| self.by_bytes.remove(&hash));
-            if replaced.as_ref().is_none_or(|old| old.seen != poll) {
-                seen += 1;
+            match &replaced {
+                Some(old) if old.seen == poll => {
+                    replaced_in_poll.insert(previous.unwrap_or_default());
+                }
+                _ => seen += 1,
             }
             before
                 .entry(id)
@@ -232,8 +244,9 @@ impl HostSnapshot {
             }));
         }
         let list = HostList {
-            hosts: listed.into_iter().map(|entry| entry.host).collect(),
+            hosts: listed.drain(..).map(|entry| entry.host).collect(),
         };
+        self.scratch = listed;
         Ok(HostPoll {
             diffs,
             list,
