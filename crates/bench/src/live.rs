@@ -320,10 +320,16 @@ async fn subscriber(
     // The events of one poll share their observation time, mostly: one
     // parse per distinct timestamp.
     let mut last_observed: Option<(String, i64)> = None;
+    // Registered once: a `cancelled()` made per message would put a waiter
+    // on (and take it off) the one list all subscribers share, twice a
+    // message under its lock.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
+            biased;
             frame = socket.next() => frame,
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
         };
         let Some(Ok(Message::Text(text))) = frame else {
             if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
