@@ -12,6 +12,7 @@ pub mod live;
 pub mod liveness;
 pub mod scenario;
 pub mod watch;
+pub mod ws_reader;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
