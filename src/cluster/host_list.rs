@@ -5,6 +5,7 @@
 //! entries (field 1); [`split`] finds each entry and its id without decoding
 //! it, so a poll decodes only the hosts whose bytes changed.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -102,10 +103,7 @@ impl HostEntry {
     /// The host, stamped with `cluster_id`, the id dfgraph serves its
     /// cluster under.
     pub fn decode(&self, cluster_id: u64) -> Result<Host, WireError> {
-        let mut host = <Host as prost::Message>::decode(self.bytes.clone())
-            .map_err(|e| WireError(format!("host {:?}: {e}", self.id())))?;
-        super::announced::stamp(&mut host, cluster_id);
-        Ok(host)
+        decode_entry(&self.bytes, cluster_id)
     }
 }
 
@@ -115,33 +113,58 @@ impl HostEntry {
 pub struct WireError(String);
 
 /// The host entries of an encoded `ListHostsResponse`, in order, each with
-/// its id and the cluster id it carries. Unknown fields are skipped; a truncated or malformed message is
-/// an error (never a panic).
+/// its id and the cluster id it carries. Unknown fields are skipped; a
+/// truncated or malformed message is an error (never a panic).
 pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
-    let mut entries = Vec::new();
-    for field in Fields::new(response) {
-        let (number, value) = field?;
-        if number != HOSTS_FIELD {
-            continue;
-        }
-        let Value::Delimited(start, end) = value else {
-            return Err(WireError("hosts is not length-delimited".into()));
-        };
-        let bytes = response.slice(start..end);
-        let (id, cluster_id) = host_keys(&bytes)?;
-        entries.push(HostEntry {
-            id: bytes.slice(id),
-            cluster_id,
-            bytes,
-        });
-    }
-    Ok(entries)
+    entries(response)
+        .map(|range| {
+            let bytes = response.slice(range?);
+            let (id, cluster_id) = host_keys(&bytes)?;
+            Ok(HostEntry {
+                id: bytes.slice(id),
+                cluster_id,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// Where each host entry of an encoded `ListHostsResponse` is, in order,
+/// without reading inside it: the cheap walk a poll makes over every host.
+/// Unknown fields are skipped; a malformed message ends with an error.
+pub fn entries(response: &[u8]) -> impl Iterator<Item = Result<Range<usize>, WireError>> + '_ {
+    Fields::new(response).filter_map(|field| match field {
+        Err(error) => Some(Err(error)),
+        Ok((HOSTS_FIELD, Value::Delimited(start, end))) => Some(Ok(start..end)),
+        Ok((HOSTS_FIELD, _)) => Some(Err(WireError("hosts is not length-delimited".into()))),
+        Ok(_) => None,
+    })
+}
+
+/// One `Host` message's id (checked UTF-8) and the scheduler cluster id it
+/// carries ("" and 0 when absent; the last of each wins, as decoded).
+pub fn keys(host: &[u8]) -> Result<(&str, u64), WireError> {
+    let (id, cluster_id) = host_keys(host)?;
+    let id =
+        std::str::from_utf8(&host[id]).map_err(|_| WireError("host id is not UTF-8".into()))?;
+    Ok((id, cluster_id))
+}
+
+/// Decodes one `Host` entry and stamps it with `cluster_id`, the id dfgraph
+/// serves its cluster under.
+pub fn decode_entry(entry: &[u8], cluster_id: u64) -> Result<Host, WireError> {
+    let mut host = <Host as prost::Message>::decode(entry).map_err(|e| {
+        let id = keys(entry).map(|(id, _)| id).unwrap_or_default();
+        WireError(format!("host {id:?}: {e}"))
+    })?;
+    super::announced::stamp(&mut host, cluster_id);
+    Ok(host)
 }
 
 /// Where the id is in one `Host` message's bytes, and its scheduler
 /// cluster id (empty and 0 when absent, as decoded; the last of each wins,
 /// as decoded).
-fn host_keys(host: &[u8]) -> Result<(std::ops::Range<usize>, u64), WireError> {
+fn host_keys(host: &[u8]) -> Result<(Range<usize>, u64), WireError> {
     let mut id = 0..0;
     let mut cluster_id = 0;
     for field in Fields::new(host) {

@@ -3,17 +3,17 @@
 //! names are the GraphQL ones, so `changedFields` reads like the schema.
 //!
 //! A host list is compared as it arrives, undecoded: each host's entry is
-//! hashed and only the entries whose hash differs from the last poll's are
-//! decoded and compared field by field ([`HostSnapshot::update`]).
+//! hashed and only the entries whose bytes the last poll did not list are
+//! read, decoded and compared field by field ([`HostSnapshot::update`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::HostChange;
 use crate::cluster::HostList;
-use crate::cluster::host_list::{WireError, split};
+use crate::cluster::host_list::{WireError, decode_entry, entries, keys};
 use crate::proto::common::v2::{Host, Task};
 
 /// Fields of a host that describe load rather than identity; they change
@@ -39,21 +39,33 @@ pub fn decoded_hosts(hosts: impl IntoIterator<Item = Host>) -> DecodedHosts {
 }
 
 /// The last host list seen of one cluster: each host decoded (shared with
-/// the cached list) and the hash of its entry's bytes, by id.
+/// the cached list), found by the hash of its entry's bytes.
+///
+/// A poll hashes each entry and looks the hash up: an entry listed before
+/// with the same bytes is not read any further (not even for its id),
+/// which is what most entries of most polls are. Only entries with new
+/// bytes are walked for their id, decoded and compared with what that id
+/// was.
 #[derive(Default)]
 pub struct HostSnapshot {
-    /// Looked up twice per listed host per poll: foldhash, not SipHash
-    /// (ids come from the schedulers, and the seed is still random).
-    hosts: HashMap<Box<str>, Known, foldhash::fast::RandomState>,
+    /// By the XXH3-128 of the entry's bytes: equal hashes mean equal bytes
+    /// (a collision is about 2^-128 likely), so equal ids and contents.
+    /// Foldhash over the hash: its seed is random, so no scheduler can
+    /// choose colliding buckets.
+    by_bytes: HashMap<u128, Known, foldhash::fast::RandomState>,
+    /// Each known host id's entry in `by_bytes` (one per id: the last
+    /// entry listed wins, as in decoding).
+    by_id: HashMap<Box<str>, u128, foldhash::fast::RandomState>,
     /// Polls applied; stamps which hosts the latest one listed.
     polls: u64,
+    /// The entries of the poll being applied; kept for its capacity.
+    scratch: Vec<Listed>,
 }
 
 struct Known {
-    /// XXH3-128 of the entry's bytes: equal hashes mean equal bytes (a
-    /// collision is about 2^-128 likely), so the host is not decoded again.
-    hash: u128,
     host: Arc<Host>,
+    /// The scheduler cluster id the entry carries, as the scheduler wrote it.
+    carried: u64,
     /// The poll that last listed this host.
     seen: u64,
 }
@@ -73,14 +85,23 @@ pub struct HostPoll {
     pub carried: BTreeSet<u64>,
 }
 
+/// One listed entry after the first pass of a poll.
+struct Listed {
+    hash: u128,
+    host: Arc<Host>,
+    carried: u64,
+    /// Its bytes were not in the snapshot.
+    fresh: bool,
+}
+
 impl HostSnapshot {
     /// Hosts known.
     pub fn len(&self) -> usize {
-        self.hosts.len()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+        self.by_id.is_empty()
     }
 
     /// Takes in an encoded `ListHostsResponse` of the cluster served as
@@ -94,104 +115,138 @@ impl HostSnapshot {
         first: bool,
         cluster_id: u64,
     ) -> Result<HostPoll, WireError> {
-        let entries = split(response)?;
-        let mut carried = BTreeSet::new();
-        let mut last_carried = None;
-        for entry in &entries {
-            // Runs of one id are the rule: insert only where it changes.
-            if last_carried != Some(entry.cluster_id) {
-                carried.insert(entry.cluster_id);
-                last_carried = Some(entry.cluster_id);
-            }
-        }
-        // Decode every new or changed entry before touching the snapshot,
-        // so one bad entry fails the poll as a whole.
-        let mut hosts = Vec::with_capacity(entries.len());
-        let mut decoded = 0;
-        for entry in &entries {
-            let hash = xxhash_rust::xxh3::xxh3_128(&entry.bytes);
-            match self.hosts.get(entry.id()) {
-                Some(known) if known.hash == hash => hosts.push((hash, known.host.clone())),
-                _ => {
-                    decoded += 1;
-                    hosts.push((hash, Arc::new(entry.decode(cluster_id)?)));
-                }
-            }
-        }
+        // A failed poll uses up its number too, so the marks it left on
+        // known hosts never count for a later poll.
         self.polls += 1;
         let poll = self.polls;
+        // Read every entry, decoding the new ones, before changing any
+        // host, so one bad entry fails the poll as a whole. Known bytes
+        // are only marked as listed by this poll (the one lookup most
+        // entries cost).
+        let mut listed = std::mem::take(&mut self.scratch);
+        listed.clear();
+        listed.reserve(self.by_bytes.len());
+        let mut decoded = 0;
+        // Known hosts this poll listed.
+        let mut seen = 0;
+        let mut carried = BTreeSet::new();
+        let mut last_carried = None;
+        for range in entries(response) {
+            let bytes = &response[range?];
+            let hash = xxhash_rust::xxh3::xxh3_128(bytes);
+            let entry = match self.by_bytes.get_mut(&hash) {
+                Some(known) => {
+                    if known.seen != poll {
+                        known.seen = poll;
+                        seen += 1;
+                    }
+                    Listed {
+                        hash,
+                        host: known.host.clone(),
+                        carried: known.carried,
+                        fresh: false,
+                    }
+                }
+                None => {
+                    decoded += 1;
+                    let (_, carried) = keys(bytes)?;
+                    Listed {
+                        hash,
+                        host: Arc::new(decode_entry(bytes, cluster_id)?),
+                        carried,
+                        fresh: true,
+                    }
+                }
+            };
+            // Runs of one id are the rule: insert only where it changes.
+            if last_carried != Some(entry.carried) {
+                carried.insert(entry.carried);
+                last_carried = Some(entry.carried);
+            }
+            listed.push(entry);
+        }
         // What each joined or changed host was before this poll (`None`:
         // it joined); the first value recorded is the one before the poll.
         let mut before: HashMap<&str, Option<Arc<Host>>> = HashMap::new();
-        let mut listed = 0;
-        for (entry, (hash, host)) in entries.iter().zip(&hosts) {
-            // Known hosts are the rule: no key is allocated for them.
-            match self.hosts.get_mut(entry.id()) {
-                None => {
-                    listed += 1;
-                    before.entry(entry.id()).or_insert(None);
-                    self.hosts.insert(
-                        entry.id().into(),
-                        Known {
-                            hash: *hash,
-                            host: host.clone(),
-                            seen: poll,
-                        },
-                    );
+        // Entries listed earlier in this poll that a later one of the same
+        // id replaced (a scheduler listing one id twice, with different
+        // bytes): listed again further on, they are back (the last wins).
+        let mut replaced_in_poll: HashSet<u128, foldhash::fast::RandomState> = HashSet::default();
+        for entry in &listed {
+            if !entry.fresh && !replaced_in_poll.remove(&entry.hash) {
+                continue;
+            }
+            // New bytes: the host joined or changed.
+            let id = entry.host.id.as_str();
+            let previous = self.by_id.get(id).copied();
+            if previous == Some(entry.hash) {
+                // The same new entry listed twice.
+                continue;
+            }
+            let replaced = previous.and_then(|hash| self.by_bytes.remove(&hash));
+            match &replaced {
+                Some(old) if old.seen == poll => {
+                    replaced_in_poll.insert(previous.unwrap_or_default());
                 }
-                Some(known) => {
-                    if known.seen != poll {
-                        listed += 1;
-                    }
-                    if !Arc::ptr_eq(&known.host, host) {
-                        before
-                            .entry(entry.id())
-                            .or_insert_with(|| Some(known.host.clone()));
-                    }
-                    known.hash = *hash;
-                    known.host = host.clone();
-                    known.seen = poll;
+                _ => seen += 1,
+            }
+            before
+                .entry(id)
+                .or_insert_with(|| replaced.map(|old| old.host));
+            match self.by_id.get_mut(id) {
+                Some(hash) => *hash = entry.hash,
+                None => {
+                    self.by_id.insert(id.into(), entry.hash);
                 }
             }
+            self.by_bytes.insert(
+                entry.hash,
+                Known {
+                    host: entry.host.clone(),
+                    carried: entry.carried,
+                    seen: poll,
+                },
+            );
         }
         let mut left = Vec::new();
-        if listed < self.hosts.len() {
-            self.hosts.retain(|_, known| {
+        if seen < self.by_bytes.len() {
+            let by_id = &mut self.by_id;
+            self.by_bytes.retain(|_, known| {
                 let stays = known.seen == poll;
                 if !stays {
+                    by_id.remove(known.host.id.as_str());
                     left.push(known.host.clone());
                 }
                 stays
             });
         }
-        let list = HostList {
-            hosts: hosts.into_iter().map(|(_, host)| host).collect(),
-        };
+        let mut diffs = Vec::new();
         if first {
-            return Ok(HostPoll {
-                diffs: Vec::new(),
-                list,
-                decoded,
-                carried,
-            });
-        }
-        let mut changed: Vec<(&str, Option<Arc<Host>>)> = before.into_iter().collect();
-        changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut diffs = Vec::with_capacity(changed.len() + left.len());
-        for (id, before) in changed {
-            let Some(now) = self.hosts.get(id) else {
-                continue;
-            };
-            if let Some(diff) = host_diff(before.as_ref(), &now.host) {
-                diffs.push(diff);
+            // Nothing to compare with.
+            drop(before);
+        } else {
+            let mut changed: Vec<(&str, Option<Arc<Host>>)> = before.into_iter().collect();
+            changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            diffs.reserve(changed.len() + left.len());
+            for (id, before) in changed {
+                let Some(now) = self.by_id.get(id).and_then(|hash| self.by_bytes.get(hash)) else {
+                    continue;
+                };
+                if let Some(diff) = host_diff(before.as_ref(), &now.host) {
+                    diffs.push(diff);
+                }
             }
+            left.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            diffs.extend(left.into_iter().map(|host| HostDiff {
+                change: HostChange::Left,
+                host,
+                changed_fields: Vec::new(),
+            }));
         }
-        left.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        diffs.extend(left.into_iter().map(|host| HostDiff {
-            change: HostChange::Left,
-            host,
-            changed_fields: Vec::new(),
-        }));
+        let list = HostList {
+            hosts: listed.drain(..).map(|entry| entry.host).collect(),
+        };
+        self.scratch = listed;
         Ok(HostPoll {
             diffs,
             list,
@@ -451,6 +506,57 @@ mod tests {
             "most hosts are not decoded again ({decoded_total})"
         );
         sim.shutdown().await;
+    }
+
+    proptest::proptest! {
+        /// Any run of polls, with hosts joining, leaving, changing, changing
+        /// back, listed twice (with the same or other bytes) and malformed
+        /// answers between them: the snapshot reports what decoding each
+        /// answer whole and comparing reports, and a malformed answer
+        /// changes nothing.
+        #[test]
+        fn the_snapshot_agrees_with_decoding_every_answer_whole(
+            polls in proptest::collection::vec(
+                (proptest::collection::vec((0u8..6, 0u8..3), 0..9), proptest::bool::ANY),
+                1..8,
+            )
+        ) {
+            use crate::proto::scheduler::v2::ListHostsResponse;
+            use prost::Message;
+
+            let mut snapshot = HostSnapshot::default();
+            let mut old: Option<DecodedHosts> = None;
+            for (listed, malformed) in polls {
+                let hosts: Vec<Host> = listed
+                    .iter()
+                    .map(|&(id, version)| Host {
+                        id: format!("host-{id}"),
+                        hostname: format!("name-{version}"),
+                        scheduler_cluster_id: 3,
+                        ..Host::default()
+                    })
+                    .collect();
+                let wire = ListHostsResponse { hosts: hosts.clone() }.encode_to_vec();
+                if malformed && !wire.is_empty() {
+                    // Cut inside the last entry: never a whole answer.
+                    let cut = Bytes::copy_from_slice(&wire[..wire.len() - 1]);
+                    proptest::prop_assert!(snapshot.update(&cut, old.is_none(), 3).is_err());
+                    continue;
+                }
+                let new = decoded_hosts(hosts.clone());
+                let expected = old
+                    .as_ref()
+                    .map(|old| diff_hosts(old, &new))
+                    .unwrap_or_default();
+                let polled = snapshot
+                    .update(&Bytes::from(wire), old.is_none(), 3)
+                    .expect("well formed");
+                proptest::prop_assert_eq!(polled.diffs, expected);
+                proptest::prop_assert_eq!(polled.list, HostList::new(hosts));
+                proptest::prop_assert_eq!(snapshot.len(), new.len());
+                old = Some(new);
+            }
+        }
     }
 
     #[test]

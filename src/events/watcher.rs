@@ -30,7 +30,7 @@ use crate::proto::common::v2::{Peer, Task};
 /// The last observations of one cluster.
 #[derive(Default)]
 struct ClusterState {
-    hosts: Option<HostSnapshot>,
+    hosts: Option<Box<HostSnapshot>>,
     peers: HashMap<PeerKey, Arc<Peer>>,
     tasks: HashMap<String, Arc<Task>>,
     /// Watched entities already reported gone (reported once).

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -18,6 +18,10 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -212,64 +216,342 @@ pub async fn serve(
     let limits = app.subscriptions.clone();
     let (sink, mut incoming) = socket.split();
     let (out_tx, out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
-    let writer = tokio::spawn(write_queued(sink, out_rx));
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Ctl>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    let slow = CancellationToken::new();
+    let writer = tokio::spawn(
+        Writer {
+            sink,
+            out: out_rx,
+            ctl: ctl_rx,
+            done: done_tx.clone(),
+            shared: Vec::new(),
+            protocol,
+            slow: slow.clone(),
+            slow_after: limits.config.slow_consumer_timeout,
+            send_queue: limits.config.send_queue,
+        }
+        .run(),
+    );
     let mut conn = Connection {
         protocol,
         app,
         limits,
         out: out_tx,
+        ctl: ctl_tx,
         ops: HashMap::new(),
         init: None,
         upgrade_token,
         principal: None,
         client,
-        slow: CancellationToken::new(),
+        slow,
     };
-    let end = conn.run(&mut incoming, &stop).await;
+    let end = conn.run(&mut incoming, &stop, done_tx, done_rx).await;
     Box::pin(conn.close(end, writer)).await;
 }
 
-/// Writes what the connection queues to the socket until it queues a close
-/// or the socket fails, and records each event's delivery lag.
-async fn write_queued(mut sink: SplitSink<WebSocket, Message>, mut out_rx: mpsc::Receiver<Out>) {
-    let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
-    let mut stamps = Vec::new();
-    'write: while let Some(first) = out_rx.recv().await {
-        // Whatever else is queued goes out in the same flush: one
-        // syscall for a burst of events, not one per message.
-        let mut next = Some(first);
-        while let Some(out) = next.take() {
-            let message = match out {
-                Out::Text(text, stamp) => {
-                    stamps.extend(stamp);
-                    Message::Text(text)
-                }
-                Out::Ping => Message::Ping(Default::default()),
-                Out::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from(close_reason(reason)),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    break 'write;
-                }
-            };
-            if sink.feed(message).await.is_err() {
-                break 'write;
-            }
-            if stamps.len() < 64 {
-                next = out_rx.try_recv().ok();
-            }
-        }
-        if sink.flush().await.is_err() {
-            break;
-        }
-        let now = SystemClock.now_ms_signed();
-        for observed in stamps.drain(..) {
-            delivery_lag.record((now - observed).max(0) as f64 / 1000.0);
+/// Messages (and close) one write to the socket carries at most.
+const WRITE_BATCH: usize = 256;
+
+/// What the connection tells its writer besides messages.
+enum Ctl {
+    /// Write this shared operation's responses from now on.
+    Attach(Box<SharedOp>),
+    /// The client stopped the operation with this serial: drop it.
+    Detach(u64),
+}
+
+/// A subscription fed by a shared execution. The connection's writer reads
+/// its responses straight off the execution's broadcast and writes them,
+/// already framed for this operation id: no task, queue or wake-up per
+/// message between the execution and the socket.
+struct SharedOp {
+    serial: u64,
+    /// The operation id as a JSON string.
+    id_json: String,
+    frames: broadcast::Receiver<fanout::Frame>,
+    /// Set by the connection when the client stopped the operation: not one
+    /// more of its messages is written (the `Detach` that follows may come
+    /// after a message the connection queued since, such as `complete`).
+    stopped: Arc<AtomicBool>,
+    _shared: Arc<fanout::Shared>,
+    _slot: Slot,
+    _live: Option<crate::events::LiveSubscription>,
+}
+
+/// The first thing a writer woke up for.
+enum Woke {
+    Out(Out),
+    Frame(usize, Result<fanout::Frame, RecvError>),
+}
+
+/// What one write holds: messages in order, the observation time of each
+/// event among them, and a close frame to end with.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<Message>,
+    stamps: Vec<i64>,
+    close: Option<(u16, String)>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.close.is_some() || self.messages.len() >= WRITE_BATCH
+    }
+
+    fn text(&mut self, text: Utf8Bytes, stamp: Option<i64>) {
+        self.messages.push(Message::Text(text));
+        self.stamps.extend(stamp);
+    }
+
+    fn push(&mut self, out: Out) {
+        match out {
+            Out::Text(text, stamp) => self.text(text, stamp),
+            Out::Ping => self.messages.push(Message::Ping(Default::default())),
+            Out::Close(code, reason) => self.close = Some((code, reason)),
         }
     }
-    let _ = sink.close().await;
+}
+
+/// How a write ended.
+enum Wrote {
+    Flushed,
+    /// A close frame went out (or failed to): the connection is over.
+    Closed,
+    /// The socket failed.
+    Failed,
+    /// The client has not read for `slow_consumer_timeout` while its
+    /// queue was full.
+    Slow,
+}
+
+/// The one task that writes to a connection's socket: control messages
+/// and the responses of its own executions from `out`, the responses of
+/// its shared subscriptions straight from their executions. Whatever is
+/// ready when it wakes goes out in one write and one flush (one syscall
+/// for a burst of events, not one per message).
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    out: mpsc::Receiver<Out>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    done: mpsc::UnboundedSender<Done>,
+    shared: Vec<SharedOp>,
+    protocol: Protocol,
+    slow: CancellationToken,
+    slow_after: Duration,
+    send_queue: usize,
+}
+
+impl Writer {
+    /// Writes until the connection queues a close, goes away, or the
+    /// socket fails; records each event's delivery lag.
+    async fn run(mut self) {
+        let delivery_lag = metrics::histogram!(metric::DELIVERY_LAG);
+        let mut batch = Batch::default();
+        loop {
+            let woke = tokio::select! {
+                biased;
+                Some(ctl) = self.ctl.recv() => {
+                    self.apply(ctl);
+                    continue;
+                }
+                out = self.out.recv() => match out {
+                    Some(out) => Woke::Out(out),
+                    None => break,
+                },
+                (index, frame) = recv_any(&mut self.shared), if !self.shared.is_empty() => {
+                    Woke::Frame(index, frame)
+                }
+            };
+            match woke {
+                Woke::Out(out) => batch.push(out),
+                Woke::Frame(index, frame) => {
+                    if self.take(index, frame, &mut batch) {
+                        self.shared.swap_remove(index);
+                    }
+                }
+            }
+            self.collect(&mut batch);
+            match self.write(&mut batch).await {
+                Wrote::Flushed => {}
+                Wrote::Closed | Wrote::Failed => break,
+                Wrote::Slow => {
+                    tracing::info!("websocket client stopped reading; disconnecting it");
+                    self.slow.cancel();
+                    return;
+                }
+            }
+            record_lags(&delivery_lag, &mut batch.stamps);
+        }
+        let _ = self.sink.close().await;
+    }
+
+    fn apply(&mut self, ctl: Ctl) {
+        match ctl {
+            Ctl::Attach(op) => self.shared.push(*op),
+            Ctl::Detach(serial) => self.shared.retain(|op| op.serial != serial),
+        }
+    }
+
+    /// Adds to `batch` whatever else is ready now, up to its bound:
+    /// queued messages first (an acknowledgement before the events of the
+    /// operations it allowed), then each shared operation's responses.
+    fn collect(&mut self, batch: &mut Batch) {
+        while let Ok(ctl) = self.ctl.try_recv() {
+            self.apply(ctl);
+        }
+        while !batch.full() {
+            match self.out.try_recv() {
+                Ok(out) => batch.push(out),
+                Err(_) => break,
+            }
+        }
+        let mut index = 0;
+        while index < self.shared.len() {
+            let mut ended = false;
+            while !batch.full() && !ended {
+                let frame = match self.shared[index].frames.try_recv() {
+                    Ok(frame) => Ok(frame),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                };
+                ended = self.take(index, frame, batch);
+            }
+            if ended {
+                self.shared.swap_remove(index);
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Adds what shared operation `index` says with `frame` to `batch`;
+    /// true when the operation is over (its last messages are in `batch`,
+    /// and the connection has been told).
+    fn take(
+        &self,
+        index: usize,
+        frame: Result<fanout::Frame, RecvError>,
+        batch: &mut Batch,
+    ) -> bool {
+        let op = &self.shared[index];
+        if op.stopped.load(Ordering::Acquire) {
+            return true;
+        }
+        let ended = match frame {
+            Ok(fanout::Frame::Next { payload, stamp }) => {
+                let kind = next_kind(self.protocol);
+                let text =
+                    payload.framed(kind, &op.id_json, |json| message(&op.id_json, kind, json));
+                batch.text(text, stamp);
+                return false;
+            }
+            Ok(fanout::Frame::Refused { errors }) => refusal(self.protocol, &op.id_json, &errors),
+            Ok(fanout::Frame::End) | Err(RecvError::Closed) => Ended::Completed { last: None },
+            Err(RecvError::Lagged(missed)) => lagged(self.protocol, &op.id_json, missed),
+        };
+        // Gone before its last messages can be read, so a client that
+        // reuses the id as soon as it reads `complete` is not told it exists.
+        let _ = self.done.send(Done {
+            serial: op.serial,
+            ended: true,
+        });
+        match ended {
+            Ended::Completed { last } => {
+                if let Some(last) = last {
+                    batch.text(last.into(), None);
+                }
+                batch.text(complete(&op.id_json).into(), None);
+            }
+            Ended::Refused(error) => batch.text(error.into(), None),
+            Ended::Quietly => {}
+        }
+        true
+    }
+
+    /// Writes `batch` and flushes; gives up on a client that reads
+    /// nothing while its queue is full for `slow_after`.
+    async fn write(&mut self, batch: &mut Batch) -> Wrote {
+        let write = write_batch(&mut self.sink, batch);
+        tokio::pin!(write);
+        // Most writes finish at once: no timer for them.
+        if let std::task::Poll::Ready(wrote) = futures::poll!(&mut write) {
+            return wrote;
+        }
+        let mut check = tokio::time::interval((self.slow_after / 4).max(Duration::from_millis(5)));
+        let mut full_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                wrote = &mut write => return wrote,
+                _ = check.tick() => {
+                    let queued: usize = self.shared.iter().map(|op| op.frames.len()).sum();
+                    if queued < self.send_queue {
+                        full_since = None;
+                    } else if full_since.get_or_insert_with(Instant::now).elapsed() >= self.slow_after {
+                        return Wrote::Slow;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the next response of any of `ops` (not empty).
+async fn recv_any(ops: &mut [SharedOp]) -> (usize, Result<fanout::Frame, RecvError>) {
+    if let [op] = ops {
+        return (0, op.frames.recv().await);
+    }
+    let waiting = ops
+        .iter_mut()
+        .enumerate()
+        .map(|(index, op)| Box::pin(async move { (index, op.frames.recv().await) }));
+    futures::future::select_all(waiting).await.0
+}
+
+/// Feeds a batch to the socket and flushes it once.
+async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Batch) -> Wrote {
+    for message in batch.messages.drain(..) {
+        if sink.feed(message).await.is_err() {
+            return Wrote::Failed;
+        }
+    }
+    if let Some((code, reason)) = batch.close.take() {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(close_reason(reason)),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        return Wrote::Closed;
+    }
+    match sink.flush().await {
+        Ok(()) => Wrote::Flushed,
+        Err(_) => Wrote::Failed,
+    }
+}
+
+/// Records the delivery lag of each event just written; the events of one
+/// burst mostly share their observation time, so equal ones are recorded
+/// together.
+fn record_lags(histogram: &metrics::Histogram, stamps: &mut Vec<i64>) {
+    if stamps.is_empty() {
+        return;
+    }
+    let now = SystemClock.now_ms_signed();
+    let mut run: Option<(i64, usize)> = None;
+    for observed in stamps.drain(..) {
+        match &mut run {
+            Some((at, count)) if *at == observed => *count += 1,
+            _ => {
+                if let Some((at, count)) = run.replace((observed, 1)) {
+                    histogram.record_many((now - at).max(0) as f64 / 1000.0, count);
+                }
+            }
+        }
+    }
+    if let Some((at, count)) = run {
+        histogram.record_many((now - at).max(0) as f64 / 1000.0, count);
+    }
 }
 
 /// Ends a connection over a message that breaks the protocol.
@@ -281,9 +563,30 @@ fn invalid(why: &str) -> Option<End> {
 struct Operation {
     /// Tells a finished operation from a later one under the same id.
     serial: u64,
-    task: AbortHandle,
+    runs: Runs,
     /// Its stream ended; it is only telling its client so.
     finishing: bool,
+}
+
+/// Where an operation runs, and so how it is stopped.
+enum Runs {
+    /// A task of its own.
+    Task(AbortHandle),
+    /// In the connection's writer, off a shared execution.
+    Shared(Arc<AtomicBool>),
+}
+
+impl Operation {
+    /// Stops the operation: nothing more of it reaches the client.
+    fn stop(&self, ctl: &mpsc::UnboundedSender<Ctl>) {
+        match &self.runs {
+            Runs::Task(task) => task.abort(),
+            Runs::Shared(stopped) => {
+                stopped.store(true, Ordering::Release);
+                let _ = ctl.send(Ctl::Detach(self.serial));
+            }
+        }
+    }
 }
 
 /// What an operation's task reports to its connection. Small: every
@@ -300,6 +603,8 @@ struct Connection {
     app: AppState,
     limits: Limits,
     out: mpsc::Sender<Out>,
+    /// Shared operations handed to the writer, and stopped.
+    ctl: mpsc::UnboundedSender<Ctl>,
     /// Running operations by client id, with a serial number so a late
     /// "done" of a replaced operation does not remove its successor.
     ops: HashMap<String, Operation>,
@@ -321,8 +626,9 @@ impl Connection {
         &mut self,
         incoming: &mut SplitStream<WebSocket>,
         stop: &CancellationToken,
+        done_tx: mpsc::UnboundedSender<Done>,
+        mut done_rx: mpsc::UnboundedReceiver<Done>,
     ) -> End {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let init_deadline = tokio::time::sleep(self.limits.config.init_timeout);
         tokio::pin!(init_deadline);
         let keep_alive = self.limits.config.keep_alive;
@@ -391,7 +697,7 @@ impl Connection {
     /// and gives the writer a moment to flush it.
     async fn close(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
         for (_, op) in self.ops.drain() {
-            op.task.abort();
+            op.stop(&self.ctl);
         }
         if let End::Close(code, reason) = end {
             tracing::debug!(code, %reason, "closing websocket");
@@ -474,7 +780,7 @@ impl Connection {
                     ));
                 };
                 if let Some(op) = self.ops.remove(&id) {
-                    op.task.abort();
+                    op.stop(&self.ctl);
                     if self.protocol == Protocol::Legacy {
                         self.send_now(json!({"type": "complete", "id": id}));
                     }
@@ -550,7 +856,7 @@ impl Connection {
                 ));
             }
             // subscriptions-transport-ws replaced the old operation.
-            running.task.abort();
+            running.stop(&self.ctl);
             self.ops.remove(&id);
         }
         // Each operation draws from the client's bucket, as an
@@ -626,54 +932,56 @@ impl Connection {
         // Shared only among callers of the same role: an execution never
         // serves a principal with other permissions.
         let outline = self.app.outlines.of(&request);
-        let source = match fanout::share_key(&request, role) {
-            Some(key) => Source::Shared(self.app.fanout.join(
-                key,
-                &self.app.schema,
-                request,
-                outline,
-            )),
-            None => Source::Own(self.app.schema.clone(), Box::new(request), outline),
+        let id_json = serde_json::Value::String(id.clone()).to_string();
+        let runs = match fanout::share_key(&request, role) {
+            Some(key) => {
+                let (shared, frames) =
+                    self.app
+                        .fanout
+                        .join(key, &self.app.schema, request, outline);
+                let stopped = Arc::new(AtomicBool::new(false));
+                let op = SharedOp {
+                    serial,
+                    id_json,
+                    frames,
+                    stopped: stopped.clone(),
+                    _shared: shared,
+                    _slot: slot,
+                    _live: live,
+                };
+                if self.ctl.send(Ctl::Attach(Box::new(op))).is_err() {
+                    // The writer is gone: so is the connection.
+                    return;
+                }
+                Runs::Shared(stopped)
+            }
+            None => {
+                let sender = Sender {
+                    out: self.out.clone(),
+                    slow: self.slow.clone(),
+                    slow_after: self.limits.config.slow_consumer_timeout,
+                    protocol: self.protocol,
+                    id_json,
+                };
+                let done = done.clone();
+                // Boxed: an execution of its own is a large future.
+                let own = Box::new((self.app.schema.clone(), request, outline));
+                let task = tokio::spawn(async move {
+                    let (_slot, _live) = (slot, live);
+                    sender.deliver(own, done, serial).await;
+                });
+                Runs::Task(task.abort_handle())
+            }
         };
-        let sender = Sender {
-            out: self.out.clone(),
-            slow: self.slow.clone(),
-            slow_after: self.limits.config.slow_consumer_timeout,
-            protocol: self.protocol,
-            id_json: serde_json::Value::String(id.clone()).to_string(),
-        };
-        let done = done.clone();
-        let task = tokio::spawn(async move {
-            let (_slot, _live) = (slot, live);
-            sender.deliver(source, done, serial).await;
-        });
         self.ops.insert(
             id,
             Operation {
                 serial,
-                task: task.abort_handle(),
+                runs,
                 finishing: false,
             },
         );
     }
-}
-
-/// Where an operation's responses come from.
-enum Source {
-    /// Its own execution (and the outline of its document, for the order
-    /// of its responses' keys).
-    Own(
-        crate::graphql::DfSchema,
-        Box<async_graphql::Request>,
-        Option<Arc<super::document::Outline>>,
-    ),
-    /// An execution shared with identical subscriptions.
-    Shared(
-        (
-            Arc<fanout::Shared>,
-            tokio::sync::broadcast::Receiver<fanout::Frame>,
-        ),
-    ),
 }
 
 /// How an operation ended, and what its client is still to be told.
@@ -686,7 +994,51 @@ enum Ended {
     Quietly,
 }
 
-/// One operation's way to its client.
+/// A message of operation `id_json` (a JSON string) with a JSON payload.
+fn message(id_json: &str, kind: &str, payload: &str) -> String {
+    format!(r#"{{"type":"{kind}","id":{id_json},"payload":{payload}}}"#)
+}
+
+fn complete(id_json: &str) -> String {
+    format!(r#"{{"type":"complete","id":{id_json}}}"#)
+}
+
+/// The type of a message carrying a response.
+fn next_kind(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Transport => "next",
+        Protocol::Legacy => "data",
+    }
+}
+
+/// A refusal: graphql-transport-ws has an `error` message for it (and no
+/// `complete` after); the legacy protocol sends the errors as data.
+fn refusal(protocol: Protocol, id_json: &str, errors: &str) -> Ended {
+    match protocol {
+        Protocol::Transport => Ended::Refused(message(id_json, "error", errors)),
+        Protocol::Legacy => {
+            let payload = format!(r#"{{"data":null,"errors":{errors}}}"#);
+            Ended::Completed {
+                last: Some(message(id_json, "data", &payload)),
+            }
+        }
+    }
+}
+
+/// A shared subscriber that fell further behind than its execution keeps
+/// responses for: told so, then completed.
+fn lagged(protocol: Protocol, id_json: &str, missed: u64) -> Ended {
+    let errors = json!([{
+        "message": format!("this subscription fell {missed} events behind and was ended; subscribe again"),
+        "extensions": {"code": "SLOW_CONSUMER"},
+    }]);
+    let payload = json!({"data": null, "errors": errors}).to_string();
+    Ended::Completed {
+        last: Some(message(id_json, next_kind(protocol), &payload)),
+    }
+}
+
+/// The way to its client of an operation with an execution of its own.
 struct Sender {
     out: mpsc::Sender<Out>,
     slow: CancellationToken,
@@ -696,18 +1048,20 @@ struct Sender {
     id_json: String,
 }
 
+/// An execution of its own: the schema, the request and the outline of
+/// its document (for the order of its responses' keys).
+type Own = (
+    crate::graphql::DfSchema,
+    async_graphql::Request,
+    Option<Arc<super::document::Outline>>,
+);
+
 impl Sender {
     /// Runs one operation to its end and tells the connection when it is
     /// finishing and when it is gone.
-    async fn deliver(self, source: Source, done: mpsc::UnboundedSender<Done>, serial: u64) {
-        let ended = match source {
-            // Boxed: an execution of its own is a large future, and most
-            // operations are shared ones that would carry its size idle.
-            Source::Own(schema, request, outline) => {
-                Box::pin(self.own(&schema, *request, outline)).await
-            }
-            Source::Shared((shared, frames)) => self.shared(shared, frames).await,
-        };
+    async fn deliver(self, own: Box<Own>, done: mpsc::UnboundedSender<Done>, serial: u64) {
+        let (schema, request, outline) = *own;
+        let ended = Box::pin(self.own(&schema, request, outline)).await;
         // Finishing before the last message is queued, so a client
         // that reuses the id as soon as it reads it is not told it
         // exists; still abortable until the very end.
@@ -722,8 +1076,7 @@ impl Sender {
                     None => true,
                 };
                 if delivered {
-                    let complete = format!(r#"{{"type":"complete","id":{}}}"#, self.id_json);
-                    self.queue(complete.into(), None).await;
+                    self.queue(complete(&self.id_json).into(), None).await;
                 }
             }
             Ended::Refused(error) => {
@@ -754,34 +1107,6 @@ impl Sender {
         true
     }
 
-    fn message(&self, kind: &str, payload: &str) -> String {
-        format!(
-            r#"{{"type":"{kind}","id":{},"payload":{payload}}}"#,
-            self.id_json
-        )
-    }
-
-    fn next_kind(&self) -> &'static str {
-        match self.protocol {
-            Protocol::Transport => "next",
-            Protocol::Legacy => "data",
-        }
-    }
-
-    /// A refusal: graphql-transport-ws has an `error` message for it (and
-    /// no `complete` after); the legacy protocol sends the errors as data.
-    fn refuse(&self, errors: &str) -> Ended {
-        match self.protocol {
-            Protocol::Transport => Ended::Refused(self.message("error", errors)),
-            Protocol::Legacy => {
-                let payload = format!(r#"{{"data":null,"errors":{errors}}}"#);
-                Ended::Completed {
-                    last: Some(self.message("data", &payload)),
-                }
-            }
-        }
-    }
-
     async fn own(
         &self,
         schema: &crate::graphql::DfSchema,
@@ -794,50 +1119,18 @@ impl Sender {
         while let Some(mut response) = responses.next().await {
             // Errors before execution (validation, bad variables).
             if first && response.data == async_graphql::Value::Null && response.is_err() {
-                return self.refuse(&to_json(&response.errors));
+                return refusal(self.protocol, &self.id_json, &to_json(&response.errors));
             }
             first = false;
             if let Some(outline) = &outline {
                 outline.shape.apply(&mut response.data);
             }
-            let text = self.message(self.next_kind(), &to_json(&response));
+            let text = message(&self.id_json, next_kind(self.protocol), &to_json(&response));
             if !self.queue(text.into(), stamp.take()).await {
                 return Ended::Quietly;
             }
         }
         Ended::Completed { last: None }
-    }
-
-    async fn shared(
-        &self,
-        _shared: Arc<fanout::Shared>,
-        mut frames: tokio::sync::broadcast::Receiver<fanout::Frame>,
-    ) -> Ended {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match frames.recv().await {
-                Ok(fanout::Frame::Next { payload, stamp }) => {
-                    let kind = self.next_kind();
-                    let text = payload.framed(kind, &self.id_json, |json| self.message(kind, json));
-                    if !self.queue(text, stamp).await {
-                        return Ended::Quietly;
-                    }
-                }
-                Ok(fanout::Frame::Refused { errors }) => return self.refuse(&errors),
-                Ok(fanout::Frame::End) => return Ended::Completed { last: None },
-                Err(RecvError::Lagged(missed)) => {
-                    let errors = json!([{
-                        "message": format!("this subscription fell {missed} events behind and was ended; subscribe again"),
-                        "extensions": {"code": "SLOW_CONSUMER"},
-                    }]);
-                    let payload = json!({"data": null, "errors": errors}).to_string();
-                    return Ended::Completed {
-                        last: Some(self.message(self.next_kind(), &payload)),
-                    };
-                }
-                Err(RecvError::Closed) => return Ended::Completed { last: None },
-            }
-        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod liveness;
 pub mod scenario;
 pub mod soak;
 pub mod watch;
+pub mod ws_reader;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

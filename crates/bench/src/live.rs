@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{BenchArgs, BenchError, rss_mib};
+use crate::ws_reader::{Opcode, WsClient};
 use dfgraph::clock::{Clock, SystemClock};
 use dfgraph::config::Config;
 use dfgraph::gateway::Gateway;
@@ -252,17 +253,27 @@ pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A websocket to the gateway at `url`, initialised and subscribed to
-/// [`SUBSCRIPTION`] (or [`BATCHED_SUBSCRIPTION`]).
-async fn connect_and_subscribe(url: &str, batched: bool) -> Result<Socket, String> {
-    connect_and_subscribe_to(
-        url,
-        if batched {
-            BATCHED_SUBSCRIPTION
-        } else {
-            SUBSCRIPTION
-        },
-    )
-    .await
+/// [`SUBSCRIPTION`] (or [`BATCHED_SUBSCRIPTION`]), read with the load
+/// tool's own frame reader ([`crate::ws_reader`]).
+async fn connect_and_subscribe(url: &str, batched: bool) -> Result<WsClient, String> {
+    let query = if batched {
+        BATCHED_SUBSCRIPTION
+    } else {
+        SUBSCRIPTION
+    };
+    let mut socket = WsClient::connect(url, "graphql-transport-ws")
+        .await
+        .map_err(|e| e.to_string())?;
+    let init = serde_json::json!({"type": "connection_init", "payload": {}});
+    let subscribe =
+        serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": query}});
+    for message in [init, subscribe] {
+        socket
+            .send_text(&message.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(socket)
 }
 
 /// A websocket to the gateway at `url`, initialised and subscribed (id
@@ -320,31 +331,43 @@ async fn subscriber(
     // The events of one poll share their observation time, mostly: one
     // parse per distinct timestamp.
     let mut last_observed: Option<(String, i64)> = None;
+    // Registered once: a `cancelled()` made per message would put a waiter
+    // on (and take it off) the one list all subscribers share, twice a
+    // message under its lock.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
+            biased;
             frame = socket.next() => frame,
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
         };
-        let Some(Ok(Message::Text(text))) = frame else {
-            if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
-                break;
-            }
-            continue;
-        };
+        // Each message is timed as it is read: a read brings many, and
+        // each gets the clock when its turn comes (never earlier than it
+        // arrived).
         let received = SystemClock.now_ms_signed();
+        let text = match frame {
+            Ok(Some((Opcode::Text, payload))) => match std::str::from_utf8(payload) {
+                Ok(text) => text,
+                Err(_) => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+            Ok(Some((Opcode::Close, _))) | Ok(None) | Err(_) => break,
+            Ok(Some(_)) => continue,
+        };
         // Event messages are read by field search, not parsed whole: at a
         // million messages a second the load tool must not be what limits
         // the run. Anything else is parsed.
         if !text.starts_with(r#"{"type":"next""#) {
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
                 tally.errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             match value["type"].as_str() {
                 Some("ping") => {
-                    let _ = socket
-                        .send(Message::text(r#"{"type":"pong"}"#.to_owned()))
-                        .await;
+                    let _ = socket.send_text(r#"{"type":"pong"}"#).await;
                 }
                 Some("connection_ack" | "pong") => {}
                 _ => {
@@ -359,12 +382,12 @@ async fn subscriber(
         }
         // One event per message, or a batch of them: each event has its
         // hostname, then its observedAt.
-        let mut hostnames = records_detection.then(|| hostname.values(&text));
+        let mut hostnames = records_detection.then(|| hostname.values(text));
         let mut events: u64 = 0;
         // Events read together with one observation time have one delivery
         // lag: recorded once with their count.
         let mut same_lag: Option<(u64, u64)> = None;
-        for observed in observed_at.values(&text) {
+        for observed in observed_at.values(text) {
             let hostname = hostnames.as_mut().and_then(|names| names.next());
             let observed = match &last_observed {
                 Some((text, ms)) if text == observed => *ms,
