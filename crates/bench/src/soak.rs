@@ -97,6 +97,10 @@ pub struct SubscriberReport {
     pub told_without_cursor: u64,
     /// Told without a cursor and not in the log at all.
     pub not_logged: u64,
+    /// Log entries that repeat the entry before them for their host (the
+    /// same join or leave, logged by two replicas that could not
+    /// coordinate): one change, to be told once under either cursor.
+    pub logged_copies: u64,
     /// Told to the other replica's subscriber within the window, not to
     /// this one (changes the log never took reach one replica only).
     pub only_on_the_other: u64,
@@ -155,7 +159,7 @@ impl SoakReport {
                 "  subscriber on replica {}: received {} ({} with cursor, {} without), \
                  logged in window {}\n    duplicates {}  missing {}  order violations {}  \
                  unknown cursors {}\n    told without cursor {}  not logged {}  \
-                 only on the other replica {}  resumes {}\n",
+                 logged twice {}  only on the other replica {}  resumes {}\n",
                 s.replica,
                 s.received,
                 s.with_cursor,
@@ -167,6 +171,7 @@ impl SoakReport {
                 s.unknown_cursors,
                 s.told_without_cursor,
                 s.not_logged,
+                s.logged_copies,
                 s.only_on_the_other,
                 s.resumes,
             );
@@ -602,9 +607,50 @@ fn compare(
             *last = (*last).max(c.id);
         }
     }
-    for l in logged {
-        let with = by_cursor.get(l.cursor.as_str()).copied();
+    // Consecutive log entries of one host with the same transition (a join
+    // after a join, a leave after a leave) are one change logged twice: two
+    // replicas observed it while they could not coordinate. The change is
+    // to be told once, under either entry's cursor.
+    let mut first_of: Vec<usize> = Vec::with_capacity(logged.len());
+    let mut last: HashMap<(u64, &str), (&str, usize)> = HashMap::new();
+    for (i, l) in logged.iter().enumerate() {
+        let key = (l.what.0, l.what.2.as_str());
+        let kind = l.what.1.as_str();
+        let first = match last.get(&key) {
+            Some(&(k, first)) if k == kind && kind != "UPDATED" => first,
+            _ => i,
+        };
+        first_of.push(first);
+        last.insert(key, (kind, first));
+    }
+    let mut members: BTreeMap<usize, Vec<&Logged>> = BTreeMap::new();
+    for (i, l) in logged.iter().enumerate() {
+        members.entry(first_of[i]).or_default().push(l);
+    }
+    for (first, copies) in members {
+        let l = &logged[first];
+        report.logged_copies += copies.len() as u64 - 1;
+        let told_with: Vec<(i64, &Logged)> = copies
+            .iter()
+            .filter_map(|c| by_cursor.get(c.cursor.as_str()).map(|&at| (at, *c)))
+            .collect();
+        if told_with.len() > 1 {
+            report.duplicates += told_with.len() as u64 - 1;
+            sample(
+                &mut report,
+                format!(
+                    "one change logged {} times told {} times: {:?}",
+                    copies.len(),
+                    told_with.len(),
+                    l.what
+                ),
+            );
+        }
+        let with = told_with.first().map(|(at, _)| *at);
         let unmarked = without.get_mut(&l.what).and_then(|at| at.pop());
+        let in_window = copies
+            .iter()
+            .any(|c| (window.0..=window.1).contains(&c.id.ms));
         match (with, unmarked) {
             (Some(with), Some(unmarked)) => {
                 report.duplicates += 1;
@@ -622,7 +668,7 @@ fn compare(
             }
             (Some(_), None) => {}
             (None, Some(_)) => report.told_without_cursor += 1,
-            (None, None) if (window.0..=window.1).contains(&l.id.ms) => {
+            (None, None) if in_window => {
                 report.missing += 1;
                 sample(
                     &mut report,
@@ -631,6 +677,8 @@ fn compare(
             }
             (None, None) => {}
         }
+    }
+    for l in logged {
         if (window.0..=window.1).contains(&l.id.ms) {
             report.logged_in_window += 1;
         }
@@ -820,5 +868,41 @@ mod tests {
     fn a_logged_event_told_only_without_its_cursor_is_not_missing() {
         let report = compare(&[told(None, "a")], &[logged(10, "a")], (0, 100), &[]);
         assert_eq!((report.missing, report.told_without_cursor), (0, 1));
+    }
+
+    #[test]
+    fn one_join_logged_twice_is_told_once_under_either_cursor_but_two_updates_are_two() {
+        let update = |ms: u64| Logged {
+            what: (1, "UPDATED".to_owned(), "b".to_owned()),
+            ..logged(ms, "b")
+        };
+        let log = [logged(10, "a"), logged(20, "a"), update(30), update(40)];
+        let told_update = Told {
+            what: (1, "UPDATED".to_owned(), "b".to_owned()),
+            ..told(Some(30), "b")
+        };
+        let report = compare(
+            &[told(Some(20), "a"), told_update.clone()],
+            &log,
+            (0, 100),
+            &[],
+        );
+        assert_eq!(report.logged_copies, 1, "{report:?}");
+        assert_eq!(
+            report.missing, 1,
+            "the second update was never told: {report:?}"
+        );
+        assert_eq!(report.duplicates, 0, "{report:?}");
+        let twice = compare(
+            &[told(Some(10), "a"), told(Some(20), "a"), told_update],
+            &log,
+            (0, 35),
+            &[],
+        );
+        assert_eq!(
+            twice.duplicates, 1,
+            "one join told under both its cursors: {twice:?}"
+        );
+        assert_eq!(twice.missing, 0, "{twice:?}");
     }
 }
