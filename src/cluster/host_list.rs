@@ -2,13 +2,14 @@
 //! arrives on the wire. Held: each host decoded once and shared (`Arc`), so
 //! the watcher's snapshot, the cache entry and every query read one copy.
 //! On the wire: a `ListHostsResponse` is a run of length-delimited `Host`
-//! entries (field 1); [`split`] finds each entry and its id without decoding
-//! it, so a poll decodes only the hosts whose bytes changed.
+//! entries (field 1); [`entries`] finds each entry without reading inside
+//! it and [`keys`] reads an entry's id, so a poll decodes only the hosts
+//! whose bytes changed.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType};
 
 use crate::proto::common::v2::Host;
@@ -79,55 +80,10 @@ impl prost::Message for HostList {
     }
 }
 
-/// One host's entry in a `ListHostsResponse`, undecoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostEntry {
-    /// `Host.id` (the last one in the entry, as a decoder would keep),
-    /// checked UTF-8, a slice of the response: a poll allocates nothing
-    /// for the hosts it already knows.
-    id: Bytes,
-    /// `Host.scheduler_cluster_id` as the scheduler wrote it (0 when
-    /// absent): its own idea of its cluster, only checked.
-    pub cluster_id: u64,
-    /// The entry's `Host` message bytes (a slice of the response buffer).
-    pub bytes: Bytes,
-}
-
-impl HostEntry {
-    /// `Host.id`.
-    pub fn id(&self) -> &str {
-        // Checked in `split`; an empty id is what a decoder would give.
-        std::str::from_utf8(&self.id).unwrap_or_default()
-    }
-
-    /// The host, stamped with `cluster_id`, the id dfgraph serves its
-    /// cluster under.
-    pub fn decode(&self, cluster_id: u64) -> Result<Host, WireError> {
-        decode_entry(&self.bytes, cluster_id)
-    }
-}
-
 /// A response that is not a well-formed `ListHostsResponse`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed ListHosts response: {0}")]
 pub struct WireError(String);
-
-/// The host entries of an encoded `ListHostsResponse`, in order, each with
-/// its id and the cluster id it carries. Unknown fields are skipped; a
-/// truncated or malformed message is an error (never a panic).
-pub fn split(response: &Bytes) -> Result<Vec<HostEntry>, WireError> {
-    entries(response)
-        .map(|range| {
-            let bytes = response.slice(range?);
-            let (id, cluster_id) = host_keys(&bytes)?;
-            Ok(HostEntry {
-                id: bytes.slice(id),
-                cluster_id,
-                bytes,
-            })
-        })
-        .collect()
-}
 
 /// Where each host entry of an encoded `ListHostsResponse` is, in order,
 /// without reading inside it: the cheap walk a poll makes over every host.
@@ -273,21 +229,44 @@ mod tests {
         }
     }
 
+    /// Each entry of `wire` as the poll reads it: id, carried cluster id
+    /// and bytes.
+    struct Entry<'a> {
+        id: &'a str,
+        cluster_id: u64,
+        bytes: &'a [u8],
+    }
+
+    fn split(wire: &[u8]) -> Result<Vec<Entry<'_>>, WireError> {
+        entries(wire)
+            .map(|range| {
+                let bytes = &wire[range?];
+                let (id, cluster_id) = keys(bytes)?;
+                Ok(Entry {
+                    id,
+                    cluster_id,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn split_finds_every_entry_and_its_id_and_each_decodes_to_the_host() {
         let hosts = vec![host("a"), host("bb"), Host::default(), host("ccc")];
-        let wire = Bytes::from(
-            ListHostsResponse {
-                hosts: hosts.clone(),
-            }
-            .encode_to_vec(),
-        );
+        let wire = ListHostsResponse {
+            hosts: hosts.clone(),
+        }
+        .encode_to_vec();
         let entries = split(&wire).expect("well formed");
-        let ids: Vec<&str> = entries.iter().map(HostEntry::id).collect();
+        let ids: Vec<&str> = entries.iter().map(|e| e.id).collect();
         assert_eq!(ids, ["a", "bb", "", "ccc"]);
         let carried: Vec<u64> = entries.iter().map(|e| e.cluster_id).collect();
         assert_eq!(carried, [7, 7, 0, 7]);
-        let decoded: Vec<Host> = entries.iter().map(|e| e.decode(7).unwrap()).collect();
+        let decoded: Vec<Host> = entries
+            .iter()
+            .map(|e| decode_entry(e.bytes, 7).unwrap())
+            .collect();
         let stamped: Vec<Host> = hosts
             .iter()
             .cloned()
@@ -297,7 +276,7 @@ mod tests {
             })
             .collect();
         assert_eq!(decoded, stamped);
-        let served_as_3 = entries[0].decode(3).unwrap();
+        let served_as_3 = decode_entry(entries[0].bytes, 3).unwrap();
         assert_eq!(
             served_as_3.scheduler_cluster_id, 3,
             "stamped with dfgraph's id"
@@ -314,9 +293,9 @@ mod tests {
         .encode_raw(&mut bytes);
         let mut wire = Vec::new();
         prost::encoding::bytes::encode(HOSTS_FIELD, &bytes, &mut wire);
-        let entries = split(&Bytes::from(wire)).unwrap();
-        assert_eq!(entries[0].id(), "second");
-        assert_eq!(entries[0].decode(7).unwrap().id, "second");
+        let entries = split(&wire).unwrap();
+        assert_eq!(entries[0].id, "second");
+        assert_eq!(decode_entry(entries[0].bytes, 7).unwrap().id, "second");
     }
 
     #[test]
@@ -325,19 +304,18 @@ mod tests {
         prost::encoding::uint64::encode(9, &5, &mut wire);
         prost::encoding::message::encode(HOSTS_FIELD, &host("x"), &mut wire);
         prost::encoding::string::encode(12, &"later".to_string(), &mut wire);
-        let wire = Bytes::from(wire);
         let entries = split(&wire).unwrap();
         assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].id(), "x");
+        assert_eq!(entries[0].id, "x");
         for cut in 1..wire.len() {
-            let cut = wire.slice(..cut);
+            let cut = &wire[..cut];
             // Any prefix is either a shorter valid message or an error.
-            if let Ok(entries) = split(&cut) {
+            if let Ok(entries) = split(cut) {
                 assert!(entries.len() <= 1);
             }
         }
-        assert!(split(&Bytes::from_static(&[0x0a, 0x05, 0x01])).is_err());
-        assert!(split(&Bytes::from_static(&[0x0b])).is_err());
+        assert!(split(&[0x0a, 0x05, 0x01]).is_err());
+        assert!(split(&[0x0b]).is_err());
     }
 
     #[test]

@@ -306,7 +306,7 @@ impl ClusterClient {
     }
 
     /// [`Self::list_hosts`], answered as the encoded `ListHostsResponse`
-    /// (split it with [`host_list::split`]) and the scheduler that sent it:
+    /// (walk it with [`host_list::entries`]) and the scheduler that sent it:
     /// the watcher decodes only what changed since its last poll, and
     /// tells the scheduler's [`announced`] what its hosts carried.
     pub async fn list_hosts_raw(

@@ -1,7 +1,7 @@
 //! Calls whose answer is kept as its protobuf bytes: a tonic codec that
 //! encodes the request as usual and hands back the response message
 //! undecoded. The watcher reads `ListHosts` this way and decodes only the
-//! hosts that changed (see [`super::host_list::split`]).
+//! hosts that changed (see [`super::host_list::entries`]).
 
 use std::marker::PhantomData;
 
