@@ -10,13 +10,12 @@
 //! when authorization lands, the key must include the principal.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_graphql::Positioned;
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
-use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
@@ -44,45 +43,22 @@ pub enum Frame {
     End,
 }
 
-/// A serialized response and the websocket message that carries it,
-/// framed once for every subscriber that frames it alike: same message
-/// kind, same operation id (clients number their operations, so most
-/// subscribers of one execution share an id). A burst of one event to 10k
-/// subscribers is then 10k reference counts, not 10k copies.
+/// A serialized response, made once for every subscriber: each
+/// connection's writer copies it into its frame, between the head that
+/// names its operation id and the closing brace.
 #[derive(Debug)]
 pub struct Payload {
     json: Box<str>,
-    framed: OnceLock<(&'static str, Box<str>, Utf8Bytes)>,
 }
 
 impl Payload {
     pub fn new(json: String) -> Self {
-        Self {
-            json: json.into(),
-            framed: OnceLock::new(),
-        }
+        Self { json: json.into() }
     }
 
-    /// The message of kind `kind` for operation `id_json`, as `frame`
-    /// makes it from the JSON; made once for the first pair asked for,
-    /// then shared by every subscriber asking for the same one.
-    pub fn framed(
-        &self,
-        kind: &'static str,
-        id_json: &str,
-        frame: impl FnOnce(&str) -> String,
-    ) -> Utf8Bytes {
-        if let Some((k, id, text)) = self.framed.get() {
-            if *k == kind && **id == *id_json {
-                return text.clone();
-            }
-            return frame(&self.json).into();
-        }
-        let text: Utf8Bytes = frame(&self.json).into();
-        // Another subscriber may have framed it meanwhile; either copy is
-        // the same bytes when the pair matches.
-        let _ = self.framed.set((kind, id_json.into(), text.clone()));
-        text
+    /// The response as JSON.
+    pub fn json(&self) -> &str {
+        &self.json
     }
 }
 
@@ -319,33 +295,6 @@ mod tests {
                 "{unshared}"
             );
         }
-    }
-
-    #[test]
-    fn a_payload_is_framed_once_per_kind_and_id_and_each_frame_is_right() {
-        let payload = Payload::new(r#"{"data":{"n":1}}"#.into());
-        fn frame(kind: &'static str, id: &'static str) -> impl Fn(&str) -> String {
-            move |json| format!(r#"{{"type":"{kind}","id":{id},"payload":{json}}}"#)
-        }
-        let first = payload.framed("next", "\"1\"", frame("next", "\"1\""));
-        let again = payload.framed("next", "\"1\"", |_| unreachable!("framed twice"));
-        assert_eq!(
-            first.as_str(),
-            r#"{"type":"next","id":"1","payload":{"data":{"n":1}}}"#
-        );
-        // The same bytes, not a copy.
-        assert_eq!(first.as_str().as_ptr(), again.as_str().as_ptr());
-        let other_id = payload.framed("next", "\"2\"", frame("next", "\"2\""));
-        assert_eq!(
-            other_id.as_str(),
-            r#"{"type":"next","id":"2","payload":{"data":{"n":1}}}"#
-        );
-        let legacy = payload.framed("data", "\"1\"", frame("data", "\"1\""));
-        assert_eq!(
-            legacy.as_str(),
-            r#"{"type":"data","id":"1","payload":{"data":{"n":1}}}"#
-        );
-        assert_eq!(&*payload.json, r#"{"data":{"n":1}}"#);
     }
 
     #[test]

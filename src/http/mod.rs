@@ -22,11 +22,12 @@ pub mod response_cache;
 pub mod rest;
 pub mod sse;
 pub mod ws;
+pub mod ws_upgrade;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -168,7 +169,7 @@ async fn websocket(
     State(app): State<AppState>,
     headers: axum::http::HeaderMap,
     admitted: Option<axum::Extension<rate_limit::Admitted>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: ws_upgrade::Upgrade,
 ) -> Response {
     // Cross-site websocket hijacking: a page elsewhere must not ride on
     // the operator's cookies.
@@ -176,22 +177,13 @@ async fn websocket(
         return (StatusCode::FORBIDDEN, "websocket origin not allowed").into_response();
     }
     let upgrade_token = access::token(&app.auth, &headers);
-    let max = app.subscriptions.config.max_message_bytes;
-    let upgrade = upgrade
-        .protocols(ws::PROTOCOLS)
-        .max_message_size(max)
-        .max_frame_size(max)
-        // tungstenite reserves 128 KiB per connection for reading by
-        // default; clients send little (larger messages still arrive, in
-        // more reads), and 10k idle subscribers should not cost 1.3 GiB.
-        .read_buffer_size(4 * 1024);
-    let protocol =
-        ws::Protocol::from_header(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
+    let selected = upgrade.select(&ws::PROTOCOLS);
+    let protocol = ws::Protocol::from_header(selected);
     let stop = app.shutdown.clone();
     // Operations on the socket draw from the bucket of its principal,
     // else of this address.
     let client = admitted.map(|a| a.0.client);
-    upgrade
-        .on_upgrade(move |socket| ws::serve(socket, protocol, app, stop, upgrade_token, client))
-        .into_response()
+    upgrade.accept(selected, move |socket| {
+        ws::serve(socket, protocol, app, stop, upgrade_token, client)
+    })
 }

@@ -7,14 +7,21 @@
 //! (4401), duplicate id (4409), second init (4429), bad message (4400).
 //! Each connection has a bounded send queue; a client that stops reading is
 //! disconnected instead of buffered for.
+//!
+//! A connection's socket is split: tungstenite reads the client's frames
+//! (and makes the pongs and close replies the protocol owes), one writer
+//! task writes everything the server sends, as whole frames it puts
+//! together itself, so a burst of events is one write of ready bytes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::{SplitSink, SplitStream};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,12 +29,19 @@ use tokio::sync::broadcast::{
     self,
     error::{RecvError, TryRecvError},
 };
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_util::sync::{CancellationToken, PollSender};
 
 use super::AppState;
 use super::fanout;
+use super::ws_upgrade::Socket;
 use crate::clock::{Clock, SystemClock};
 use crate::events::metric;
 use crate::graphql::subscription::DeliveryStamp;
@@ -187,9 +201,12 @@ impl Drop for Slot {
 
 enum Out {
     /// A message, with the observation time of the event behind it.
-    Text(Utf8Bytes, Option<i64>),
+    Text(String, Option<i64>),
     Ping,
     Close(u16, String),
+    /// Whole frames tungstenite wrote while reading (a pong, the reply to
+    /// the client's close), to go out as they are.
+    Reply(Vec<u8>),
 }
 
 /// Why the connection ends.
@@ -206,7 +223,7 @@ enum End {
 /// request carried; a refused token closes with 4403, and so does the
 /// connection when its token expires.
 pub async fn serve(
-    socket: WebSocket,
+    socket: Socket,
     protocol: Protocol,
     app: AppState,
     stop: CancellationToken,
@@ -214,14 +231,31 @@ pub async fn serve(
     client: Option<std::net::IpAddr>,
 ) {
     let limits = app.subscriptions.clone();
-    let (sink, mut incoming) = socket.split();
+    let (read, socket) = tokio::io::split(socket);
     let (out_tx, out_rx) = mpsc::channel::<Out>(limits.config.send_queue);
+    let max = limits.config.max_message_bytes;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        // tungstenite reserves 128 KiB per connection for reading by
+        // default; clients send little (larger messages still arrive, in
+        // more reads), and 10k idle subscribers should not cost 1.3 GiB.
+        .read_buffer_size(4 * 1024);
+    let mut incoming = WebSocketStream::from_raw_socket(
+        ReadSide {
+            read,
+            replies: PollSender::new(out_tx.clone()),
+        },
+        Role::Server,
+        Some(config),
+    )
+    .await;
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel::<Ctl>();
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     let slow = CancellationToken::new();
     let writer = tokio::spawn(
         Writer {
-            sink,
+            socket,
             out: out_rx,
             ctl: ctl_rx,
             done: done_tx.clone(),
@@ -247,7 +281,54 @@ pub async fn serve(
         slow,
     };
     let end = conn.run(&mut incoming, &stop, done_tx, done_rx).await;
+    // Its way to the writer goes too, so the writer ends once the
+    // connection's queue is drained.
+    drop(incoming);
     Box::pin(conn.close(end, writer)).await;
+}
+
+/// The socket as the reading side's tungstenite sees it: it reads the
+/// client's frames, and what it writes (a pong, the reply to a close) goes
+/// to the connection's writer, the only one that writes to the socket, so
+/// no frame ever lands inside another.
+struct ReadSide {
+    read: ReadHalf<Socket>,
+    replies: PollSender<Out>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    /// Takes all of `buf` or nothing: tungstenite writes out whole frames,
+    /// and a part of one must never reach the writer.
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let gone = |_| io::Error::from(io::ErrorKind::BrokenPipe);
+        ready!(self.replies.poll_reserve(cx)).map_err(gone)?;
+        self.replies
+            .send_item(Out::Reply(buf.to_vec()))
+            .map_err(gone)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Messages (and close) one write to the socket carries at most.
@@ -269,6 +350,10 @@ struct SharedOp {
     serial: u64,
     /// The operation id as a JSON string.
     id_json: String,
+    /// What each of its messages starts with, up to the payload
+    /// (`{"type":"next","id":"1","payload":`): the only part of a shared
+    /// message that differs between subscribers.
+    head: Box<[u8]>,
     frames: broadcast::Receiver<fanout::Frame>,
     /// Set by the connection when the client stopped the operation: not one
     /// more of its messages is written (the `Detach` that follows may come
@@ -285,32 +370,101 @@ enum Woke {
     Frame(usize, Result<fanout::Frame, RecvError>),
 }
 
-/// What one write holds: messages in order, the observation time of each
-/// event among them, and a close frame to end with.
+/// What one write holds: whole frames in order, the observation time of
+/// each event among them, and whether a close frame ends it.
 #[derive(Default)]
 struct Batch {
-    messages: Vec<Message>,
+    bytes: Vec<u8>,
+    messages: usize,
     stamps: Vec<i64>,
-    close: Option<(u16, String)>,
+    close: bool,
+}
+
+/// Bytes a connection's batch keeps between writes: enough for control
+/// messages; a burst's buffer goes back to its worker thread's spare after
+/// the write, so an idle subscriber holds none of it.
+const KEEP_BYTES: usize = 1024;
+
+/// The largest spare buffer a worker thread keeps for the next burst.
+const SPARE_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// A burst's buffer, kept for the next connection this thread writes
+    /// to: 10k subscribers each framing a burst into a fresh allocation
+    /// had the kernel zeroing new pages for a tenth of the writers' time.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Batch {
     fn full(&self) -> bool {
-        self.close.is_some() || self.messages.len() >= WRITE_BATCH
+        self.close || self.messages >= WRITE_BATCH
     }
 
-    fn text(&mut self, text: Utf8Bytes, stamp: Option<i64>) {
-        self.messages.push(Message::Text(text));
+    fn text(&mut self, text: &str, stamp: Option<i64>) {
+        text_frame(&mut self.bytes, &[text.as_bytes()]);
+        self.messages += 1;
         self.stamps.extend(stamp);
     }
 
     fn push(&mut self, out: Out) {
         match out {
-            Out::Text(text, stamp) => self.text(text, stamp),
-            Out::Ping => self.messages.push(Message::Ping(Default::default())),
-            Out::Close(code, reason) => self.close = Some((code, reason)),
+            Out::Text(text, stamp) => return self.text(&text, stamp),
+            Out::Ping => control_frame(&mut self.bytes, Frame::ping(Vec::new())),
+            Out::Close(code, reason) => {
+                let close = CloseFrame {
+                    code: code.into(),
+                    reason: close_reason(reason).into(),
+                };
+                control_frame(&mut self.bytes, Frame::close(Some(close)));
+                self.close = true;
+            }
+            Out::Reply(frames) => self.bytes.extend_from_slice(&frames),
         }
+        self.messages += 1;
     }
+
+    /// Empty again, after a write.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        if self.bytes.capacity() > KEEP_BYTES {
+            let bytes = std::mem::take(&mut self.bytes);
+            if bytes.capacity() <= SPARE_BYTES {
+                SPARE.with(|spare| {
+                    // The larger one stays.
+                    let kept = spare.take();
+                    spare.set(if kept.capacity() >= bytes.capacity() {
+                        kept
+                    } else {
+                        bytes
+                    });
+                });
+            }
+        }
+        self.messages = 0;
+    }
+}
+
+/// Appends one final, unmasked text frame whose payload is `parts` in a
+/// row: the server's frames are never masked (RFC 6455 5.1), so a frame is
+/// its header and the bytes as they are.
+fn text_frame(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    buf.reserve(header.len(len as u64) + len);
+    // Writing into a Vec cannot fail.
+    let _ = header.format(len as u64, buf);
+    for part in parts {
+        buf.extend_from_slice(part);
+    }
+}
+
+/// Appends a ping or close frame.
+fn control_frame(buf: &mut Vec<u8>, frame: Frame) {
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(buf);
 }
 
 /// How a write ended.
@@ -331,7 +485,7 @@ enum Wrote {
 /// ready when it wakes goes out in one write and one flush (one syscall
 /// for a burst of events, not one per message).
 struct Writer {
-    sink: SplitSink<WebSocket, Message>,
+    socket: WriteHalf<Socket>,
     out: mpsc::Receiver<Out>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     done: mpsc::UnboundedSender<Done>,
@@ -383,7 +537,7 @@ impl Writer {
             }
             record_lags(&delivery_lag, &mut batch.stamps);
         }
-        let _ = self.sink.close().await;
+        let _ = self.socket.shutdown().await;
     }
 
     fn apply(&mut self, ctl: Ctl) {
@@ -441,10 +595,19 @@ impl Writer {
         }
         let ended = match frame {
             Ok(fanout::Frame::Next { payload, stamp }) => {
-                let kind = next_kind(self.protocol);
-                let text =
-                    payload.framed(kind, &op.id_json, |json| message(&op.id_json, kind, json));
-                batch.text(text, stamp);
+                let json = payload.json().as_bytes();
+                if batch.bytes.is_empty() {
+                    // Room for what is queued, in one buffer.
+                    let queued = op.frames.len().min(WRITE_BATCH) + 1;
+                    let room = queued * (op.head.len() + json.len() + 16);
+                    if batch.bytes.capacity() < room {
+                        batch.bytes = SPARE.with(|spare| spare.take());
+                    }
+                    batch.bytes.reserve(room);
+                }
+                text_frame(&mut batch.bytes, &[&op.head, json, b"}"]);
+                batch.messages += 1;
+                batch.stamps.extend(stamp);
                 return false;
             }
             Ok(fanout::Frame::Refused { errors }) => refusal(self.protocol, &op.id_json, &errors),
@@ -460,11 +623,11 @@ impl Writer {
         match ended {
             Ended::Completed { last } => {
                 if let Some(last) = last {
-                    batch.text(last.into(), None);
+                    batch.text(&last, None);
                 }
-                batch.text(complete(&op.id_json).into(), None);
+                batch.text(&complete(&op.id_json), None);
             }
-            Ended::Refused(error) => batch.text(error.into(), None),
+            Ended::Refused(error) => batch.text(&error, None),
             Ended::Quietly => {}
         }
         true
@@ -473,7 +636,7 @@ impl Writer {
     /// Writes `batch` and flushes; gives up on a client that reads
     /// nothing while its queue is full for `slow_after`.
     async fn write(&mut self, batch: &mut Batch) -> Wrote {
-        let write = write_batch(&mut self.sink, batch);
+        let write = write_batch(&mut self.socket, batch);
         tokio::pin!(write);
         // Most writes finish at once: no timer for them.
         if let std::task::Poll::Ready(wrote) = futures::poll!(&mut write) {
@@ -509,23 +672,23 @@ async fn recv_any(ops: &mut [SharedOp]) -> (usize, Result<fanout::Frame, RecvErr
     futures::future::select_all(waiting).await.0
 }
 
-/// Feeds a batch to the socket and flushes it once.
-async fn write_batch(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Batch) -> Wrote {
-    for message in batch.messages.drain(..) {
-        if sink.feed(message).await.is_err() {
-            return Wrote::Failed;
+/// Writes a batch's frames to the socket in one write (more only when the
+/// socket takes part of it) and flushes (TLS keeps what it encrypts until
+/// then).
+async fn write_batch(socket: &mut WriteHalf<Socket>, batch: &mut Batch) -> Wrote {
+    let wrote = match socket.write_all(&batch.bytes).await {
+        Ok(()) => socket.flush().await,
+        Err(e) => Err(e),
+    };
+    let closed = batch.close;
+    batch.clear();
+    match wrote {
+        Ok(()) if closed => {
+            let _ = socket.shutdown().await;
+            Wrote::Closed
         }
-    }
-    if let Some((code, reason)) = batch.close.take() {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from(close_reason(reason)),
-        };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        return Wrote::Closed;
-    }
-    match sink.flush().await {
         Ok(()) => Wrote::Flushed,
+        Err(_) if closed => Wrote::Closed,
         Err(_) => Wrote::Failed,
     }
 }
@@ -624,7 +787,7 @@ impl Connection {
     /// something ends the connection.
     async fn run(
         &mut self,
-        incoming: &mut SplitStream<WebSocket>,
+        incoming: &mut WebSocketStream<ReadSide>,
         stop: &CancellationToken,
         done_tx: mpsc::UnboundedSender<Done>,
         mut done_rx: mpsc::UnboundedReceiver<Done>,
@@ -679,8 +842,14 @@ impl Connection {
                     let text = match frame {
                         Message::Text(text) => text,
                         Message::Binary(_) => break End::Close(close_code::BAD_REQUEST, "binary messages are not part of the protocol".into()),
-                        Message::Close(_) => break End::Gone,
-                        Message::Ping(_) | Message::Pong(_) => continue,
+                        Message::Close(_) => {
+                            // tungstenite made the reply when it read the
+                            // close; this hands it to the writer.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), incoming.flush()).await;
+                            break End::Gone;
+                        }
+                        // Pongs are owed, and tungstenite makes them.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     };
                     // Boxed: authentication and persisted-query lookups are
                     // large futures; inline, every idle connection would
@@ -726,7 +895,7 @@ impl Connection {
     fn send_now(&self, message: Value) {
         let _ = self
             .out
-            .try_send(Out::Text(message.to_string().into(), None));
+            .try_send(Out::Text(message.to_string(), None));
     }
 
     /// Tells the client one operation will not run.
@@ -940,8 +1109,11 @@ impl Connection {
                         .fanout
                         .join(key, &self.app.schema, request, outline);
                 let stopped = Arc::new(AtomicBool::new(false));
+                let kind = next_kind(self.protocol);
+                let head = format!(r#"{{"type":"{kind}","id":{id_json},"payload":"#);
                 let op = SharedOp {
                     serial,
+                    head: head.into_bytes().into(),
                     id_json,
                     frames,
                     stopped: stopped.clone(),
@@ -1072,15 +1244,15 @@ impl Sender {
         match ended {
             Ended::Completed { last } => {
                 let delivered = match last {
-                    Some(last) => self.queue(last.into(), None).await,
+                    Some(last) => self.queue(last, None).await,
                     None => true,
                 };
                 if delivered {
-                    self.queue(complete(&self.id_json).into(), None).await;
+                    self.queue(complete(&self.id_json), None).await;
                 }
             }
             Ended::Refused(error) => {
-                self.queue(error.into(), None).await;
+                self.queue(error, None).await;
             }
             Ended::Quietly => {}
         }
@@ -1092,7 +1264,7 @@ impl Sender {
 
     /// Queues a message; false (and the connection marked slow) when the
     /// client has not made room within the slow-consumer timeout.
-    async fn queue(&self, text: Utf8Bytes, stamp: Option<i64>) -> bool {
+    async fn queue(&self, text: String, stamp: Option<i64>) -> bool {
         // The common case, without arming a timer.
         let out = match self.out.try_send(Out::Text(text, stamp)) {
             Ok(()) => return true,
@@ -1126,7 +1298,7 @@ impl Sender {
                 outline.shape.apply(&mut response.data);
             }
             let text = message(&self.id_json, next_kind(self.protocol), &to_json(&response));
-            if !self.queue(text.into(), stamp.take()).await {
+            if !self.queue(text, stamp.take()).await {
                 return Ended::Quietly;
             }
         }
@@ -1181,7 +1353,32 @@ fn close_reason(mut reason: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::close_reason;
+    use super::{close_reason, text_frame};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    #[test]
+    fn text_frames_read_back_whole_at_every_length_encoding() {
+        let mut buf = Vec::new();
+        // 7-bit, 16-bit and 64-bit lengths, in a row as a burst writes them.
+        let sizes = [0, 125, 126, 65_535, 65_536, 70_000];
+        for (n, size) in sizes.iter().enumerate() {
+            let body = "x".repeat(*size);
+            let id = format!("\"{n}\"");
+            text_frame(&mut buf, &[id.as_bytes(), body.as_bytes(), b"}"]);
+        }
+        let mut cursor = std::io::Cursor::new(&buf);
+        for (n, size) in sizes.iter().enumerate() {
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            let start = cursor.position() as usize;
+            let payload = &buf[start..start + len as usize];
+            assert_eq!(payload, format!("\"{n}\"{}}}", "x".repeat(*size)).as_bytes());
+            cursor.set_position((start + len as usize) as u64);
+        }
+        assert_eq!(cursor.position() as usize, buf.len());
+    }
 
     #[test]
     fn close_reasons_fit_a_close_frame() {

@@ -585,3 +585,141 @@ async fn a_hung_redis_does_not_hold_up_local_subscribers() {
     gateway.shutdown().await;
     sim.shutdown().await;
 }
+
+/// The `next` texts of subscription `id` on `client` until `count` of them
+/// came, each cut down to its payload after checking the rest is `kind`'s
+/// message for `id`; `ping` (a websocket ping) is sent once the first has
+/// arrived, while the server is still writing the rest, and its pong must
+/// come back among them.
+async fn read_burst(
+    client: &mut WsClient,
+    kind: &str,
+    id: &str,
+    count: usize,
+    ping: &[u8],
+) -> Vec<String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let head = format!(r#"{{"type":"{kind}","id":{},"payload":"#, json!(id));
+    let mut payloads = Vec::new();
+    let mut ponged = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while payloads.len() < count || !ponged {
+        let frame = tokio::time::timeout_at(deadline, client.socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("{id}: {} of {count} messages, pong {ponged}", payloads.len()))
+            .expect("connection open")
+            .expect("a well-formed frame");
+        match frame {
+            Message::Text(text) => {
+                let text = text.as_str();
+                let message: Value = serde_json::from_str(text).expect("JSON");
+                if message["type"] != kind {
+                    continue;
+                }
+                assert_eq!(message["id"], id, "{text}");
+                let payload = text
+                    .strip_prefix(head.as_str())
+                    .and_then(|rest| rest.strip_suffix('}'))
+                    .unwrap_or_else(|| panic!("not {head}...}}: {text}"));
+                payloads.push(payload.to_owned());
+                if payloads.len() == 1 {
+                    client
+                        .socket
+                        .send(Message::Ping(ping.to_vec().into()))
+                        .await
+                        .expect("ping sent");
+                }
+            }
+            Message::Pong(data) => {
+                assert_eq!(&data[..], ping);
+                ponged = true;
+            }
+            _ => {}
+        }
+    }
+    payloads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_events_reach_every_subscriber_alike_but_its_id_and_pings_are_answered_mid_burst() {
+    let sim = SimCluster::start(small_sim()).await.unwrap();
+    let gateway = Gateway::start(live_config(&sim, None)).await.unwrap();
+    let url = gateway.url();
+    // Ids of every kind a client picks: the same number, its own numbers,
+    // long UUID-like strings, characters JSON escapes.
+    let ids: Vec<String> = (0..24)
+        .map(|n| match n % 4 {
+            0 => "1".to_owned(),
+            1 => n.to_string(),
+            2 => format!("5c0f3f6e-{n:04}-4a51-9d3c-{}", "0".repeat(n)),
+            _ => format!("op \"{n}\" é"),
+        })
+        .collect();
+    let mut clients = join_all(ids.iter().map(|id| {
+        let url = url.clone();
+        async move {
+            let mut client = WsClient::ready(&url).await;
+            client.subscribe(id, HOST_EVENTS, json!({})).await;
+            client
+        }
+    }))
+    .await;
+    // And one speaking the legacy protocol, whose messages are `data`.
+    let mut legacy = WsClient::connect(&url, "graphql-ws").await;
+    legacy
+        .send(json!({"type": "connection_init", "payload": {}}))
+        .await;
+    assert_eq!(legacy.message(Duration::from_secs(5)).await["type"], "connection_ack");
+    legacy
+        .send(json!({"type": "start", "id": "legacy", "payload": {"query": HOST_EVENTS}}))
+        .await;
+    wait_until("every subscription live", Duration::from_secs(10), || {
+        gateway.state.events.live_subscriptions() == ids.len() + 1
+    })
+    .await;
+    assert_eq!(gateway.fanout.running(), 1, "one shared execution");
+    tokio::time::sleep(INTERVAL * 4).await;
+
+    // A burst: many changed hosts at once, each event a few KiB.
+    let hosts: Vec<_> = sim.hosts(1).into_iter().take(40).collect();
+    let burst = hosts.len();
+    for (n, mut host) in hosts.into_iter().enumerate() {
+        host.hostname = format!("burst-{n}-{}", "y".repeat(3000));
+        sim.upsert_host(host);
+    }
+    // All at once, so each ping meets a writer with the burst to write.
+    let (mut received, legacy_received) = tokio::join!(
+        join_all(
+            clients
+                .iter_mut()
+                .zip(&ids)
+                .map(|(client, id)| read_burst(client, "next", id, burst, id.as_bytes())),
+        ),
+        read_burst(&mut legacy, "data", "legacy", burst, b"legacy"),
+    );
+    received.push(legacy_received);
+
+    let first = &received[0];
+    assert_eq!(first.len(), burst);
+    let mut hostnames: Vec<String> = first
+        .iter()
+        .map(|payload| {
+            let payload: Value = serde_json::from_str(payload).expect("a JSON payload");
+            payload["data"]["hostEvents"]["host"]["hostname"]
+                .as_str()
+                .expect("a hostname")
+                .to_owned()
+        })
+        .collect();
+    hostnames.sort();
+    hostnames.dedup();
+    assert_eq!(hostnames.len(), burst, "every changed host, once");
+    for (n, payloads) in received.iter().enumerate() {
+        assert!(payloads == first, "subscriber {n} got other payload bytes");
+    }
+    drop(clients);
+    drop(legacy);
+    gateway.shutdown().await;
+    sim.shutdown().await;
+}
