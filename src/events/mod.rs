@@ -229,7 +229,7 @@ pub mod metric {
         );
         metrics::describe_histogram!(
             DELIVERY_LAG,
-            "Seconds from an event being observed to its websocket message being written."
+            "Seconds from an event being observed to the websocket write that carried its message (one sample per write and observation time)."
         );
         metrics::describe_gauge!(LIVE_SUBSCRIPTIONS, "Subscriptions running in this process.");
         metrics::describe_gauge!(
