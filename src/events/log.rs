@@ -9,8 +9,10 @@
 //! its id in the log, opaque to clients, versioned and checked.
 //!
 //! What is logged: host joins, leaves and changes (not changes of load
-//! figures alone, which the watcher sees on almost every poll), and peer
-//! and task changes (not the baselines a new watch starts with).
+//! figures alone, which the watcher sees on almost every poll), peer
+//! and task changes (not the baselines a new watch starts with), and
+//! scheduler reachability and circuit transitions (as their cluster's
+//! health recorder sees them, see [`super::health`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -208,7 +210,7 @@ pub fn loggable(event: &Event) -> bool {
         } => !super::diff::only_resources(changed_fields),
         What::Host { .. } => true,
         What::Peer { baseline, .. } | What::Task { baseline, .. } => !baseline,
-        What::Scheduler { .. } => false,
+        What::Scheduler { .. } => true,
     }
 }
 
@@ -378,12 +380,8 @@ impl EventLog {
             return Ok(());
         }
         let mut cmds = Vec::with_capacity(events.len() + trim.len());
-        let mut logged = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let Some(bytes) = bus::encode("", event) else {
-                continue;
-            };
-            logged.push(i);
+        for event in events.iter() {
+            let bytes = bus::encode("", event);
             let mut xadd = redis::cmd("XADD");
             xadd.arg(keys::event_log(event.cluster_id))
                 .arg("MAXLEN")
@@ -405,8 +403,7 @@ impl EventLog {
             cmds.push(xtrim);
         }
         let replies = redis.batch("event_log_append", cmds).await?;
-        for (i, reply) in logged.into_iter().zip(replies) {
-            let event = &mut events[i];
+        for (event, reply) in events.iter_mut().zip(replies) {
             let id = crate::redis::value_string(&reply)
                 .and_then(|s| LogId::parse(&s))
                 .ok_or_else(|| LogError::Entry(format!("XADD answered {reply:?}")))?;

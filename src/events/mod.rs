@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod bus;
 pub mod diff;
+pub mod health;
 pub mod interest;
 pub mod lease;
 pub mod log;
@@ -143,8 +144,8 @@ pub enum What {
         changed_fields: Vec<String>,
         baseline: bool,
     },
-    /// This replica's view of a scheduler changed (never crosses replicas:
-    /// each has its own connections and breakers).
+    /// A scheduler's reachability or circuit changed, as the replica that
+    /// records its cluster's scheduler health sees it (see [`health`]).
     Scheduler {
         addr: std::net::SocketAddr,
         up: bool,
@@ -343,6 +344,15 @@ impl Events {
                     tracing::warn!(%error, "host lists will be polled on the request runtime")
                 })
                 .ok();
+            tokio::spawn(
+                health::Recorder {
+                    config: self.config.clone(),
+                    cluster: cluster.clone(),
+                    bus: self.bus.clone(),
+                    interest: self.interest.clone(),
+                }
+                .run(stop.clone()),
+            );
             let watcher = watcher::Watcher {
                 offload,
                 config: self.config.clone(),
