@@ -594,7 +594,7 @@ impl Bus {
             metrics::histogram!(metric::DETECTION_LAG, "kind" => event.kind())
                 .record((published_at - changed_at) as f64 / 1000.0);
         }
-        let logged = self.inner.log.as_ref().filter(|_| log::loggable(&event));
+        let logged = self.inner.log.as_ref().filter(|log| log.keeps(&event));
         let (Some(_), true) = (&self.inner.redis, everywhere) else {
             // Without Redis this replica is the only one: its ring is the
             // log. With Redis, what stays here is not logged.

@@ -1,12 +1,13 @@
 //! Scheduler health over time: who probes the schedulers and tells their
-//! reachability and circuit transitions. With the event log on, one
+//! reachability and circuit transitions. With the event log on (and
+//! `event_log.scheduler_health`, the default), one
 //! replica per scheduler cluster (the holder of its health lease,
 //! [`keys::health_lease`]) probes its schedulers every watch interval,
 //! whether anyone subscribes or not, publishes each transition to every
 //! replica (so it is logged once) and keeps the cluster's current state in
 //! a Redis hash ([`keys::scheduler_health`]) for the others to start from;
-//! without Redis this replica does it all and its ring is the log. With
-//! the log off, each replica probes only while its own `clusterHealth`
+//! without Redis this replica does it all and its ring is the log.
+//! Otherwise each replica probes only while its own `clusterHealth`
 //! subscribers listen, and what it sees stays with it.
 //!
 //! The circuits told are the recording replica's own breakers: each
@@ -118,7 +119,7 @@ pub async fn current(
     schedulers: &[Arc<SchedulerHandle>],
 ) -> HashMap<SocketAddr, SchedulerState> {
     let mut states = match (bus.log(), bus.redis()) {
-        (Some(_), Some(redis)) => {
+        (Some(log), Some(redis)) if log.records_scheduler_health() => {
             let clusters: BTreeSet<u64> = schedulers.iter().map(|s| s.cluster_id).collect();
             let clusters: Vec<u64> = clusters.into_iter().collect();
             recorded(redis, &clusters).await
@@ -178,7 +179,11 @@ impl Recorder {
 
     async fn tick(&self, state: &mut State) {
         let clusters = self.cluster.cluster_ids();
-        let (mine, reach) = if self.bus.log().is_none() {
+        let recording = self
+            .bus
+            .log()
+            .is_some_and(|log| log.records_scheduler_health());
+        let (mine, reach) = if !recording {
             if !self.interest.wants_health() {
                 state.told.clear();
                 return;
@@ -241,8 +246,7 @@ impl Recorder {
             .map(|s| s.addr)
             .collect();
         state.told.retain(|addr, _| known.contains(addr));
-        if let (Some(redis), Reach::Everywhere, Some(_)) = (self.bus.redis(), reach, self.bus.log())
-        {
+        if let (Some(redis), Reach::Everywhere) = (self.bus.redis(), reach) {
             self.write(redis, state, &mine).await;
         }
     }

@@ -46,6 +46,12 @@ pub struct EventLogConfig {
     /// Most log entries one query reads (per cluster) before it answers
     /// with what it found.
     pub max_scan: usize,
+    /// Record scheduler reachability and circuit transitions: one replica
+    /// per scheduler cluster probes each of its schedulers every
+    /// `watch.interval`, whether anyone subscribes or not (see
+    /// [`super::health`]). Off: each replica probes only for its own
+    /// `clusterHealth` subscribers, and nothing of it is logged.
+    pub scheduler_health: bool,
 }
 
 impl Default for EventLogConfig {
@@ -55,6 +61,7 @@ impl Default for EventLogConfig {
             retention: Duration::from_secs(24 * 3600),
             max_entries: 200_000,
             max_scan: 50_000,
+            scheduler_health: true,
         }
     }
 }
@@ -314,6 +321,18 @@ impl EventLog {
 
     pub fn config(&self) -> &EventLogConfig {
         &self.inner.config
+    }
+
+    /// Whether `event` goes in this log: it is [`loggable`], and scheduler
+    /// transitions only while they are recorded (`scheduler_health`).
+    pub fn keeps(&self, event: &Event) -> bool {
+        loggable(event)
+            && (self.inner.config.scheduler_health || !matches!(event.what, What::Scheduler { .. }))
+    }
+
+    /// Whether scheduler health is recorded in this log.
+    pub fn records_scheduler_health(&self) -> bool {
+        self.inner.config.scheduler_health
     }
 
     /// Where the log lives: `redis` or `memory`.

@@ -44,9 +44,9 @@ pub struct WatchConfig {
     /// query, even with no subscriber.
     #[serde(with = "humantime_serde")]
     pub hosts_query_window: Duration,
-    /// Lifetime of the per-cluster poller lease in Redis (and of a
-    /// replica's published interest). A dead leader is replaced within
-    /// about this long.
+    /// Lifetime of the per-cluster poller and health-recorder leases in
+    /// Redis (and of a replica's published interest). A dead leader is
+    /// replaced within about this long.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// Most peers plus tasks watched at once (per replica); subscriptions

@@ -31,6 +31,7 @@ const WITHIN: Duration = Duration::from_secs(10);
 /// two failures and half-open 300 ms later.
 fn config(sim: &SimCluster, redis: Option<&RedisServer>, circuits: bool) -> Config {
     let mut config = live_config(sim, redis);
+    config.event_log.scheduler_health = true;
     config.breaker.minimum_calls = u32::MAX;
     if circuits {
         config.breaker.consecutive_failures = 2;
