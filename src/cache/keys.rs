@@ -130,6 +130,13 @@ pub fn event_log(cluster_id: u64) -> String {
     format!("{}events", tagged(cluster_id))
 }
 
+/// Each host's last logged transition in one scheduler cluster's event
+/// log: a hash beside the stream, so a change two replicas observed is
+/// logged once (see [`crate::events::log`]).
+pub fn event_log_states(cluster_id: u64) -> String {
+    format!("{}events:states", tagged(cluster_id))
+}
+
 /// A persisted (APQ) query document, by its SHA-256 hex.
 pub fn persisted_query(sha256_hex: &str) -> String {
     format!("{PREFIX}apq:{sha256_hex}")

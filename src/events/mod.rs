@@ -201,6 +201,7 @@ pub mod metric {
     pub const DROPPED: &str = "dfgraph_events_dropped_total";
     pub const REPLAYED: &str = "dfgraph_events_replayed_total";
     pub const REPEATS_DROPPED: &str = "dfgraph_events_repeats_dropped_total";
+    pub const LOG_COPIES: &str = "dfgraph_event_log_copies_total";
     pub const STRETCH: &str = "dfgraph_watch_stretch";
     pub const HOST_LIST_BYTES: &str = "dfgraph_watch_host_list_bytes_total";
     pub const HOSTS_DECODED: &str = "dfgraph_watch_hosts_decoded_total";
@@ -256,6 +257,10 @@ pub mod metric {
         metrics::describe_counter!(
             REPEATS_DROPPED,
             "Host events not told to this replica's subscribers because they changed nothing they were told (a copy of a change that came another way)."
+        );
+        metrics::describe_counter!(
+            LOG_COPIES,
+            "Host events not appended to the event log because its last entry for that host already was that change (observed by two replicas); told under that entry's cursor."
         );
         metrics::describe_gauge!(
             STRETCH,
