@@ -999,11 +999,14 @@ const HEALTH_QUERY = `query ConsoleHealth {
   }
 }`;
 
-const HEALTH_SUB = `subscription ConsoleClusterHealth {
-  clusterHealth { scheduler { address schedulerClusterId } up circuit observedAt }
+// Resumed with `after`: the cursor of the last logged transition shown, so
+// what changed while the websocket was down arrives once after a reconnect.
+const HEALTH_SUB = `subscription ConsoleClusterHealth($after: EventCursor) {
+  clusterHealth(after: $after) { scheduler { address schedulerClusterId } up circuit observedAt cursor }
 }`;
 
-const health = { clusters: [], live: new Map() }; // address -> { up, circuit, observedAt }
+// live: address -> { up, circuit, observedAt }; lastCursor: resume point.
+const health = { clusters: [], live: new Map(), lastCursor: null };
 
 async function loadHealth() {
   try {
@@ -1054,10 +1057,11 @@ function renderHealth() {
 
 let healthRefetch = null;
 function startHealth() {
-  live(HEALTH_SUB, null, {
+  live(HEALTH_SUB, () => ({ after: health.lastCursor }), {
     next: (p) => {
       const ev = p.data?.clusterHealth;
       if (!ev) return;
+      if (ev.cursor) health.lastCursor = ev.cursor;
       const prev = health.live.get(ev.scheduler.address);
       health.live.set(ev.scheduler.address, { up: ev.up, circuit: ev.circuit, observedAt: ev.observedAt });
       const known = health.clusters.some((c) => c.schedulers.some((s) => s.address === ev.scheduler.address));
@@ -1068,7 +1072,12 @@ function startHealth() {
       }
       renderHealth();
     },
-    error: (errs) => showErrors('clusterHealth', Array.isArray(errs) ? errs : [{ message: String(errs) }]),
+    error: (errs) => {
+      const list = Array.isArray(errs) ? errs : [{ message: String(errs) }];
+      showErrors('clusterHealth', list);
+      // Older than the log reaches: start from the current state again.
+      if (list.some((e) => e.extensions?.code === 'CURSOR_EXPIRED')) health.lastCursor = null;
+    },
   });
 }
 

@@ -112,10 +112,29 @@ pub fn watch_lease(cluster_id: u64) -> String {
     format!("{}lease:watch", tagged(cluster_id))
 }
 
+/// The lease of the replica that records one scheduler cluster's
+/// scheduler health (see [`crate::events::health`]).
+pub fn health_lease(cluster_id: u64) -> String {
+    format!("{}lease:health", tagged(cluster_id))
+}
+
+/// The hash of one scheduler cluster's scheduler health as the holder of
+/// [`health_lease`] last saw it: address -> state, read by the others.
+pub fn scheduler_health(cluster_id: u64) -> String {
+    format!("{}schedulers", tagged(cluster_id))
+}
+
 /// The event log of one scheduler cluster: a stream (see
 /// [`crate::events::log`]).
 pub fn event_log(cluster_id: u64) -> String {
     format!("{}events", tagged(cluster_id))
+}
+
+/// Each host's last logged transition in one scheduler cluster's event
+/// log: a hash beside the stream, so a change two replicas observed is
+/// logged once (see [`crate::events::log`]).
+pub fn event_log_states(cluster_id: u64) -> String {
+    format!("{}events:states", tagged(cluster_id))
 }
 
 /// A persisted (APQ) query document, by its SHA-256 hex.
@@ -144,6 +163,8 @@ mod tests {
         assert_eq!(scope_pattern(Kind::Peer, None), "dfgraph:v1:{*}:peer:*");
         assert_eq!(scope_pattern(Kind::Peer, Some(2)), "dfgraph:v1:{2}:peer:*");
         assert_eq!(watch_lease(7), "dfgraph:v1:{7}:lease:watch");
+        assert_eq!(health_lease(7), "dfgraph:v1:{7}:lease:health");
+        assert_eq!(scheduler_health(7), "dfgraph:v1:{7}:schedulers");
         assert_eq!(event_log(7), "dfgraph:v1:{7}:events");
         assert_eq!(persisted_query("ab12"), "dfgraph:v1:apq:ab12");
         assert_eq!(BUS_CHANNEL, "dfgraph:v1:bus");

@@ -28,11 +28,12 @@ use super::log::{self, EventCursor, EventLog, LogId};
 use super::resume::{self, Seen};
 use super::told::Told;
 use super::{Event, HostChange, What, metric};
+use crate::breaker::CircuitState;
 use crate::cache::{Cache, CacheKey, Kind};
 use crate::clock::{Clock, SystemClock};
 use crate::ids::PeerKey;
 use crate::proto::common::v2::Host;
-use crate::proto::events::v1::{Event as WireEvent, EventKind};
+use crate::proto::events::v1::{Circuit, Event as WireEvent, EventKind};
 use crate::redis::{Redis, Topic};
 
 /// Events a subscriber may fall behind by before it is told it lost some
@@ -41,8 +42,8 @@ const MIN_LOCAL_CAPACITY: usize = 8192;
 
 const WIRE_VERSION: u32 = 1;
 
-/// The bytes of `event` on the channel; `None` for events that stay local.
-pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
+/// The bytes of `event` on the channel and in the log.
+pub fn encode(instance: &str, event: &Event) -> Vec<u8> {
     let mut wire = WireEvent {
         version: WIRE_VERSION,
         instance: instance.to_owned(),
@@ -93,9 +94,18 @@ pub fn encode(instance: &str, event: &Event) -> Option<Vec<u8>> {
             wire.changed_fields = changed_fields.clone();
             wire.baseline = *baseline;
         }
-        What::Scheduler { .. } => return None,
+        What::Scheduler { addr, up, circuit } => {
+            wire.set_kind(EventKind::Scheduler);
+            wire.scheduler_addr = addr.to_string();
+            wire.up = *up;
+            wire.set_circuit(match circuit {
+                CircuitState::Closed => Circuit::Closed,
+                CircuitState::Open => Circuit::Open,
+                CircuitState::HalfOpen => Circuit::HalfOpen,
+            });
+        }
     }
-    Some(wire.encode_to_vec())
+    wire.encode_to_vec()
 }
 
 /// Why a message from the channel was not taken.
@@ -147,6 +157,20 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Event), DecodeError> {
             task: wire.task.clone().map(Arc::new),
             changed_fields: wire.changed_fields.clone(),
             baseline: wire.baseline,
+        },
+        Ok(EventKind::Scheduler) => What::Scheduler {
+            addr: wire.scheduler_addr.parse().map_err(|_| {
+                DecodeError::Malformed(format!("scheduler address {:?}", wire.scheduler_addr))
+            })?,
+            up: wire.up,
+            circuit: match Circuit::try_from(wire.circuit) {
+                Ok(Circuit::Closed) => CircuitState::Closed,
+                Ok(Circuit::Open) => CircuitState::Open,
+                Ok(Circuit::HalfOpen) => CircuitState::HalfOpen,
+                Err(_) => {
+                    return Err(DecodeError::Malformed(format!("circuit {}", wire.circuit)));
+                }
+            },
         },
         Ok(EventKind::Unspecified) | Err(_) => return Err(DecodeError::Kind(wire.kind)),
     };
@@ -251,9 +275,8 @@ async fn publish_loop(inner: Weak<BusInner>, mut outbox: tokio::sync::mpsc::Rece
         let mut pipe = redis::pipe();
         let mut heard = inner.heard.lock().await;
         for outgoing in batch.drain(..) {
-            if let Some(bytes) = encode(&inner.instance, &outgoing.event) {
-                redis.add_publish(&mut pipe, Topic::Event, &bytes);
-            }
+            let bytes = encode(&inner.instance, &outgoing.event);
+            redis.add_publish(&mut pipe, Topic::Event, &bytes);
             if outgoing.deliver_here && heard.fresh(&outgoing.event) {
                 inner.tell(outgoing.event);
             }
@@ -571,9 +594,8 @@ impl Bus {
             metrics::histogram!(metric::DETECTION_LAG, "kind" => event.kind())
                 .record((published_at - changed_at) as f64 / 1000.0);
         }
-        let logged = self.inner.log.as_ref().filter(|_| log::loggable(&event));
-        let crosses = everywhere && !matches!(event.what, What::Scheduler { .. });
-        let (Some(_), true) = (&self.inner.redis, crosses) else {
+        let logged = self.inner.log.as_ref().filter(|log| log.keeps(&event));
+        let (Some(_), true) = (&self.inner.redis, everywhere) else {
             // Without Redis this replica is the only one: its ring is the
             // log. With Redis, what stays here is not logged.
             if let (None, Some(log)) = (&self.inner.redis, logged) {
@@ -607,7 +629,7 @@ mod tests {
     use crate::proto::common::v2::Task;
 
     fn roundtrip(event: Event) {
-        let bytes = encode("me", &event).expect("crosses replicas");
+        let bytes = encode("me", &event);
         let (instance, back) = decode(&bytes).expect("decodes");
         assert_eq!(instance, "me");
         assert_eq!(back, event);
@@ -664,6 +686,19 @@ mod tests {
                 baseline: true,
             },
             cursor: None,
+        });
+        roundtrip(Event {
+            cluster_id: 2,
+            observed_at_ms: 7,
+            what: What::Scheduler {
+                addr: "127.0.0.1:8002".parse().expect("an address"),
+                up: false,
+                circuit: CircuitState::HalfOpen,
+            },
+            cursor: Some(EventCursor {
+                cluster_id: 2,
+                id: LogId { ms: 8, seq: 0 },
+            }),
         });
     }
 

@@ -9,8 +9,10 @@
 //! its id in the log, opaque to clients, versioned and checked.
 //!
 //! What is logged: host joins, leaves and changes (not changes of load
-//! figures alone, which the watcher sees on almost every poll), and peer
-//! and task changes (not the baselines a new watch starts with).
+//! figures alone, which the watcher sees on almost every poll), peer
+//! and task changes (not the baselines a new watch starts with), and
+//! scheduler reachability and circuit transitions (as their cluster's
+//! health recorder sees them, see [`super::health`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use redis::Value;
 use serde::{Deserialize, Serialize};
 
-use super::{Event, What, bus};
+use super::{Event, HostChange, What, bus};
 use crate::cache::keys;
 use crate::clock::{Clock, SystemClock};
 use crate::redis::{Redis, RedisError};
@@ -44,6 +46,12 @@ pub struct EventLogConfig {
     /// Most log entries one query reads (per cluster) before it answers
     /// with what it found.
     pub max_scan: usize,
+    /// Record scheduler reachability and circuit transitions: one replica
+    /// per scheduler cluster probes each of its schedulers every
+    /// `watch.interval`, whether anyone subscribes or not (see
+    /// [`super::health`]). Off: each replica probes only for its own
+    /// `clusterHealth` subscribers, and nothing of it is logged.
+    pub scheduler_health: bool,
 }
 
 impl Default for EventLogConfig {
@@ -53,6 +61,7 @@ impl Default for EventLogConfig {
             retention: Duration::from_secs(24 * 3600),
             max_entries: 200_000,
             max_scan: 50_000,
+            scheduler_health: true,
         }
     }
 }
@@ -208,7 +217,7 @@ pub fn loggable(event: &Event) -> bool {
         } => !super::diff::only_resources(changed_fields),
         What::Host { .. } => true,
         What::Peer { baseline, .. } | What::Task { baseline, .. } => !baseline,
-        What::Scheduler { .. } => false,
+        What::Scheduler { .. } => true,
     }
 }
 
@@ -294,6 +303,81 @@ pub(crate) const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Entries read per round trip while scanning.
 const CHUNK: usize = 500;
 
+/// Appends a host's transition unless the log's last transition of that
+/// host already is it (then answers that entry's id instead): two replicas
+/// that both observed one change (one still polling for itself while it
+/// could not reach Redis) log it once, and both tell it under one cursor.
+/// KEYS: the stream, the hash of each host's last logged state ("<id>
+/// <state>"). ARGV: field, state, "p" (a join: a copy of any present
+/// state) or "=", max entries, entry, how long states are kept (ms), a
+/// field to forget (a host that joins or leaves starts its reachability
+/// afresh).
+/// Answers {id, 1 if appended}.
+const APPEND_TRANSITION: &str = r"
+local last = redis.call('HGET', KEYS[2], ARGV[1])
+if last then
+  local at = string.find(last, ' ', 1, true)
+  if at then
+    local state = string.sub(last, at + 1)
+    if state == ARGV[2] or (ARGV[3] == 'p' and string.sub(state, 1, 2) == 'P:') then
+      return {string.sub(last, 1, at - 1), 0}
+    end
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], id .. ' ' .. ARGV[2])
+if ARGV[7] ~= '' then
+  redis.call('HDEL', KEYS[2], ARGV[7])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return {id, 1}
+";
+
+/// What a host event makes of its host, for [`APPEND_TRANSITION`].
+struct Transition {
+    /// The host id; its reachability is kept beside its presence.
+    field: String,
+    /// `P:<record hash>` present, `G` gone, `R1`/`R0` reachable or not.
+    state: String,
+    /// A join is a copy when the host is present with any record (two
+    /// observations of one join may differ in load figures).
+    any_present: bool,
+    /// Forgotten when this is appended ("" for none).
+    forget: String,
+}
+
+impl Transition {
+    fn of(event: &Event) -> Option<Transition> {
+        let What::Host { change, host, .. } = &event.what else {
+            return None;
+        };
+        let present = || format!("P:{:032x}", super::told::record_hash(host));
+        let reach = || format!("{}\nreach", host.id);
+        let (field, state, forget) = match change {
+            HostChange::Joined => (host.id.clone(), present(), reach()),
+            HostChange::Updated => (host.id.clone(), present(), String::new()),
+            HostChange::Left => (host.id.clone(), "G".to_owned(), reach()),
+            HostChange::Reachable => (reach(), "R1".to_owned(), String::new()),
+            HostChange::Unreachable => (reach(), "R0".to_owned(), String::new()),
+        };
+        Some(Transition {
+            field,
+            state,
+            any_present: *change == HostChange::Joined,
+            forget,
+        })
+    }
+}
+
+/// The id an append answered: XADD's id, or [`APPEND_TRANSITION`]'s pair.
+fn appended_id(reply: &Value) -> Option<LogId> {
+    let id = match reply {
+        Value::Array(pair) => pair.first()?,
+        id => id,
+    };
+    crate::redis::value_string(id).and_then(|s| LogId::parse(&s))
+}
+
 impl EventLog {
     /// A log in Redis when given one, else in this process; `None` when
     /// switched off.
@@ -312,6 +396,18 @@ impl EventLog {
 
     pub fn config(&self) -> &EventLogConfig {
         &self.inner.config
+    }
+
+    /// Whether `event` goes in this log: it is [`loggable`], and scheduler
+    /// transitions only while they are recorded (`scheduler_health`).
+    pub fn keeps(&self, event: &Event) -> bool {
+        loggable(event)
+            && (self.inner.config.scheduler_health || !matches!(event.what, What::Scheduler { .. }))
+    }
+
+    /// Whether scheduler health is recorded in this log.
+    pub fn records_scheduler_health(&self) -> bool {
+        self.inner.config.scheduler_health
     }
 
     /// Where the log lives: `redis` or `memory`.
@@ -378,21 +474,39 @@ impl EventLog {
             return Ok(());
         }
         let mut cmds = Vec::with_capacity(events.len() + trim.len());
-        let mut logged = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let Some(bytes) = bus::encode("", event) else {
-                continue;
+        let memory_ms = u64::try_from(self.inner.config.retention.as_millis()).unwrap_or(u64::MAX);
+        for event in events.iter() {
+            let bytes = bus::encode("", event);
+            let stream = keys::event_log(event.cluster_id);
+            let cmd = match Transition::of(event) {
+                Some(transition) => {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(APPEND_TRANSITION)
+                        .arg(2)
+                        .arg(stream)
+                        .arg(keys::event_log_states(event.cluster_id))
+                        .arg(transition.field)
+                        .arg(transition.state)
+                        .arg(if transition.any_present { "p" } else { "=" })
+                        .arg(self.inner.config.max_entries)
+                        .arg(bytes)
+                        .arg(memory_ms)
+                        .arg(transition.forget);
+                    eval
+                }
+                None => {
+                    let mut xadd = redis::cmd("XADD");
+                    xadd.arg(stream)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(self.inner.config.max_entries)
+                        .arg("*")
+                        .arg("e")
+                        .arg(bytes);
+                    xadd
+                }
             };
-            logged.push(i);
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(keys::event_log(event.cluster_id))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.inner.config.max_entries)
-                .arg("*")
-                .arg("e")
-                .arg(bytes);
-            cmds.push(xadd);
+            cmds.push(cmd);
         }
         let floor = self.floor();
         for &cluster in trim {
@@ -405,11 +519,12 @@ impl EventLog {
             cmds.push(xtrim);
         }
         let replies = redis.batch("event_log_append", cmds).await?;
-        for (i, reply) in logged.into_iter().zip(replies) {
-            let event = &mut events[i];
-            let id = crate::redis::value_string(&reply)
-                .and_then(|s| LogId::parse(&s))
-                .ok_or_else(|| LogError::Entry(format!("XADD answered {reply:?}")))?;
+        for (event, reply) in events.iter_mut().zip(replies) {
+            let id = appended_id(&reply)
+                .ok_or_else(|| LogError::Entry(format!("append answered {reply:?}")))?;
+            if matches!(&reply, Value::Array(pair) if pair.get(1) == Some(&Value::Int(0))) {
+                metrics::counter!(super::metric::LOG_COPIES).increment(1);
+            }
             event.cursor = Some(EventCursor {
                 cluster_id: event.cluster_id,
                 id,

@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod bus;
 pub mod diff;
+pub mod health;
 pub mod interest;
 pub mod lease;
 pub mod log;
@@ -43,9 +44,9 @@ pub struct WatchConfig {
     /// query, even with no subscriber.
     #[serde(with = "humantime_serde")]
     pub hosts_query_window: Duration,
-    /// Lifetime of the per-cluster poller lease in Redis (and of a
-    /// replica's published interest). A dead leader is replaced within
-    /// about this long.
+    /// Lifetime of the per-cluster poller and health-recorder leases in
+    /// Redis (and of a replica's published interest). A dead leader is
+    /// replaced within about this long.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// Most peers plus tasks watched at once (per replica); subscriptions
@@ -143,8 +144,8 @@ pub enum What {
         changed_fields: Vec<String>,
         baseline: bool,
     },
-    /// This replica's view of a scheduler changed (never crosses replicas:
-    /// each has its own connections and breakers).
+    /// A scheduler's reachability or circuit changed, as the replica that
+    /// records its cluster's scheduler health sees it (see [`health`]).
     Scheduler {
         addr: std::net::SocketAddr,
         up: bool,
@@ -200,6 +201,7 @@ pub mod metric {
     pub const DROPPED: &str = "dfgraph_events_dropped_total";
     pub const REPLAYED: &str = "dfgraph_events_replayed_total";
     pub const REPEATS_DROPPED: &str = "dfgraph_events_repeats_dropped_total";
+    pub const LOG_COPIES: &str = "dfgraph_event_log_copies_total";
     pub const STRETCH: &str = "dfgraph_watch_stretch";
     pub const HOST_LIST_BYTES: &str = "dfgraph_watch_host_list_bytes_total";
     pub const HOSTS_DECODED: &str = "dfgraph_watch_hosts_decoded_total";
@@ -255,6 +257,10 @@ pub mod metric {
         metrics::describe_counter!(
             REPEATS_DROPPED,
             "Host events not told to this replica's subscribers because they changed nothing they were told (a copy of a change that came another way)."
+        );
+        metrics::describe_counter!(
+            LOG_COPIES,
+            "Host events not appended to the event log because its last entry for that host already was that change (observed by two replicas); told under that entry's cursor."
         );
         metrics::describe_gauge!(
             STRETCH,
@@ -343,6 +349,15 @@ impl Events {
                     tracing::warn!(%error, "host lists will be polled on the request runtime")
                 })
                 .ok();
+            tokio::spawn(
+                health::Recorder {
+                    config: self.config.clone(),
+                    cluster: cluster.clone(),
+                    bus: self.bus.clone(),
+                    interest: self.interest.clone(),
+                }
+                .run(stop.clone()),
+            );
             let watcher = watcher::Watcher {
                 offload,
                 config: self.config.clone(),

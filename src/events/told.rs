@@ -44,7 +44,7 @@ pub struct Told {
     gone: usize,
 }
 
-fn record_hash(host: &crate::proto::common::v2::Host) -> u128 {
+pub(crate) fn record_hash(host: &crate::proto::common::v2::Host) -> u128 {
     xxhash_rust::xxh3::xxh3_128(&host.encode_to_vec())
 }
 

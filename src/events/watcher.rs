@@ -2,12 +2,11 @@
 //! clusters this replica leads (host lists, watched peers and tasks),
 //! diffs each answer against the last one, invalidates what changed and
 //! publishes the changes. It idles when nothing is wanted. Scheduler
-//! health is watched locally for `clusterHealth` subscribers.
+//! health is watched apart (see [`super::health`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::future::join_all;
@@ -19,7 +18,6 @@ use super::diff::{HostSnapshot, task_fields};
 use super::interest::{Wanted, share};
 use super::offload::Offload;
 use super::{Bus, Event, Interest, WatchConfig, Watched, What, bus, lease, metric};
-use crate::breaker::CircuitState;
 use crate::cache::{Cache, CacheKey, Replacement, ReplacementTicket, keys};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClusterClient, ClusterError, HostList};
@@ -110,7 +108,6 @@ struct State {
     clusters: HashMap<u64, ClusterState>,
     /// Leases held in Redis.
     held: BTreeSet<u64>,
-    health: HashMap<SocketAddr, (bool, CircuitState)>,
     /// Warned that Redis is unusable (once per outage).
     redis_warned: bool,
     /// What every replica wanted at the last coordination, and until when
@@ -177,11 +174,6 @@ impl Watcher {
     }
 
     async fn poll_once(&self, state: &mut State) {
-        if self.interest.wants_health() {
-            self.check_health(state).await;
-        } else {
-            state.health.clear();
-        }
         let local = self.interest.local();
         if local.is_empty() {
             if !state.clusters.is_empty() || !state.held.is_empty() {
@@ -521,7 +513,10 @@ impl Watcher {
             let owner = view.ring.owner(task_id).ok();
             groups.entry(owner).or_default().push(what);
         }
-        let fixed = usize::from(hosts) + usize::from(self.interest.wants_health());
+        // The health recorder's probe (one call per scheduler per interval)
+        // comes out of the same budget wherever it runs.
+        let health = self.interest.wants_health() || self.bus.log().is_some();
+        let fixed = usize::from(hosts) + usize::from(health);
         let allowed = self.config.budget.calls_per_interval(self.config.interval);
         let picked = pick(&mut state.rotation, allowed, fixed, groups);
         metrics::gauge!(metric::STRETCH, "cluster" => cluster_id.to_string()).set(picked.stretch);
@@ -755,34 +750,6 @@ impl Watcher {
                 Err(error) => tracing::debug!(cluster_id, %error, "task poll failed"),
             }
         }
-    }
-
-    /// Probes every scheduler and reports those whose reachability or
-    /// circuit changed since the last look.
-    async fn check_health(&self, state: &mut State) {
-        let timeout = self.config.interval.min(Duration::from_secs(1));
-        let schedulers = self.cluster.schedulers();
-        join_all(schedulers.iter().map(|s| s.probe(timeout))).await;
-        let now = SystemClock.now_ms_signed();
-        let mut seen = HashSet::new();
-        for scheduler in schedulers {
-            seen.insert(scheduler.addr);
-            let health = scheduler.health_snapshot();
-            let current = (health.is_up(), health.circuit);
-            if state.health.insert(scheduler.addr, current) != Some(current) {
-                self.bus.publish_local(Event {
-                    cluster_id: scheduler.cluster_id,
-                    observed_at_ms: now,
-                    what: What::Scheduler {
-                        addr: scheduler.addr,
-                        up: current.0,
-                        circuit: current.1,
-                    },
-                    cursor: None,
-                });
-            }
-        }
-        state.health.retain(|addr, _| seen.contains(addr));
     }
 }
 

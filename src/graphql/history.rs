@@ -1,7 +1,7 @@
 //! Queries over the past, answered from the event log
 //! ([`crate::events::log`]): the host event log paged by cursor, one
-//! host's recent events, the hosts that churned within a window, and how
-//! far back the log reaches.
+//! host's recent events, the hosts that churned within a window, the
+//! schedulers' transitions, and how far back the log reaches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,9 +15,9 @@ use super::hosts::{CompiledFilter, HostFilter};
 use super::query::Query;
 use super::scalars::{EventCursor, UInt64};
 use super::subscription::{HostEvent, HostEventKind, host_event};
-use super::types::Host;
+use super::types::{CircuitState, Host};
 use crate::clock::{Clock, SystemClock};
-use crate::events::log::{EventLog, LogError, LogId, Range};
+use crate::events::log::{EventCursor as LogCursor, EventLog, LogError, LogId, Range};
 use crate::events::resume::ResumeError;
 use crate::events::{Event, HostChange, What};
 
@@ -38,6 +38,47 @@ pub struct HostEventLogPage {
     /// filling the page: older matches may exist beyond them (narrow
     /// `since`/`until`, or page on).
     pub scan_limit_reached: bool,
+}
+
+/// A scheduler's reachability or circuit transition, as logged by the
+/// replica recording its cluster's scheduler health.
+#[derive(SimpleObject)]
+pub struct SchedulerEvent {
+    /// The scheduler's `ip:port`.
+    pub address: String,
+    pub scheduler_cluster_id: ID,
+    pub up: bool,
+    /// The recording replica's circuit breaker toward it.
+    pub circuit: CircuitState,
+    pub observed_at: DateTime<Utc>,
+    pub cursor: EventCursor,
+}
+
+/// One page of scheduler transitions, newest first.
+#[derive(SimpleObject)]
+pub struct SchedulerEventLogPage {
+    pub events: Vec<SchedulerEvent>,
+    /// More (older) transitions match: ask again with `after: endCursor`.
+    pub has_next_page: bool,
+    pub end_cursor: Option<EventCursor>,
+    /// As in `HostEventLogPage`: older matches may lie beyond the entries
+    /// read (host events share the log; narrow `since`/`until`).
+    pub scan_limit_reached: bool,
+}
+
+/// The GraphQL form of a logged scheduler transition.
+fn scheduler_event(event: &Event) -> Option<SchedulerEvent> {
+    let (What::Scheduler { addr, up, circuit }, Some(cursor)) = (&event.what, event.cursor) else {
+        return None;
+    };
+    Some(SchedulerEvent {
+        address: addr.to_string(),
+        scheduler_cluster_id: ID(event.cluster_id.to_string()),
+        up: *up,
+        circuit: (*circuit).into(),
+        observed_at: at(event.observed_at_ms),
+        cursor: EventCursor(cursor),
+    })
 }
 
 /// How often one host joined, left and changed within a window.
@@ -132,7 +173,7 @@ pub(crate) struct HostEventSearch<'a> {
     pub host_id: Option<String>,
     pub kinds: Option<Vec<HostEventKind>>,
     pub range: Range,
-    pub after: Option<crate::events::log::EventCursor>,
+    pub after: Option<LogCursor>,
     pub first: usize,
 }
 
@@ -147,43 +188,77 @@ impl HostEventSearch<'_> {
             && self.filter.matches(host)
     }
 
-    /// The range of `cluster` older than the `after` cursor (cursors order
-    /// by id, then cluster).
-    fn range_of(&self, cluster: u64) -> Option<Range> {
-        match self.after {
-            None => Some(self.range),
-            Some(after) if cluster < after.cluster_id => Some(Range {
-                to: self.range.to.min(after.id),
-                ..self.range
-            }),
-            Some(after) => self.range.before(after.id),
-        }
-    }
-
     /// The newest `first` matching events across the clusters (one more
     /// when there are more), newest first, and whether a scan hit its
     /// limit.
     pub async fn run(&self, log: &EventLog) -> Result<(Vec<Arc<Event>>, bool), LogError> {
-        let mut found = Vec::new();
-        let mut limited = false;
-        for &cluster in &self.clusters {
-            let Some(range) = self.range_of(cluster) else {
-                continue;
-            };
-            let mut mine = 0;
-            limited |= log
-                .scan(cluster, range, true, |event| {
-                    if self.keeps(event) {
-                        found.push(event.clone());
-                        mine += 1;
-                    }
-                    mine <= self.first
-                })
-                .await?;
-        }
-        found.sort_by_key(|e| std::cmp::Reverse(e.cursor));
-        found.truncate(self.first + 1);
-        Ok((found, limited))
+        newest(
+            log,
+            &self.clusters,
+            self.range,
+            self.after,
+            self.first,
+            |e| self.keeps(e),
+        )
+        .await
+    }
+}
+
+/// The part of `range` in `cluster` older than the `after` cursor
+/// (cursors order by id, then cluster).
+fn older_than(range: Range, after: Option<LogCursor>, cluster: u64) -> Option<Range> {
+    match after {
+        None => Some(range),
+        Some(after) if cluster < after.cluster_id => Some(Range {
+            to: range.to.min(after.id),
+            ..range
+        }),
+        Some(after) => range.before(after.id),
+    }
+}
+
+/// The newest `first` events of `clusters` within `range` and older than
+/// `after` that `keeps` keeps (one more when there are more), newest
+/// first, and whether a scan hit its limit.
+async fn newest(
+    log: &EventLog,
+    clusters: &[u64],
+    range: Range,
+    after: Option<LogCursor>,
+    first: usize,
+    keeps: impl Fn(&Event) -> bool,
+) -> Result<(Vec<Arc<Event>>, bool), LogError> {
+    let mut found = Vec::new();
+    let mut limited = false;
+    for &cluster in clusters {
+        let Some(range) = older_than(range, after, cluster) else {
+            continue;
+        };
+        let mut mine = 0;
+        limited |= log
+            .scan(cluster, range, true, |event| {
+                if keeps(event) {
+                    found.push(event.clone());
+                    mine += 1;
+                }
+                mine <= first
+            })
+            .await?;
+    }
+    found.sort_by_key(|e| std::cmp::Reverse(e.cursor));
+    found.truncate(first + 1);
+    Ok((found, limited))
+}
+
+/// The range between `since` (included) and `until` (excluded).
+fn between(since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> Range {
+    Range {
+        from: since
+            .map(|t| LogId::at(t.timestamp_millis()))
+            .unwrap_or_default(),
+        to: until
+            .and_then(|t| LogId::at(t.timestamp_millis()).prev())
+            .unwrap_or(Range::all().to),
     }
 }
 
@@ -245,14 +320,7 @@ impl HistoryQuery {
             Some(only) => served.into_iter().filter(|c| only.contains(c)).collect(),
             None => served,
         };
-        let range = Range {
-            from: since
-                .map(|t| LogId::at(t.timestamp_millis()))
-                .unwrap_or_default(),
-            to: until
-                .and_then(|t| LogId::at(t.timestamp_millis()).prev())
-                .unwrap_or(Range::all().to),
-        };
+        let range = between(since, until);
         let search = HostEventSearch {
             clusters,
             filter: filter.into_compiled(),
@@ -268,6 +336,58 @@ impl HistoryQuery {
         Ok(HostEventLogPage {
             end_cursor: events.last().and_then(|e| e.cursor).map(EventCursor),
             events: events.iter().filter_map(|e| host_event(e)).collect(),
+            has_next_page,
+            scan_limit_reached,
+        })
+    }
+
+    /// Scheduler reachability and circuit transitions kept in the event
+    /// log (recorded by one replica per scheduler cluster, see
+    /// `clusterHealth`), newest first, paged by cursor like
+    /// `hostEventLog`; `address` (`ip:port`) selects one scheduler.
+    #[allow(clippy::too_many_arguments)]
+    async fn scheduler_event_log(
+        &self,
+        ctx: &Context<'_>,
+        scheduler_cluster_ids: Option<Vec<ID>>,
+        address: Option<String>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        #[graphql(default = 100)] first: i32,
+        after: Option<EventCursor>,
+    ) -> Result<SchedulerEventLogPage> {
+        let first = page_size(ctx, first)?;
+        let log = log_of(ctx)?;
+        let mut clusters = Query::clusters(ctx, None)?;
+        if let Some(only) = scheduler_cluster_ids {
+            let only = only
+                .iter()
+                .map(|id| id.0.parse::<u64>())
+                .collect::<Result<Vec<u64>, _>>()
+                .map_err(|_| bad_input("`schedulerClusterIds` are unsigned integers"))?;
+            clusters.retain(|c| only.contains(c));
+        }
+        let address = match address {
+            Some(text) => Some(
+                text.parse::<std::net::SocketAddr>()
+                    .map_err(|_| bad_input("`address` is a scheduler's ip:port"))?,
+            ),
+            None => None,
+        };
+        let keeps = |event: &Event| match &event.what {
+            What::Scheduler { addr, .. } => address.is_none_or(|a| a == *addr),
+            _ => false,
+        };
+        let range = between(since, until);
+        let (mut events, scan_limit_reached) =
+            newest(log, &clusters, range, after.map(|a| a.0), first, keeps)
+                .await
+                .map_err(unavailable)?;
+        let has_next_page = events.len() > first;
+        events.truncate(first);
+        Ok(SchedulerEventLogPage {
+            end_cursor: events.last().and_then(|e| e.cursor).map(EventCursor),
+            events: events.iter().filter_map(|e| scheduler_event(e)).collect(),
             has_next_page,
             scan_limit_reached,
         })

@@ -23,6 +23,7 @@ use super::types::{CircuitState, Host, Peer, PeerState, Scheduler, Task};
 use crate::cluster::ClusterError;
 use crate::deadline::Deadline;
 use crate::events::diff::{only_resources, task_fields};
+use crate::events::health::SchedulerState;
 use crate::events::resume::{self, Seen};
 use crate::events::{Event, HostChange, Watched, What};
 use crate::ids::PeerKey;
@@ -116,13 +117,19 @@ pub struct TaskEvent {
     pub cursor: Option<EventCursor>,
 }
 
-/// A scheduler's reachability or circuit, as this replica sees it.
+/// A scheduler's reachability or circuit: as the replica recording its
+/// cluster's scheduler health sees it when the event log is on, else as
+/// this replica does (see `clusterHealth`).
 #[derive(SimpleObject)]
 pub struct ClusterHealthEvent {
     pub scheduler: Scheduler,
     pub up: bool,
+    /// The recording replica's circuit breaker toward it.
     pub circuit: CircuitState,
     pub observed_at: DateTime<Utc>,
+    /// Where the transition is in the event log (null for the current
+    /// state and for what was not logged); pass it as `after` to resume.
+    pub cursor: Option<EventCursor>,
 }
 
 /// Where a connection wants to hear the observation time of the event
@@ -721,34 +728,81 @@ impl Subscription {
         })
     }
 
-    /// Every scheduler's reachability and circuit as this replica sees
-    /// them: first one message per scheduler, then each change. While
-    /// anyone subscribes, every scheduler is probed each watch interval.
+    /// Every scheduler's reachability and circuit: first one message per
+    /// scheduler (its current state), then each transition. With the event
+    /// log on, one replica per scheduler cluster probes its schedulers
+    /// every watch interval and records the transitions in the log; every
+    /// replica tells those (each with its `cursor`), and `circuit` is that
+    /// recording replica's breaker (each replica has its own, see
+    /// `schedulers { health }` for this one's). With the log off, each
+    /// replica probes while someone subscribes and tells its own view.
+    /// With `after` (a message's `cursor`), first every logged transition
+    /// after it, then the current state of each scheduler unless the last
+    /// of those already says it, then live ones, none told twice; a cursor
+    /// the log no longer reaches is refused (`CURSOR_EXPIRED`).
     async fn cluster_health(
         &self,
         ctx: &Context<'_>,
+        after: Option<EventCursor>,
     ) -> Result<impl Stream<Item = Result<ClusterHealthEvent>> + use<>> {
         let state = ctx.data::<GatewayState>()?;
+        let client = state.cluster.clone();
+        // Listening starts before the log and the current state are read,
+        // so no transition between them goes unheard.
         let mut rx = state.events.bus.subscribe();
         let interest = state.events.interest.watch_health();
+        let (replay, mut seen) = match resume_point(ctx, after) {
+            None => (Vec::new(), Seen::default()),
+            Some(after) => resume::replay(log_of(ctx)?, &Query::clusters(ctx, None)?, after.0)
+                .await
+                .map_err(resume_error)?,
+        };
+        let schedulers = client.schedulers();
+        let current = crate::events::health::current(&state.events.bus, &schedulers).await;
         let stamp = stamp(ctx);
-        let client = state.cluster.clone();
+        let cursors = cursor_stamp(ctx);
+        let handle = move |addr: &std::net::SocketAddr| {
+            client.schedulers().into_iter().find(|s| s.addr == *addr)
+        };
         Ok(async_stream::stream! {
             let _interest = interest;
-            let mut told = HashMap::new();
-            for handle in client.schedulers() {
-                let health = handle.health_snapshot();
-                let now = (health.is_up(), health.circuit);
-                told.insert(handle.addr, now);
+            // What each scheduler was told last, and since when it holds.
+            let mut told: HashMap<std::net::SocketAddr, SchedulerState> = HashMap::new();
+            for event in replay {
+                let What::Scheduler { addr, up, circuit } = &event.what else { continue };
+                let Some(scheduler) = handle(addr) else { continue };
+                told.insert(*addr, SchedulerState { up: *up, circuit: *circuit, since_ms: event.observed_at_ms });
+                cursors.set(event.cursor);
                 yield Ok(ClusterHealthEvent {
-                    scheduler: Scheduler::from(handle),
-                    up: now.0,
-                    circuit: now.1.into(),
+                    scheduler: Scheduler::from(scheduler),
+                    up: *up,
+                    circuit: (*circuit).into(),
+                    observed_at: at(event.observed_at_ms),
+                    cursor: event.cursor.map(EventCursor),
+                });
+            }
+            // The current state, unless the replay ended on it (or on
+            // something newer than what was recorded when it was read).
+            for scheduler in schedulers {
+                let Some(now) = current.get(&scheduler.addr).copied() else { continue };
+                if let Some(last) = told.get(&scheduler.addr)
+                    && (last.same(now.up, now.circuit) || last.since_ms >= now.since_ms)
+                {
+                    continue;
+                }
+                told.insert(scheduler.addr, now);
+                cursors.set(None);
+                yield Ok(ClusterHealthEvent {
+                    scheduler: Scheduler::from(scheduler),
+                    up: now.up,
+                    circuit: now.circuit.into(),
                     observed_at: Utc::now(),
+                    cursor: None,
                 });
             }
             loop {
                 let event: Arc<Event> = match rx.recv().await {
+                    Ok(event) if !seen.fresh(&event) => continue,
                     Ok(event) => event,
                     Err(RecvError::Lagged(missed)) => {
                         yield Err(lagged(missed));
@@ -757,18 +811,21 @@ impl Subscription {
                     Err(RecvError::Closed) => break,
                 };
                 let What::Scheduler { addr, up, circuit } = &event.what else { continue };
-                if told.insert(*addr, (*up, *circuit)) == Some((*up, *circuit)) {
+                // Already told, or older than what was (it was on its way
+                // while the current state was read).
+                if told.get(addr).is_some_and(|t| t.same(*up, *circuit) || event.observed_at_ms < t.since_ms) {
                     continue;
                 }
-                let Some(handle) = client.schedulers().into_iter().find(|s| s.addr == *addr) else {
-                    continue;
-                };
+                let Some(scheduler) = handle(addr) else { continue };
+                told.insert(*addr, SchedulerState { up: *up, circuit: *circuit, since_ms: event.observed_at_ms });
                 stamp.set(event.observed_at_ms);
+                cursors.set(event.cursor);
                 yield Ok(ClusterHealthEvent {
-                    scheduler: Scheduler::from(handle),
+                    scheduler: Scheduler::from(scheduler),
                     up: *up,
                     circuit: (*circuit).into(),
                     observed_at: at(event.observed_at_ms),
+                    cursor: event.cursor.map(EventCursor),
                 });
             }
         })

@@ -644,3 +644,112 @@ async fn a_task_subscriber_resumes_with_the_changes_it_missed() {
     gateway.shutdown().await;
     sim.shutdown().await;
 }
+
+/// An event log over `redis` as one replica holds it.
+fn replica_log(redis: &RedisServer) -> dfgraph::events::log::EventLog {
+    let cache = dfgraph::cache::CacheConfig {
+        redis_url: Some(redis.url()),
+        ..Default::default()
+    };
+    let settings = cache.redis_settings().expect("a URL is set");
+    let redis = dfgraph::redis::Redis::new(&settings).expect("settings parse");
+    dfgraph::events::log::EventLog::new(Default::default(), Some(redis)).expect("the log is on")
+}
+
+fn host_event(
+    change: dfgraph::events::HostChange,
+    id: &str,
+    cpu_percent: f64,
+) -> dfgraph::events::Event {
+    use dfgraph::proto::common::v2::{Cpu, Host};
+    let host = Host {
+        id: id.to_owned(),
+        hostname: format!("{id}.example"),
+        cpu: Some(Cpu {
+            percent: cpu_percent,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    dfgraph::events::Event {
+        cluster_id: 1,
+        observed_at_ms: 0,
+        what: dfgraph::events::What::Host {
+            change,
+            host: std::sync::Arc::new(host),
+            changed_fields: Vec::new(),
+        },
+        cursor: None,
+    }
+}
+
+/// Appends `event` through `log` and returns its cursor.
+async fn log_one(
+    log: &dfgraph::events::log::EventLog,
+    mut event: dfgraph::events::Event,
+) -> dfgraph::events::log::EventCursor {
+    log.append(&mut [&mut event], &[])
+        .await
+        .expect("Redis answers");
+    event.cursor.expect("a logged event has its cursor")
+}
+
+/// Right after a Redis restart two replicas can both observe one change
+/// (one still polling for itself); the log keeps it once and both tell it
+/// under that entry's cursor, while each real transition is kept.
+#[tokio::test]
+async fn a_change_two_replicas_observed_is_logged_once() {
+    use dfgraph::events::HostChange::{Joined, Left, Reachable, Unreachable, Updated};
+    let redis = RedisServer::start();
+    let (a, b) = (replica_log(&redis), replica_log(&redis));
+
+    let joined = log_one(&a, host_event(Joined, "h1", 1.0)).await;
+    // B's copy was observed at another poll: other load figures.
+    assert_eq!(log_one(&b, host_event(Joined, "h1", 2.0)).await, joined);
+    // Another host's join is its own.
+    let other = log_one(&b, host_event(Joined, "h2", 1.0)).await;
+    assert_ne!(other, joined);
+
+    let updated = log_one(&a, host_event(Updated, "h1", 5.0)).await;
+    assert_eq!(log_one(&b, host_event(Updated, "h1", 5.0)).await, updated);
+    let updated_again = log_one(&b, host_event(Updated, "h1", 6.0)).await;
+    assert_ne!(updated_again, updated);
+
+    let unreachable = log_one(&a, host_event(Unreachable, "h1", 6.0)).await;
+    assert_eq!(
+        log_one(&b, host_event(Unreachable, "h1", 6.0)).await,
+        unreachable
+    );
+    let reachable = log_one(&b, host_event(Reachable, "h1", 6.0)).await;
+
+    let left = log_one(&b, host_event(Left, "h1", 6.0)).await;
+    assert_eq!(log_one(&a, host_event(Left, "h1", 6.0)).await, left);
+    // A restart: gone, then back.
+    let rejoined = log_one(&a, host_event(Joined, "h1", 1.0)).await;
+    assert_ne!(rejoined, joined);
+    // A host back starts its reachability afresh.
+    let reachable_again = log_one(&a, host_event(Reachable, "h1", 1.0)).await;
+    assert_ne!(reachable_again, reachable);
+
+    let logged: Vec<_> = a
+        .read(1, dfgraph::events::log::Range::all(), false, 100)
+        .await
+        .expect("Redis answers")
+        .iter()
+        .map(|e| e.cursor.expect("read events have cursors"))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            joined,
+            other,
+            updated,
+            updated_again,
+            unreachable,
+            reachable,
+            left,
+            rejoined,
+            reachable_again
+        ]
+    );
+}

@@ -36,6 +36,7 @@ mod redis_cluster;
 mod resilience;
 mod response_cache;
 mod rest;
+mod scheduler_history;
 mod schema;
 mod sim;
 mod sse;

@@ -117,8 +117,11 @@ async fn two_replicas_share_cache_invalidations_events_and_leases_on_a_redis_clu
     // Events cross replicas; one replica polls each cluster.
     let mut on_a = WsClient::ready(&a.url()).await;
     let mut on_b = WsClient::ready(&b.url()).await;
-    on_a.subscribe("h", HOST_EVENTS, json!({})).await;
-    on_b.subscribe("h", HOST_EVENTS, json!({})).await;
+    // With their cursors: the event log (a stream and the hash of each
+    // host's last transition, one slot per scheduler cluster) works there.
+    let with_cursor = "subscription { hostEvents { kind host { id } cursor } }";
+    on_a.subscribe("h", with_cursor, json!({})).await;
+    on_b.subscribe("h", with_cursor, json!({})).await;
     wait_until("one leader per cluster", Duration::from_secs(10), || {
         let holders = lease_holders(&redis, &clusters);
         holders.iter().all(Option::is_some)
@@ -135,6 +138,7 @@ async fn two_replicas_share_cache_invalidations_events_and_leases_on_a_redis_clu
     for client in [&mut on_a, &mut on_b] {
         let event = next_event(client, "h", Duration::from_secs(5)).await;
         assert_eq!(event["hostEvents"]["host"]["id"], "on-the-cluster");
+        assert!(event["hostEvents"]["cursor"].is_string(), "{event}");
     }
     assert!(!a.state.cache.stats().circuit_open);
     a.shutdown().await;

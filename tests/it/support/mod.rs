@@ -54,6 +54,10 @@ pub fn gateway_config(sim: &SimCluster) -> Config {
     // the liveness tests turn them on. Never beyond this machine.
     config.liveness.enabled = false;
     config.liveness.networks = vec!["127.0.0.0/8".into()];
+    // So would the scheduler probes of the health recorder (StatTask), and
+    // its first records would stand in the event logs tests compare; the
+    // scheduler history tests turn it on.
+    config.event_log.scheduler_health = false;
     config.timeouts.stat = Duration::from_millis(500);
     config.timeouts.list_hosts = Duration::from_millis(1000);
     config
