@@ -25,11 +25,11 @@ use std::task::{Context, Poll, ready};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::broadcast::{
     self,
     error::{RecvError, TryRecvError},
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
@@ -889,9 +889,7 @@ impl Connection {
     /// Queues a control message; a full queue means a client that does
     /// not read, which the forwarders notice and disconnect.
     fn send_now(&self, message: Value) {
-        let _ = self
-            .out
-            .try_send(Out::Text(message.to_string(), None));
+        let _ = self.out.try_send(Out::Text(message.to_string(), None));
     }
 
     /// Tells the client one operation will not run.
@@ -1370,7 +1368,10 @@ mod tests {
             assert_eq!(header.opcode, OpCode::Data(Data::Text));
             let start = cursor.position() as usize;
             let payload = &buf[start..start + len as usize];
-            assert_eq!(payload, format!("\"{n}\"{}}}", "x".repeat(*size)).as_bytes());
+            assert_eq!(
+                payload,
+                format!("\"{n}\"{}}}", "x".repeat(*size)).as_bytes()
+            );
             cursor.set_position((start + len as usize) as u64);
         }
         assert_eq!(cursor.position() as usize, buf.len());

@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn header_tokens_are_matched_as_axum_matched_them() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         assert!(header_lists(&headers, header::CONNECTION, "upgrade"));
         assert!(!header_lists(&headers, header::CONNECTION, "close"));

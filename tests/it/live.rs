@@ -607,7 +607,12 @@ async fn read_burst(
     while payloads.len() < count || !ponged {
         let frame = tokio::time::timeout_at(deadline, client.socket.next())
             .await
-            .unwrap_or_else(|_| panic!("{id}: {} of {count} messages, pong {ponged}", payloads.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{id}: {} of {count} messages, pong {ponged}",
+                    payloads.len()
+                )
+            })
             .expect("connection open")
             .expect("a well-formed frame");
         match frame {
@@ -670,7 +675,10 @@ async fn shared_events_reach_every_subscriber_alike_but_its_id_and_pings_are_ans
     legacy
         .send(json!({"type": "connection_init", "payload": {}}))
         .await;
-    assert_eq!(legacy.message(Duration::from_secs(5)).await["type"], "connection_ack");
+    assert_eq!(
+        legacy.message(Duration::from_secs(5)).await["type"],
+        "connection_ack"
+    );
     legacy
         .send(json!({"type": "start", "id": "legacy", "payload": {"query": HOST_EVENTS}}))
         .await;
@@ -690,12 +698,13 @@ async fn shared_events_reach_every_subscriber_alike_but_its_id_and_pings_are_ans
     }
     // All at once, so each ping meets a writer with the burst to write.
     let (mut received, legacy_received) = tokio::join!(
-        join_all(
-            clients
-                .iter_mut()
-                .zip(&ids)
-                .map(|(client, id)| read_burst(client, "next", id, burst, id.as_bytes())),
-        ),
+        join_all(clients.iter_mut().zip(&ids).map(|(client, id)| read_burst(
+            client,
+            "next",
+            id,
+            burst,
+            id.as_bytes()
+        )),),
         read_burst(&mut legacy, "data", "legacy", burst, b"legacy"),
     );
     received.push(legacy_received);
