@@ -26,6 +26,15 @@ use dfgraph_sim::{SimCluster, SimConfig};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// A watched host list is one gRPC message of tens of MB (about 200 bytes
+// a host), received into a fresh buffer each poll. jemalloc serves
+// allocations over 8 MiB from an arena that hands them back to the kernel
+// on free, so every poll faulted its buffers in afresh: about a tenth of
+// an idle gateway's CPU at 2 x 50k hosts. Up to 64 MiB they are cached
+// like any other (dirty pages decay over 10 s). See BENCHMARKS.md S9.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: &[u8; 28] = b"oversize_threshold:67108864\0";
+
 /// Logs to stderr, filtered by `RUST_LOG`; with `telemetry`, spans also go
 /// to the OpenTelemetry collector, filtered by `tracing.filter` (each
 /// layer has its own filter, so one does not widen the other).
@@ -317,4 +326,16 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", dfgraph::status::render(&clusters));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// jemalloc ignores a configuration it does not find, without a word.
+    #[test]
+    fn jemalloc_reads_our_configuration() {
+        // SAFETY: the name is NUL-terminated and the option is a size_t.
+        let threshold: usize = unsafe { tikv_jemalloc_ctl::raw::read(b"opt.oversize_threshold\0") }
+            .expect("jemalloc answers");
+        assert_eq!(threshold, 64 << 20);
+    }
 }
