@@ -16,7 +16,7 @@ use async_graphql::Positioned;
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
@@ -26,17 +26,20 @@ use crate::graphql::subscription::DeliveryStamp;
 /// Root fields whose subscriptions may be shared.
 const SHAREABLE: [&str; 2] = ["hostEvents", "hostEventBatches"];
 
-/// Responses a shared subscriber may fall behind by.
+/// Items (see [`Frame::Next`]) a shared subscriber may fall behind by.
 const SHARED_CAPACITY: usize = 4096;
 
-/// One response of a shared execution, serialized.
+/// Responses one item carries at most.
+const READY_AT_ONCE: usize = 64;
+
+/// What a shared execution hands its subscribers, serialized.
 #[derive(Clone, Debug)]
 pub enum Frame {
-    /// A `next` payload (the whole GraphQL response).
-    Next {
-        payload: Arc<Payload>,
-        stamp: Option<i64>,
-    },
+    /// `next` payloads in order: every response the execution had ready
+    /// at once, up to [`READY_AT_ONCE`]. A poll's burst of events is one
+    /// item, so each of 10k subscribers takes it off the channel once, not
+    /// once per event.
+    Next(Arc<[Payload]>),
     /// The operation was refused before it ran: the errors array.
     Refused { errors: Arc<str> },
     /// The execution's stream ended.
@@ -49,16 +52,25 @@ pub enum Frame {
 #[derive(Debug)]
 pub struct Payload {
     json: Box<str>,
+    /// When the event behind it was observed.
+    stamp: Option<i64>,
 }
 
 impl Payload {
-    pub fn new(json: String) -> Self {
-        Self { json: json.into() }
+    pub fn new(json: String, stamp: Option<i64>) -> Self {
+        Self {
+            json: json.into(),
+            stamp,
+        }
     }
 
     /// The response as JSON.
     pub fn json(&self) -> &str {
         &self.json
+    }
+
+    pub fn stamp(&self) -> Option<i64> {
+        self.stamp
     }
 }
 
@@ -182,7 +194,14 @@ impl Fanout {
         let task = tokio::spawn(async move {
             let mut first = true;
             let mut refusal = None;
-            while let Some(mut response) = responses.next().await {
+            let payload = |mut response: async_graphql::Response| {
+                if let Some(outline) = &outline {
+                    outline.shape.apply(&mut response.data);
+                }
+                // Taken right after its response: the next one sets it anew.
+                Payload::new(serialize(&response), stamp.take())
+            };
+            while let Some(response) = responses.next().await {
                 if first && response.data == async_graphql::Value::Null && response.is_err() {
                     refusal = Some(Frame::Refused {
                         errors: serialize(&response.errors).into(),
@@ -190,13 +209,24 @@ impl Fanout {
                     break;
                 }
                 first = false;
-                if let Some(outline) = &outline {
-                    outline.shape.apply(&mut response.data);
+                let mut ready = vec![payload(response)];
+                // What else is ready now goes in the same item; nothing
+                // waits for more.
+                let mut ended = false;
+                while ready.len() < READY_AT_ONCE {
+                    match responses.next().now_or_never() {
+                        Some(Some(response)) => ready.push(payload(response)),
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
                 }
-                let _ = sender.send(Frame::Next {
-                    payload: Arc::new(Payload::new(serialize(&response))),
-                    stamp: stamp.take(),
-                });
+                let _ = sender.send(Frame::Next(ready.into()));
+                if ended {
+                    break;
+                }
             }
             // Under the registry's lock, so a client joining now either
             // hears how this execution ended or starts a new one.

@@ -594,20 +594,28 @@ impl Writer {
             return true;
         }
         let ended = match frame {
-            Ok(fanout::Frame::Next { payload, stamp }) => {
-                let json = payload.json().as_bytes();
+            Ok(fanout::Frame::Next(payloads)) => {
                 if batch.bytes.is_empty() {
-                    // Room for what is queued, in one buffer.
-                    let queued = op.frames.len().min(WRITE_BATCH) + 1;
-                    let room = queued * (op.head.len() + json.len() + 16);
+                    // Room for this item and as many again for each
+                    // queued one, in one buffer.
+                    let bytes: usize = payloads
+                        .iter()
+                        .map(|p| op.head.len() + p.json().len() + 16)
+                        .sum();
+                    let room = (bytes * (op.frames.len().min(WRITE_BATCH) + 1)).min(SPARE_BYTES);
                     if batch.bytes.capacity() < room {
                         batch.bytes = SPARE.with(|spare| spare.take());
                     }
                     batch.bytes.reserve(room);
                 }
-                text_frame(&mut batch.bytes, &[&op.head, json, b"}"]);
-                batch.messages += 1;
-                batch.stamps.extend(stamp);
+                for payload in payloads.iter() {
+                    text_frame(
+                        &mut batch.bytes,
+                        &[&op.head, payload.json().as_bytes(), b"}"],
+                    );
+                    batch.stamps.extend(payload.stamp());
+                }
+                batch.messages += payloads.len();
                 return false;
             }
             Ok(fanout::Frame::Refused { errors }) => refusal(self.protocol, &op.id_json, &errors),
@@ -1195,7 +1203,7 @@ fn refusal(protocol: Protocol, id_json: &str, errors: &str) -> Ended {
 /// responses for: told so, then completed.
 fn lagged(protocol: Protocol, id_json: &str, missed: u64) -> Ended {
     let errors = json!([{
-        "message": format!("this subscription fell {missed} events behind and was ended; subscribe again"),
+        "message": format!("this subscription fell behind by at least {missed} events and was ended; subscribe again"),
         "extensions": {"code": "SLOW_CONSUMER"},
     }]);
     let payload = json!({"data": null, "errors": errors}).to_string();
