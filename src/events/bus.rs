@@ -469,6 +469,12 @@ impl BusInner {
     /// Hands `event` to this replica's subscribers, unless it changes
     /// nothing they were told (see [`Told`]).
     fn tell(&self, event: Event) {
+        // Without Redis this process's own watcher is the only source, and
+        // it tells each change once: there is no copy to recognise.
+        if self.redis.is_none() {
+            let _ = self.local.send(Arc::new(event));
+            return;
+        }
         let Ok(mut told) = self.told.lock() else {
             return;
         };

@@ -54,8 +54,9 @@ pub struct HostSnapshot {
     /// choose colliding buckets.
     by_bytes: HashMap<u128, Known, foldhash::fast::RandomState>,
     /// Each known host id's entry in `by_bytes` (one per id: the last
-    /// entry listed wins, as in decoding).
-    by_id: HashMap<Box<str>, u128, foldhash::fast::RandomState>,
+    /// entry listed wins, as in decoding), by the XXH3-128 of the id: no
+    /// copy of each id kept beside its host.
+    by_id: HashMap<u128, u128, foldhash::fast::RandomState>,
     /// Polls applied; stamps which hosts the latest one listed.
     polls: u64,
     /// The entries of the poll being applied; kept for its capacity.
@@ -178,7 +179,8 @@ impl HostSnapshot {
             }
             // New bytes: the host joined or changed.
             let id = entry.host.id.as_str();
-            let previous = self.by_id.get(id).copied();
+            let key = id_key(id);
+            let previous = self.by_id.get(&key).copied();
             if previous == Some(entry.hash) {
                 // The same new entry listed twice.
                 continue;
@@ -193,12 +195,7 @@ impl HostSnapshot {
             before
                 .entry(id)
                 .or_insert_with(|| replaced.map(|old| old.host));
-            match self.by_id.get_mut(id) {
-                Some(hash) => *hash = entry.hash,
-                None => {
-                    self.by_id.insert(id.into(), entry.hash);
-                }
-            }
+            self.by_id.insert(key, entry.hash);
             self.by_bytes.insert(
                 entry.hash,
                 Known {
@@ -214,7 +211,7 @@ impl HostSnapshot {
             self.by_bytes.retain(|_, known| {
                 let stays = known.seen == poll;
                 if !stays {
-                    by_id.remove(known.host.id.as_str());
+                    by_id.remove(&id_key(&known.host.id));
                     left.push(known.host.clone());
                 }
                 stays
@@ -229,7 +226,11 @@ impl HostSnapshot {
             changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
             diffs.reserve(changed.len() + left.len());
             for (id, before) in changed {
-                let Some(now) = self.by_id.get(id).and_then(|hash| self.by_bytes.get(hash)) else {
+                let Some(now) = self
+                    .by_id
+                    .get(&id_key(id))
+                    .and_then(|hash| self.by_bytes.get(hash))
+                else {
                     continue;
                 };
                 if let Some(diff) = host_diff(before.as_ref(), &now.host) {
@@ -254,6 +255,12 @@ impl HostSnapshot {
             carried,
         })
     }
+}
+
+/// A host id's key in [`HostSnapshot`]'s id index (a collision is about
+/// 2^-128 likely).
+fn id_key(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
 /// How `host` differs from what it was (`None`: it joined).

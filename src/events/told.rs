@@ -37,10 +37,12 @@ const REMEMBER_GONE: Duration = Duration::from_secs(600);
 /// Hosts told gone kept at most before the older ones are forgotten.
 const MAX_GONE: usize = 100_000;
 
-/// Per (cluster, host id), what was told last.
+/// Per (cluster, XXH3-128 of the host id), what was told last: a key
+/// that needs no allocation of its own (a collision is about 2^-128
+/// likely).
 #[derive(Default)]
 pub struct Told {
-    hosts: HashMap<(u64, String), HostTold>,
+    hosts: HashMap<(u64, u128), HostTold, foldhash::fast::RandomState>,
     gone: usize,
 }
 
@@ -55,7 +57,10 @@ impl Told {
         let What::Host { change, host, .. } = &event.what else {
             return true;
         };
-        let key = (event.cluster_id, host.id.clone());
+        let key = (
+            event.cluster_id,
+            xxhash_rust::xxh3::xxh3_128(host.id.as_bytes()),
+        );
         let before = self.hosts.get(&key).copied();
         let mut after = before.unwrap_or(HostTold {
             present: None,

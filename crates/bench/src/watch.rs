@@ -33,7 +33,11 @@ pub struct WatchReport {
     pub window_s: f64,
     /// Gateway CPU over the window, percent of one core.
     pub gateway_cpu_percent: f64,
+    /// Gateway resident memory, the mean of samples every 250 ms over the
+    /// window (one reading swings by tens of MiB with where the polls are).
     pub gateway_rss_mib: Option<f64>,
+    /// The largest of those samples.
+    pub gateway_rss_max_mib: Option<f64>,
     /// The simulated schedulers' CPU (encoding the lists), percent of one core.
     pub simulator_cpu_percent: f64,
     /// Host-list polls per second, all clusters together.
@@ -53,7 +57,7 @@ impl WatchReport {
         };
         format!(
             "scenario watch ({} hosts in {} clusters, interval {:.1} s, {:.1} s idle window, {})\n  \
-             gateway CPU {:.1} % of one core  RSS {}  ({} per host)\n  \
+             gateway CPU {:.1} % of one core  RSS mean {}, max {}  ({} per host)\n  \
              simulator CPU {:.1} % of one core\n  \
              host-list polls {} per s  bytes per poll {}  decode share {}\n",
             self.hosts,
@@ -63,6 +67,7 @@ impl WatchReport {
             self.dfgraph,
             self.gateway_cpu_percent,
             opt(self.gateway_rss_mib, " MiB"),
+            opt(self.gateway_rss_max_mib, " MiB"),
             opt(self.rss_bytes_per_host, " B"),
             self.simulator_cpu_percent,
             opt(self.host_polls_per_s, ""),
@@ -98,12 +103,19 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
     let (gateway_cpu, simulator_cpu) = (cpu_seconds(gateway_pid)?, cpu_seconds(simulator_pid)?);
     let metrics_before = metrics(&http, &url).await?;
     let started = Instant::now();
-    tokio::time::sleep(args.duration).await;
+    let mut rss_samples = Vec::new();
+    while started.elapsed() < args.duration {
+        let left = args.duration.saturating_sub(started.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+        rss_samples.extend(crate::rss_mib_of(&gateway_pid.to_string()));
+    }
     let window = started.elapsed().as_secs_f64();
     let gateway_cpu = cpu_seconds(gateway_pid)? - gateway_cpu;
     let simulator_cpu = cpu_seconds(simulator_pid)? - simulator_cpu;
     let metrics_after = metrics(&http, &url).await?;
-    let rss = crate::rss_mib_of(&gateway_pid.to_string());
+    let rss = (!rss_samples.is_empty())
+        .then(|| rss_samples.iter().sum::<f64>() / rss_samples.len() as f64);
+    let rss_max = rss_samples.iter().copied().reduce(f64::max);
 
     let delta = |name: &str, label: Option<&str>| {
         Some(sum(&metrics_after, name, label)? - sum(&metrics_before, name, label)?)
@@ -121,6 +133,7 @@ pub async fn run(args: &BenchArgs) -> Result<WatchReport, BenchError> {
         window_s: window,
         gateway_cpu_percent: gateway_cpu / window * 100.0,
         gateway_rss_mib: rss,
+        gateway_rss_max_mib: rss_max,
         simulator_cpu_percent: simulator_cpu / window * 100.0,
         host_polls_per_s: polls.map(|p| p / window),
         bytes_per_poll: per_poll(bytes),

@@ -42,5 +42,9 @@ async fn watching_polls_every_interval_and_decodes_only_changes() {
         report.gateway_rss_mib.is_some_and(|mib| mib > 1.0),
         "{report:?}"
     );
+    assert!(
+        report.gateway_rss_max_mib >= report.gateway_rss_mib,
+        "{report:?}"
+    );
     assert!(report.render().contains("gateway CPU"));
 }
