@@ -311,7 +311,10 @@ const CHUNK: usize = 500;
 /// <state>"). ARGV: field, state, "p" (a join: a copy of any present
 /// state) or "=", max entries, entry, how long states are kept (ms), a
 /// field to forget (a host that joins or leaves starts its reachability
-/// afresh).
+/// afresh), the oldest id (ms) a copy's original may have: copies come
+/// within seconds of each other, and an older state may be stale (a
+/// leave that happened while Redis was down was never logged, so a
+/// rejoin must not pass for a copy of the join before it).
 /// Answers {id, 1 if appended}.
 const APPEND_TRANSITION: &str = r"
 local last = redis.call('HGET', KEYS[2], ARGV[1])
@@ -319,8 +322,11 @@ if last then
   local at = string.find(last, ' ', 1, true)
   if at then
     local state = string.sub(last, at + 1)
-    if state == ARGV[2] or (ARGV[3] == 'p' and string.sub(state, 1, 2) == 'P:') then
-      return {string.sub(last, 1, at - 1), 0}
+    local id = string.sub(last, 1, at - 1)
+    local logged_ms = tonumber(string.match(id, '^(%d+)'))
+    local recent = logged_ms and logged_ms >= tonumber(ARGV[8])
+    if recent and (state == ARGV[2] or (ARGV[3] == 'p' and string.sub(state, 1, 2) == 'P:')) then
+      return {id, 0}
     end
   end
 end
@@ -332,6 +338,11 @@ end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return {id, 1}
 ";
+
+/// How far apart two replicas' observations of one change may be logged
+/// (their polls are a watch interval apart; a replica's append waits at
+/// most its Redis command timeout).
+const COPY_WINDOW_MS: i64 = 30_000;
 
 /// What a host event makes of its host, for [`APPEND_TRANSITION`].
 struct Transition {
@@ -475,6 +486,10 @@ impl EventLog {
         }
         let mut cmds = Vec::with_capacity(events.len() + trim.len());
         let memory_ms = u64::try_from(self.inner.config.retention.as_millis()).unwrap_or(u64::MAX);
+        let copies_since_ms = SystemClock
+            .now_ms_signed()
+            .saturating_sub(COPY_WINDOW_MS)
+            .max(0);
         for event in events.iter() {
             let bytes = bus::encode("", event);
             let stream = keys::event_log(event.cluster_id);
@@ -491,7 +506,8 @@ impl EventLog {
                         .arg(self.inner.config.max_entries)
                         .arg(bytes)
                         .arg(memory_ms)
-                        .arg(transition.forget);
+                        .arg(transition.forget)
+                        .arg(copies_since_ms);
                     eval
                 }
                 None => {

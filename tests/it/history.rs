@@ -731,6 +731,25 @@ async fn a_change_two_replicas_observed_is_logged_once() {
     let reachable_again = log_one(&a, host_event(Reachable, "h1", 1.0)).await;
     assert_ne!(reachable_again, reachable);
 
+    // A state logged long ago may be stale (a leave while Redis was down
+    // was never logged): a join then is a change, not a copy.
+    let states = dfgraph::cache::keys::event_log_states(1);
+    let mut conn = redis.conn();
+    let joined_h2: String = redis::cmd("HGET")
+        .arg(&states)
+        .arg("h2")
+        .query(&mut conn)
+        .expect("h2's join is kept");
+    let (_, state) = joined_h2.split_once(' ').expect("<id> <state>");
+    let _: () = redis::cmd("HSET")
+        .arg(&states)
+        .arg("h2")
+        .arg(format!("1-0 {state}"))
+        .query(&mut conn)
+        .expect("Redis answers");
+    let rejoined_h2 = log_one(&b, host_event(Joined, "h2", 1.0)).await;
+    assert_ne!(rejoined_h2, other);
+
     let logged: Vec<_> = a
         .read(1, dfgraph::events::log::Range::all(), false, 100)
         .await
@@ -749,7 +768,8 @@ async fn a_change_two_replicas_observed_is_logged_once() {
             reachable,
             left,
             rejoined,
-            reachable_again
+            reachable_again,
+            rejoined_h2
         ]
     );
 }
