@@ -39,15 +39,27 @@ impl Cache {
         self.prepare(key, value, |v| v.encode_to_vec().into(), V::encoded_len)
     }
 
-    /// [`Cache::replacement`] of a value whose protobuf encoding is at
-    /// hand (`encoded`, as received): nothing is encoded again.
-    pub fn replacement_encoded<V>(
+    /// [`Cache::replacement`] of a value received as `encoded_len` bytes of
+    /// protobuf, with those bytes when they were kept (see
+    /// [`Cache::keeps_encoded`]): they go to L2 as they are. Without them
+    /// the value is encoded again for L2.
+    pub fn replacement_received<V: prost::Message>(
         &self,
         key: CacheKey,
         value: V,
-        encoded: &[u8],
+        encoded_len: usize,
+        encoded: Option<&[u8]>,
     ) -> Replacement<V> {
-        self.prepare(key, value, |_| encoded.into(), |_| encoded.len())
+        match encoded {
+            Some(encoded) => self.prepare(key, value, |_| encoded.into(), |_| encoded.len()),
+            None => self.prepare(key, value, |v| v.encode_to_vec().into(), |_| encoded_len),
+        }
+    }
+
+    /// Whether a replacement is written to L2, so a value received encoded
+    /// is worth keeping as received.
+    pub fn keeps_encoded(&self) -> bool {
+        self.inner.l2.is_some() && self.inner.config.enabled
     }
 
     fn prepare<'a, V>(

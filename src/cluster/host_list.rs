@@ -3,8 +3,8 @@
 //! the watcher's snapshot, the cache entry and every query read one copy.
 //! On the wire: a `ListHostsResponse` is a run of length-delimited `Host`
 //! entries (field 1); [`entries`] finds each entry without reading inside
-//! it and [`keys`] reads an entry's id, so a poll decodes only the hosts
-//! whose bytes changed.
+//! it ([`EntryReader`] as the answer arrives in pieces) and [`keys`] reads
+//! an entry's id, so a poll decodes only the hosts whose bytes changed.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -95,6 +95,162 @@ pub fn entries(response: &[u8]) -> impl Iterator<Item = Result<Range<usize>, Wir
         Ok((HOSTS_FIELD, _)) => Some(Err(WireError("hosts is not length-delimited".into()))),
         Ok(_) => None,
     })
+}
+
+/// Finds the host entries of a `ListHostsResponse` that arrives in pieces
+/// (HTTP/2 DATA frames), as [`entries`] does in a whole one: an entry
+/// within one piece is handed over where it lies; only a field cut by a
+/// piece's end is copied, into a buffer kept for the next answer.
+#[derive(Debug, Default)]
+pub struct EntryReader {
+    /// The start of a field the last piece ended inside.
+    partial: Vec<u8>,
+}
+
+impl EntryReader {
+    /// Forgets a field left unfinished: the next piece starts an answer.
+    pub fn restart(&mut self) {
+        self.partial.clear();
+    }
+
+    /// Reads the next piece, giving `entry` each host entry it completes,
+    /// in order. Unknown fields are skipped; the first malformed field is
+    /// an error (and so is one from `entry`).
+    pub fn feed(
+        &mut self,
+        mut piece: &[u8],
+        mut entry: impl FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        // First finish the field the last piece cut. Its header (at most
+        // two varints) is taken a byte at a time until its length is known.
+        while !self.partial.is_empty() && !piece.is_empty() {
+            let take = match extent(&self.partial)? {
+                None => 1,
+                Some(field) => (field.len - self.partial.len()).min(piece.len()),
+            };
+            self.partial.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            self.emit_partial(&mut entry)?;
+        }
+        while !piece.is_empty() {
+            match extent(piece)? {
+                Some(field) if field.len <= piece.len() => {
+                    field.emit(&piece[..field.len], &mut entry)?;
+                    piece = &piece[field.len..];
+                }
+                _ => {
+                    self.partial.extend_from_slice(piece);
+                    // A varint field may be whole already.
+                    return self.emit_partial(&mut entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer ended: a field still unfinished is an error.
+    pub fn finish(&mut self) -> Result<(), WireError> {
+        if self.partial.is_empty() {
+            Ok(())
+        } else {
+            let cut = self.partial.len();
+            self.partial.clear();
+            Err(WireError(format!(
+                "the answer ends inside a field ({cut} bytes of it)"
+            )))
+        }
+    }
+
+    /// Hands over the field in `partial` if it is whole.
+    fn emit_partial(
+        &mut self,
+        entry: &mut impl FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        match extent(&self.partial)? {
+            Some(field) if field.len == self.partial.len() => {
+                let emitted = field.emit(&self.partial, entry);
+                self.partial.clear();
+                emitted
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A top-level field whose header has been read: its number, where its
+/// value starts, and its whole length (header included).
+struct Extent {
+    number: u32,
+    delimited: bool,
+    value_start: usize,
+    len: usize,
+}
+
+impl Extent {
+    /// Gives `entry` the value of a hosts field; skips any other.
+    fn emit(
+        &self,
+        field: &[u8],
+        entry: &mut impl FnMut(&[u8]) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        match (self.number, self.delimited) {
+            (HOSTS_FIELD, true) => entry(&field[self.value_start..]),
+            (HOSTS_FIELD, false) => Err(WireError("hosts is not length-delimited".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The extent of the field `bytes` starts with, or `None` while its header
+/// is cut short (the value itself may run past `bytes`).
+fn extent(bytes: &[u8]) -> Result<Option<Extent>, WireError> {
+    let Some((key, key_len)) = varint_prefix(bytes)? else {
+        return Ok(None);
+    };
+    let number = u32::try_from(key >> 3).unwrap_or(u32::MAX);
+    let rest = &bytes[key_len..];
+    let (delimited, value_start, value_len) = match key & 7 {
+        0 => match varint_prefix(rest)? {
+            Some((_, len)) => (false, key_len, len),
+            None => return Ok(None),
+        },
+        1 => (false, key_len, 8),
+        2 => match varint_prefix(rest)? {
+            Some((len, len_len)) => {
+                let len = usize::try_from(len)
+                    .map_err(|_| WireError(format!("a field of {len} bytes")))?;
+                (true, key_len + len_len, len)
+            }
+            None => return Ok(None),
+        },
+        5 => (false, key_len, 4),
+        other => return Err(WireError(format!("unsupported wire type {other}"))),
+    };
+    let len = value_start
+        .checked_add(value_len)
+        .ok_or_else(|| WireError(format!("a field of {value_len} bytes")))?;
+    Ok(Some(Extent {
+        number,
+        delimited,
+        value_start,
+        len,
+    }))
+}
+
+/// The varint `bytes` starts with and its length, or `None` when `bytes`
+/// ends inside it.
+fn varint_prefix(bytes: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
+    // A varint is at most 10 bytes; its last byte has the top bit clear.
+    match bytes.iter().take(10).position(|b| b & 0x80 == 0) {
+        Some(last) => {
+            let mut varint = &bytes[..=last];
+            prost::encoding::decode_varint(&mut varint)
+                .map(|value| Some((value, last + 1)))
+                .map_err(|e| WireError(e.to_string()))
+        }
+        None if bytes.len() < 10 => Ok(None),
+        None => Err(WireError("a varint longer than 10 bytes".into())),
+    }
 }
 
 /// One `Host` message's id (checked UTF-8) and the scheduler cluster id it
@@ -316,6 +472,89 @@ mod tests {
         }
         assert!(split(&[0x0a, 0x05, 0x01]).is_err());
         assert!(split(&[0x0b]).is_err());
+    }
+
+    /// What an [`EntryReader`] hands over when `wire` arrives cut at
+    /// `cuts`, and how it ends.
+    fn read_in_pieces(wire: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, Result<(), WireError>) {
+        let mut reader = EntryReader::default();
+        let mut found = Vec::new();
+        let mut at = 0;
+        let mut ends = cuts.to_vec();
+        ends.push(wire.len());
+        for end in ends {
+            let end = end.clamp(at, wire.len());
+            let fed = reader.feed(&wire[at..end], |entry| {
+                found.push(entry.to_vec());
+                Ok(())
+            });
+            if fed.is_err() {
+                return (found, fed);
+            }
+            at = end;
+        }
+        let finished = reader.finish();
+        (found, finished)
+    }
+
+    /// An answer with unknown fields of every wire type around its hosts.
+    fn mixed_wire(ids: &[&str]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        prost::encoding::uint64::encode(9, &300, &mut wire);
+        for (n, id) in ids.iter().enumerate() {
+            prost::encoding::message::encode(HOSTS_FIELD, &host(id), &mut wire);
+            prost::encoding::fixed64::encode(10, &(n as u64), &mut wire);
+            prost::encoding::fixed32::encode(11, &7, &mut wire);
+            prost::encoding::string::encode(12, &"x".repeat(n * 40), &mut wire);
+        }
+        wire
+    }
+
+    proptest::proptest! {
+        /// However the answer is cut into pieces, the reader finds the
+        /// entries reading it whole finds, or fails where that fails.
+        #[test]
+        fn an_answer_read_in_pieces_gives_what_reading_it_whole_gives(
+            count in 0usize..6,
+            cuts in proptest::collection::vec(0usize..2000, 0..12),
+            truncate in proptest::option::of(0usize..2000),
+        ) {
+            let ids = ["a", "bb", "", "c-\u{1F600}", "d", "eeeeeeeeee"];
+            let mut wire = mixed_wire(&ids[..count]);
+            if let Some(at) = truncate {
+                wire.truncate(at.min(wire.len()));
+            }
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let whole: Result<Vec<Vec<u8>>, WireError> = entries(&wire)
+                .map(|range| range.map(|r| wire[r].to_vec()))
+                .collect();
+            let (found, ended) = read_in_pieces(&wire, &cuts);
+            match whole {
+                Ok(whole) => {
+                    proptest::prop_assert_eq!(ended, Ok(()));
+                    proptest::prop_assert_eq!(found, whole);
+                }
+                Err(_) => proptest::prop_assert!(ended.is_err()),
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_of_one_byte_and_a_cut_header_still_find_every_entry() {
+        let wire = mixed_wire(&["a", "bb", "ccc"]);
+        let every_byte: Vec<usize> = (1..wire.len()).collect();
+        let (found, ended) = read_in_pieces(&wire, &every_byte);
+        assert_eq!(ended, Ok(()));
+        let ids: Vec<&str> = found.iter().map(|e| keys(e).unwrap().0).collect();
+        assert_eq!(ids, ["a", "bb", "ccc"]);
+        // A varint of more than 10 bytes, a wire type prost cannot skip and
+        // a hosts field that is not delimited are errors, not waits.
+        assert!(read_in_pieces(&[0x88; 12], &[3, 7]).1.is_err());
+        assert!(read_in_pieces(&[0x0b, 0x00], &[1]).1.is_err());
+        assert!(read_in_pieces(&[0x08, 0x01], &[1]).1.is_err());
+        // An entry the answer ends inside.
+        assert!(read_in_pieces(&[0x0a, 0x05, 0x01], &[2]).1.is_err());
     }
 
     #[test]

@@ -90,9 +90,36 @@ enum Idempotent {
 /// task id alone, but some versions validate `host_id` as non-empty.
 pub const GATEWAY_HOST_ID: &str = "dfgraph";
 
-/// A `ListHostsResponse` as received, and the scheduler that sent it.
-pub struct RawHostList {
-    pub bytes: bytes::Bytes,
+/// What takes in a `ListHostsResponse` as it arrives (see
+/// [`ClusterClient::receive_hosts`]).
+pub trait ReceiveHosts: Send {
+    /// An answer begins; one begun before it (from a scheduler that failed
+    /// half way) is abandoned.
+    fn begin(&mut self);
+    /// The answer's next bytes.
+    fn piece(&mut self, bytes: &[u8]) -> Result<(), host_list::WireError>;
+    /// The answer is complete.
+    fn end(&mut self) -> Result<(), host_list::WireError>;
+}
+
+impl<R: ReceiveHosts + ?Sized> ReceiveHosts for Box<R> {
+    fn begin(&mut self) {
+        (**self).begin();
+    }
+
+    fn piece(&mut self, bytes: &[u8]) -> Result<(), host_list::WireError> {
+        (**self).piece(bytes)
+    }
+
+    fn end(&mut self) -> Result<(), host_list::WireError> {
+        (**self).end()
+    }
+}
+
+/// The scheduler that answered [`ClusterClient::receive_hosts`], and the
+/// answer's length.
+pub struct ReceivedHosts {
+    pub len: usize,
     pub from: Arc<SchedulerHandle>,
 }
 
@@ -305,36 +332,46 @@ impl ClusterClient {
         .await
     }
 
-    /// [`Self::list_hosts`], answered as the encoded `ListHostsResponse`
-    /// (walk it with [`host_list::entries`]) and the scheduler that sent it:
-    /// the watcher decodes only what changed since its last poll, and
-    /// tells the scheduler's [`announced`] what its hosts carried.
-    pub async fn list_hosts_raw(
+    /// [`Self::list_hosts`], handed to `receiver` piece by piece as the
+    /// encoded `ListHostsResponse` arrives (walk it with
+    /// [`host_list::EntryReader`]), never held whole: the watcher decodes
+    /// only what changed since its last poll, and tells the scheduler's
+    /// [`announced`] what its hosts carried. What `receiver` refuses fails
+    /// the call as a malformed answer would (`INTERNAL`).
+    pub async fn receive_hosts<R: ReceiveHosts>(
         &self,
         cluster_id: u64,
         deadline: Deadline,
-    ) -> Result<RawHostList, ClusterError> {
+        receiver: &std::sync::Mutex<R>,
+    ) -> Result<ReceivedHosts, ClusterError> {
         let timeout = self.inner.settings.timeouts.list_hosts;
+        // Held only between awaits, never across one.
+        let receiver = || {
+            receiver
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         self.any_scheduler(cluster_id, move |scheduler| async move {
-            let call = |mut grpc: scheduler::RawClient| async move {
-                grpc.ready()
-                    .await
-                    .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
-                let mut request = tonic::Request::new(ListHostsRequest { r#type: None });
-                request.extensions_mut().insert(tonic::GrpcMethod::new(
-                    "scheduler.v2.Scheduler",
-                    "ListHosts",
-                ));
-                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            let call = |mut service: scheduler::RawService| async move {
+                receiver().begin();
+                let wrong = |e: host_list::WireError| tonic::Status::internal(e.to_string());
+                let len = raw::unary_in_pieces(
+                    &mut service,
+                    tonic::GrpcMethod::new("scheduler.v2.Scheduler", "ListHosts"),
                     "/scheduler.v2.Scheduler/ListHosts",
-                );
-                grpc.unary(request, path, raw::BytesCodec::default()).await
+                    &ListHostsRequest { r#type: None },
+                    scheduler::MAX_DECODE_BYTES,
+                    |bytes| receiver().piece(bytes).map_err(wrong),
+                )
+                .await?;
+                receiver().end().map_err(wrong)?;
+                Ok(tonic::Response::new(len))
             };
-            let bytes = scheduler
+            let len = scheduler
                 .call_raw("ListHosts", timeout, deadline, call)
                 .await?;
-            Ok(RawHostList {
-                bytes,
+            Ok(ReceivedHosts {
+                len,
                 from: scheduler,
             })
         })

@@ -26,9 +26,9 @@ use crate::telemetry::PropagateTrace;
 /// trace context in its metadata.
 pub type Client = SchedulerClient<InterceptedService<Channel, PropagateTrace>>;
 
-/// The same channel without generated methods, for calls whose answer is
-/// kept as bytes (see [`super::raw`]).
-pub type RawClient = tonic::client::Grpc<InterceptedService<Channel, PropagateTrace>>;
+/// The same channel as a plain service, for calls whose answer is read as
+/// it arrives (see [`super::raw`]).
+pub type RawService = InterceptedService<Channel, PropagateTrace>;
 
 /// The task id of readiness probes; no real task has it.
 pub const PROBE_TASK_ID: &str = "dfgraph-readiness-probe";
@@ -91,7 +91,7 @@ pub struct SchedulerHandle {
     /// `cluster_id` as a metrics label.
     cluster_label: String,
     client: Client,
-    raw: RawClient,
+    raw: RawService,
     pub health: Health,
     pub breaker: Breaker,
     /// The cluster id its hosts carry, checked against `cluster_id`.
@@ -117,10 +117,7 @@ impl SchedulerHandle {
                     scheduler: addr,
                     message,
                 })?;
-        let raw =
-            tonic::client::Grpc::new(InterceptedService::new(channel.clone(), PropagateTrace))
-                .max_decoding_message_size(MAX_DECODE_BYTES)
-                .max_encoding_message_size(MAX_DECODE_BYTES);
+        let raw = InterceptedService::new(channel.clone(), PropagateTrace);
         let client = SchedulerClient::with_interceptor(channel, PropagateTrace)
             .max_decoding_message_size(MAX_DECODE_BYTES)
             .max_encoding_message_size(MAX_DECODE_BYTES);
@@ -229,7 +226,7 @@ impl SchedulerHandle {
             .await
     }
 
-    /// [`Self::call`] on the channel's [`RawClient`].
+    /// [`Self::call`] on the channel's [`RawService`].
     pub async fn call_raw<T, F, Fut>(
         &self,
         method: &'static str,
@@ -238,7 +235,7 @@ impl SchedulerHandle {
         rpc: F,
     ) -> Result<T, ClusterError>
     where
-        F: FnOnce(RawClient) -> Fut,
+        F: FnOnce(RawService) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_on(self.raw.clone(), method, timeout, deadline, rpc)

@@ -8,12 +8,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-
-use bytes::Bytes;
+use std::time::{Duration, Instant};
 
 use super::HostChange;
-use crate::cluster::HostList;
-use crate::cluster::host_list::{WireError, decode_entry, entries, keys};
+use crate::cluster::host_list::{EntryReader, WireError, decode_entry, entries, keys};
+use crate::cluster::{HostList, ReceiveHosts};
 use crate::proto::common::v2::{Host, Task};
 
 /// Fields of a host that describe load rather than identity; they change
@@ -57,10 +56,33 @@ pub struct HostSnapshot {
     /// entry listed wins, as in decoding), by the XXH3-128 of the id: no
     /// copy of each id kept beside its host.
     by_id: HashMap<u128, u128, foldhash::fast::RandomState>,
-    /// Polls applied; stamps which hosts the latest one listed.
+    /// Polls begun; stamps which hosts the latest one listed.
     polls: u64,
-    /// The entries of the poll being applied; kept for its capacity.
-    scratch: Vec<Listed>,
+    /// What the poll being received has listed so far.
+    pending: Pending,
+    /// Finds the entries of an answer arriving in pieces.
+    reader: EntryReader,
+    /// Whether [`Self::received`] keeps the answer's bytes.
+    keep_received: bool,
+    /// The last answer received, when kept; kept for its capacity.
+    received: Vec<u8>,
+}
+
+/// The first pass of a poll, made entry by entry as the answer arrives.
+#[derive(Default)]
+struct Pending {
+    /// The entries in the scheduler's order; kept for its capacity.
+    listed: Vec<Listed>,
+    /// Entries decoded (new bytes).
+    decoded: usize,
+    /// Known hosts this poll listed.
+    seen: usize,
+    carried: BTreeSet<u64>,
+    last_carried: Option<u64>,
+    /// The id the cluster is served as, stamped on decoded hosts.
+    cluster_id: u64,
+    /// Time spent finding, hashing and decoding entries.
+    spent: Duration,
 }
 
 struct Known {
@@ -84,6 +106,8 @@ pub struct HostPoll {
     /// The scheduler cluster ids the entries carry, as the scheduler wrote
     /// them (the hosts in `list` carry the served id instead).
     pub carried: BTreeSet<u64>,
+    /// Time spent on the poll's entries and applying it (not receiving).
+    pub compared_in: Duration,
 }
 
 /// One listed entry after the first pass of a poll.
@@ -109,63 +133,103 @@ impl HostSnapshot {
     /// `cluster_id` and reports what changed since the last one (nothing
     /// when `first`: there is nothing to compare with). Decoded hosts are
     /// stamped with `cluster_id`. A malformed response leaves the snapshot
-    /// as it was.
+    /// as it was. The same as [`Self::start_poll`], [`Self::listed`] for each
+    /// entry and [`Self::finish`], which the watcher calls as the answer
+    /// arrives.
     pub fn update(
         &mut self,
-        response: &Bytes,
+        response: &[u8],
         first: bool,
         cluster_id: u64,
     ) -> Result<HostPoll, WireError> {
+        self.start_poll(cluster_id);
+        for range in entries(response) {
+            self.listed(&response[range?])?;
+        }
+        Ok(self.finish(first))
+    }
+
+    /// Starts a poll of the cluster served as `cluster_id`; what an
+    /// unfinished one listed is forgotten. Until [`Self::finish`], the
+    /// snapshot is as it was: a poll that fails half way changes nothing.
+    pub fn start_poll(&mut self, cluster_id: u64) {
         // A failed poll uses up its number too, so the marks it left on
         // known hosts never count for a later poll.
         self.polls += 1;
+        let pending = &mut self.pending;
+        pending.listed.clear();
+        pending.listed.reserve(self.by_bytes.len());
+        pending.decoded = 0;
+        pending.seen = 0;
+        pending.carried.clear();
+        pending.last_carried = None;
+        pending.cluster_id = cluster_id;
+        pending.spent = Duration::ZERO;
+    }
+
+    /// The poll's next entry. Known bytes are only marked as listed by
+    /// this poll (the one lookup most entries cost); new ones are decoded,
+    /// so one bad entry fails the poll before any host changes.
+    pub fn listed(&mut self, bytes: &[u8]) -> Result<(), WireError> {
         let poll = self.polls;
-        // Read every entry, decoding the new ones, before changing any
-        // host, so one bad entry fails the poll as a whole. Known bytes
-        // are only marked as listed by this poll (the one lookup most
-        // entries cost).
-        let mut listed = std::mem::take(&mut self.scratch);
-        listed.clear();
-        listed.reserve(self.by_bytes.len());
-        let mut decoded = 0;
-        // Known hosts this poll listed.
-        let mut seen = 0;
-        let mut carried = BTreeSet::new();
-        let mut last_carried = None;
-        for range in entries(response) {
-            let bytes = &response[range?];
-            let hash = xxhash_rust::xxh3::xxh3_128(bytes);
-            let entry = match self.by_bytes.get_mut(&hash) {
-                Some(known) => {
-                    if known.seen != poll {
-                        known.seen = poll;
-                        seen += 1;
-                    }
-                    Listed {
-                        hash,
-                        host: known.host.clone(),
-                        carried: known.carried,
-                        fresh: false,
-                    }
+        let pending = &mut self.pending;
+        let hash = xxhash_rust::xxh3::xxh3_128(bytes);
+        let entry = match self.by_bytes.get_mut(&hash) {
+            Some(known) => {
+                if known.seen != poll {
+                    known.seen = poll;
+                    pending.seen += 1;
                 }
-                None => {
-                    decoded += 1;
-                    let (_, carried) = keys(bytes)?;
-                    Listed {
-                        hash,
-                        host: Arc::new(decode_entry(bytes, cluster_id)?),
-                        carried,
-                        fresh: true,
-                    }
+                Listed {
+                    hash,
+                    host: known.host.clone(),
+                    carried: known.carried,
+                    fresh: false,
                 }
-            };
-            // Runs of one id are the rule: insert only where it changes.
-            if last_carried != Some(entry.carried) {
-                carried.insert(entry.carried);
-                last_carried = Some(entry.carried);
             }
-            listed.push(entry);
+            None => {
+                pending.decoded += 1;
+                let (_, carried) = keys(bytes)?;
+                Listed {
+                    hash,
+                    host: Arc::new(decode_entry(bytes, pending.cluster_id)?),
+                    carried,
+                    fresh: true,
+                }
+            }
+        };
+        // Runs of one id are the rule: insert only where it changes.
+        if pending.last_carried != Some(entry.carried) {
+            pending.carried.insert(entry.carried);
+            pending.last_carried = Some(entry.carried);
         }
+        pending.listed.push(entry);
+        Ok(())
+    }
+
+    /// Makes the snapshot ready to receive a poll's answer (as
+    /// [`ReceiveHosts`]) of the cluster served as `cluster_id`, keeping the
+    /// answer's bytes for [`Self::received`] if `keep_bytes`.
+    pub fn receive_as(&mut self, cluster_id: u64, keep_bytes: bool) {
+        self.pending.cluster_id = cluster_id;
+        self.keep_received = keep_bytes;
+        if !keep_bytes {
+            self.received = Vec::new();
+        }
+    }
+
+    /// The bytes of the answer last received, if they were kept.
+    pub fn received(&self) -> Option<&[u8]> {
+        self.keep_received.then_some(self.received.as_slice())
+    }
+
+    /// Ends the poll whose every entry was [`Self::listed`]: applies it
+    /// and reports what changed (nothing when `first`).
+    pub fn finish(&mut self, first: bool) -> HostPoll {
+        let started = Instant::now();
+        let poll = self.polls;
+        let mut listed = std::mem::take(&mut self.pending.listed);
+        let mut seen = self.pending.seen;
         // What each joined or changed host was before this poll (`None`:
         // it joined); the first value recorded is the one before the poll.
         let mut before: HashMap<&str, Option<Arc<Host>>> = HashMap::new();
@@ -247,13 +311,40 @@ impl HostSnapshot {
         let list = HostList {
             hosts: listed.drain(..).map(|entry| entry.host).collect(),
         };
-        self.scratch = listed;
-        Ok(HostPoll {
+        self.pending.listed = listed;
+        HostPoll {
             diffs,
             list,
-            decoded,
-            carried,
-        })
+            decoded: self.pending.decoded,
+            carried: std::mem::take(&mut self.pending.carried),
+            compared_in: self.pending.spent + started.elapsed(),
+        }
+    }
+}
+
+/// A poll's answer taken in as it arrives: each entry is listed as soon as
+/// its last byte is in; [`HostSnapshot::finish`] applies the poll.
+impl ReceiveHosts for HostSnapshot {
+    fn begin(&mut self) {
+        self.start_poll(self.pending.cluster_id);
+        self.reader.restart();
+        self.received.clear();
+    }
+
+    fn piece(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        if self.keep_received {
+            self.received.extend_from_slice(bytes);
+        }
+        let started = Instant::now();
+        let mut reader = std::mem::take(&mut self.reader);
+        let read = reader.feed(bytes, |entry| self.listed(entry));
+        self.reader = reader;
+        self.pending.spent += started.elapsed();
+        read
+    }
+
+    fn end(&mut self) -> Result<(), WireError> {
+        self.reader.finish()
     }
 }
 
@@ -395,6 +486,7 @@ pub fn task_fields(a: &Task, b: &Task) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::proto::common::v2::Cpu;
+    use bytes::Bytes;
 
     fn host(id: &str, hostname: &str) -> Host {
         Host {
@@ -437,8 +529,10 @@ mod tests {
     }
 
     /// The byte comparison against the full decode it replaces, on the
-    /// same answers of a real (simulated) scheduler over gRPC, tick after
-    /// tick: the same events, the same list, and only changed hosts decoded.
+    /// same answers of a real (simulated) scheduler over gRPC, received as
+    /// the watcher receives them (frame by frame, entries cut across
+    /// frames), tick after tick: the same events, the same list, and only
+    /// changed hosts decoded.
     #[tokio::test]
     async fn byte_comparison_reports_what_full_decoding_reports_on_simulated_ticks() {
         use crate::deadline::Deadline;
@@ -459,7 +553,7 @@ mod tests {
         .expect("simulator starts");
         let (client, cluster_id) = crate::events::client_for(&sim);
 
-        let mut snapshot = HostSnapshot::default();
+        let snapshot = std::sync::Mutex::new(HostSnapshot::default());
         let mut old: Option<DecodedHosts> = None;
         let mut kinds = std::collections::HashSet::new();
         let mut decoded_total = 0;
@@ -477,12 +571,16 @@ mod tests {
                     ..Host::default()
                 });
             }
-            let bytes = client
-                .list_hosts_raw(cluster_id, Deadline::NONE)
+            snapshot.lock().unwrap().receive_as(cluster_id, true);
+            let received = client
+                .receive_hosts(cluster_id, Deadline::NONE, &snapshot)
                 .await
-                .expect("ListHosts answers")
-                .bytes;
-            let hosts = ListHostsResponse::decode(bytes.clone())
+                .expect("ListHosts answers");
+            let mut snapshot = snapshot.lock().unwrap();
+            let bytes = snapshot.received().expect("kept").to_vec();
+            assert_eq!(received.len, bytes.len());
+            assert!(bytes.len() > 4 * 16_384, "the answer spans many frames");
+            let hosts = ListHostsResponse::decode(bytes.as_slice())
                 .expect("decodes")
                 .hosts;
             let new = decoded_hosts(hosts.clone());
@@ -490,9 +588,7 @@ mod tests {
                 .as_ref()
                 .map(|old| diff_hosts(old, &new))
                 .unwrap_or_default();
-            let polled = snapshot
-                .update(&bytes, old.is_none(), cluster_id)
-                .expect("well formed");
+            let polled = snapshot.finish(old.is_none());
             assert_eq!(polled.diffs, expected, "tick {tick}");
             assert_eq!(polled.list, HostList::new(hosts), "tick {tick}");
             assert_eq!(snapshot.len(), new.len());
@@ -513,6 +609,105 @@ mod tests {
             "most hosts are not decoded again ({decoded_total})"
         );
         sim.shutdown().await;
+    }
+
+    /// The watcher's call when schedulers fail: the list comes whole from
+    /// the scheduler that answers, a failed call says what failed, and a
+    /// hung scheduler costs the call's timeout, not a hang.
+    #[tokio::test]
+    async fn a_host_list_comes_whole_from_the_scheduler_that_answers() {
+        use crate::deadline::Deadline;
+        use dfgraph_sim::{SimCluster, SimConfig};
+        use std::sync::Mutex;
+
+        let sim = SimCluster::start(SimConfig {
+            clusters: 1,
+            schedulers_per_cluster: 2,
+            hosts: 300,
+            tasks: 10,
+            peers_per_task: 1,
+            tick_interval: None,
+            ..SimConfig::default()
+        })
+        .await
+        .expect("simulator starts");
+        let mut config = crate::config::Config::default();
+        config.timeouts.list_hosts = std::time::Duration::from_millis(300);
+        let (client, cluster_id) = crate::events::client_with(&sim, &config);
+        let schedulers = sim.schedulers();
+        let (a, b) = (schedulers[0].addr, schedulers[1].addr);
+        let receive = |snapshot: HostSnapshot| {
+            let client = client.clone();
+            async move {
+                let receiving = Mutex::new(snapshot);
+                receiving.lock().unwrap().receive_as(cluster_id, false);
+                let received = client
+                    .receive_hosts(cluster_id, Deadline::NONE, &receiving)
+                    .await;
+                (received, receiving.into_inner().unwrap())
+            }
+        };
+
+        sim.set_error(a, Some(tonic::Code::Internal));
+        let (received, mut snapshot) = receive(HostSnapshot::default()).await;
+        let received = received.expect("the other scheduler answers");
+        assert_eq!(received.from.addr, b);
+        let polled = snapshot.finish(true);
+        let ids: Vec<&str> = polled.list.hosts.iter().map(|h| h.id.as_str()).collect();
+        let listed: Vec<String> = sim.hosts(cluster_id).into_iter().map(|h| h.id).collect();
+        assert_eq!(ids, listed);
+
+        sim.set_error(b, Some(tonic::Code::Internal));
+        let (failed, _) = receive(HostSnapshot::default()).await;
+        assert_eq!(failed.err().map(|e| e.code()), Some("SCHEDULER_ERROR"));
+
+        sim.set_error(a, None);
+        sim.set_error(b, None);
+        sim.set_hang(a, true);
+        sim.set_hang(b, true);
+        let started = std::time::Instant::now();
+        let (hung, _) = receive(HostSnapshot::default()).await;
+        assert!(hung.is_err(), "a hung scheduler fails the call");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        sim.set_hang(a, false);
+        sim.set_hang(b, false);
+        sim.shutdown().await;
+    }
+
+    /// An answer abandoned half way (its scheduler failed) leaves nothing
+    /// behind: the next answer is taken in as if it were the only one.
+    #[test]
+    fn an_answer_abandoned_half_way_leaves_nothing_behind() {
+        use crate::proto::scheduler::v2::ListHostsResponse;
+        use prost::Message;
+
+        let hosts = |names: &[&str]| -> Vec<u8> {
+            ListHostsResponse {
+                hosts: names.iter().map(|n| host(n, n)).collect(),
+            }
+            .encode_to_vec()
+        };
+        let whole = hosts(&["a", "b", "c"]);
+        let other = hosts(&["x", "y", "z"]);
+        let mut snapshot = HostSnapshot::default();
+        snapshot.receive_as(4, true);
+        ReceiveHosts::begin(&mut snapshot);
+        snapshot.piece(&other[..other.len() / 2 + 1]).unwrap();
+        ReceiveHosts::begin(&mut snapshot);
+        for piece in whole.chunks(5) {
+            snapshot.piece(piece).unwrap();
+        }
+        snapshot.end().unwrap();
+        assert_eq!(snapshot.received(), Some(whole.as_slice()));
+        let polled = snapshot.finish(true);
+        let ids: Vec<&str> = polled.list.hosts.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(polled.decoded, 3);
+        assert_eq!(snapshot.len(), 3);
+        // An answer the stream ends inside fails at its end.
+        ReceiveHosts::begin(&mut snapshot);
+        snapshot.piece(&whole[..whole.len() - 1]).unwrap();
+        assert!(snapshot.end().is_err());
     }
 
     proptest::proptest! {

@@ -208,18 +208,18 @@ pub mod metric {
     pub const HOST_DIFF_SECONDS: &str = "dfgraph_watch_host_diff_seconds";
 
     /// One host-list poll: bytes read, entries decoded, and the time spent
-    /// comparing them (since `started`).
+    /// comparing them.
     pub(crate) fn record_host_poll(
         cluster_id: u64,
         bytes: usize,
         decoded: usize,
-        started: std::time::Instant,
+        compared_in: std::time::Duration,
     ) {
         let cluster = cluster_id.to_string();
         metrics::counter!(HOST_LIST_BYTES, "cluster" => cluster.clone()).increment(bytes as u64);
         metrics::counter!(HOSTS_DECODED, "cluster" => cluster.clone()).increment(decoded as u64);
         metrics::histogram!(HOST_DIFF_SECONDS, "cluster" => cluster)
-            .record(started.elapsed().as_secs_f64());
+            .record(compared_in.as_secs_f64());
     }
 
     /// Gives `/metrics` the HELP line of each.
@@ -376,8 +376,16 @@ impl Events {
 /// a simulated cluster, and the id of its first scheduler cluster.
 #[cfg(test)]
 pub(crate) fn client_for(sim: &dfgraph_sim::SimCluster) -> (crate::cluster::ClusterClient, u64) {
-    let client = crate::gateway::cluster_client(&crate::config::Config::default())
-        .expect("the default config is valid");
+    client_with(sim, &crate::config::Config::default())
+}
+
+/// [`client_for`] with the client settings of `config`.
+#[cfg(test)]
+pub(crate) fn client_with(
+    sim: &dfgraph_sim::SimCluster,
+    config: &crate::config::Config,
+) -> (crate::cluster::ClusterClient, u64) {
+    let client = crate::gateway::cluster_client(config).expect("a valid config");
     let pairs: Vec<_> = sim
         .schedulers()
         .iter()

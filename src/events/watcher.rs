@@ -546,11 +546,11 @@ impl Watcher {
 
     /// Lists the cluster's hosts and reports each host that joined, left or
     /// changed; a failed poll keeps the last snapshot. The list is read as
-    /// bytes and only the hosts whose bytes changed are decoded and
-    /// compared (see [`HostSnapshot::update`]). The call, the comparison
-    /// and the cache entry of a changed list are made on the watcher's own
-    /// thread (see [`Offload`]). Returns the new list, to replace the
-    /// cached one, when it differs from what was known.
+    /// it arrives, undecoded, and only the hosts whose bytes changed are
+    /// decoded and compared (see [`HostSnapshot`]). The call, the
+    /// comparison and the cache entry of a changed list are made on the
+    /// watcher's own thread (see [`Offload`]). Returns the new list, to
+    /// replace the cached one, when it differs from what was known.
     async fn poll_hosts(
         &self,
         cluster_id: u64,
@@ -564,24 +564,29 @@ impl Watcher {
         let previous = state.hosts.take();
         let fetched = self.cache.replacement_ticket();
         let poll = async move {
-            let raw = match client.list_hosts_raw(cluster_id, Deadline::NONE).await {
-                Ok(raw) => raw,
-                Err(error) => return Err((error.to_string(), previous)),
-            };
-            let response = raw.bytes;
             let first = previous.is_none();
             let mut snapshot = previous.unwrap_or_default();
-            let started = std::time::Instant::now();
-            let polled = match snapshot.update(&response, first, cluster_id) {
-                Ok(polled) => polled,
-                Err(error) => {
-                    return Err((error.to_string(), (!first).then_some(snapshot)));
-                }
+            // The answer's bytes are kept only for L2, which takes a
+            // changed list as received rather than encoded again.
+            snapshot.receive_as(cluster_id, cache.keeps_encoded());
+            let receiving = std::sync::Mutex::new(snapshot);
+            let received = client
+                .receive_hosts(cluster_id, Deadline::NONE, &receiving)
+                .await;
+            let mut snapshot = receiving
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let received = match received {
+                Ok(received) => received,
+                // What a failed answer listed is forgotten at the next.
+                Err(error) => return Err((error.to_string(), (!first).then_some(snapshot))),
             };
-            raw.from
+            let polled = snapshot.finish(first);
+            received
+                .from
                 .announced
-                .note(raw.from.addr, cluster_id, &polled.carried);
-            metric::record_host_poll(cluster_id, response.len(), polled.decoded, started);
+                .note(received.from.addr, cluster_id, &polled.carried);
+            metric::record_host_poll(cluster_id, received.len, polled.decoded, polled.compared_in);
             // A first sight has nothing to compare with: the cached list
             // (if any) stays until something changes. A changed list goes
             // to L2 as the bytes just received when its hosts carry the
@@ -589,11 +594,10 @@ impl Watcher {
             // misconfigured); otherwise as the stamped list, encoded.
             let replacement = (!polled.diffs.is_empty()).then(|| {
                 let key = CacheKey::hosts(cluster_id);
-                if polled.carried.iter().all(|&id| id == cluster_id) {
-                    cache.replacement_encoded(key, polled.list, &response)
-                } else {
-                    cache.replacement(key, polled.list)
-                }
+                let as_received = snapshot
+                    .received()
+                    .filter(|_| polled.carried.iter().all(|&id| id == cluster_id));
+                cache.replacement_received(key, polled.list, received.len, as_received)
             });
             Ok((snapshot, polled.diffs, replacement))
         };

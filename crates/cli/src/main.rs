@@ -26,12 +26,15 @@ use dfgraph_sim::{SimCluster, SimConfig};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// A watched host list is one gRPC message of tens of MB (about 200 bytes
-// a host), received into a fresh buffer each poll. jemalloc serves
-// allocations over 8 MiB from an arena that hands them back to the kernel
-// on free, so every poll faulted its buffers in afresh: about a tenth of
-// an idle gateway's CPU at 2 x 50k hosts. Up to 64 MiB they are cached
-// like any other (dirty pages decay over 10 s). See BENCHMARKS.md S9.
+// jemalloc serves allocations over 8 MiB from an arena that hands them
+// back to the kernel on free, so each is faulted in afresh. Up to 64 MiB
+// they are cached like any other (dirty pages decay over 10 s). Raised
+// when the watcher received each host list (tens of MB) into a fresh
+// buffer: every poll faulted its buffer in, about a tenth of an idle
+// gateway's CPU at 2 x 50k hosts. The watcher now reads lists frame by
+// frame (src/cluster/raw.rs) and makes no such buffer, so there it no
+// longer matters (BENCHMARKS.md S9); it stays for the other multi-MiB
+// buffers a gateway makes and drops, such as a whole list as JSON.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: &[u8; 28] = b"oversize_threshold:67108864\0";
 
