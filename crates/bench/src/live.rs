@@ -326,7 +326,12 @@ async fn subscriber(
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let records_detection = !detection_claim.swap(true, Ordering::Relaxed);
     let _ = ready.send(());
-    let (mut delivery, mut detection) = (histogram(), histogram());
+    // Delivery lags as (lag, count) runs, into the shared histogram at the
+    // end: a histogram per subscriber (~100 KiB of counts, zeroed lazily)
+    // made the tool fault in pages as lags reached new buckets, CPU the
+    // gateway under test shares. Detection is recorded by one subscriber.
+    let mut delivery: Vec<(u64, u64)> = Vec::new();
+    let mut detection = records_detection.then(histogram);
     let (observed_at, hostname) = (FieldFinder::new("observedAt"), FieldFinder::new("hostname"));
     // The events of one poll share their observation time, mostly: one
     // parse per distinct timestamp.
@@ -407,21 +412,26 @@ async fn subscriber(
             match &mut same_lag {
                 Some((value, count)) if *value == lag => *count += 1,
                 _ => {
-                    if let Some((value, count)) = same_lag.replace((lag, 1)) {
-                        let _ = delivery.record_n(value, count);
+                    if let Some(run) = same_lag.replace((lag, 1)) {
+                        delivery.push(run);
                     }
                 }
             }
             // The generator writes `bench-<seq>-<unix ms>` as the hostname.
-            if let Some(changed) = hostname
-                .and_then(|name| name.rsplit('-').next())
-                .and_then(|ms| ms.parse::<i64>().ok())
-            {
+            if let (Some(changed), Some(detection)) = (
+                hostname
+                    .and_then(|name| name.rsplit('-').next())
+                    .and_then(|ms| ms.parse::<i64>().ok()),
+                detection.as_mut(),
+            ) {
                 let _ = detection.record((observed - changed).max(1) as u64);
             }
         }
-        if let Some((value, count)) = same_lag {
-            let _ = delivery.record_n(value, count);
+        if let Some(run) = same_lag {
+            match delivery.last_mut() {
+                Some((value, count)) if *value == run.0 => *count += run.1,
+                _ => delivery.push(run),
+            }
         }
         if events == 0 {
             tally.errors.fetch_add(1, Ordering::Relaxed);
@@ -430,8 +440,15 @@ async fn subscriber(
         }
         tally.messages.fetch_add(events, Ordering::Relaxed);
     }
-    let _ = tally.delivery.lock().await.add(&delivery);
-    let _ = tally.detection.lock().await.add(&detection);
+    {
+        let mut histogram = tally.delivery.lock().await;
+        for (lag, count) in delivery {
+            let _ = histogram.record_n(lag, count);
+        }
+    }
+    if let Some(detection) = detection {
+        let _ = tally.detection.lock().await.add(&detection);
+    }
 }
 
 /// The value of the first `"name":"..."` string field in `json` (values
