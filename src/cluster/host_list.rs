@@ -2,9 +2,9 @@
 //! arrives on the wire. Held: each host decoded once and shared (`Arc`), so
 //! the watcher's snapshot, the cache entry and every query read one copy.
 //! On the wire: a `ListHostsResponse` is a run of length-delimited `Host`
-//! entries (field 1); [`entries`] finds each entry without reading inside
-//! it ([`EntryReader`] as the answer arrives in pieces) and [`keys`] reads
-//! an entry's id, so a poll decodes only the hosts whose bytes changed.
+//! entries (field 1); [`EntryReader`] finds each entry as the answer
+//! arrives in pieces, without reading inside it, and [`keys`] reads an
+//! entry's id, so a poll decodes only the hosts whose bytes changed.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -85,9 +85,11 @@ impl prost::Message for HostList {
 #[error("malformed ListHosts response: {0}")]
 pub struct WireError(String);
 
-/// Where each host entry of an encoded `ListHostsResponse` is, in order,
-/// without reading inside it: the cheap walk a poll makes over every host.
-/// Unknown fields are skipped; a malformed message ends with an error.
+/// Where each host entry of a whole encoded `ListHostsResponse` is, in
+/// order, without reading inside it. Unknown fields are skipped; a
+/// malformed message ends with an error. The watcher reads answers in
+/// pieces ([`EntryReader`]); this is what the tests hold it to.
+#[cfg(test)]
 pub fn entries(response: &[u8]) -> impl Iterator<Item = Result<Range<usize>, WireError>> + '_ {
     Fields::new(response).filter_map(|field| match field {
         Err(error) => Some(Err(error)),
@@ -98,7 +100,7 @@ pub fn entries(response: &[u8]) -> impl Iterator<Item = Result<Range<usize>, Wir
 }
 
 /// Finds the host entries of a `ListHostsResponse` that arrives in pieces
-/// (HTTP/2 DATA frames), as [`entries`] does in a whole one: an entry
+/// (HTTP/2 DATA frames), as `entries` does in a whole one: an entry
 /// within one piece is handed over where it lies; only a field cut by a
 /// piece's end is copied, into a buffer kept for the next answer.
 #[derive(Debug, Default)]
